@@ -1,0 +1,36 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "wsamerge",
+    products: [
+        .executable(name: "wsamerge", targets: ["wsamerge"]),
+        .library(name: "WSAMergeKit", targets: ["WSAMergeKit"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // libzip (reading .npz) and zlib (deflate + CRC-32 when writing .npz).
+        .systemLibrary(
+            name: "CZip",
+            pkgConfig: "libzip",
+            providers: [.apt(["libzip-dev", "zlib1g-dev"])]
+        ),
+        .target(
+            name: "WSAMergeKit",
+            dependencies: ["CZip"]
+        ),
+        .executableTarget(
+            name: "wsamerge",
+            dependencies: [
+                "WSAMergeKit",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "WSAMergeKitTests", dependencies: ["WSAMergeKit"]),
+        .testTarget(name: "wsamergeTests", dependencies: ["wsamerge"]),
+    ],
+    // The kernels share read-only buffers across worker threads by design (see Partition).
+    swiftLanguageModes: [.v5]
+)

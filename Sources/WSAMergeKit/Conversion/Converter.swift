@@ -1,0 +1,80 @@
+/// `convert`: rewrites a checkpoint in another format, dtype or sharding.
+public enum Converter {
+    /// Writes the tensors of `checkpoint` that `filter` selects to `output`. Without `dtype` every
+    /// tensor is copied byte for byte; with it, float tensors are re-encoded (ties to even) and
+    /// integer and bool tensors are copied. Metadata is kept.
+    ///
+    /// - Returns: the tensors written.
+    @discardableResult
+    public static func convert(_ checkpoint: Checkpoint, to output: OutputOptions, dtype: DType?,
+                               filter: TensorFilter, progress: Progress? = nil) throws -> [TensorInfo] {
+        if let dtype, !dtype.isEncodable {
+            throw WSAMergeError.usage("--dtype \(dtype.rawValue) is not a supported target (use F64, F32, F16 or BF16)")
+        }
+        let selected = checkpoint.tensors.indices.filter { filter.selects(checkpoint.tensors[$0].name) }
+        guard !selected.isEmpty else {
+            throw WSAMergeError.usage("\(checkpoint.path): no tensor matches the --include/--exclude filters")
+        }
+        var outputs: [TensorInfo] = []
+        for i in selected {
+            let tensor = checkpoint.tensors[i]
+            var target = tensor.dtype
+            if let dtype, tensor.dtype.isFloat, tensor.dtype != dtype {
+                guard tensor.dtype.isDecodable else {
+                    throw WSAMergeError.malformed(file: checkpoint.path, tensor: tensor.name,
+                                                  reason: "cannot convert \(tensor.dtype.rawValue) (\(tensor.dtype.undecodableReason!))")
+                }
+                target = dtype
+            }
+            outputs.append(try TensorInfo(name: tensor.name, dtype: target, shape: tensor.shape, file: output.path))
+        }
+        let writer = try makeWriter(output, tensors: outputs, metadata: checkpoint.metadata, inputs: checkpoint.identities)
+        progress?.start(tensors: outputs.count, bytes: outputs.reduce(0) { $0 + $1.byteCount })
+        for (i, target) in zip(selected, outputs) {
+            let reader = try checkpoint.reader(for: i)
+            if reader.tensor.dtype == target.dtype {
+                try copy(reader, to: writer)
+            } else {
+                try recode(reader, to: target.dtype, writer: writer)
+            }
+            progress?.tensorDone(bytes: target.byteCount)
+        }
+        try writer.finish()
+        progress?.finish()
+        return outputs
+    }
+
+    /// Copies a tensor's bytes through a bounded buffer.
+    static func copy(_ reader: TensorReader, to writer: any CheckpointWriter) throws {
+        let chunk = Swift.min(reader.remaining, 4 << 20)
+        guard chunk > 0 else { return }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 64)
+        defer { buffer.deallocate() }
+        let width = reader.tensor.dtype.byteWidth ?? 1
+        let step = chunk - chunk % width
+        while reader.remaining > 0 {
+            let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Swift.min(step, reader.remaining)])
+            try reader.read(into: slice)
+            try writer.write(UnsafeRawBufferPointer(slice))
+        }
+    }
+
+    /// Decodes a tensor to float64 and encodes it as `dtype`, chunk by chunk.
+    static func recode(_ reader: TensorReader, to dtype: DType, writer: any CheckpointWriter) throws {
+        let from = reader.tensor.dtype
+        let chunk = Partition.chunkElements
+        let input = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk * from.byteWidth!, alignment: 64)
+        let values = UnsafeMutablePointer<Double>.allocate(capacity: chunk)
+        let output = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk * dtype.byteWidth!, alignment: 64)
+        defer { input.deallocate(); values.deallocate(); output.deallocate() }
+        var remaining = reader.tensor.elementCount
+        while remaining > 0 {
+            let n = Swift.min(chunk, remaining)
+            try reader.read(into: UnsafeMutableRawBufferPointer(rebasing: input[0..<n * from.byteWidth!]))
+            from.decode(input.baseAddress!, count: n, into: values)
+            dtype.encode(values, count: n, into: output.baseAddress!)
+            try writer.write(UnsafeRawBufferPointer(rebasing: output[0..<n * dtype.byteWidth!]))
+            remaining -= n
+        }
+    }
+}

@@ -1,0 +1,67 @@
+import Dispatch
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Fixed work partition shared by every streaming kernel. Tensors are processed in chunks of
+/// `chunkElements` and each chunk in blocks of `blockElements`; the partition never depends on
+/// the number of threads, and per-block results are folded in block order, so every `--jobs`
+/// gives byte-identical results.
+public enum Partition {
+    /// Elements per block: the unit of exact two-pass statistics and of parallel work.
+    public static let blockElements = 4096
+    /// Elements read per chunk (64 blocks).
+    public static let chunkElements = blockElements * 64
+}
+
+/// Runs `body(i)` for every `i` in `0..<count` on up to `jobs` threads. Each worker receives its
+/// worker number so it can use its own scratch space.
+func parallelFor(_ count: Int, jobs: Int, _ body: (_ index: Int, _ worker: Int) -> Void) {
+    let workers = Swift.max(1, Swift.min(jobs, count))
+    if workers == 1 {
+        for i in 0..<count { body(i, 0) }
+        return
+    }
+    withoutActuallyEscaping(body) { body in
+        DispatchQueue.concurrentPerform(iterations: workers) { worker in
+            var i = worker
+            while i < count {
+                body(i, worker)
+                i += workers
+            }
+        }
+    }
+}
+
+/// The default `--jobs`: every core.
+public var defaultJobs: Int { ProcessInfoCores.count }
+
+enum ProcessInfoCores {
+    static let count: Int = {
+        #if canImport(Glibc)
+        let n = sysconf(Int32(_SC_NPROCESSORS_ONLN))
+        return n > 0 ? n : 1
+        #else
+        return 1
+        #endif
+    }()
+}
+
+/// Per-worker reusable buffers of doubles.
+final class ScratchPool: @unchecked Sendable {
+    private let buffers: [UnsafeMutablePointer<Double>]
+    let capacity: Int
+
+    init(workers: Int, capacity: Int) {
+        self.capacity = capacity
+        buffers = (0..<Swift.max(1, workers)).map { _ in
+            let p = UnsafeMutablePointer<Double>.allocate(capacity: capacity)
+            p.initialize(repeating: 0, count: capacity)
+            return p
+        }
+    }
+
+    deinit { for p in buffers { p.deallocate() } }
+
+    func buffer(_ worker: Int) -> UnsafeMutablePointer<Double> { buffers[worker] }
+}

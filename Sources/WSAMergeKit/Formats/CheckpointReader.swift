@@ -1,0 +1,56 @@
+/// Opens any supported checkpoint, recognising the format by content rather than by extension:
+/// `PK\x03\x04` is a `.npz` archive, `\x93NUMPY` an `.npy` array, a JSON object with a
+/// `weight_map` a sharded safetensors index, anything else must be a valid `.safetensors` file.
+/// A directory holds either one `*.safetensors.index.json` or one `model.safetensors`.
+public enum CheckpointReader {
+    public static func open(_ path: String) throws -> Checkpoint {
+        if pathKind(path) == .directory { return try openDirectory(path) }
+        let file = try ReadableFile(path: path)
+        let head = try file.readBytes(at: 0, count: min(64, file.size))
+        if head.starts(with: [0x50, 0x4B, 0x03, 0x04]) || head.starts(with: [0x50, 0x4B, 0x05, 0x06]) {
+            return try NumPyReader.openNpz(file)
+        }
+        if head.starts(with: NpyHeader.magic) {
+            return try NumPyReader.openNpy(file)
+        }
+        if head.starts(with: Array("version https://git-lfs".utf8)) {
+            throw WSAMergeError.malformed(file: path, reason: "this is a git-lfs pointer file, not the checkpoint (run 'git lfs pull')")
+        }
+        if let first = head.first(where: { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }), first == UInt8(ascii: "{") {
+            return try openIndex(file)
+        }
+        return try SafetensorsReader.open(file, displayPath: path)
+    }
+
+    /// Opens every path, in order.
+    public static func open(_ paths: [String]) throws -> [Checkpoint] {
+        var result: [Checkpoint] = []
+        for path in paths { result.append(try open(path)) }
+        return result
+    }
+
+    private static func openIndex(_ file: ReadableFile) throws -> Checkpoint {
+        guard file.size <= SafetensorsHeader.maxHeaderLength else {
+            throw WSAMergeError.malformed(file: file.path, reason: "index file is larger than \(SafetensorsHeader.maxHeaderLength) bytes")
+        }
+        let bytes = try file.readBytes(at: 0, count: file.size)
+        let json: JSON
+        do {
+            json = try bytes.withUnsafeBytes { raw throws in try JSON.parse(raw) }
+        } catch {
+            throw WSAMergeError.malformed(file: file.path, reason: "index is not valid JSON: \(error)")
+        }
+        return try SafetensorsReader.openSharded(index: file, json: json)
+    }
+
+    private static func openDirectory(_ path: String) throws -> Checkpoint {
+        let entries = listDirectory(path)
+        let indexes = entries.filter { $0.hasSuffix(".safetensors.index.json") }
+        if indexes.count == 1 { return try open(path + "/" + indexes[0]) }
+        if indexes.count > 1 {
+            throw WSAMergeError.malformed(file: path, reason: "directory holds several index files: \(indexes.joined(separator: ", "))")
+        }
+        if entries.contains("model.safetensors") { return try open(path + "/model.safetensors") }
+        throw WSAMergeError.missingInput(file: path, reason: "directory holds neither a *.safetensors.index.json nor a model.safetensors")
+    }
+}

@@ -1,0 +1,120 @@
+/// Where and how a checkpoint is written.
+public struct OutputOptions: Sendable {
+    public enum Layout: Sendable, Equatable {
+        case safetensors
+        /// A directory of `model-0000i-of-0000N.safetensors` shards plus an index.
+        case sharded(maxShardBytes: Int)
+        case npz(compressed: Bool)
+        case npy
+    }
+
+    public var path: String
+    public var layout: Layout
+    public var force: Bool
+
+    public init(path: String, layout: Layout, force: Bool = false) {
+        self.path = path
+        self.layout = layout
+        self.force = force
+    }
+
+    /// Default for sharded output: at most 5 GB per shard (Hugging Face's default).
+    public static let defaultShardBytes = 5_000_000_000
+
+    /// The layout `-o` implies: `*.npz`, `*.npy`, a directory (existing, or written with a
+    /// trailing `/`) or `--max-shard-size` for shards, else a single `.safetensors` file.
+    public static func inferred(path: String, maxShardBytes: Int?, compress: Bool, force: Bool) throws -> OutputOptions {
+        let lower = path.lowercased()
+        if lower.hasSuffix(".npz") {
+            guard maxShardBytes == nil else { throw WSAMergeError.usage("--max-shard-size applies to safetensors output, not .npz") }
+            return OutputOptions(path: path, layout: .npz(compressed: compress), force: force)
+        }
+        guard !compress else { throw WSAMergeError.usage("--compress applies to .npz output only") }
+        if lower.hasSuffix(".npy") {
+            guard maxShardBytes == nil else { throw WSAMergeError.usage("--max-shard-size applies to safetensors output, not .npy") }
+            return OutputOptions(path: path, layout: .npy, force: force)
+        }
+        if let maxShardBytes {
+            return OutputOptions(path: path, layout: .sharded(maxShardBytes: maxShardBytes), force: force)
+        }
+        if path.hasSuffix("/") || pathKind(path) == .directory {
+            return OutputOptions(path: path, layout: .sharded(maxShardBytes: defaultShardBytes), force: force)
+        }
+        return OutputOptions(path: path, layout: .safetensors, force: force)
+    }
+}
+
+/// Receives a checkpoint's tensors in order and writes them atomically. Callers send each
+/// tensor's bytes (C order, little-endian) in one or more `write` calls, exactly `byteCount`
+/// bytes per tensor, then call `finish()`; until then nothing is visible at the destination.
+public protocol CheckpointWriter: AnyObject {
+    /// Appends bytes of the current tensor; moves to the next tensor when one is complete.
+    func write(_ bytes: UnsafeRawBufferPointer) throws
+    /// Checks every tensor was written completely and puts the output in place.
+    func finish() throws
+}
+
+/// Makes the writer for `options`.
+///
+/// - Parameters:
+///   - tensors: the output tensors in the order their bytes will be written.
+///   - inputs: identities of every input file; the output may not be one of them.
+public func makeWriter(_ options: OutputOptions, tensors: [TensorInfo], metadata: [String: String],
+                       inputs: Set<FileIdentity>) throws -> any CheckpointWriter {
+    switch options.layout {
+    case .safetensors:
+        return try SafetensorsWriter(destination: options.path, tensors: tensors, metadata: metadata,
+                                     force: options.force, inputs: inputs)
+    case .sharded(let maxShardBytes):
+        return try ShardedSafetensorsWriter(directory: options.path, maxShardBytes: maxShardBytes, tensors: tensors,
+                                            metadata: metadata, force: options.force, inputs: inputs)
+    case .npz(let compressed):
+        return try NpzWriter(destination: options.path, tensors: tensors, compressed: compressed,
+                             force: options.force, inputs: inputs)
+    case .npy:
+        guard tensors.count == 1 else {
+            throw WSAMergeError.usage("\(options.path): a .npy file holds one array but \(tensors.count) tensors were selected (narrow them with --include)")
+        }
+        return try NpyWriter(destination: options.path, tensor: tensors[0], force: options.force, inputs: inputs)
+    }
+}
+
+/// Tracks which tensor the next bytes belong to, for writers.
+struct WriteCursor {
+    let tensors: [TensorInfo]
+    private(set) var index = 0
+    private(set) var written = 0
+
+    init(tensors: [TensorInfo]) {
+        self.tensors = tensors
+        skipEmpty()
+    }
+
+    /// The tensor being written, or `nil` when all are complete.
+    var current: TensorInfo? { index < tensors.count ? tensors[index] : nil }
+
+    /// Accounts for `count` bytes of the current tensor; returns true when it is now complete.
+    mutating func advance(by count: Int, file: String) throws -> Bool {
+        guard let tensor = current, written + count <= tensor.byteCount else {
+            throw WSAMergeError.io(file: file, reason: "internal error: more bytes written than the tensors hold")
+        }
+        written += count
+        if written == tensor.byteCount {
+            index += 1
+            written = 0
+            return true
+        }
+        return false
+    }
+
+    /// Steps over zero-byte tensors (they need no `write`).
+    mutating func skipEmpty() {
+        while let tensor = current, tensor.byteCount == 0, written == 0 { index += 1 }
+    }
+
+    func checkComplete(file: String) throws {
+        if let tensor = current {
+            throw WSAMergeError.io(file: file, reason: "internal error: tensor '\(tensor.name)' was not written completely")
+        }
+    }
+}

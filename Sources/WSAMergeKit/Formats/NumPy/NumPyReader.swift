@@ -1,0 +1,58 @@
+/// Opens `.npy` arrays and `.npz` archives as checkpoints.
+enum NumPyReader {
+    /// One `.npy` file: a checkpoint with one tensor named after the file's stem.
+    static func openNpy(_ file: ReadableFile) throws -> Checkpoint {
+        let prefix = try file.readBytes(at: 0, count: min(NpyHeader.prefixLength, file.size))
+        let (_, offset) = try NpyHeader.dataOffset(prefix: prefix, file: file.path)
+        guard offset <= file.size else {
+            throw WSAMergeError.malformed(file: file.path, reason: ".npy header is truncated (file has \(file.size) bytes, header needs \(offset))")
+        }
+        let header = try NpyHeader(bytes: try file.readBytes(at: 0, count: offset), file: file.path)
+        var name = baseName(of: file.path)
+        if name.hasSuffix(".npy") { name.removeLast(4) }
+        let info = try TensorInfo(name: name, dtype: header.dtype, shape: header.shape, file: file.path)
+        guard file.size - offset >= info.byteCount else {
+            throw WSAMergeError.malformed(file: file.path, tensor: name,
+                             reason: "data is truncated: \(file.size - offset) bytes present, shape \(info.shape) needs \(info.byteCount)")
+        }
+        var location = TensorLocation(source: .file(file, offset: offset))
+        location.bigEndian = header.bigEndian
+        location.fortranOrder = header.fortranOrder
+        return Checkpoint(path: file.path, format: .npy, metadata: [:], tensors: [info], locations: [location], files: [file])
+    }
+
+    /// A `.npz` archive: every member `NAME.npy` becomes tensor `NAME`, in archive order.
+    static func openNpz(_ file: ReadableFile) throws -> Checkpoint {
+        let archive = try ZipArchive(path: file.path)
+        var tensors: [TensorInfo] = []
+        var locations: [TensorLocation] = []
+        var seen = Set<String>()
+        for member in archive.members {
+            guard member.name.hasSuffix(".npy") else {
+                throw WSAMergeError.malformed(file: file.path, reason: "archive member '\(member.name)' is not a .npy array")
+            }
+            let name = String(member.name.dropLast(4))
+            guard seen.insert(name).inserted else {
+                throw WSAMergeError.malformed(file: file.path, tensor: name, reason: "duplicate array name in the archive")
+            }
+            let memberFile = "\(file.path)[\(member.name)]"
+            let prefix = try archive.readPrefix(index: member.index, count: NpyHeader.prefixLength)
+            let (_, offset) = try NpyHeader.dataOffset(prefix: prefix, file: memberFile)
+            guard offset <= member.size else {
+                throw WSAMergeError.malformed(file: memberFile, reason: ".npy header is truncated")
+            }
+            let header = try NpyHeader(bytes: try archive.readPrefix(index: member.index, count: offset), file: memberFile)
+            let info = try TensorInfo(name: name, dtype: header.dtype, shape: header.shape, file: file.path)
+            guard member.size - offset >= info.byteCount else {
+                throw WSAMergeError.malformed(file: file.path, tensor: name,
+                                 reason: "member holds \(member.size - offset) data bytes but its header declares \(info.byteCount)")
+            }
+            var location = TensorLocation(source: .zipMember(archive, index: member.index, skip: offset))
+            location.bigEndian = header.bigEndian
+            location.fortranOrder = header.fortranOrder
+            tensors.append(info)
+            locations.append(location)
+        }
+        return Checkpoint(path: file.path, format: .npz, metadata: [:], tensors: tensors, locations: locations, files: [file])
+    }
+}

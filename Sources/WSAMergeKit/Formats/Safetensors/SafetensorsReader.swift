@@ -1,0 +1,75 @@
+/// Opens single-file and sharded safetensors checkpoints.
+enum SafetensorsReader {
+    /// Reads and validates the header of one `.safetensors` file.
+    static func header(of file: ReadableFile) throws -> SafetensorsHeader {
+        let prefix = try file.readBytes(at: 0, count: min(8, file.size))
+        let length = try SafetensorsHeader.headerLength(prefix: prefix, fileSize: file.size, file: file.path)
+        let json = try file.readBytes(at: 8, count: length)
+        return try json.withUnsafeBytes { bytes throws in
+            try SafetensorsHeader(json: bytes, bufferSize: file.size - 8 - length, file: file.path)
+        }
+    }
+
+    /// One `.safetensors` file as a checkpoint.
+    static func open(_ file: ReadableFile, displayPath: String) throws -> Checkpoint {
+        let header = try header(of: file)
+        return Checkpoint(
+            path: displayPath, format: .safetensors, metadata: header.metadata,
+            tensors: header.entries.map(\.info),
+            locations: header.entries.map { TensorLocation(source: .file(file, offset: header.dataStart + $0.begin)) },
+            files: [file])
+    }
+
+    /// A sharded checkpoint from its `*.safetensors.index.json`:
+    /// `{"metadata": {...}, "weight_map": {tensor: shard file}}`. Shards are read in the order of
+    /// their names, each shard's tensors in storage order.
+    static func openSharded(index: ReadableFile, json: JSON) throws -> Checkpoint {
+        let path = index.path
+        guard case .object(let weightMap)? = json["weight_map"] else {
+            throw WSAMergeError.malformed(file: path, reason: "index has no weight_map object")
+        }
+        var shardOf: [String: String] = [:]
+        for (tensor, value) in weightMap {
+            guard case .string(let shard) = value else {
+                throw WSAMergeError.malformed(file: path, tensor: tensor, reason: "weight_map value is not a file name")
+            }
+            guard !shard.isEmpty, !shard.hasPrefix("/"), !shard.split(separator: "/").contains("..") else {
+                throw WSAMergeError.malformed(file: path, tensor: tensor, reason: "shard path '\(shard)' leaves the index's directory")
+            }
+            shardOf[tensor] = shard
+        }
+        var metadata: [String: String] = [:]
+        if case .object(let pairs)? = json["metadata"] {
+            for (key, value) in pairs { if case .string(let s) = value { metadata[key] = s } }
+        }
+        let directory = parentDirectory(of: path)
+        var tensors: [TensorInfo] = []
+        var locations: [TensorLocation] = []
+        var files: [ReadableFile] = [index]
+        var seen = Set<String>()
+        for shard in Set(shardOf.values).sorted() {
+            let file = try ReadableFile(path: directory + "/" + shard)
+            let header = try header(of: file)
+            if files.count == 1 { metadata.merge(header.metadata) { index, _ in index } }
+            files.append(file)
+            for entry in header.entries {
+                let name = entry.info.name
+                guard shardOf[name] == shard else {
+                    throw WSAMergeError.malformed(file: file.path, tensor: name,
+                                     reason: shardOf[name] == nil ? "not listed in the index's weight_map" : "the index maps it to '\(shardOf[name]!)'")
+                }
+                guard seen.insert(name).inserted else {
+                    throw WSAMergeError.malformed(file: file.path, tensor: name, reason: "duplicate tensor name across shards")
+                }
+                tensors.append(entry.info)
+                locations.append(TensorLocation(source: .file(file, offset: header.dataStart + entry.begin)))
+            }
+        }
+        for (tensor, shard) in shardOf.sorted(by: { $0.key < $1.key }) where !seen.contains(tensor) {
+            throw WSAMergeError.malformed(file: directory + "/" + shard, tensor: tensor, reason: "listed in the index but missing from its shard")
+        }
+        metadata["total_size"] = nil
+        return Checkpoint(path: path, format: .shardedSafetensors, metadata: metadata, tensors: tensors,
+                          locations: locations, files: files)
+    }
+}

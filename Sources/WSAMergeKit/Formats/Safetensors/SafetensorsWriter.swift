@@ -1,0 +1,150 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Writes one `.safetensors` file, streaming tensor data after a header computed up front.
+///
+/// Bytes are deterministic: compact JSON with `__metadata__` first (keys sorted, omitted when
+/// empty), then the tensors in the order given (wsamerge keeps the input's storage order),
+/// packed back to back; the header is padded with spaces so the data starts at a multiple of 8.
+final class SafetensorsWriter: CheckpointWriter {
+    private let output: OutputFile
+    private var cursor: WriteCursor
+
+    init(destination: String, tensors: [TensorInfo], metadata: [String: String], force: Bool,
+         inputs: Set<FileIdentity>) throws {
+        var names = Set<String>()
+        for tensor in tensors where !names.insert(tensor.name).inserted {
+            throw WSAMergeError.malformed(file: destination, tensor: tensor.name, reason: "two output tensors have this name")
+        }
+        output = try OutputFile(destination: destination, force: force, inputs: inputs)
+        cursor = WriteCursor(tensors: tensors)
+        try output.write(Self.header(tensors: tensors, metadata: metadata))
+    }
+
+    /// The length prefix and padded JSON header for `tensors`.
+    static func header(tensors: [TensorInfo], metadata: [String: String]) -> [UInt8] {
+        var members: [(String, JSON)] = []
+        if !metadata.isEmpty {
+            members.append(("__metadata__", .object(metadata.sorted { $0.key < $1.key }.map { ($0.key, .string($0.value)) })))
+        }
+        var offset = 0
+        for tensor in tensors {
+            members.append((tensor.name, .object([
+                ("dtype", .string(tensor.dtype.rawValue)),
+                ("shape", .array(tensor.shape.map { .int($0) })),
+                ("data_offsets", .array([.int(offset), .int(offset + tensor.byteCount)])),
+            ])))
+            offset += tensor.byteCount
+        }
+        var json = Array(JSON.object(members).text.utf8)
+        while (8 + json.count) % 8 != 0 { json.append(0x20) }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(8 + json.count)
+        var n = UInt64(json.count)
+        for _ in 0..<8 { bytes.append(UInt8(n & 0xFF)); n >>= 8 }
+        return bytes + json
+    }
+
+    func write(_ bytes: UnsafeRawBufferPointer) throws {
+        _ = try cursor.advance(by: bytes.count, file: output.destination)
+        cursor.skipEmpty()
+        try output.write(bytes)
+    }
+
+    func finish() throws {
+        try cursor.checkComplete(file: output.destination)
+        try output.commit()
+    }
+}
+
+/// Writes a sharded checkpoint: `model-00001-of-0000N.safetensors` files of at most
+/// `maxShardBytes` of tensor data each (a larger tensor gets a shard of its own) and
+/// `model.safetensors.index.json` with `metadata.total_size` and the `weight_map`. A single
+/// shard is written as `model.safetensors` without an index. Nothing is linked into the
+/// directory until every shard is complete.
+final class ShardedSafetensorsWriter: CheckpointWriter {
+    private let directory: String
+    private let shards: [SafetensorsWriter]
+    private let index: OutputFile?
+    private var shard = 0
+
+    init(directory: String, maxShardBytes: Int, tensors: [TensorInfo], metadata: [String: String], force: Bool,
+         inputs: Set<FileIdentity>) throws {
+        guard maxShardBytes > 0 else { throw WSAMergeError.usage("--max-shard-size must be positive") }
+        var dir = directory
+        while dir.count > 1 && dir.hasSuffix("/") { dir.removeLast() }
+        self.directory = dir
+        try makeDirectory(dir)
+        var groups: [[TensorInfo]] = [[]]
+        var bytes = 0
+        for tensor in tensors {
+            if !groups[groups.count - 1].isEmpty && bytes + tensor.byteCount > maxShardBytes {
+                groups.append([])
+                bytes = 0
+            }
+            groups[groups.count - 1].append(tensor)
+            bytes += tensor.byteCount
+        }
+        let count = groups.count
+        let names = count == 1 ? ["model.safetensors"] : (1...count).map { i in
+            "model-\(Self.pad(i))-of-\(Self.pad(count)).safetensors"
+        }
+        var writers: [SafetensorsWriter] = []
+        for (group, name) in zip(groups, names) {
+            writers.append(try SafetensorsWriter(destination: dir + "/" + name, tensors: group, metadata: metadata,
+                                                 force: force, inputs: inputs))
+        }
+        shards = writers
+        if count > 1 {
+            var weightMap: [(String, JSON)] = []
+            for (group, name) in zip(groups, names) {
+                for tensor in group { weightMap.append((tensor.name, .string(name))) }
+            }
+            let total = tensors.reduce(0) { $0 + $1.byteCount }
+            let json = JSON.object([
+                ("metadata", .object([("total_size", .int(total))] + metadata.sorted { $0.key < $1.key }.map { ($0.key, .string($0.value)) })),
+                ("weight_map", .object(weightMap)),
+            ])
+            let file = try OutputFile(destination: dir + "/model.safetensors.index.json", force: force, inputs: inputs)
+            try file.write(json.text + "\n")
+            index = file
+        } else {
+            index = nil
+        }
+    }
+
+    private static func pad(_ n: Int) -> String {
+        let s = String(n)
+        return String(repeating: "0", count: max(0, 5 - s.count)) + s
+    }
+
+    func write(_ bytes: UnsafeRawBufferPointer) throws {
+        // Move past shards that have received all of their bytes.
+        while shard < shards.count - 1 && shards[shard].isComplete { shard += 1 }
+        try shards[shard].write(bytes)
+    }
+
+    func finish() throws {
+        for writer in shards { try writer.finish() }
+        try index?.commit()
+    }
+}
+
+extension SafetensorsWriter {
+    /// Whether every tensor has been written.
+    var isComplete: Bool { cursor.current == nil }
+}
+
+/// Creates directory `path` (not its parents) unless it exists.
+func makeDirectory(_ path: String) throws {
+    switch pathKind(path) {
+    case .directory: return
+    case .missing:
+        guard mkdir(path, 0o777) == 0 else {
+            throw WSAMergeError.cannotCreate(file: path, reason: "cannot create directory: \(systemError(errno))")
+        }
+    default:
+        throw WSAMergeError.cannotCreate(file: path, reason: "exists and is not a directory")
+    }
+}

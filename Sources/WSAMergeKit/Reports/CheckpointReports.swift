@@ -1,0 +1,114 @@
+/// The JSON and table documents of `inspect` and `stats`. Key order is fixed and documented by
+/// SPEC; one document per input.
+public enum CheckpointReports {
+    static func header(_ checkpoint: Checkpoint, tensors: [TensorInfo]) -> [(String, JSON)] {
+        [
+            ("file", .string(checkpoint.path)),
+            ("format", .string(checkpoint.format.rawValue)),
+            ("metadata", .object(checkpoint.metadata.sorted { $0.key < $1.key }.map { ($0.key, .string($0.value)) })),
+            ("tensor_count", .int(tensors.count)),
+            ("parameter_count", .int(tensors.reduce(0) { $0 &+ $1.elementCount })),
+        ]
+    }
+
+    static func describe(_ tensor: TensorInfo) -> [(String, JSON)] {
+        [("name", .string(tensor.name)), ("dtype", .string(tensor.dtype.rawValue)), ("shape", .array(tensor.shape.map { .int($0) }))]
+    }
+
+    /// `inspect`: the table of contents (headers only).
+    public static func inspect(_ checkpoint: Checkpoint, filter: TensorFilter) -> JSON {
+        let tensors = checkpoint.tensors.filter { filter.selects($0.name) }
+        return .object(header(checkpoint, tensors: tensors) + [
+            ("tensors", .array(tensors.map { .object(describe($0) + [("bytes", .int($0.byteCount))]) })),
+        ])
+    }
+
+    public static func inspectTable(_ checkpoint: Checkpoint, filter: TensorFilter) -> String {
+        var table = Table(headers: ["name", "dtype", "shape", "bytes"], numericColumns: [3])
+        var total = 0
+        for tensor in checkpoint.tensors where filter.selects(tensor.name) {
+            table.add([shortenMiddle(tensor.name), tensor.dtype.rawValue, shapeText(tensor.shape), formatBytes(tensor.byteCount)])
+            total += tensor.byteCount
+        }
+        return "\(checkpoint.path) (\(checkpoint.format.rawValue)): \(table.rows.count) tensors, \(formatBytes(total))\n" + table.text
+    }
+
+    /// The statistics fields of one tensor, as SPEC lists them.
+    public static func statistics(_ s: TensorStatistics) -> JSON {
+        var fields = describe(s.tensor) + [("count", .int(s.tensor.elementCount))]
+        guard let m = s.moments else {
+            return .object(fields + [("skipped", .string(s.skipped ?? "not decoded"))])
+        }
+        fields += [
+            ("mean", .number(m.finiteMean)), ("std", .number(m.std)),
+            ("min", .number(m.finiteMin)), ("max", .number(m.finiteMax)),
+            ("abs_mean", .number(m.absMean)), ("l2_norm", .number(m.l2Norm)),
+            ("zeros", .int(m.zeros)), ("nan", .int(m.nan)), ("inf", .int(m.inf)),
+            ("skewness", .number(m.skewness)), ("excess_kurtosis", .number(m.excessKurtosis)),
+        ]
+        return .object(fields)
+    }
+
+    /// `stats`: one document per checkpoint; with `groups`, pooled scopes per layer index.
+    public static func stats(_ checkpoint: Checkpoint, _ statistics: [TensorStatistics], groupByLayer: Bool) -> JSON {
+        var members = header(checkpoint, tensors: statistics.map(\.tensor))
+        members.append(("tensors", .array(statistics.map(Self.statistics))))
+        if groupByLayer {
+            members.append(("layers", .array(LayerGroups.pool(statistics).map { group in
+                .object([
+                    ("layer", .int(group.layer)), ("tensor_count", .int(group.tensorCount)),
+                    ("count", .int(group.elementCount)),
+                    ("mean", .number(group.moments.finiteMean)), ("std", .number(group.moments.std)),
+                    ("min", .number(group.moments.finiteMin)), ("max", .number(group.moments.finiteMax)),
+                    ("nan", .int(group.moments.nan)), ("inf", .int(group.moments.inf)),
+                ])
+            })))
+        }
+        return .object(members)
+    }
+
+    public static func statsTable(_ checkpoint: Checkpoint, _ statistics: [TensorStatistics]) -> String {
+        var table = Table(headers: ["name", "dtype", "shape", "mean", "std", "min", "max"], numericColumns: [3, 4, 5, 6])
+        for s in statistics {
+            let m = s.moments
+            table.add([shortenMiddle(s.tensor.name), s.tensor.dtype.rawValue, shapeText(s.tensor.shape),
+                       formatNumber(m?.finiteMean), formatNumber(m?.std), formatNumber(m?.finiteMin), formatNumber(m?.finiteMax)])
+        }
+        return "\(checkpoint.path) (\(checkpoint.format.rawValue))\n" + table.text
+    }
+
+    static func shapeText(_ shape: [Int]) -> String { "[" + shape.map(String.init).joined(separator: ", ") + "]" }
+}
+
+/// Pools tensor statistics by the layer index in their names.
+public enum LayerGroups {
+    public struct Group {
+        public let layer: Int
+        public var tensorCount = 0
+        public var elementCount = 0
+        public var moments = Moments()
+    }
+
+    /// The layer index of `name`: the number after `layers.`, `layer.`, `h.` or `blocks.`.
+    public static func layerIndex(of name: String) -> Int? {
+        let parts = name.split(separator: ".", omittingEmptySubsequences: false)
+        for (i, part) in parts.enumerated().dropLast() where ["layers", "layer", "h", "blocks"].contains(part) {
+            if let n = Int(parts[i + 1]), n >= 0 { return n }
+        }
+        return nil
+    }
+
+    /// Groups in ascending layer order; moments merged exactly, never re-read.
+    public static func pool(_ statistics: [TensorStatistics]) -> [Group] {
+        var groups: [Int: Group] = [:]
+        for s in statistics {
+            guard let m = s.moments, let layer = layerIndex(of: s.tensor.name) else { continue }
+            var g = groups[layer] ?? Group(layer: layer)
+            g.tensorCount += 1
+            g.elementCount += s.tensor.elementCount
+            g.moments.combine(m)
+            groups[layer] = g
+        }
+        return groups.keys.sorted().map { groups[$0]! }
+    }
+}

@@ -1,0 +1,85 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One progress line on stderr, redrawn in place: tensors done / total, bytes, rate, ETA.
+/// Shown only when stderr is a terminal, `TERM` is not `dumb` and `--quiet` was not given.
+public final class Progress {
+    private var totalTensors = 0
+    private var totalBytes = 0
+    private var doneTensors = 0
+    private var doneBytes = 0
+    private var started = 0.0
+    private var lastDraw = 0.0
+    private let label: String
+
+    /// A progress line for `label`, or `nil` when it should not be shown.
+    public static func forTerminal(label: String, quiet: Bool) -> Progress? {
+        guard !quiet, isatty(2) == 1 else { return nil }
+        if let term = getenv("TERM"), String(cString: term) == "dumb" { return nil }
+        return Progress(label: label)
+    }
+
+    init(label: String) { self.label = label }
+
+    func start(tensors: Int, bytes: Int) {
+        totalTensors = tensors
+        totalBytes = bytes
+        started = now()
+    }
+
+    func tensorDone(bytes: Int) {
+        doneTensors += 1
+        doneBytes += bytes
+        let t = now()
+        if t - lastDraw >= 0.1 || doneTensors == totalTensors {
+            lastDraw = t
+            draw(elapsed: t - started)
+        }
+    }
+
+    func finish() {
+        fputs("\r\u{1B}[K", stderr)
+    }
+
+    private func draw(elapsed: Double) {
+        let rate = elapsed > 0 ? Double(doneBytes) / elapsed : 0
+        let eta = rate > 0 ? Double(totalBytes - doneBytes) / rate : 0
+        let line = "\(label): \(doneTensors)/\(totalTensors) tensors, \(formatBytes(doneBytes)) of \(formatBytes(totalBytes)), "
+            + "\(formatBytes(Int(rate)))/s, ETA \(Int(eta.rounded()))s"
+        fputs("\r\u{1B}[K" + line, stderr)
+    }
+
+    private func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}
+
+/// `1.2 GB`-style sizes (powers of 1000).
+public func formatBytes(_ bytes: Int) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB", "PB"]
+    var value = Double(bytes)
+    var unit = 0
+    while value >= 1000 && unit < units.count - 1 {
+        value /= 1000
+        unit += 1
+    }
+    return unit == 0 ? "\(bytes) B" : formatDecimal(value, digits: value < 10 ? 2 : (value < 100 ? 1 : 0)) + " " + units[unit]
+}
+
+/// `value` with exactly `digits` decimals.
+func formatDecimal(_ value: Double, digits: Int) -> String {
+    var scaled = (value * pow10(digits)).rounded()
+    let negative = scaled < 0
+    scaled = scaled.magnitude
+    var text = String(Int(scaled))
+    if digits > 0 {
+        while text.count <= digits { text = "0" + text }
+        text.insert(".", at: text.index(text.endIndex, offsetBy: -digits))
+    }
+    return (negative ? "-" : "") + text
+}
+
+private func pow10(_ n: Int) -> Double { (0..<n).reduce(1.0) { r, _ in r * 10 } }

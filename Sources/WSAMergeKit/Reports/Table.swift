@@ -1,0 +1,60 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Aligned text columns for `--format table`: numbers right-aligned, text left-aligned, long
+/// names shortened in the middle.
+public struct Table {
+    public var headers: [String]
+    public var rows: [[String]] = []
+    /// Columns whose cells are right-aligned.
+    public var numericColumns: Set<Int>
+    public static let maxNameWidth = 60
+
+    public init(headers: [String], numericColumns: Set<Int>) {
+        self.headers = headers
+        self.numericColumns = numericColumns
+    }
+
+    public mutating func add(_ row: [String]) { rows.append(row) }
+
+    public var text: String {
+        var widths = headers.map(\.count)
+        for row in rows { for (i, cell) in row.enumerated() { widths[i] = max(widths[i], cell.count) } }
+        func line(_ cells: [String]) -> String {
+            cells.enumerated().map { i, cell in
+                let pad = String(repeating: " ", count: widths[i] - cell.count)
+                return numericColumns.contains(i) ? pad + cell : (i == cells.count - 1 ? cell : cell + pad)
+            }.joined(separator: "  ")
+        }
+        return ([line(headers)] + rows.map(line)).joined(separator: "\n") + "\n"
+    }
+}
+
+/// `name` shortened to `width` characters with `…` in the middle.
+public func shortenMiddle(_ name: String, width: Int = Table.maxNameWidth) -> String {
+    guard name.count > width, width > 3 else { return name }
+    let keep = width - 1
+    let head = name.prefix(keep / 2)
+    let tail = name.suffix(keep - keep / 2)
+    return head + "…" + tail
+}
+
+/// A number for people: `3.4e-05`, `0.0201`, `1.23e+06`; `-` for none.
+public func formatNumber(_ value: Double?) -> String {
+    guard let value else { return "-" }
+    if value.isNaN { return "nan" }
+    if value.isInfinite { return value > 0 ? "inf" : "-inf" }
+    if value == 0 { return "0" }
+    let magnitude = value.magnitude
+    if magnitude >= 1e-3 && magnitude < 1e5 {
+        let digits = max(0, 3 - Int((log10(magnitude)).rounded(.down)))
+        return formatDecimal(value, digits: min(digits, 6))
+    }
+    var exponent = Int(log10(magnitude).rounded(.down))
+    var mantissa = value / pow(10, Double(exponent))
+    if formatDecimal(mantissa.magnitude, digits: 2) == "10.00" { exponent += 1; mantissa /= 10 }
+    let sign = exponent < 0 ? "-" : "+"
+    let e = String(abs(exponent))
+    return formatDecimal(mantissa, digits: 2) + "e" + sign + (e.count < 2 ? "0" + e : e)
+}

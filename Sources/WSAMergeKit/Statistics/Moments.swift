@@ -1,0 +1,178 @@
+/// Mergeable summary statistics of a set of values: counts, extrema and the central moments up
+/// to the fourth, all in float64. Two summaries combine exactly as if their values had been
+/// seen in one pass (Chan et al. 1979; Pébay 2008), so blocks, chunks and threads can be
+/// summarised separately and folded together in a fixed order.
+///
+/// Moments, `min`, `max` and `absSum` cover the finite values only; `nan` and `inf` count
+/// the rest. With `n` finite values of mean `μ`:
+/// ```
+/// M2 = Σ (x − μ)²     M3 = Σ (x − μ)³     M4 = Σ (x − μ)⁴
+/// std = √(M2 / n)     skewness = (M3/n) / (M2/n)^1.5     excess kurtosis = (M4/n) / (M2/n)² − 3
+/// ```
+public struct Moments: Sendable, Equatable {
+    /// Number of finite values.
+    public var n: Double = 0
+    public var mean: Double = 0
+    public var m2: Double = 0
+    public var m3: Double = 0
+    public var m4: Double = 0
+    public var min: Double = .infinity
+    public var max: Double = -.infinity
+    /// Σ |x| over the finite values.
+    public var absSum: Double = 0
+    public var zeros = 0
+    public var nan = 0
+    public var inf = 0
+
+    public init() {}
+
+    /// Summarises `values` exactly: a two-pass computation (mean first, then central sums).
+    ///
+    /// - Complexity: O(count), two passes over memory the caller keeps in cache (a block).
+    public init(values: UnsafePointer<Double>, count: Int) {
+        self.init()
+        // Pass 1: sum, |x| sum, extrema, zeros; SIMD lanes folded in a fixed order.
+        var sum = SIMD4<Double>(repeating: 0)
+        var abs = SIMD4<Double>(repeating: 0)
+        var lo = SIMD4<Double>(repeating: .infinity)
+        var hi = SIMD4<Double>(repeating: -.infinity)
+        var zeroCount = 0
+        let vectorEnd = count & ~3
+        let raw = UnsafeRawPointer(values)
+        var i = 0
+        while i < vectorEnd {
+            let v = raw.loadUnaligned(fromByteOffset: i &* 8, as: SIMD4<Double>.self)
+            sum += v
+            abs += SIMD4(v[0].magnitude, v[1].magnitude, v[2].magnitude, v[3].magnitude)
+            lo = pointwiseMin(lo, v)
+            hi = pointwiseMax(hi, v)
+            zeroCount &+= (v[0] == 0 ? 1 : 0) &+ (v[1] == 0 ? 1 : 0) &+ (v[2] == 0 ? 1 : 0) &+ (v[3] == 0 ? 1 : 0)
+            i &+= 4
+        }
+        var total = (sum[0] + sum[1]) + (sum[2] + sum[3])
+        var absTotal = (abs[0] + abs[1]) + (abs[2] + abs[3])
+        var minimum = Swift.min(Swift.min(lo[0], lo[1]), Swift.min(lo[2], lo[3]))
+        var maximum = Swift.max(Swift.max(hi[0], hi[1]), Swift.max(hi[2], hi[3]))
+        while i < count {
+            let x = values[i]
+            total += x
+            absTotal += x.magnitude
+            minimum = Swift.min(minimum, x)
+            maximum = Swift.max(maximum, x)
+            if x == 0 { zeroCount &+= 1 }
+            i &+= 1
+        }
+        guard total.isFinite, absTotal.isFinite else {
+            // Non-finite values present (or an overflowing sum): take the careful path.
+            self = Moments(filtering: values, count: count)
+            return
+        }
+        n = Double(count)
+        guard count > 0 else { return }
+        mean = total / n
+        // pointwiseMin/Max ignore NaN lanes, but a NaN would have made the sum NaN: none here.
+        min = minimum
+        max = maximum
+        absSum = absTotal
+        zeros = zeroCount
+        // Pass 2: central sums around the block mean.
+        let mu = SIMD4<Double>(repeating: mean)
+        var s2 = SIMD4<Double>(repeating: 0), s3 = SIMD4<Double>(repeating: 0), s4 = SIMD4<Double>(repeating: 0)
+        i = 0
+        while i < vectorEnd {
+            let d = raw.loadUnaligned(fromByteOffset: i &* 8, as: SIMD4<Double>.self) - mu
+            let d2 = d * d
+            s2 += d2
+            s3 += d2 * d
+            s4 += d2 * d2
+            i &+= 4
+        }
+        var c2 = (s2[0] + s2[1]) + (s2[2] + s2[3])
+        var c3 = (s3[0] + s3[1]) + (s3[2] + s3[3])
+        var c4 = (s4[0] + s4[1]) + (s4[2] + s4[3])
+        while i < count {
+            let d = values[i] - mean
+            let d2 = d * d
+            c2 += d2
+            c3 += d2 * d
+            c4 += d2 * d2
+            i &+= 1
+        }
+        m2 = c2
+        m3 = c3
+        m4 = c4
+    }
+
+    /// Summarises values that may include NaN or infinities, counting those apart.
+    private init(filtering values: UnsafePointer<Double>, count: Int) {
+        self.init()
+        var start = 0
+        while start < count {
+            // Summarise each run of finite values exactly and fold it in.
+            var end = start
+            while end < count && values[end].isFinite { end += 1 }
+            if end > start {
+                combine(Moments(values: values + start, count: end - start))
+            }
+            if end < count {
+                if values[end].isNaN { nan += 1 } else { inf += 1 }
+            }
+            start = end + 1
+        }
+    }
+
+    /// Folds `other` in, as if its values had followed this summary's values.
+    public mutating func combine(_ other: Moments) {
+        nan += other.nan
+        inf += other.inf
+        zeros += other.zeros
+        guard other.n > 0 else { return }
+        guard n > 0 else {
+            let (keepNaN, keepInf, keepZeros) = (nan, inf, zeros)
+            self = other
+            nan = keepNaN; inf = keepInf; zeros = keepZeros
+            return
+        }
+        let na = n, nb = other.n, total = na + nb
+        let delta = other.mean - mean
+        let deltaN = delta / total
+        let deltaN2 = deltaN * deltaN
+        let term1 = delta * deltaN * na * nb
+        let newM4 = m4 + other.m4
+            + term1 * deltaN2 * (na * na - na * nb + nb * nb)
+            + 6 * deltaN2 * (na * na * other.m2 + nb * nb * m2)
+            + 4 * deltaN * (na * other.m3 - nb * m3)
+        let newM3 = m3 + other.m3
+            + term1 * deltaN * (na - nb)
+            + 3 * deltaN * (na * other.m2 - nb * m2)
+        m2 = m2 + other.m2 + term1
+        m3 = newM3
+        m4 = newM4
+        mean = na == nb ? (mean + other.mean) / 2 : mean + deltaN * nb
+        n = total
+        min = Swift.min(min, other.min)
+        max = Swift.max(max, other.max)
+        absSum += other.absSum
+    }
+
+    /// Population variance `M2 / n`, or `nil` without finite values.
+    public var variance: Double? { n > 0 ? Swift.max(0, m2 / n) : nil }
+    /// Population standard deviation (ddof = 0).
+    public var std: Double? { variance.map { $0.squareRoot() } }
+    public var finiteMean: Double? { n > 0 ? mean : nil }
+    public var finiteMin: Double? { n > 0 ? min : nil }
+    public var finiteMax: Double? { n > 0 ? max : nil }
+    public var absMean: Double? { n > 0 ? absSum / n : nil }
+    /// `√Σx² = √(M2 + n μ²)` over the finite values.
+    public var l2Norm: Double? { n > 0 ? (m2 + n * mean * mean).squareRoot() : nil }
+    /// `(M3/n) / (M2/n)^1.5`, or `nil` when std is 0 or fewer than two values.
+    public var skewness: Double? {
+        guard n >= 2, let v = variance, v > 0 else { return nil }
+        return (m3 / n) / (v * v.squareRoot())
+    }
+    /// `(M4/n) / (M2/n)² − 3`, or `nil` when std is 0 or fewer than two values.
+    public var excessKurtosis: Double? {
+        guard n >= 2, let v = variance, v > 0 else { return nil }
+        return (m4 / n) / (v * v) - 3
+    }
+}

@@ -1,0 +1,127 @@
+/// Streams one tensor's bytes front to back in C order and little-endian byte order, whatever
+/// the file stored: plain slices are read with bounded `pread`s, big-endian elements are swapped
+/// in the caller's buffer, and Fortran-ordered arrays (rare) are transposed once in memory.
+public final class TensorReader {
+    public let tensor: TensorInfo
+    private var stream: any ByteStream
+    private let bigEndian: Bool
+    /// Bytes handed out so far.
+    public private(set) var position = 0
+
+    init(tensor: TensorInfo, location: TensorLocation) throws {
+        self.tensor = tensor
+        self.bigEndian = location.bigEndian && (tensor.dtype.byteWidth ?? 1) > 1
+        var raw: any ByteStream
+        switch location.source {
+        case .file(let file, let offset):
+            raw = FileSliceStream(file: file, offset: offset)
+        case .zipMember(let archive, let index, let skip):
+            raw = try archive.openMember(index: index, skip: skip, limit: tensor.byteCount)
+        }
+        if location.fortranOrder && tensor.shape.count > 1 && tensor.byteCount > 0 {
+            raw = try TransposedStream(fortranOrdered: raw, tensor: tensor)
+        }
+        stream = raw
+    }
+
+    /// Bytes not read yet.
+    public var remaining: Int { tensor.byteCount - position }
+
+    /// Fills `buffer` with the next `buffer.count` bytes of the tensor.
+    ///
+    /// - Precondition: `buffer.count <= remaining`.
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws {
+        precondition(buffer.count <= remaining, "read past the end of a tensor")
+        guard buffer.count > 0 else { return }
+        do {
+            try stream.read(into: buffer)
+        } catch let error as WSAMergeError {
+            throw error.naming(tensor: tensor.name)
+        }
+        if bigEndian { swapBytes(buffer, width: tensor.dtype.byteWidth!) }
+        position += buffer.count
+    }
+
+    /// The whole tensor as a byte array (for small tensors and tests).
+    public func readAll() throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: remaining)
+        try bytes.withUnsafeMutableBytes { buffer throws in try read(into: buffer) }
+        return bytes
+    }
+}
+
+/// A source of consecutive bytes.
+protocol ByteStream {
+    /// Fills `buffer` completely with the next bytes.
+    mutating func read(into buffer: UnsafeMutableRawBufferPointer) throws
+}
+
+/// Consecutive bytes of a file from `offset` on.
+struct FileSliceStream: ByteStream {
+    let file: ReadableFile
+    var offset: Int
+
+    mutating func read(into buffer: UnsafeMutableRawBufferPointer) throws {
+        try file.read(into: buffer, at: offset)
+        offset += buffer.count
+    }
+}
+
+/// A Fortran-ordered array read whole and served in C order.
+struct TransposedStream: ByteStream {
+    private var bytes: [UInt8]
+    private var offset = 0
+
+    init(fortranOrdered source: any ByteStream, tensor: TensorInfo) throws {
+        var source = source
+        var stored = [UInt8](repeating: 0, count: tensor.byteCount)
+        try stored.withUnsafeMutableBytes { buffer throws in try source.read(into: buffer) }
+        bytes = [UInt8](repeating: 0, count: tensor.byteCount)
+        let width = tensor.dtype.byteWidth!
+        let shape = tensor.shape
+        // Fortran strides (in elements): 1, d0, d0·d1, …
+        var strides = [Int](repeating: 1, count: shape.count)
+        for k in 1..<shape.count { strides[k] = strides[k - 1] * shape[k - 1] }
+        var index = [Int](repeating: 0, count: shape.count)
+        stored.withUnsafeBytes { from in
+            bytes.withUnsafeMutableBytes { to in
+                for element in 0..<tensor.elementCount {
+                    var source = 0
+                    for k in 0..<shape.count { source += index[k] * strides[k] }
+                    (to.baseAddress! + element * width).copyMemory(from: from.baseAddress! + source * width, byteCount: width)
+                    // Advance the C-order index (last axis fastest).
+                    var k = shape.count - 1
+                    while k >= 0 {
+                        index[k] += 1
+                        if index[k] < shape[k] { break }
+                        index[k] = 0
+                        k -= 1
+                    }
+                }
+            }
+        }
+    }
+
+    mutating func read(into buffer: UnsafeMutableRawBufferPointer) throws {
+        bytes.withUnsafeBytes { from in
+            buffer.baseAddress!.copyMemory(from: from.baseAddress! + offset, byteCount: buffer.count)
+        }
+        offset += buffer.count
+    }
+}
+
+/// Reverses the bytes of each `width`-byte element of `buffer` in place.
+func swapBytes(_ buffer: UnsafeMutableRawBufferPointer, width: Int) {
+    let base = buffer.baseAddress!
+    var i = 0
+    while i + width <= buffer.count {
+        var lo = i, hi = i + width - 1
+        while lo < hi {
+            let t = base.load(fromByteOffset: lo, as: UInt8.self)
+            base.storeBytes(of: base.load(fromByteOffset: hi, as: UInt8.self), toByteOffset: lo, as: UInt8.self)
+            base.storeBytes(of: t, toByteOffset: hi, as: UInt8.self)
+            lo += 1; hi -= 1
+        }
+        i += width
+    }
+}

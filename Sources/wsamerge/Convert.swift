@@ -1,0 +1,46 @@
+import ArgumentParser
+import WSAMergeKit
+
+extension WSAMerge {
+    struct Convert: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Rewrite a checkpoint in another format, dtype or sharding.",
+            discussion: "Without --dtype every tensor is copied byte for byte. The output format follows -o: *.safetensors, *.npz, *.npy, or a directory / --max-shard-size for shards.")
+
+        @Argument(help: "The checkpoint to convert.")
+        var input: String
+
+        @OptionGroup var output: OutputArguments
+
+        @Option(help: "Re-encode float tensors as F64, F32, F16 or BF16 (round to nearest, ties to even).")
+        var dtype: DType?
+
+        @OptionGroup var common: CommonOptions
+
+        func run() throws {
+            let checkpoint = try CheckpointReader.open(input)
+            try Converter.convert(checkpoint, to: try output.options(), dtype: dtype, filter: try common.filter(),
+                                  progress: Progress.forTerminal(label: "convert", quiet: common.quiet))
+        }
+    }
+}
+
+/// `-o` and the options that shape the written checkpoint.
+struct OutputArguments: ParsableArguments {
+    @Option(name: .shortAndLong, help: "Output: *.safetensors, *.npz, *.npy, or a directory for shards.")
+    var output: String
+
+    @Option(name: .customLong("max-shard-size"), help: "Write shards of at most this size (5GB, 500MB, bytes; powers of 1000).")
+    var maxShardSize: String?
+
+    @Flag(help: "Deflate the members of a .npz output.")
+    var compress = false
+
+    @Flag(help: "Replace an existing output.")
+    var force = false
+
+    func options() throws -> OutputOptions {
+        let maxBytes = try maxShardSize.map { try parseSize($0) }
+        return try OutputOptions.inferred(path: output, maxShardBytes: maxBytes, compress: compress, force: force)
+    }
+}

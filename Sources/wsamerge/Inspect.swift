@@ -1,0 +1,25 @@
+import ArgumentParser
+import WSAMergeKit
+
+extension WSAMerge {
+    struct Inspect: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List every tensor's name, dtype, shape and byte size (reads headers only).")
+
+        @Argument(help: "Checkpoints: .safetensors, a sharded index or its directory, .npz, .npy.")
+        var files: [String]
+
+        @OptionGroup var common: CommonOptions
+
+        func run() throws {
+            let filter = try common.filter()
+            for path in files {
+                let checkpoint = try CheckpointReader.open(path)
+                switch common.format {
+                case .json: emit(CheckpointReports.inspect(checkpoint, filter: filter))
+                case .table: emit(CheckpointReports.inspectTable(checkpoint, filter: filter))
+                }
+            }
+        }
+    }
+}

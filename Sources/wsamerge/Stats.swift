@@ -1,0 +1,32 @@
+import ArgumentParser
+import WSAMergeKit
+
+extension WSAMerge {
+    struct Stats: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Per-tensor weight scope and distribution statistics, one JSON document per input.")
+
+        @Argument(help: "Checkpoints to measure.")
+        var files: [String]
+
+        @Option(name: .customLong("group-by"), help: "Also pool scopes per layer index parsed from names: layer.")
+        var groupBy: GroupBy?
+
+        @OptionGroup var common: CommonOptions
+
+        enum GroupBy: String, ExpressibleByArgument { case layer }
+
+        func run() throws {
+            let filter = try common.filter()
+            for path in files {
+                let checkpoint = try CheckpointReader.open(path)
+                let statistics = try StatisticsRun.measure(checkpoint, filter: filter, jobs: common.workerCount,
+                                                           progress: Progress.forTerminal(label: "stats", quiet: common.quiet))
+                switch common.format {
+                case .json: emit(CheckpointReports.stats(checkpoint, statistics, groupByLayer: groupBy == .layer))
+                case .table: emit(CheckpointReports.statsTable(checkpoint, statistics))
+                }
+            }
+        }
+    }
+}
