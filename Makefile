@@ -31,6 +31,7 @@ release: deps
 ## Regenerate the committed fixtures (tiny) and their expected values.
 fixtures: venv
 	$(PYTHON) fixtures/generate.py fixtures
+	$(PYTHON) fixtures/generate_merge.py fixtures/merge
 
 demo: release
 	@set -e; out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; \

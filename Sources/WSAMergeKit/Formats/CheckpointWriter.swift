@@ -18,6 +18,19 @@ public struct OutputOptions: Sendable {
         self.force = force
     }
 
+    /// Refuses an output that cannot or may not be written, before any work is done.
+    public func precheck(inputs: Set<FileIdentity>) throws {
+        if case .sharded = layout {
+            let parent = parentDirectory(of: path.hasSuffix("/") ? String(path.dropLast()) : path)
+            guard pathKind(parent) == .directory else {
+                throw WSAMergeError.cannotCreate(file: path, reason: "directory '\(parent)' does not exist")
+            }
+            if pathKind(path) == .file { throw WSAMergeError.cannotCreate(file: path, reason: "exists and is not a directory") }
+        } else {
+            try OutputFile.precheck(path, force: force, inputs: inputs)
+        }
+    }
+
     /// Default for sharded output: at most 5 GB per shard (Hugging Face's default).
     public static let defaultShardBytes = 5_000_000_000
 

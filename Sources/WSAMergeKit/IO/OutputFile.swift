@@ -18,10 +18,27 @@ public final class OutputFile {
     /// Bytes written so far (the offset of the next write).
     public private(set) var offset = 0
 
-    /// Prepares `destination`, refusing it when it is one of `inputs` (same inode, whatever the
-    /// link), when it exists without `force`, or when its directory does not exist.
+    /// Prepares `destination` after `precheck`; nothing is visible there until `commit()`.
     public init(destination: String, force: Bool, inputs: Set<FileIdentity>) throws {
         self.destination = destination
+        try Self.precheck(destination, force: force, inputs: inputs)
+        let directory = parentDirectory(of: destination)
+        var fd = open(directory, Int32(0o20200000) /* O_TMPFILE */ | O_WRONLY | O_CLOEXEC, 0o666)
+        if fd < 0, errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL {
+            let name = "\(directory)/.\(baseName(of: destination)).wsamerge-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).tmp"
+            fd = open(name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o666)
+            if fd >= 0 { temporaryPath = name }
+        }
+        guard fd >= 0 else {
+            throw WSAMergeError.cannotCreate(file: destination, reason: systemError(errno))
+        }
+        descriptor = fd
+        buffer = .allocate(byteCount: 1 << 20, alignment: 64)
+    }
+
+    /// Refuses `destination` when it is one of `inputs` (same inode, whatever the link), exists
+    /// without `force`, is a directory, or lies in a directory that does not exist.
+    public static func precheck(_ destination: String, force: Bool, inputs: Set<FileIdentity>) throws {
         if let identity = FileIdentity(path: destination) {
             if inputs.contains(identity) {
                 throw WSAMergeError.cannotCreate(file: destination, reason: "output is one of the inputs; refusing to overwrite it")
@@ -37,17 +54,6 @@ public final class OutputFile {
         guard pathKind(directory) == .directory else {
             throw WSAMergeError.cannotCreate(file: destination, reason: "directory '\(directory)' does not exist")
         }
-        var fd = open(directory, Int32(0o20200000) /* O_TMPFILE */ | O_WRONLY | O_CLOEXEC, 0o666)
-        if fd < 0, errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL {
-            let name = "\(directory)/.\(baseName(of: destination)).wsamerge-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).tmp"
-            fd = open(name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o666)
-            if fd >= 0 { temporaryPath = name }
-        }
-        guard fd >= 0 else {
-            throw WSAMergeError.cannotCreate(file: destination, reason: systemError(errno))
-        }
-        descriptor = fd
-        buffer = .allocate(byteCount: 1 << 20, alignment: 64)
     }
 
     deinit {

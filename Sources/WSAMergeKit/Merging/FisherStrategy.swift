@@ -1,0 +1,111 @@
+/// How Fisher values are scaled before weighting.
+public enum FisherNormalize: String, CaseIterable, Sendable {
+    /// `c_i = w_i / ‖F_i‖₂`, the L2 norm of model i's Fisher over all merged tensors.
+    case global
+    /// `c_i = w_i`.
+    case none
+}
+
+/// Fisher-weighted average (Matena & Raffel 2022), with one diagonal Fisher checkpoint per input:
+/// ```
+/// out = Σ c_i (F_i + ε) x_i / Σ c_i (F_i + ε)
+/// ```
+/// `ε` (`--fisher-epsilon`) is added to every element; `c_i` follows `--fisher-normalize`.
+public struct FisherStrategy: MergeStrategy {
+    public static let identifier = "fisher"
+    public static let summary = "Fisher-weighted average: out = Σ c_i (F_i + ε) x_i / Σ c_i (F_i + ε)."
+    public static let options: [StrategyOption] = [
+        StrategyOption(name: "--fisher", defaultValue: nil, help: "One Fisher checkpoint per input (same tensor names and shapes, values ≥ 0)."),
+        StrategyOption(name: "--fisher-epsilon", defaultValue: "1e-06", help: "Added to every Fisher value."),
+        StrategyOption(name: "--fisher-normalize", defaultValue: "global", help: "global: c_i = w_i / ‖F_i‖₂ over all merged tensors; none: c_i = w_i."),
+    ]
+
+    let fisher: [Checkpoint]
+    let epsilon: Double
+    let normalize: FisherNormalize
+    /// `c_i / w_i` per input: `1 / ‖F_i‖₂` or 1.
+    private(set) var scale: [Double] = []
+
+    public init(_ settings: StrategySettings) throws {
+        guard !settings.fisherPaths.isEmpty else {
+            throw WSAMergeError.usage("--strategy fisher needs --fisher F_1 … F_n, one Fisher checkpoint per input")
+        }
+        guard settings.fisherEpsilon.isFinite, settings.fisherEpsilon >= 0 else {
+            throw WSAMergeError.usage("--fisher-epsilon must be finite and non-negative")
+        }
+        fisher = try CheckpointReader.open(settings.fisherPaths)
+        epsilon = settings.fisherEpsilon
+        normalize = settings.fisherNormalize
+    }
+
+    public var provenance: [(String, String)] {
+        [("fisher", JSON.array(fisher.map { .string($0.path) }).text), ("fisher_epsilon", "\(epsilon)"),
+         ("fisher_normalize", normalize.rawValue)]
+    }
+
+    /// Checks every Fisher tensor the merge needs (present, same shape, finite, ≥ 0) and
+    /// computes each model's global norm, streaming the Fisher files once.
+    public mutating func prepare(_ plan: MergePlan, jobs: Int) throws {
+        guard fisher.count == plan.inputs.count else {
+            throw WSAMergeError.usage("--fisher has \(fisher.count) checkpoints for \(plan.inputs.count) inputs")
+        }
+        var sums = [Double](repeating: 0, count: fisher.count)
+        for item in plan.items where item.action == .merge {
+            for source in item.sources {
+                let f = fisher[source.input]
+                guard let index = f.index(of: item.name) else {
+                    throw WSAMergeError.malformed(file: f.path, tensor: item.name, reason: "Fisher tensor is missing")
+                }
+                let info = f.tensors[index]
+                guard info.shape == item.output.shape else {
+                    throw WSAMergeError.malformed(file: f.path, tensor: item.name,
+                                                  reason: "Fisher shape \(info.shape) differs from the model's \(item.output.shape)")
+                }
+                guard info.dtype.isDecodable else {
+                    throw WSAMergeError.malformed(file: f.path, tensor: item.name, reason: "Fisher dtype \(info.dtype.rawValue) cannot be decoded")
+                }
+                let m = try TensorStatistics.compute(try f.reader(for: index), jobs: jobs).moments!
+                guard m.nan == 0, m.inf == 0 else {
+                    throw WSAMergeError.malformed(file: f.path, tensor: item.name, reason: "Fisher values must be finite")
+                }
+                if m.n > 0 && m.min < 0 {
+                    throw WSAMergeError.malformed(file: f.path, tensor: item.name, reason: "Fisher values must be ≥ 0 (found \(m.min))")
+                }
+                sums[source.input] += m.l2Norm.map { $0 * $0 } ?? 0
+            }
+        }
+        scale = sums.map { normalize == .global && $0 > 0 ? 1 / $0.squareRoot() : 1 }
+    }
+
+    public func merge(_ item: MergePlan.Item, plan: MergePlan, jobs: Int, output: Lockstep.Output) throws -> TensorMergeResult {
+        var readers = try plan.readers(item)
+        for source in item.sources {
+            readers.append(try fisher[source.input].reader(for: fisher[source.input].index(of: item.name)!))
+        }
+        let c = zip(item.sources, item.weights).map { source, w in w * scale[source.input] }
+        let n = item.sources.count
+        let epsilon = self.epsilon
+        let weights = item.weights
+        var nonFinite = false
+        try Lockstep.run(readers, jobs: jobs, output: output, kernel: { inputs, count, out in
+            for j in 0..<count {
+                var numerator = 0.0, denominator = 0.0
+                for k in 0..<n {
+                    let a = c[k] * (inputs[n + k][j] + epsilon)
+                    numerator += a * inputs[k][j]
+                    denominator += a
+                }
+                if denominator > 0 {
+                    out[j] = numerator / denominator
+                } else {
+                    // ε = 0 and no Fisher information here: fall back to the weighted average.
+                    var y = 0.0
+                    for k in 0..<n { y += weights[k] * inputs[k][j] }
+                    out[j] = y
+                }
+            }
+            return containsNonFinite(out, count)
+        }, fold: { flags in if flags.contains(true) { nonFinite = true } })
+        return TensorMergeResult(method: "fisher", nonFinite: nonFinite)
+    }
+}

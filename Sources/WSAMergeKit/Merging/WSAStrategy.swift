@@ -1,0 +1,119 @@
+/// Where the WSA rescale applies.
+public enum WSARescale: String, CaseIterable, Sendable {
+    /// `out = Σ w_i ((x_i − μ_i) σ_f/σ_i + μ_f)`: each input is moved to the fused scope first.
+    case inputs
+    /// `y = Σ w_i x_i`, `out = (y − μ_y) σ_f/σ_y + μ_f`: the average is moved to the fused scope.
+    case output
+    /// `inputs`, then `output` on the result.
+    case both
+}
+
+/// WSA scope-fused rescale: wsamerge's own post-hoc merge, inspired by *Weight Scope
+/// Alignment* (Xu et al., ECAI 2024). The paper aligns scopes *during training* with a
+/// regulariser toward a target scope; this strategy instead moves each input (or their
+/// average) to the fused scope `(μ_f, σ_f)` before or after averaging.
+///
+/// Per float tensor of rank ≥ `--wsa-min-rank`:
+/// 1. input scopes `μ_i = mean(x_i)`, `σ_i = std(x_i)` (float64, population);
+/// 2. fused scope by `--scope-fusion` (see `ScopeFusion`) or from `--target-scope FILE`;
+/// 3. rescale by `--wsa-rescale` (see `WSARescale`).
+/// Smaller tensors, and tensors with `σ_i = 0` in some input, are averaged.
+public struct WSAStrategy: MergeStrategy {
+    public static let identifier = "wsa"
+    public static let summary = "WSA scope-fused rescale (inspired by Weight Scope Alignment, ECAI 2024): inputs are moved to a fused per-layer scope (mean, std), then averaged."
+    public static let options: [StrategyOption] = [
+        StrategyOption(name: "--scope-fusion", defaultValue: "linear", help: "linear: σ_f = Σ w_i σ_i; quadratic: σ_f = √Σ w_i σ_i²; mixture: σ_f² = Σ w_i (σ_i² + μ_i²) − μ_f²."),
+        StrategyOption(name: "--target-scope", defaultValue: nil, help: "A scope document (wsamerge scope -o) whose fused scopes replace the computed ones."),
+        StrategyOption(name: "--wsa-rescale", defaultValue: "inputs", help: "inputs: rescale each input, then average; output: rescale the average; both."),
+        StrategyOption(name: "--wsa-min-rank", defaultValue: "2", help: "Tensors of lower rank (biases, norms) are averaged."),
+    ]
+
+    let fusion: ScopeFusion
+    let rescale: WSARescale
+    let minRank: Int
+    let target: TargetScope?
+    let targetPath: String?
+
+    public init(_ settings: StrategySettings) throws {
+        guard settings.wsaMinRank >= 0 else { throw WSAMergeError.usage("--wsa-min-rank must be ≥ 0") }
+        fusion = settings.scopeFusion
+        rescale = settings.wsaRescale
+        minRank = settings.wsaMinRank
+        targetPath = settings.targetScopePath
+        target = try settings.targetScopePath.map { try TargetScope(path: $0) }
+    }
+
+    public var provenance: [(String, String)] {
+        var result = [("scope_fusion", targetPath == nil ? fusion.rawValue : "target"), ("wsa_rescale", rescale.rawValue),
+                      ("wsa_min_rank", String(minRank))]
+        if let targetPath { result.append(("target_scope", baseName(of: targetPath))) }
+        return result
+    }
+
+    public func merge(_ item: MergePlan.Item, plan: MergePlan, jobs: Int, output: Lockstep.Output) throws -> TensorMergeResult {
+        let weights = item.weights
+        guard item.output.shape.count >= minRank else {
+            let nonFinite = try weightedAverage(try plan.readers(item), weights: weights, jobs: jobs, output: output)
+            return TensorMergeResult(method: "average (rank \(item.output.shape.count) < \(minRank))", nonFinite: nonFinite)
+        }
+        // 1. Input scopes.
+        var scopes: [Scope] = []
+        var nonFinite = false
+        for reader in try plan.readers(item) {
+            let m = try TensorStatistics.compute(reader, jobs: jobs).moments!
+            if m.nan + m.inf > 0 { nonFinite = true }
+            scopes.append(Scope(mean: m.finiteMean ?? 0, std: m.std ?? 0))
+        }
+        if scopes.contains(where: { !($0.std > 0) }) {
+            _ = try weightedAverage(try plan.readers(item), weights: weights, jobs: jobs, output: output)
+            return TensorMergeResult(method: "average (zero std in an input)", nonFinite: nonFinite)
+        }
+        // 2. Fused scope.
+        var method = "wsa-rescale-\(rescale.rawValue)"
+        let fused: Scope
+        if let target {
+            if let scope = target.scopes[item.name] {
+                fused = scope
+            } else {
+                fused = fusion.fuse(scopes, weights: weights)
+                method += " (not in target scope: \(fusion.rawValue) fusion)"
+            }
+        } else {
+            fused = fusion.fuse(scopes, weights: weights)
+        }
+        // 3. Rescale.
+        let scale = scopes.map { fused.std / $0.std }
+        let rescaleInputs: Lockstep.Kernel<Void> = { inputs, count, out in
+            for j in 0..<count { out[j] = 0 }
+            for k in 0..<inputs.count {
+                let values = inputs[k], mu = scopes[k].mean, a = scale[k], w = weights[k]
+                for j in 0..<count { out[j] += w * ((values[j] - mu) * a + fused.mean) }
+            }
+        }
+        let average: Lockstep.Kernel<Void> = { inputs, count, out in
+            for j in 0..<count { out[j] = 0 }
+            for (values, w) in zip(inputs, weights) { for j in 0..<count { out[j] += w * values[j] } }
+        }
+        if rescale == .inputs {
+            try Lockstep.run(try plan.readers(item), jobs: jobs, output: output, kernel: rescaleInputs, fold: { _ in })
+            return TensorMergeResult(method: method, fused: fused, nonFinite: nonFinite)
+        }
+        // `output` / `both`: measure the combined tensor, then rescale it in a second pass.
+        let combine = rescale == .output ? average : rescaleInputs
+        var combined = Moments()
+        try Lockstep.run(try plan.readers(item), jobs: jobs, output: nil, kernel: { inputs, count, out -> Moments in
+            combine(inputs, count, out)
+            return Moments(values: out, count: count)
+        }, fold: { blocks in for m in blocks { combined.combine(m) } })
+        guard let sigma = combined.std, sigma > 0, let mu = combined.finiteMean else {
+            try Lockstep.run(try plan.readers(item), jobs: jobs, output: output, kernel: combine, fold: { _ in })
+            return TensorMergeResult(method: method + " (zero std after combining: not rescaled)", fused: fused, nonFinite: nonFinite)
+        }
+        let a = fused.std / sigma
+        try Lockstep.run(try plan.readers(item), jobs: jobs, output: output, kernel: { inputs, count, out in
+            combine(inputs, count, out)
+            for j in 0..<count { out[j] = (out[j] - mu) * a + fused.mean }
+        }, fold: { _ in })
+        return TensorMergeResult(method: method, fused: fused, nonFinite: nonFinite)
+    }
+}

@@ -1,0 +1,150 @@
+/// `scope`: each model's scope per tensor, the fused scope and how far the models disagree.
+public struct ScopeComparison {
+    public struct Row {
+        public let name: String
+        public let scopes: [Scope]
+        public let fused: Scope
+        /// Largest std / smallest std (`nil` when the smallest is 0).
+        public let stdRatio: Double?
+        /// Largest KL(N(μ_i, σ_i²) ‖ N(μ_f, σ_f²)) over the models.
+        public let kl: Double?
+    }
+
+    public enum SortKey: String, CaseIterable, Sendable { case storage, std_ratio, kl }
+
+    public let models: [String]
+    public let weights: [Double]
+    public let fusion: ScopeFusion
+    public private(set) var rows: [Row]
+    /// Tensors some models lack: name and the models that lack it.
+    public let missing: [(name: String, missingFrom: [String])]
+
+    /// Measures every selected, decodable tensor present in all `checkpoints` (in the first
+    /// one's storage order) and fuses their scopes.
+    public init(_ checkpoints: [Checkpoint], weights: [Double], fusion: ScopeFusion, filter: TensorFilter, jobs: Int) throws {
+        models = checkpoints.map(\.path)
+        self.weights = weights
+        self.fusion = fusion
+        var missing: [(String, [String])] = []
+        var names: [String] = []
+        var seen = Set<String>()
+        for checkpoint in checkpoints {
+            for tensor in checkpoint.tensors where filter.selects(tensor.name) && seen.insert(tensor.name).inserted {
+                names.append(tensor.name)
+            }
+        }
+        var rows: [Row] = []
+        for name in names {
+            let lacking = checkpoints.filter { $0.index(of: name) == nil }.map(\.path)
+            if !lacking.isEmpty {
+                missing.append((name, lacking))
+                continue
+            }
+            var scopes: [Scope] = []
+            for checkpoint in checkpoints {
+                let i = checkpoint.index(of: name)!
+                let tensor = checkpoint.tensors[i]
+                guard tensor.dtype.isFloat, tensor.dtype.isDecodable else { break }
+                guard tensor.shape == checkpoints[0].tensors[checkpoints[0].index(of: name)!].shape else {
+                    throw WSAMergeError.malformed(file: checkpoint.path, tensor: name,
+                                                  reason: "shape \(tensor.shape) differs from \(models[0])")
+                }
+                let m = try TensorStatistics.compute(try checkpoint.reader(for: i), jobs: jobs).moments!
+                scopes.append(Scope(mean: m.finiteMean ?? .nan, std: m.std ?? .nan))
+            }
+            guard scopes.count == checkpoints.count else { continue }
+            let fused = fusion.fuse(scopes, weights: weights)
+            let stds = scopes.map(\.std)
+            let lo = stds.min()!, hi = stds.max()!
+            let kls = scopes.map { ScopeFusion.kl($0, fused) }
+            rows.append(Row(name: name, scopes: scopes, fused: fused, stdRatio: lo > 0 ? hi / lo : nil,
+                            kl: kls.contains { $0 == nil } ? nil : kls.map { $0! }.max()))
+        }
+        self.rows = rows
+        self.missing = missing
+    }
+
+    /// Orders rows most divergent first (`nil` last, storage order among equals).
+    public mutating func sort(by key: SortKey) {
+        func value(_ row: Row) -> Double? { key == .kl ? row.kl : row.stdRatio }
+        guard key != .storage else { return }
+        rows = rows.enumerated().sorted { a, b in
+            switch (value(a.element), value(b.element)) {
+            case let (x?, y?): return x != y ? x > y : a.offset < b.offset
+            case (_?, nil): return true
+            case (nil, _?): return false
+            case (nil, nil): return a.offset < b.offset
+            }
+        }.map(\.element)
+    }
+
+    public var json: JSON {
+        var members: [(String, JSON)] = [
+            ("models", .array(models.map { .string($0) })),
+            ("weights", .array(weights.map { .double($0) })),
+            ("fusion", .string(fusion.rawValue)),
+            ("tensors", .array(rows.map { row in
+                .object([
+                    ("name", .string(row.name)),
+                    ("scopes", .array(row.scopes.map(\.json))),
+                    ("fused", row.fused.json),
+                    ("std_ratio", .number(row.stdRatio)),
+                    ("kl", .number(row.kl)),
+                ])
+            })),
+        ]
+        if !missing.isEmpty {
+            members.append(("missing", .array(missing.map {
+                .object([("name", .string($0.name)), ("missing_from", .array($0.missingFrom.map { .string($0) }))])
+            })))
+        }
+        return .object(members)
+    }
+
+    public var table: String {
+        var headers = ["name"]
+        for i in models.indices { headers += ["mean\(i + 1)", "std\(i + 1)"] }
+        headers += ["fused mean", "fused std", "std ratio", "kl"]
+        var table = Table(headers: headers, numericColumns: Set(1..<headers.count))
+        for row in rows {
+            var cells = [shortenMiddle(row.name)]
+            for s in row.scopes { cells += [formatNumber(s.mean), formatNumber(s.std)] }
+            cells += [formatNumber(row.fused.mean), formatNumber(row.fused.std), formatNumber(row.stdRatio), formatNumber(row.kl)]
+            table.add(cells)
+        }
+        return table.text
+    }
+}
+
+/// A fused target scope per tensor, as `scope -o` writes it and `fuse --target-scope` reads it.
+public struct TargetScope: Sendable {
+    public let scopes: [String: Scope]
+
+    public init(scopes: [String: Scope]) { self.scopes = scopes }
+
+    /// Reads the `tensors[].name` and `tensors[].fused` of a scope document.
+    public init(path: String) throws {
+        let file = try ReadableFile(path: path)
+        guard file.size <= 1 << 30 else { throw WSAMergeError.malformed(file: path, reason: "target scope file is too large") }
+        let bytes = try file.readBytes(at: 0, count: file.size)
+        let json: JSON
+        do {
+            json = try bytes.withUnsafeBytes { try JSON.parse($0) }
+        } catch {
+            throw WSAMergeError.malformed(file: path, reason: "not valid JSON: \(error)")
+        }
+        guard let tensors = json["tensors"]?.arrayValue else {
+            throw WSAMergeError.malformed(file: path, reason: "no 'tensors' array (expected the document `wsamerge scope -o` writes)")
+        }
+        var scopes: [String: Scope] = [:]
+        for entry in tensors {
+            guard let name = entry["name"]?.stringValue,
+                  let mean = entry["fused"]?["mean"]?.doubleValue, let std = entry["fused"]?["std"]?.doubleValue,
+                  mean.isFinite, std.isFinite, std >= 0 else {
+                throw WSAMergeError.malformed(file: path, reason: "a tensor entry lacks a name or a finite fused mean/std")
+            }
+            scopes[name] = Scope(mean: mean, std: std)
+        }
+        self.scopes = scopes
+    }
+}

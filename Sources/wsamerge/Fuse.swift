@@ -1,0 +1,108 @@
+import ArgumentParser
+import WSAMergeKit
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension WSAMerge {
+    struct Fuse: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Merge checkpoints with a strategy (average, fisher, wsa) and print a JSON report.",
+            discussion: """
+                Every input is checked first (tensor names, shapes, dtypes, Fisher files, output path); \
+                nothing is written unless all checks pass, and the output appears only when complete. \
+                All strategies accumulate in float64 and round once to the output dtype.
+                """)
+
+        @Argument(help: "Checkpoints to merge (any mix of formats).")
+        var inputs: [String]
+
+        @Option(help: "Merge strategy: \(WSAMergeKit.Strategies.all.map { $0.identifier }.joined(separator: ", ")).")
+        var strategy: String = "average"
+
+        @Option(help: "Model weights w1,w2,… (finite, ≥ 0, positive sum; normalised). Default: uniform.")
+        var weights: String?
+
+        @Option(help: "Output dtype: keep (each tensor keeps the first input's dtype), F64, F32, F16 or BF16.")
+        var dtype: String = "keep"
+
+        @Option(name: .customLong("on-missing"), help: "Tensors missing from some inputs: error, intersection or union.")
+        var onMissing: String = "error"
+
+        @Option(parsing: .upToNextOption, help: "Fisher checkpoints, one per input (strategy fisher).")
+        var fisher: [String] = []
+
+        @Option(name: .customLong("fisher-epsilon"), help: "Added to every Fisher value.")
+        var fisherEpsilon: Double = 1e-6
+
+        @Option(name: .customLong("fisher-normalize"), help: "global (c_i = w_i / ‖F_i‖₂) or none (c_i = w_i).")
+        var fisherNormalize: String = "global"
+
+        @Option(name: .customLong("scope-fusion"), help: "WSA fused scope: linear, quadratic or mixture.")
+        var scopeFusion: String = "linear"
+
+        @Option(name: .customLong("target-scope"), help: "WSA target scopes from a `wsamerge scope -o` file.")
+        var targetScope: String?
+
+        @Option(name: .customLong("wsa-rescale"), help: "WSA rescale: inputs, output or both.")
+        var wsaRescale: String = "inputs"
+
+        @Option(name: .customLong("wsa-min-rank"), help: "WSA: tensors of lower rank are averaged.")
+        var wsaMinRank: Int = 2
+
+        @Option(help: "Extra output metadata key=value (repeatable).")
+        var metadata: [String] = []
+
+        @Flag(name: .customLong("dry-run"), help: "Check everything and print the plan; write nothing.")
+        var dryRun = false
+
+        @Flag(help: "Refuse NaN or infinite input values instead of warning.")
+        var strict = false
+
+        @OptionGroup var output: OutputArguments
+        @OptionGroup var common: CommonOptions
+
+        func run() throws {
+            var request = Merger.Request(inputs: inputs, strategy: strategy, output: try output.options())
+            request.weights = try weights.map { try Weights.parse($0) }
+            request.filter = try common.filter()
+            request.onMissing = try choice(onMissing, "--on-missing")
+            request.dtype = dtype == "keep" ? nil : try choice(dtype, "--dtype")
+            request.settings.fisherPaths = fisher
+            request.settings.fisherEpsilon = fisherEpsilon
+            request.settings.fisherNormalize = try choice(fisherNormalize, "--fisher-normalize")
+            request.settings.scopeFusion = try choice(scopeFusion, "--scope-fusion")
+            request.settings.targetScopePath = targetScope
+            request.settings.wsaRescale = try choice(wsaRescale, "--wsa-rescale")
+            request.settings.wsaMinRank = wsaMinRank
+            request.extraMetadata = try metadata.map { pair in
+                guard let eq = pair.firstIndex(of: "="), eq != pair.startIndex else {
+                    throw WSAMergeError.usage("--metadata expects key=value, got '\(pair)'")
+                }
+                return (String(pair[..<eq]), String(pair[pair.index(after: eq)...]))
+            }
+            request.strict = strict
+            request.jobs = common.workerCount
+            if dryRun {
+                let (plan, _) = try Merger.plan(request)
+                emit(Merger.dryRunJSON(plan, request: request))
+                return
+            }
+            let report = try Merger.run(request, progress: Progress.forTerminal(label: "fuse", quiet: common.quiet))
+            if !report.nonFiniteTensors.isEmpty && !common.quiet {
+                let names = report.nonFiniteTensors.prefix(5).joined(separator: ", ")
+                let more = report.nonFiniteTensors.count > 5 ? " and \(report.nonFiniteTensors.count - 5) more" : ""
+                fputs("wsamerge: warning: \(report.nonFiniteTensors.count) tensor(s) have NaN or infinite input values: \(names)\(more)\n", stderr)
+            }
+            emit(report.json)
+        }
+    }
+}
+
+/// Parses an enumerated option value, listing the choices on error.
+func choice<T: RawRepresentable & CaseIterable>(_ text: String, _ flag: String) throws -> T where T.RawValue == String {
+    guard let value = T(rawValue: text) else {
+        throw WSAMergeError.usage("\(flag) '\(text)' is not one of: \(T.allCases.map(\.rawValue).joined(separator: ", "))")
+    }
+    return value
+}

@@ -1,0 +1,49 @@
+import ArgumentParser
+import WSAMergeKit
+
+extension WSAMerge {
+    struct Scope: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Compare the models' weight scopes per tensor and fuse them into a target scope.",
+            discussion: "With -o, the document is also written to a file: the target a WSA training loop regularises toward, and what `fuse --strategy wsa --target-scope` reads.")
+
+        @Argument(help: "Checkpoints to compare.")
+        var files: [String]
+
+        @Option(help: "Model weights w1,w2,… (normalised). Default: uniform.")
+        var weights: String?
+
+        @Option(name: .customLong("scope-fusion"), help: "Fusion rule: linear, quadratic or mixture.")
+        var scopeFusion: String = "linear"
+
+        @Option(help: "Row order: storage (default), std_ratio or kl (most divergent first).")
+        var sort: String = "storage"
+
+        @Option(name: .shortAndLong, help: "Also write the scope document (the fused target) to this file.")
+        var output: String?
+
+        @Flag(help: "Replace an existing -o file.")
+        var force = false
+
+        @OptionGroup var common: CommonOptions
+
+        func run() throws {
+            let checkpoints = try CheckpointReader.open(files)
+            let w = try Weights.normalized(try weights.map { try Weights.parse($0) }, count: checkpoints.count)
+            let identities = checkpoints.reduce(into: Set<FileIdentity>()) { $0.formUnion($1.identities) }
+            if let output { try OutputFile.precheck(output, force: force, inputs: identities) }
+            var comparison = try ScopeComparison(checkpoints, weights: w, fusion: try choice(scopeFusion, "--scope-fusion"),
+                                                 filter: try common.filter(), jobs: common.workerCount)
+            comparison.sort(by: try choice(sort, "--sort"))
+            if let output {
+                let file = try OutputFile(destination: output, force: force, inputs: identities)
+                try file.write(comparison.json.text + "\n")
+                try file.commit()
+            }
+            switch common.format {
+            case .json: emit(comparison.json)
+            case .table: emit(comparison.table)
+            }
+        }
+    }
+}
