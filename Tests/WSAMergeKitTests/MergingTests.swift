@@ -1,0 +1,48 @@
+import Testing
+@testable import WSAMergeKit
+
+@Suite struct WeightsTests {
+    @Test func uniformByDefaultAndNormalised() throws {
+        #expect(try Weights.normalized(nil, count: 4) == [0.25, 0.25, 0.25, 0.25])
+        #expect(try Weights.normalized([1, 3], count: 2) == [0.25, 0.75])
+        #expect(try Weights.normalized([0, 2], count: 2) == [0, 1])
+    }
+
+    @Test func refusesBadWeights() throws {
+        for bad in [[1.0], [-1, 2], [0, 0], [.nan, 1], [.infinity, 1]] {
+            #expect(throws: WSAMergeError.self) { try Weights.normalized(bad, count: 2) }
+        }
+        #expect(throws: WSAMergeError.self) { try Weights.parse("1,x") }
+        #expect(try Weights.parse("0.5, 1.5") == [0.5, 1.5])
+    }
+}
+
+@Suite struct ScopeFusionTests {
+    let scopes = [Scope(mean: 0.1, std: 0.02), Scope(mean: -0.1, std: 0.04)]
+    let w = [0.25, 0.75]
+
+    @Test func fusionRules() {
+        let linear = ScopeFusion.linear.fuse(scopes, weights: w)
+        #expect(abs(linear.mean - (-0.05)) < 1e-15)
+        #expect(abs(linear.std - 0.035) < 1e-15)
+        let quadratic = ScopeFusion.quadratic.fuse(scopes, weights: w)
+        #expect(abs(quadratic.std - (0.25 * 0.0004 + 0.75 * 0.0016).squareRoot()) < 1e-15)
+        let mixture = ScopeFusion.mixture.fuse(scopes, weights: w)
+        let variance = 0.25 * (0.0004 + 0.01) + 0.75 * (0.0016 + 0.01) - 0.0025
+        #expect(abs(mixture.std - variance.squareRoot()) < 1e-15)
+    }
+
+    @Test func klDivergence() throws {
+        #expect(ScopeFusion.kl(scopes[0], scopes[0]) == 0)
+        let kl = try #require(ScopeFusion.kl(Scope(mean: 0, std: 1), Scope(mean: 1, std: 2)))
+        // ln 2 + (1 + 1) / 8 − ½
+        #expect(abs(kl - (0.6931471805599453 + 0.25 - 0.5)) < 1e-15)
+        #expect(ScopeFusion.kl(Scope(mean: 0, std: 0), scopes[0]) == nil)
+    }
+
+    @Test func registryHasUniqueIdentifiers() {
+        let ids = Strategies.all.map { $0.identifier }
+        #expect(ids == ["average", "fisher", "wsa"])
+        #expect(Strategies.named("wsa") != nil && Strategies.named("nope") == nil)
+    }
+}

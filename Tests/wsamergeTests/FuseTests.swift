@@ -1,0 +1,272 @@
+import Foundation
+import Testing
+
+/// End-to-end tests of `fuse`: every strategy against the independent numpy float64 reference
+/// (fixtures/reference_merge.py, within 1 ulp of the output dtype), options, plan errors,
+/// determinism and interop.
+@Suite struct FuseTests {
+    static let m = TestSupport.fixtures + "/merge"
+    static let f32 = [m + "/a.safetensors", m + "/b.safetensors", m + "/c.npz"]
+    static let bf16 = [m + "/a_bf16.safetensors", m + "/b_bf16.safetensors", m + "/c_bf16.safetensors"]
+    static let fisher = [m + "/fisher_a.safetensors", m + "/fisher_b.safetensors", m + "/fisher_c.safetensors"]
+
+    /// Runs fuse into a temporary directory, then the reference on the output.
+    func fuseMatchesReference(inputs: [String], strategy: String, options: [String] = [],
+                              sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let out = dir + "/merged.safetensors"
+        var fisherArgs: [String] = []
+        if strategy == "fisher" { fisherArgs = ["--fisher"] + Self.fisher }
+        let run = try TestSupport.wsamerge(["fuse", "--strategy", strategy] + inputs + fisherArgs + options + ["-o", out])
+        #expect(run.status == 0, "\(run.stderr)", sourceLocation: sourceLocation)
+        let reference = try TestSupport.run(TestSupport.python, [TestSupport.fixtures + "/reference_merge.py", out,
+                                                                 "--strategy", strategy, "--inputs"] + inputs + fisherArgs + options)
+        #expect(reference.status == 0, "reference: \(reference.stdout) \(reference.stderr)", sourceLocation: sourceLocation)
+        #expect(reference.stdout.contains("max_ulp"), sourceLocation: sourceLocation)
+    }
+
+    @Test(arguments: ["average", "fisher", "wsa"])
+    func strategyMatchesReferenceF32(_ strategy: String) throws {
+        try fuseMatchesReference(inputs: Self.f32, strategy: strategy)
+    }
+
+    @Test(arguments: ["average", "fisher", "wsa"])
+    func strategyMatchesReferenceBF16(_ strategy: String) throws {
+        try fuseMatchesReference(inputs: Self.bf16, strategy: strategy)
+    }
+
+    @Test(arguments: [
+        ["--wsa-rescale", "output"], ["--wsa-rescale", "both"], ["--scope-fusion", "quadratic"],
+        ["--scope-fusion", "mixture", "--weights", "1,2,3"], ["--wsa-min-rank", "1", "--dtype", "F16"],
+        ["--weights", "0,1,1", "--dtype", "BF16"],
+    ])
+    func wsaOptionsMatchReference(_ options: [String]) throws {
+        try fuseMatchesReference(inputs: Self.f32, strategy: "wsa", options: options)
+    }
+
+    @Test(arguments: [["--fisher-normalize", "none"], ["--fisher-epsilon", "0.01"], ["--weights", "3,1,1"]])
+    func fisherOptionsMatchReference(_ options: [String]) throws {
+        try fuseMatchesReference(inputs: Self.f32, strategy: "fisher", options: options)
+    }
+
+    @Test func averageWithWeightsAndDType() throws {
+        try fuseMatchesReference(inputs: Self.bf16, strategy: "average", options: ["--weights", "0.2,0.3,0.5", "--dtype", "F32"])
+    }
+
+    @Test func targetScopeFromScopeCommand() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let target = dir + "/target.json"
+        // A target fused from two models, applied to a merge of three.
+        let scope = try TestSupport.wsamerge(["scope", Self.f32[0], Self.f32[1], "--scope-fusion", "quadratic", "-o", target])
+        #expect(scope.status == 0, "\(scope.stderr)")
+        try fuseMatchesReference(inputs: Self.f32, strategy: "wsa", options: ["--target-scope", target])
+    }
+
+    @Test(arguments: ["average", "fisher", "wsa"])
+    func mergingCopiesReturnsTheInput(_ strategy: String) throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let a = Self.f32[0]
+        var args = ["fuse", "--strategy", strategy, a, a, a, "-o", dir + "/out.safetensors"]
+        if strategy == "fisher" { args += ["--fisher"] + [Self.fisher[0], Self.fisher[1], Self.fisher[2]] }
+        let run = try TestSupport.wsamerge(args)
+        #expect(run.status == 0, "\(run.stderr)")
+        let check = try TestSupport.python("""
+            import sys; from safetensors.numpy import load_file
+            a, b = load_file(sys.argv[1]), load_file(sys.argv[2])
+            assert a.keys() == b.keys()
+            for k in a: assert a[k].tobytes() == b[k].tobytes(), k
+            """, [a, dir + "/out.safetensors"])
+        #expect(check.status == 0, "\(check.stderr)")
+    }
+
+    @Test func outputIsByteIdenticalAcrossRunsAndJobs() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        var outputs: [Data] = []
+        for (i, jobs) in ["1", "4", "1"].enumerated() {
+            let out = dir + "/m\(i).safetensors"
+            let run = try TestSupport.wsamerge(["fuse", "--strategy", "wsa", "--jobs", jobs] + Self.bf16 + ["-o", out])
+            #expect(run.status == 0, "\(run.stderr)")
+            outputs.append(try Data(contentsOf: URL(fileURLWithPath: out)))
+        }
+        #expect(outputs[0] == outputs[1])
+        #expect(outputs[0] == outputs[2])
+    }
+
+    @Test func metadataAndReportCarryProvenance() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let out = dir + "/m.safetensors"
+        let run = try TestSupport.wsamerge(["fuse", "--strategy", "wsa", "--weights", "1,1,2", "--metadata", "run=7"] + Self.f32 + ["-o", out])
+        #expect(run.status == 0, "\(run.stderr)")
+        let report = try #require(try run.json() as? [String: Any])
+        #expect(report["strategy"] as? String == "wsa")
+        #expect(report["weights"] as? [Double] == [0.25, 0.25, 0.5])
+        let tensors = try #require(report["tensors"] as? [[String: Any]])
+        let norm = try #require(tensors.first { $0["name"] as? String == "model.layers.0.norm.weight" })
+        #expect((norm["method"] as? String)?.hasPrefix("average") == true)
+        let mlp = try #require(tensors.first { $0["name"] as? String == "model.layers.0.mlp.weight" })
+        #expect(mlp["method"] as? String == "wsa-rescale-inputs")
+        #expect((mlp["fused"] as? [String: Double])?["std"] != nil)
+        let check = try TestSupport.python("""
+            import sys, json; from safetensors import safe_open
+            m = safe_open(sys.argv[1], "np").metadata()
+            assert m["format"] == "pt", m
+            assert m["wsamerge.strategy"] == "wsa" and m["run"] == "7", m
+            assert json.loads(m["wsamerge.inputs"]) == ["a.safetensors", "b.safetensors", "c.npz"], m
+            assert json.loads(m["wsamerge.weights"]) == [0.25, 0.25, 0.5], m
+            assert m["wsamerge.scope_fusion"] == "linear" and "wsamerge.version" in m, m
+            """, [out])
+        #expect(check.status == 0, "\(check.stderr)")
+    }
+
+    @Test func npzAndShardedOutputs() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let npz = try TestSupport.wsamerge(["fuse"] + Self.f32 + ["-o", dir + "/m.npz", "--compress"])
+        #expect(npz.status == 0, "\(npz.stderr)")
+        let sharded = try TestSupport.wsamerge(["fuse"] + Self.f32 + ["-o", dir + "/shards", "--max-shard-size", "10kB"])
+        #expect(sharded.status == 0, "\(sharded.stderr)")
+        let single = try TestSupport.wsamerge(["fuse"] + Self.f32 + ["-o", dir + "/m.safetensors"])
+        #expect(single.status == 0)
+        let check = try TestSupport.python("""
+            import sys, json, numpy as np, glob, os
+            from safetensors.numpy import load_file
+            ref = load_file(sys.argv[1] + "/m.safetensors")
+            z = np.load(sys.argv[1] + "/m.npz", allow_pickle=False)
+            assert sorted(z.files) == sorted(ref), z.files
+            for k in ref: assert z[k].tobytes() == ref[k].tobytes(), k
+            idx = json.load(open(sys.argv[1] + "/shards/model.safetensors.index.json"))
+            shards = sorted(set(idx["weight_map"].values()))
+            assert len(shards) > 1 and shards[0].endswith("-of-%05d.safetensors" % len(shards)), shards
+            got = {}
+            for s in shards: got.update(load_file(sys.argv[1] + "/shards/" + s))
+            assert got.keys() == ref.keys()
+            for k in ref: assert got[k].tobytes() == ref[k].tobytes(), k
+            assert idx["metadata"]["total_size"] == sum(v.nbytes for v in ref.values())
+            """, [dir])
+        #expect(check.status == 0, "\(check.stderr)")
+        // The sharded directory is itself a valid input.
+        let stats = try TestSupport.wsamerge(["inspect", dir + "/shards"])
+        #expect(stats.status == 0)
+    }
+
+    @Test func missingTensorsErrorIntersectionUnion() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let lacking = dir + "/b_missing.safetensors"
+        #expect(try TestSupport.wsamerge(["convert", Self.f32[1], "-o", lacking, "--exclude", "layers\\.1\\."]).status == 0)
+        let out = dir + "/m.safetensors"
+        let refused = try TestSupport.wsamerge(["fuse", Self.f32[0], lacking, "-o", out])
+        TestSupport.expectRefusal(refused, code: 65, mentions: ["model.layers.1.attn.weight", "b_missing.safetensors", "--on-missing"])
+        #expect(!TestSupport.fileExists(out))
+        let intersection = try TestSupport.wsamerge(["fuse", Self.f32[0], lacking, "-o", out, "--on-missing", "intersection"])
+        #expect(intersection.status == 0, "\(intersection.stderr)")
+        #expect((try intersection.json() as? [String: Any])?["tensor_count"] as? Int == 5)
+        let union = try TestSupport.wsamerge(["fuse", Self.f32[0], lacking, "-o", out, "--force", "--on-missing", "union"])
+        #expect(union.status == 0, "\(union.stderr)")
+        let report = try #require(try union.json() as? [String: Any])
+        #expect(report["tensor_count"] as? Int == 6)
+        let tensors = try #require(report["tensors"] as? [[String: Any]])
+        #expect(tensors.contains { ($0["method"] as? String)?.hasPrefix("copy: only in") == true })
+    }
+
+    /// A variant of model b written by Python: `edit` is Python code changing dict `t`.
+    func variant(_ dir: String, _ name: String, from source: String, _ edit: String) throws -> String {
+        let path = dir + "/" + name
+        let run = try TestSupport.python("""
+            import sys, numpy as np, ml_dtypes
+            from safetensors.numpy import load_file, save_file
+            t = load_file(sys.argv[1])
+            \(edit)
+            save_file(t, sys.argv[2], metadata={"format": "pt"})
+            """, [source, path])
+        #expect(run.status == 0, "\(run.stderr)")
+        return path
+    }
+
+    @Test func planErrorsWriteNothing() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let out = dir + "/never.safetensors"
+        let a = Self.f32[0], b = Self.f32[1]
+        let reshaped = try variant(dir, "reshaped.safetensors", from: b,
+                                   "t['model.layers.0.attn.weight'] = t['model.layers.0.attn.weight'].reshape(24, 16)")
+        let step = try variant(dir, "step.safetensors", from: b, "t['step'] = np.array(7, dtype=np.int64)")
+        let negative = try variant(dir, "neg.safetensors", from: Self.fisher[1],
+                                   "x = t['model.layers.0.mlp.weight'].copy(); x[1, 2] = -1; t['model.layers.0.mlp.weight'] = x")
+        let cases: [([String], Int32, [String])] = [
+            (["fuse", a, reshaped], 65, ["model.layers.0.attn.weight", "shape"]),
+            (["fuse", a, step], 65, ["'step'", "differ"]),
+            (["fuse", "--strategy", "fisher", a, b, "--fisher", Self.fisher[0], negative], 65, ["model.layers.0.mlp.weight", "≥ 0"]),
+            (["fuse", "--strategy", "fisher", a, b, "--fisher", Self.fisher[0]], 64, ["--fisher"]),
+            (["fuse", "--strategy", "fisher", a, b], 64, ["--fisher"]),
+            (["fuse", a, b, "--weights", "1,-1"], 64, ["--weights"]),
+            (["fuse", a, b, "--weights", "0,0"], 64, ["positive sum"]),
+            (["fuse", a, b, "--weights", "1,2,3"], 64, ["--weights"]),
+            (["fuse", "--strategy", "median", a, b], 64, ["median"]),
+            (["fuse", a, b, "--dtype", "I32"], 64, ["--dtype"]),
+            (["fuse", a, dir + "/absent.safetensors"], 66, ["absent.safetensors"]),
+        ]
+        for (args, code, mentions) in cases {
+            let run = try TestSupport.wsamerge(args + ["-o", out])
+            TestSupport.expectRefusal(run, code: code, mentions: mentions)
+            #expect(!TestSupport.fileExists(out), "\(args)")
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).sorted() == ["neg.safetensors", "reshaped.safetensors", "step.safetensors"])
+    }
+
+    @Test func outputMayNotBeAnInput() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let copy = dir + "/a.safetensors"
+        try FileManager.default.copyItem(atPath: Self.f32[0], toPath: copy)
+        let before = try Data(contentsOf: URL(fileURLWithPath: copy))
+        try FileManager.default.createSymbolicLink(atPath: dir + "/link.safetensors", withDestinationPath: copy)
+        try FileManager.default.linkItem(atPath: copy, toPath: dir + "/hard.safetensors")
+        for target in [copy, dir + "/link.safetensors", dir + "/hard.safetensors"] {
+            let run = try TestSupport.wsamerge(["fuse", copy, Self.f32[1], "-o", target, "--force"])
+            TestSupport.expectRefusal(run, code: 73, mentions: ["one of the inputs"])
+        }
+        #expect(try Data(contentsOf: URL(fileURLWithPath: copy)) == before)
+        let exists = try TestSupport.wsamerge(["fuse", Self.f32[0], Self.f32[1], "-o", dir + "/hard.safetensors"])
+        TestSupport.expectRefusal(exists, code: 73, mentions: ["--force"])
+    }
+
+    @Test func dryRunPrintsThePlanAndWritesNothing() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let run = try TestSupport.wsamerge(["fuse", "--dry-run", "--include", "attn"] + Self.f32 + ["-o", dir + "/m.safetensors"])
+        #expect(run.status == 0, "\(run.stderr)")
+        let plan = try #require(try run.json() as? [String: Any])
+        #expect(plan["dry_run"] as? Bool == true)
+        let actions = (plan["tensors"] as? [[String: Any]] ?? []).map { ($0["name"] as! String, $0["action"] as! String) }
+        #expect(actions.filter { $0.1 == "merge" }.map(\.0) == ["model.layers.0.attn.weight", "model.layers.1.attn.weight"])
+        #expect(actions.contains { $0.0 == "model.embed.weight" && $0.1.hasPrefix("copy: excluded") })
+        #expect(!TestSupport.fileExists(dir + "/m.safetensors"))
+    }
+
+    @Test func nonFiniteInputsWarnOrRefuseWithStrict() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let nan = try variant(dir, "nan.safetensors", from: Self.f32[1],
+                              "x = t['model.embed.weight'].copy(); x[0, 0] = np.nan; t['model.embed.weight'] = x")
+        let warned = try TestSupport.wsamerge(["fuse", Self.f32[0], nan, "-o", dir + "/m.safetensors"])
+        #expect(warned.status == 0)
+        #expect(warned.stderr.contains("warning") && warned.stderr.contains("model.embed.weight"))
+        let strict = try TestSupport.wsamerge(["fuse", "--strict", Self.f32[0], nan, "-o", dir + "/s.safetensors"])
+        TestSupport.expectRefusal(strict, code: 65, mentions: ["model.embed.weight", "--strict"])
+        #expect(!TestSupport.fileExists(dir + "/s.safetensors"))
+    }
+
+    @Test func strategiesListsTheRegistry() throws {
+        let run = try TestSupport.wsamerge(["strategies"])
+        let list = try #require(try run.json() as? [[String: Any]])
+        #expect(list.map { $0["identifier"] as? String } == ["average", "fisher", "wsa"])
+        let wsa = try #require(list.last?["options"] as? [[String: Any]])
+        #expect(wsa.contains { $0["name"] as? String == "--scope-fusion" && $0["default"] as? String == "linear" })
+    }
+}
