@@ -1,0 +1,58 @@
+import Testing
+@testable import WSAMergeKit
+
+/// Text for people: numbers, byte sizes, aligned columns, layer indexes, name filters.
+@Suite struct TableTests {
+    @Test func formatsNumbers() {
+        #expect(formatNumber(nil) == "-")
+        #expect(formatNumber(0) == "0")
+        #expect(formatNumber(0.0201) == "0.02010")  // four significant digits
+        #expect(formatNumber(-1.5) == "-1.500")
+        #expect(formatNumber(3.4e-05) == "3.40e-05")
+        #expect(formatNumber(1.23e6) == "1.23e+06")
+        #expect(formatNumber(9.999e-4) == "1.00e-03")
+        #expect(formatNumber(.nan) == "nan" && formatNumber(-.infinity) == "-inf")
+    }
+
+    @Test func formatsBytes() {
+        #expect(formatBytes(999) == "999 B")
+        #expect(formatBytes(1000) == "1.00 kB")
+        #expect(formatBytes(1_500_000) == "1.50 MB")
+        #expect(formatBytes(25_000_000_000) == "25.0 GB")
+    }
+
+    @Test func alignsColumns() {
+        var table = Table(headers: ["name", "n"], numericColumns: [1])
+        table.add(["a", "1"])
+        table.add(["longer", "12345"])
+        #expect(table.text == "name        n\na           1\nlonger  12345\n")
+    }
+
+    @Test func shortensLongNamesInTheMiddle() {
+        let name = String(repeating: "a", count: 40) + String(repeating: "b", count: 40)
+        let short = shortenMiddle(name)
+        #expect(short.count == Table.maxNameWidth && short.hasPrefix("aaaa") && short.hasSuffix("bbbb") && short.contains("…"))
+        #expect(shortenMiddle("short") == "short")
+    }
+
+    @Test func findsLayerIndexes() {
+        #expect(LayerGroups.layerIndex(of: "model.layers.12.mlp.up_proj.weight") == 12)
+        #expect(LayerGroups.layerIndex(of: "transformer.h.3.attn.c_attn.weight") == 3)
+        #expect(LayerGroups.layerIndex(of: "blocks.0.norm.weight") == 0)
+        #expect(LayerGroups.layerIndex(of: "encoder.layer.7.output.dense.bias") == 7)
+        #expect(LayerGroups.layerIndex(of: "model.embed_tokens.weight") == nil)
+        #expect(LayerGroups.layerIndex(of: "model.layers.x.weight") == nil)
+        #expect(LayerGroups.layerIndex(of: "model.layers") == nil)
+        #expect(LayerGroups.layerIndex(of: "h.-1.weight") == nil)
+    }
+
+    @Test func filtersNamesLikeReSearch() throws {
+        let filter = try TensorFilter(include: ["layers\\.[01]\\.", "^lm_head"], exclude: ["bias$"])
+        #expect(filter.selects("model.layers.0.mlp.weight"))
+        #expect(!filter.selects("model.layers.0.mlp.bias"))
+        #expect(!filter.selects("model.layers.2.mlp.weight"))
+        #expect(filter.selects("lm_head.weight") && !filter.selects("x.lm_head.weight"))
+        #expect(TensorFilter.all.selects("anything"))
+        #expect(throws: WSAMergeError.usage("--include '(' is not a valid regular expression")) { try TensorFilter(include: ["("], exclude: []) }
+    }
+}
