@@ -1,3 +1,4 @@
+import CZip
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -15,6 +16,8 @@ public final class OutputFile {
     private var committed = false
     private var buffer: UnsafeMutableRawBufferPointer
     private var buffered = 0
+    /// Bytes already handed to the kernel for write-back (see `startWriteBack`).
+    private var writeBackStart = 0
     /// Bytes written so far (the offset of the next write).
     public private(set) var offset = 0
 
@@ -70,6 +73,7 @@ public final class OutputFile {
             if bytes.count >= buffer.count {
                 try writeFully(bytes, at: offset)
                 offset += bytes.count
+                startWriteBack()
                 return
             }
         }
@@ -97,6 +101,19 @@ public final class OutputFile {
         guard buffered > 0 else { return }
         try writeFully(UnsafeRawBufferPointer(rebasing: buffer[0..<buffered]), at: offset - buffered)
         buffered = 0
+        startWriteBack()
+    }
+
+    /// Starts asynchronous write-back of every 64 MB written, so the final `fsync` has little
+    /// left to do and dirty pages do not pile up.
+    private func startWriteBack() {
+        #if canImport(Glibc)
+        let step = 64 << 20
+        while offset - writeBackStart >= step {
+            _ = wsamerge_start_writeback(descriptor, Int64(writeBackStart), Int64(step))
+            writeBackStart += step
+        }
+        #endif
     }
 
     private func writeFully(_ bytes: UnsafeRawBufferPointer, at position: Int) throws {

@@ -1,6 +1,12 @@
+import Dispatch
+
 /// Streams several same-shaped tensors side by side: each chunk of every input is read, then
 /// the chunk's blocks are decoded to float64 and handed to a kernel in parallel; the kernel's
 /// output block (if any) is rounded once to the output dtype and written in order.
+///
+/// Reading the next chunk and writing the previous one run on their own threads while the
+/// current chunk is computed (double-buffered input, triple-buffered output), so I/O and
+/// arithmetic overlap; memory stays at a few chunks whatever the tensor size.
 ///
 /// The partition (see `Partition`) does not depend on `jobs`, per-element results do not
 /// depend on the thread that computed them, and per-block results reach `fold` in block order,
@@ -14,7 +20,7 @@ public struct Lockstep {
 
     /// A block kernel: `inputs[k]` holds `count` decoded values of input `k`; a writing pass
     /// fills `output` with `count` values. Must be safe to call from several threads.
-    typealias Kernel<T> = (_ inputs: [UnsafeMutablePointer<Double>], _ count: Int, _ output: UnsafeMutablePointer<Double>) -> T
+    public typealias Kernel<T> = (_ inputs: [UnsafeMutablePointer<Double>], _ count: Int, _ output: UnsafeMutablePointer<Double>) -> T
 
     static func run<T>(_ readers: [TensorReader], jobs: Int, output: Output?, kernel: @escaping Kernel<T>,
                        fold: ([T]) throws -> Void) throws {
@@ -24,50 +30,135 @@ public struct Lockstep {
         let block = Partition.blockElements
         let chunk = Swift.min(Partition.chunkElements, count)
         let widths = readers.map { $0.tensor.dtype.byteWidth! }
-        let raws = widths.map { UnsafeMutableRawBufferPointer.allocate(byteCount: chunk * $0, alignment: 64) }
+        let dtypes = readers.map(\.tensor.dtype)
         let outWidth = output?.dtype.byteWidth ?? 0
-        let encoded = UnsafeMutableRawBufferPointer.allocate(byteCount: Swift.max(1, chunk * outWidth), alignment: 64)
-        defer {
-            for r in raws { r.deallocate() }
-            encoded.deallocate()
-        }
         let workers = Swift.max(1, jobs)
         // Per worker: one scratch block per input plus one for the output.
         let scratch = ScratchPool(workers: workers * (readers.count + 1), capacity: block)
-        let dtypes = readers.map(\.tensor.dtype)
-        var remaining = count
-        while remaining > 0 {
-            let n = Swift.min(remaining, chunk)
-            for (reader, (raw, width)) in zip(readers, zip(raws, widths)) {
-                try reader.read(into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<n * width]))
+        let inputBuffers = (0..<2).map { _ in widths.map { RawBuffer(byteCount: chunk * $0) } }
+        let outputBuffers = (0..<3).map { _ in RawBuffer(byteCount: chunk * outWidth) }
+        let io = BackgroundIO()
+        defer { io.drain() }
+
+        /// Reads the chunk starting at element `start` into input buffer set `slot`.
+        func read(_ start: Int, into slot: Int) throws {
+            let n = Swift.min(chunk, count - start)
+            for (k, reader) in readers.enumerated() {
+                try reader.read(into: inputBuffers[slot][k].prefix(n * widths[k]))
             }
+        }
+
+        try read(0, into: 0)
+        var start = 0
+        var chunkNumber = 0
+        while start < count {
+            let n = Swift.min(chunk, count - start)
+            let slot = chunkNumber % 2
+            let next = start + n
+            if next < count { io.readAhead { try read(next, into: 1 - slot) } }
+            let encoded = outputBuffers[chunkNumber % 3]
+            if output != nil { try io.waitUntilWritable(encoded) }
+            let raws = inputBuffers[slot]
             let blocks = (n + block - 1) / block
             var results = [T?](repeating: nil, count: blocks)
             results.withUnsafeMutableBufferPointer { out in
                 parallelFor(blocks, jobs: workers) { b, worker in
-                    let start = b * block
-                    let m = Swift.min(block, n - start)
+                    let first = b * block
+                    let m = Swift.min(block, n - first)
                     let base = worker * (dtypes.count + 1)
                     var inputs: [UnsafeMutablePointer<Double>] = []
                     inputs.reserveCapacity(dtypes.count)
                     for k in 0..<dtypes.count {
                         let values = scratch.buffer(base + k)
-                        dtypes[k].decode(raws[k].baseAddress! + start * widths[k], count: m, into: values)
+                        dtypes[k].decode(raws[k].base + first * widths[k], count: m, into: values)
                         inputs.append(values)
                     }
                     let values = scratch.buffer(base + dtypes.count)
                     out[b] = kernel(inputs, m, values)
                     if let output {
-                        output.dtype.encode(values, count: m, into: encoded.baseAddress! + start * outWidth)
+                        output.dtype.encode(values, count: m, into: encoded.base + first * outWidth)
                     }
                 }
             }
             if let output {
-                try output.writer.write(UnsafeRawBufferPointer(rebasing: encoded[0..<n * outWidth]))
+                let bytes = n * outWidth
+                io.write(encoded) { try output.writer.write(UnsafeRawBufferPointer(encoded.prefix(bytes))) }
             }
             try fold(results.map { $0! })
-            remaining -= n
+            try io.waitForReadAhead()
+            start = next
+            chunkNumber += 1
         }
+        try io.finishWrites()
+    }
+}
+
+/// An owned, aligned byte buffer.
+final class RawBuffer: @unchecked Sendable {
+    let base: UnsafeMutableRawPointer
+    let byteCount: Int
+
+    init(byteCount: Int) {
+        self.byteCount = Swift.max(1, byteCount)
+        base = .allocate(byteCount: self.byteCount, alignment: 64)
+    }
+
+    deinit { base.deallocate() }
+
+    func prefix(_ n: Int) -> UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: base, count: n) }
+}
+
+/// One read-ahead thread and one writer thread; the first error of either is rethrown.
+final class BackgroundIO: @unchecked Sendable {
+    private let readQueue = DispatchQueue(label: "wsamerge.read")
+    private let writeQueue = DispatchQueue(label: "wsamerge.write")
+    private let readGroup = DispatchGroup()
+    private var pending: [ObjectIdentifier: DispatchGroup] = [:]
+    private let lock = DispatchSemaphore(value: 1)
+    private var readError: Error?
+    private var writeError: Error?
+
+    func readAhead(_ body: @escaping () throws -> Void) {
+        readQueue.async(group: readGroup) {
+            do { try body() } catch { self.readError = error }
+        }
+    }
+
+    func waitForReadAhead() throws {
+        readGroup.wait()
+        if let readError { throw readError }
+    }
+
+    /// Queues `body`, which writes from `buffer`; the buffer is busy until it has run.
+    func write(_ buffer: RawBuffer, _ body: @escaping () throws -> Void) {
+        let group = DispatchGroup()
+        lock.wait()
+        pending[ObjectIdentifier(buffer)] = group
+        lock.signal()
+        writeQueue.async(group: group) {
+            guard self.writeError == nil else { return }
+            do { try body() } catch { self.writeError = error }
+        }
+    }
+
+    /// Waits until no queued write still reads from `buffer`.
+    func waitUntilWritable(_ buffer: RawBuffer) throws {
+        lock.wait()
+        let group = pending[ObjectIdentifier(buffer)]
+        lock.signal()
+        group?.wait()
+        if let writeError { throw writeError }
+    }
+
+    func finishWrites() throws {
+        writeQueue.sync {}
+        if let writeError { throw writeError }
+    }
+
+    /// Waits for everything queued (also on an error path, before buffers are freed).
+    func drain() {
+        readGroup.wait()
+        writeQueue.sync {}
     }
 }
 

@@ -89,9 +89,12 @@ public enum Strategies {
 func weightedAverage(_ readers: [TensorReader], weights: [Double], jobs: Int, output: Lockstep.Output) throws -> Bool {
     var nonFinite = false
     try Lockstep.run(readers, jobs: jobs, output: output, kernel: { inputs, count, out in
-        for j in 0..<count { out[j] = 0 }
-        for (values, w) in zip(inputs, weights) {
-            for j in 0..<count { out[j] += w * values[j] }
+        // ((w_0 x_0 + w_1 x_1) + w_2 x_2) + …: the order of a plain running sum.
+        let w0 = weights[0], x0 = inputs[0]
+        for j in 0..<count { out[j] = w0 * x0[j] }
+        for k in 1..<inputs.count {
+            let w = weights[k], x = inputs[k]
+            for j in 0..<count { out[j] += w * x[j] }
         }
         return containsNonFinite(out, count)
     }, fold: { flags in if flags.contains(true) { nonFinite = true } })

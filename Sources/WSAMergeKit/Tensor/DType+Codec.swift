@@ -77,21 +77,18 @@ extension DType {
 
 /// The BF16 bit pattern nearest to `value` (ties to even), rounding only once.
 ///
-/// `Float(value)` is first made round-to-odd (truncate, then set the lowest bit when inexact),
-/// which keeps the information a second rounding to 8 mantissa bits needs.
+/// `Float(value)` is first made round-to-odd (stepped back toward zero where it rounded away
+/// from zero, then the lowest bit set when inexact), which keeps what the second rounding to 8
+/// significant bits needs; branch-free so the loop stays tight.
 @inline(__always)
 func bfloat16Bits(_ value: Double) -> UInt16 {
-    if value.isNaN { return 0x7FC0 | (value.sign == .minus ? 0x8000 : 0) }
-    var single = Float(value)
-    if single.isFinite, Double(single) != value {
-        // Truncate toward zero (one step down in magnitude), then mark the result inexact.
-        if Double(single).magnitude > value.magnitude { single = Float(bitPattern: single.bitPattern &- 1) }
-        single = Float(bitPattern: single.bitPattern | 1)
-    }
-    let bits = single.bitPattern
-    if single.isInfinite { return UInt16(truncatingIfNeeded: bits >> 16) }
-    let rounded = bits &+ 0x7FFF &+ ((bits >> 16) & 1)
-    return UInt16(truncatingIfNeeded: rounded >> 16)
+    let single = Float(value)
+    let back = Double(single)
+    let inexact: UInt32 = back != value ? 1 : 0
+    let overshoot: UInt32 = back.magnitude > value.magnitude ? 1 : 0
+    let bits = (single.bitPattern &- overshoot) | inexact
+    let rounded = UInt16(truncatingIfNeeded: (bits &+ 0x7FFF &+ ((bits &>> 16) & 1)) &>> 16)
+    return value.isNaN ? (UInt16(truncatingIfNeeded: single.bitPattern &>> 16) | 0x7FC0) : rounded
 }
 
 /// 8-bit float formats, decoded through 256-entry tables (ml_dtypes semantics).
