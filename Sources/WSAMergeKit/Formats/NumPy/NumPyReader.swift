@@ -43,7 +43,7 @@ enum NumPyReader {
             }
             let header = try NpyHeader(bytes: try archive.readPrefix(index: member.index, count: offset), file: memberFile)
             let info = try TensorInfo(name: name, dtype: header.dtype, shape: header.shape, file: file.path)
-            guard member.size - offset >= info.byteCount else {
+            guard member.size - offset == info.byteCount else {
                 throw WSAMergeError.malformed(file: file.path, tensor: name,
                                  reason: "member holds \(member.size - offset) data bytes but its header declares \(info.byteCount)")
             }

@@ -51,7 +51,8 @@ final class ZipArchive: @unchecked Sendable {
         guard let file = zip_fopen_index(archive, zip_uint64_t(index), 0) else {
             throw WSAMergeError.malformed(file: path, reason: "zip member '\(member.name)' cannot be opened: \(ZipArchive.lastError(archive))")
         }
-        var stream = ZipMemberStream(owner: ZipFileHandle(file), archive: self, member: member, remaining: skip + limit)
+        var stream = ZipMemberStream(owner: ZipFileHandle(file), archive: self, member: member, remaining: skip + limit,
+                                     readsToEnd: skip + limit == member.size)
         if skip > 0 {
             var discard = [UInt8](repeating: 0, count: skip)
             try discard.withUnsafeMutableBytes { buffer throws in try stream.read(into: buffer) }
@@ -92,12 +93,16 @@ final class ZipFileHandle {
 }
 
 /// Consecutive bytes of one zip member, inflated in bounded reads straight into the caller's
-/// buffer; never more than the `remaining` bytes it was opened for.
+/// buffer; never more than the `remaining` bytes it was opened for. A stream that covers the
+/// whole member checks, after its last byte, that the member ends there and that its CRC-32
+/// matches (libzip verifies it only when a read reaches the end of the member).
 struct ZipMemberStream: ByteStream {
     let owner: ZipFileHandle
     let archive: ZipArchive
     let member: ZipArchive.Member
     var remaining: Int
+    /// The stream ends where the member does, so its end and CRC can be verified.
+    var readsToEnd = false
 
     mutating func read(into buffer: UnsafeMutableRawBufferPointer) throws {
         precondition(buffer.count <= remaining)
@@ -113,5 +118,19 @@ struct ZipMemberStream: ByteStream {
             done += Int(n)
         }
         remaining -= buffer.count
+        if remaining == 0 && readsToEnd { try checkEnd() }
+    }
+
+    /// Reads past the last byte: libzip then reports a CRC mismatch, and extra bytes mean the
+    /// member inflates past the size the archive declares.
+    private func checkEnd() throws {
+        var probe: UInt8 = 0
+        let n = zip_fread(owner.file, &probe, 1)
+        if n < 0 {
+            throw WSAMergeError.malformed(file: archive.path, reason: "zip member '\(member.name)' is corrupt: \(archive.error(owner.file))")
+        }
+        if n > 0 {
+            throw WSAMergeError.malformed(file: archive.path, reason: "zip member '\(member.name)' inflates past its declared size of \(member.size) bytes")
+        }
     }
 }
