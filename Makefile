@@ -51,7 +51,7 @@ test: deps venv
 	WSAMERGE_PYTHON=$(PYTHON) $(SWIFT) test
 
 bench: release venv
-	$(PYTHON) bench/run.py --bin $(BIN)
+	$(PYTHON) bench/run.py --bin $(BIN) $(BENCH_ARGS)
 
 clean:
 	rm -rf .build $(VENV)

@@ -70,7 +70,10 @@ enum OutputFormat: String, ExpressibleByArgument {
     case json, table
 }
 
-extension DType: ExpressibleByArgument {}
+extension DType: ExpressibleByArgument {
+    /// `--dtype` offers the conversion targets only.
+    public static var allValueStrings: [String] { DType.targets.map(\.rawValue) }
+}
 
 /// Writes one JSON document as a line on stdout.
 func emit(_ json: JSON) {

@@ -8,7 +8,7 @@ public enum Converter {
     @discardableResult
     public static func convert(_ checkpoint: Checkpoint, to output: OutputOptions, dtype: DType?,
                                filter: TensorFilter, progress: Progress? = nil) throws -> [TensorInfo] {
-        if let dtype, !dtype.isEncodable {
+        if let dtype, !DType.targets.contains(dtype) {
             throw WSAMergeError.usage("--dtype \(dtype.rawValue) is not a supported target (use F64, F32, F16 or BF16)")
         }
         let selected = checkpoint.tensors.indices.filter { filter.selects(checkpoint.tensors[$0].name) }

@@ -39,7 +39,7 @@ public struct FisherStrategy: MergeStrategy {
     }
 
     public var provenance: [(String, String)] {
-        [("fisher", JSON.array(fisher.map { .string($0.path) }).text), ("fisher_epsilon", "\(epsilon)"),
+        [("fisher", JSON.array(fisher.map { .string(baseName(of: $0.path)) }).text), ("fisher_epsilon", "\(epsilon)"),
          ("fisher_normalize", normalize.rawValue)]
     }
 

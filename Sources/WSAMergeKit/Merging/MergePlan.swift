@@ -112,7 +112,7 @@ public struct MergePlan {
         let dtype = outputDType ?? first.dtype
         guard dtype.isEncodable else {
             throw WSAMergeError.malformed(file: inputs[sources[0].input].path, tensor: name,
-                                          reason: "cannot write merged values as \(dtype.rawValue); pass --dtype F32, F16 or BF16")
+                                          reason: "cannot write merged values as \(dtype.rawValue); pass --dtype F64, F32, F16 or BF16")
         }
         let output = try TensorInfo(name: name, dtype: dtype, shape: first.shape, file: inputs[sources[0].input].path)
         return Item(name: name, output: output, sources: sources, weights: itemWeights, action: .merge)

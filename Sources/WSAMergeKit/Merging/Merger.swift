@@ -57,7 +57,7 @@ public struct Merger {
             let known = Strategies.all.map { $0.identifier }.joined(separator: ", ")
             throw WSAMergeError.usage("unknown strategy '\(request.strategy)' (known: \(known))")
         }
-        if let dtype = request.dtype, !dtype.isEncodable || !dtype.isFloat {
+        if let dtype = request.dtype, !DType.targets.contains(dtype) {
             throw WSAMergeError.usage("--dtype \(dtype.rawValue) is not a float type wsamerge can write (use F64, F32, F16 or BF16)")
         }
         let inputs = try CheckpointReader.open(request.inputs)

@@ -56,14 +56,15 @@ public struct WSAStrategy: MergeStrategy {
             let nonFinite = try weightedAverage(try plan.readers(item), weights: weights, jobs: jobs, output: output)
             return TensorMergeResult(method: "average (rank \(item.output.shape.count) < \(minRank))", nonFinite: nonFinite)
         }
-        // 1. Input scopes.
-        var scopes: [Scope] = []
-        var nonFinite = false
-        for reader in try plan.readers(item) {
-            let m = try TensorStatistics.compute(reader, jobs: jobs).moments!
-            if m.nan + m.inf > 0 { nonFinite = true }
-            scopes.append(Scope(mean: m.finiteMean ?? 0, std: m.std ?? 0))
-        }
+        // 1. Input scopes, all inputs in one lockstep pass.
+        var moments = [ScopeMoments](repeating: ScopeMoments(), count: item.sources.count)
+        try Lockstep.run(try plan.readers(item), jobs: jobs, output: nil, kernel: { inputs, count, _ in
+            inputs.map { ScopeMoments(values: $0, count: count) }
+        }, fold: { blocks in
+            for block in blocks { for k in block.indices { moments[k].combine(block[k]) } }
+        })
+        let nonFinite = moments.contains { $0.nonFinite > 0 }
+        let scopes = moments.map { $0.scope ?? Scope(mean: 0, std: 0) }
         if scopes.contains(where: { !($0.std > 0) }) {
             _ = try weightedAverage(try plan.readers(item), weights: weights, jobs: jobs, output: output)
             return TensorMergeResult(method: "average (zero std in an input)", nonFinite: nonFinite)

@@ -50,6 +50,9 @@ public enum DType: String, CaseIterable, Sendable, Codable {
         }
     }
 
+    /// The dtypes `--dtype` accepts as a conversion or merge target.
+    public static let targets: [DType] = [.F64, .F32, .F16, .BF16]
+
     /// Byte size of `count` elements, or `nil` when it overflows or is not a whole number of bytes.
     public func byteCount(elements count: Int) -> Int? {
         let (bits, overflow) = count.multipliedReportingOverflow(by: bitWidth)

@@ -1,0 +1,84 @@
+/// The part of `Moments` a weight scope needs — count, mean and `M2 = Σ (x − μ)²` of the finite
+/// values — computed in a lighter pass for merging. Blocks combine exactly (Chan et al.):
+/// ```
+/// n = n_a + n_b    δ = μ_b − μ_a    μ = μ_a + δ n_b / n    M2 = M2_a + M2_b + δ² n_a n_b / n
+/// ```
+struct ScopeMoments {
+    var n = 0.0
+    var mean = 0.0
+    var m2 = 0.0
+    /// NaN and infinite values seen (left out of the moments).
+    var nonFinite = 0
+
+    init() {}
+
+    /// Two passes over one block: the mean, then the corrected sum of squared deviations.
+    init(values: UnsafePointer<Double>, count: Int) {
+        var s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
+        let end = count & ~3
+        var i = 0
+        while i < end {
+            s0 += values[i]; s1 += values[i &+ 1]; s2 += values[i &+ 2]; s3 += values[i &+ 3]
+            i &+= 4
+        }
+        var sum = (s0 + s1) + (s2 + s3)
+        while i < count { sum += values[i]; i &+= 1 }
+        guard sum.isFinite else {
+            self = ScopeMoments(filtering: values, count: count)
+            return
+        }
+        guard count > 0 else { return }
+        n = Double(count)
+        let mu = sum / n
+        var d0 = 0.0, d1 = 0.0, q0 = 0.0, q1 = 0.0
+        i = 0
+        let pairs = count & ~1
+        while i < pairs {
+            let a = values[i] - mu, b = values[i &+ 1] - mu
+            d0 += a; d1 += b
+            q0 += a * a; q1 += b * b
+            i &+= 2
+        }
+        var deviation = d0 + d1, squares = q0 + q1
+        if i < count { let a = values[i] - mu; deviation += a; squares += a * a }
+        // Corrected two-pass: shift the mean by the residual Σd/n and remove its share of M2.
+        let c = deviation / n
+        mean = mu + c
+        m2 = Swift.max(0, squares - n * c * c)
+    }
+
+    private init(filtering values: UnsafePointer<Double>, count: Int) {
+        self.init()
+        var start = 0
+        while start < count {
+            var end = start
+            while end < count && values[end].isFinite { end += 1 }
+            if end > start {
+                let run = ScopeMoments(values: values + start, count: end - start)
+                // A finite run whose sum still overflows: count it as unusable rather than loop.
+                if run.n == 0 && end > start { nonFinite += end - start } else { combine(run) }
+            }
+            if end < count { nonFinite += 1 }
+            start = end + 1
+        }
+    }
+
+    mutating func combine(_ other: ScopeMoments) {
+        nonFinite += other.nonFinite
+        guard other.n > 0 else { return }
+        guard n > 0 else {
+            let keep = nonFinite
+            self = other
+            nonFinite = keep
+            return
+        }
+        let total = n + other.n
+        let delta = other.mean - mean
+        m2 += other.m2 + delta * delta * n * other.n / total
+        mean += delta * other.n / total
+        n = total
+    }
+
+    /// The scope, or `nil` without finite values.
+    var scope: Scope? { n > 0 ? Scope(mean: mean, std: (m2 / n).squareRoot()) : nil }
+}
