@@ -53,5 +53,10 @@ test: deps venv
 bench: release venv
 	$(PYTHON) bench/run.py --bin $(BIN) $(BENCH_ARGS)
 
+## The man page, generated from the argument parser (commit the result).
+man: deps
+	$(SWIFT) package --disable-sandbox plugin generate-manual --date 2026-11-29 --authors "wsamerge developers"
+	python3 man/generate.py .build/plugins/GenerateManual/outputs/wsamerge/wsamerge.1 man/sections.mdoc man/wsamerge.1
+
 clean:
 	rm -rf .build $(VENV)
