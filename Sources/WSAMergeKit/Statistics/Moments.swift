@@ -31,28 +31,31 @@ public struct Moments: Sendable, Equatable {
     /// - Complexity: O(count), two passes over memory the caller keeps in cache (a block).
     public init(values: UnsafePointer<Double>, count: Int) {
         self.init()
-        // Pass 1: sum, |x| sum, extrema, zeros; SIMD lanes folded in a fixed order.
-        var sum = SIMD4<Double>(repeating: 0)
-        var abs = SIMD4<Double>(repeating: 0)
-        var lo = SIMD4<Double>(repeating: .infinity)
-        var hi = SIMD4<Double>(repeating: -.infinity)
-        var zeroCount = 0
+        // Pass 1: sum, |x| sum, extrema, zeros; two SIMD2 lanes pairs folded in a fixed order.
+        // Plain comparisons for the extrema: NaN is handled by the careful path below.
+        let bytes = UnsafeRawPointer(values)
+        let signMask = SIMD2<UInt64>(repeating: 0x7FFF_FFFF_FFFF_FFFF)
+        var s0 = SIMD2<Double>(), s1 = SIMD2<Double>(), a0 = SIMD2<Double>(), a1 = SIMD2<Double>()
+        var lo = SIMD2<Double>(repeating: .infinity), hi = SIMD2<Double>(repeating: -.infinity)
+        var z = SIMD2<Int64>()
         let vectorEnd = count & ~3
-        let raw = UnsafeRawPointer(values)
         var i = 0
         while i < vectorEnd {
-            let v = raw.loadUnaligned(fromByteOffset: i &* 8, as: SIMD4<Double>.self)
-            sum += v
-            abs += SIMD4(v[0].magnitude, v[1].magnitude, v[2].magnitude, v[3].magnitude)
-            lo = pointwiseMin(lo, v)
-            hi = pointwiseMax(hi, v)
-            zeroCount &+= (v[0] == 0 ? 1 : 0) &+ (v[1] == 0 ? 1 : 0) &+ (v[2] == 0 ? 1 : 0) &+ (v[3] == 0 ? 1 : 0)
+            let x0 = bytes.loadUnaligned(fromByteOffset: i &* 8, as: SIMD2<Double>.self)
+            let x1 = bytes.loadUnaligned(fromByteOffset: (i &+ 2) &* 8, as: SIMD2<Double>.self)
+            s0 += x0; s1 += x1
+            a0 += unsafeBitCast(unsafeBitCast(x0, to: SIMD2<UInt64>.self) & signMask, to: SIMD2<Double>.self)
+            a1 += unsafeBitCast(unsafeBitCast(x1, to: SIMD2<UInt64>.self) & signMask, to: SIMD2<Double>.self)
+            lo = lo.replacing(with: x0, where: x0 .< lo); lo = lo.replacing(with: x1, where: x1 .< lo)
+            hi = hi.replacing(with: x0, where: x0 .> hi); hi = hi.replacing(with: x1, where: x1 .> hi)
+            z &+= SIMD2<Int64>().replacing(with: 1, where: x0 .== 0) &+ SIMD2<Int64>().replacing(with: 1, where: x1 .== 0)
             i &+= 4
         }
-        var total = (sum[0] + sum[1]) + (sum[2] + sum[3])
-        var absTotal = (abs[0] + abs[1]) + (abs[2] + abs[3])
-        var minimum = Swift.min(Swift.min(lo[0], lo[1]), Swift.min(lo[2], lo[3]))
-        var maximum = Swift.max(Swift.max(hi[0], hi[1]), Swift.max(hi[2], hi[3]))
+        var total = (s0[0] + s1[0]) + (s0[1] + s1[1])
+        var absTotal = (a0[0] + a1[0]) + (a0[1] + a1[1])
+        var minimum = Swift.min(lo[0], lo[1])
+        var maximum = Swift.max(hi[0], hi[1])
+        var zeroCount = Int(z[0] &+ z[1])
         while i < count {
             let x = values[i]
             total += x
@@ -74,7 +77,6 @@ public struct Moments: Sendable, Equatable {
         n = Double(count)
         guard count > 0 else { return }
         mean = total / n
-        // pointwiseMin/Max ignore NaN lanes, but a NaN would have made the sum NaN: none here.
         min = minimum
         max = maximum
         absSum = absTotal
@@ -89,23 +91,26 @@ public struct Moments: Sendable, Equatable {
         // the central sums around the exact mean are S2 − nc², S3 − 3cS2 + 2nc³ and
         // S4 − 4cS3 + 6c²S2 − 3nc⁴. Without it, skewness of values far from zero (1e6 ± 1e-3)
         // is off in the sixth digit.
-        let mu = SIMD4<Double>(repeating: mean)
-        var s1 = SIMD4<Double>(repeating: 0)
-        var s2 = SIMD4<Double>(repeating: 0), s3 = SIMD4<Double>(repeating: 0), s4 = SIMD4<Double>(repeating: 0)
+        let mu = SIMD2<Double>(repeating: mean)
+        var p0 = SIMD2<Double>(), p1 = SIMD2<Double>()
+        var q0 = SIMD2<Double>(), q1 = SIMD2<Double>()
+        var t0 = SIMD2<Double>(), t1 = SIMD2<Double>()
+        var f0 = SIMD2<Double>(), f1 = SIMD2<Double>()
         i = 0
         while i < vectorEnd {
-            let d = raw.loadUnaligned(fromByteOffset: i &* 8, as: SIMD4<Double>.self) - mu
-            let d2 = d * d
-            s1 += d
-            s2 += d2
-            s3 += d2 * d
-            s4 += d2 * d2
+            let d0 = bytes.loadUnaligned(fromByteOffset: i &* 8, as: SIMD2<Double>.self) - mu
+            let d1 = bytes.loadUnaligned(fromByteOffset: (i &+ 2) &* 8, as: SIMD2<Double>.self) - mu
+            let e0 = d0 * d0, e1 = d1 * d1
+            p0 += d0; p1 += d1
+            q0 += e0; q1 += e1
+            t0 += e0 * d0; t1 += e1 * d1
+            f0 += e0 * e0; f1 += e1 * e1
             i &+= 4
         }
-        var c1 = (s1[0] + s1[1]) + (s1[2] + s1[3])
-        var c2 = (s2[0] + s2[1]) + (s2[2] + s2[3])
-        var c3 = (s3[0] + s3[1]) + (s3[2] + s3[3])
-        var c4 = (s4[0] + s4[1]) + (s4[2] + s4[3])
+        var c1 = (p0[0] + p1[0]) + (p0[1] + p1[1])
+        var c2 = (q0[0] + q1[0]) + (q0[1] + q1[1])
+        var c3 = (t0[0] + t1[0]) + (t0[1] + t1[1])
+        var c4 = (f0[0] + f1[0]) + (f0[1] + f1[1])
         while i < count {
             let d = values[i] - mean
             let d2 = d * d

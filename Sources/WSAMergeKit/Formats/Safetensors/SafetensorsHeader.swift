@@ -1,5 +1,5 @@
-/// A validated safetensors header: what the reference reader accepts, plus a refusal of
-/// duplicate tensor names and of unknown keys in tensor entries.
+/// A validated safetensors header: what the reference reader accepts (unknown fields in a
+/// tensor entry are ignored, as there), plus a refusal of duplicate tensor names.
 ///
 /// File layout: `u64 LE n`, `n` bytes of UTF-8 JSON, then the data buffer. Each tensor entry is
 /// `{"dtype": CODE, "shape": [d…], "data_offsets": [begin, end]}` with offsets relative to the
@@ -126,7 +126,7 @@ public struct SafetensorsHeader: Sendable {
                 }
                 offsets = pair
             default:
-                throw WSAMergeError.malformed(file: file, tensor: name, reason: "unexpected field '\(key)' in tensor entry")
+                break  // Unknown fields are ignored, as the reference reader does.
             }
         }
         guard let dtype else { throw WSAMergeError.malformed(file: file, tensor: name, reason: "entry has no dtype") }
