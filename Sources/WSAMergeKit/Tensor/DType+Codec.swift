@@ -63,14 +63,38 @@ extension DType {
                 destination.storeBytes(of: Float16(source[i]).bitPattern, toByteOffset: 2 &* i, as: UInt16.self)
             }
         case .BF16:
-            for i in 0..<count {
-                destination.storeBytes(of: bfloat16Bits(source[i]), toByteOffset: 2 &* i, as: UInt16.self)
-            }
+            encodeBFloat16(source, count: count, into: destination)
         case .F8_E4M3, .F8_E5M2:
             let encoder = Minifloat.encoder(for: self)
             for i in 0..<count { destination.storeBytes(of: encoder.encode(source[i]), toByteOffset: i, as: UInt8.self) }
         default:
             preconditionFailure("\(rawValue) is not encodable")
+        }
+    }
+}
+
+/// BF16 encoding in two passes: a branch-free integer pass that rounds each double's bits
+/// directly to 7 fraction bits (exact ties-to-even whenever the result is a normal BF16), then
+/// `bfloat16Bits` for the rare elements outside that range (zeros, subnormals, overflow, NaN).
+///
+/// With `u` the double's bits, `r = (u + 2⁴⁴ − 1 + bit45(u)) >> 45` is sign, 11 exponent bits and
+/// 7 fraction bits rounded to nearest even; the exponent is then rebiased from 1023 to 127.
+func encodeBFloat16(_ source: UnsafePointer<Double>, count: Int, into destination: UnsafeMutableRawPointer) {
+    var outside: UInt64 = 0
+    for i in 0..<count {
+        let u = source[i].bitPattern
+        let r = (u &+ 0x0FFF_FFFF_FFFF &+ ((u &>> 45) & 1)) &>> 45
+        let e = (r &>> 7) & 0x7FF
+        outside |= (e &- 897) | (1150 &- e)  // sign bit set when e is outside 897...1150
+        let bits = ((r &>> 3) & 0x8000) | ((e &- 896) &<< 7) | (r & 0x7F)
+        destination.storeBytes(of: UInt16(truncatingIfNeeded: bits), toByteOffset: 2 &* i, as: UInt16.self)
+    }
+    guard outside & 0x8000_0000_0000_0000 != 0 else { return }
+    for i in 0..<count {
+        let u = source[i].bitPattern
+        let e = ((u &+ 0x0FFF_FFFF_FFFF &+ ((u &>> 45) & 1)) &>> 52) & 0x7FF
+        if (e &- 897) | (1150 &- e) > 0x7FFF_FFFF_FFFF_FFFF {
+            destination.storeBytes(of: bfloat16Bits(source[i]), toByteOffset: 2 &* i, as: UInt16.self)
         }
     }
 }
