@@ -89,11 +89,8 @@ extension WSAMerge {
                 return
             }
             let report = try Merger.run(request, progress: Progress.forTerminal(label: "fuse", quiet: common.quiet))
-            if !report.nonFiniteTensors.isEmpty && !common.quiet {
-                let names = report.nonFiniteTensors.prefix(5).joined(separator: ", ")
-                let more = report.nonFiniteTensors.count > 5 ? " and \(report.nonFiniteTensors.count - 5) more" : ""
-                fputs("wsamerge: warning: \(report.nonFiniteTensors.count) tensor(s) have NaN or infinite input values: \(names)\(more)\n", stderr)
-            }
+            warnSummary("have NaN or infinite input values", tensors: report.nonFiniteTensors, quiet: common.quiet)
+            warnSummary("fell back from the strategy", tensors: report.fallbacks, quiet: common.quiet)
             emit(report.json)
         }
     }

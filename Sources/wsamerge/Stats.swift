@@ -24,8 +24,9 @@ extension WSAMerge {
                                                            progress: Progress.forTerminal(label: "stats", quiet: common.quiet))
                 switch common.format {
                 case .json: emit(CheckpointReports.stats(checkpoint, statistics, groupByLayer: groupBy == .layer))
-                case .table: emit(CheckpointReports.statsTable(checkpoint, statistics))
+                case .table: emit(CheckpointReports.statsTable(checkpoint, statistics, groupByLayer: groupBy == .layer))
                 }
+                warnSummary("skipped (dtype not decoded)", tensors: statistics.filter { $0.moments == nil }.map(\.tensor.name), quiet: common.quiet)
             }
         }
     }

@@ -35,7 +35,7 @@ struct WSAMerge: ParsableCommand {
     }
 
     static func fail(_ message: String, code: Int32) -> Never {
-        fputs("wsamerge: error: \(message)\n", stderr)
+        fputs("wsamerge: \(Terminal.paint("error:", "1;31")) \(message)\n", stderr)
         Glibc.exit(code)
     }
 }
@@ -73,6 +73,29 @@ enum OutputFormat: String, ExpressibleByArgument {
 extension DType: ExpressibleByArgument {
     /// `--dtype` offers the conversion targets only.
     public static var allValueStrings: [String] { DType.targets.map(\.rawValue) }
+}
+
+/// Colour on stderr: only on a terminal, never with `NO_COLOR` set or `TERM=dumb`.
+enum Terminal {
+    static let colour: Bool = {
+        guard isatty(2) == 1, getenv("NO_COLOR") == nil else { return false }
+        if let term = getenv("TERM"), String(cString: term) == "dumb" { return false }
+        return true
+    }()
+
+    /// `text` in the SGR colour `code` when colour is on.
+    static func paint(_ text: String, _ code: String) -> String {
+        colour ? "\u{1B}[\(code)m\(text)\u{1B}[0m" : text
+    }
+}
+
+/// One summary line on stderr for a kind of warning, naming the first few tensors; nothing with
+/// `--quiet` or when there is nothing to say.
+func warnSummary(_ what: String, tensors names: [String], quiet: Bool) {
+    guard !names.isEmpty, !quiet else { return }
+    let shown = names.prefix(5).joined(separator: ", ")
+    let more = names.count > 5 ? " and \(names.count - 5) more" : ""
+    fputs("wsamerge: \(Terminal.paint("warning:", "1;33")) \(names.count) tensor(s) \(what): \(shown)\(more)\n", stderr)
 }
 
 /// Writes one JSON document as a line on stdout.

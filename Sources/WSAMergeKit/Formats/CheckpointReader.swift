@@ -19,6 +19,12 @@ public enum CheckpointReader {
         if let first = head.first(where: { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }), first == UInt8(ascii: "{") {
             return try openIndex(file)
         }
+        if Self.looksLikeText(head), file.size >= 8 {
+            let length = head.prefix(8).reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+            if length > UInt64(SafetensorsHeader.maxHeaderLength) || length > UInt64(file.size - 8) {
+                throw WSAMergeError.malformed(file: path, reason: "not a recognised checkpoint (expected .safetensors, a sharded index, .npz or .npy)")
+            }
+        }
         return try SafetensorsReader.open(file, displayPath: path)
     }
 
@@ -27,6 +33,11 @@ public enum CheckpointReader {
         var result: [Checkpoint] = []
         for path in paths { result.append(try open(path)) }
         return result
+    }
+
+    /// Whether the first eight bytes are printable ASCII (a text file, not a length prefix).
+    private static func looksLikeText(_ head: [UInt8]) -> Bool {
+        head.count >= 8 && head.prefix(8).allSatisfy { (0x20...0x7E).contains($0) || $0 == 0x0A || $0 == 0x09 || $0 == 0x0D }
     }
 
     private static func openIndex(_ file: ReadableFile) throws -> Checkpoint {

@@ -31,6 +31,14 @@ public struct Merger {
         /// Tensors with NaN or infinite input values.
         public let nonFiniteTensors: [String]
 
+        /// Merged tensors whose strategy fell back to another method (zero std, missing target).
+        public var fallbacks: [String] {
+            zip(plan.items, results).compactMap { item, result in
+                guard let method = result?.method, method.contains("zero std") || method.contains("not in target") else { return nil }
+                return item.name
+            }
+        }
+
         public var json: JSON {
             .object([
                 ("output", .string(output)),

@@ -67,14 +67,23 @@ public enum CheckpointReports {
         return .object(members)
     }
 
-    public static func statsTable(_ checkpoint: Checkpoint, _ statistics: [TensorStatistics]) -> String {
+    public static func statsTable(_ checkpoint: Checkpoint, _ statistics: [TensorStatistics], groupByLayer: Bool = false) -> String {
         var table = Table(headers: ["name", "dtype", "shape", "mean", "std", "min", "max"], numericColumns: [3, 4, 5, 6])
         for s in statistics {
             let m = s.moments
             table.add([shortenMiddle(s.tensor.name), s.tensor.dtype.rawValue, shapeText(s.tensor.shape),
                        formatNumber(m?.finiteMean), formatNumber(m?.std), formatNumber(m?.finiteMin), formatNumber(m?.finiteMax)])
         }
-        return "\(checkpoint.path) (\(checkpoint.format.rawValue))\n" + table.text
+        var text = "\(checkpoint.path) (\(checkpoint.format.rawValue))\n" + table.text
+        if groupByLayer {
+            var layers = Table(headers: ["layer", "tensors", "count", "mean", "std", "min", "max"], numericColumns: [0, 1, 2, 3, 4, 5, 6])
+            for g in LayerGroups.pool(statistics) {
+                layers.add([String(g.layer), String(g.tensorCount), String(g.elementCount), formatNumber(g.moments.finiteMean),
+                            formatNumber(g.moments.std), formatNumber(g.moments.finiteMin), formatNumber(g.moments.finiteMax)])
+            }
+            text += "\n" + layers.text
+        }
+        return text
     }
 
     static func shapeText(_ shape: [Int]) -> String { "[" + shape.map(String.init).joined(separator: ", ") + "]" }

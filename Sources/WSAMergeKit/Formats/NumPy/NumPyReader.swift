@@ -8,8 +8,9 @@ enum NumPyReader {
             throw WSAMergeError.malformed(file: file.path, reason: ".npy header is truncated (file has \(file.size) bytes, header needs \(offset))")
         }
         let header = try NpyHeader(bytes: try file.readBytes(at: 0, count: offset), file: file.path)
+        // The file's stem: its name without the last extension.
         var name = baseName(of: file.path)
-        if name.hasSuffix(".npy") { name.removeLast(4) }
+        if let dot = name.lastIndex(of: "."), dot != name.startIndex { name = String(name[..<dot]) }
         let info = try TensorInfo(name: name, dtype: header.dtype, shape: header.shape, file: file.path)
         guard file.size - offset >= info.byteCount else {
             throw WSAMergeError.malformed(file: file.path, tensor: name,

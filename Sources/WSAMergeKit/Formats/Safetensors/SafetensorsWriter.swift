@@ -103,7 +103,8 @@ final class ShardedSafetensorsWriter: CheckpointWriter {
             }
             let total = tensors.reduce(0) { $0 + $1.byteCount }
             let json = JSON.object([
-                ("metadata", .object([("total_size", .int(total))] + metadata.sorted { $0.key < $1.key }.map { ($0.key, .string($0.value)) })),
+                // As Hugging Face writes it: the metadata itself lives in every shard's header.
+                ("metadata", .object([("total_size", .int(total))])),
                 ("weight_map", .object(weightMap)),
             ])
             let file = try OutputFile(destination: dir + "/model.safetensors.index.json", force: force, inputs: inputs)
