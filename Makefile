@@ -53,6 +53,11 @@ test: deps venv
 bench: release venv
 	$(PYTHON) bench/run.py --bin $(BIN) $(BENCH_ARGS)
 
+## libFuzzer targets (safetensors header, .npy header, .npz reader), FUZZ_SECONDS each.
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	bash fuzz/build.sh $(FUZZ_SECONDS)
+
 ## The man page, generated from the argument parser (commit the result).
 man: deps
 	$(SWIFT) package --disable-sandbox plugin generate-manual --date 2026-11-29 --authors "wsamerge developers"

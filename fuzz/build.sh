@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Builds and runs the libFuzzer targets: fuzz/build.sh [SECONDS_PER_TARGET] (default 60).
+# Each target is compiled with the library sources under -sanitize=fuzzer,address, seeded from
+# the fixtures, and run for the given time; a crash leaves its input in fuzz/out/<target>/ and
+# fails the run. Regression inputs in fuzz/regressions/<target>/ are replayed first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-60}
+out=fuzz/out
+mkdir -p "$out"
+lib=$(find Sources/WSAMergeKit -name '*.swift' | sort)
+for target in SafetensorsHeaderFuzz NpyHeaderFuzz NpzReaderFuzz; do
+  bin=$out/$target
+  rm -f "$bin"
+  swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name WSAMergeKit \
+    -I Sources/CZip $(pkg-config --libs libzip) -lz $lib fuzz/$target.swift -o "$bin" 2>&1 | grep -v "ld.gold: warning" || true
+  [ -x "$bin" ] || { echo "$target: build failed"; exit 1; }
+  corpus=$out/$target-corpus
+  mkdir -p "$corpus"
+  case $target in
+    SafetensorsHeaderFuzz) cp fixtures/*.safetensors fixtures/sharded/*.safetensors "$corpus"/ ;;
+    NpyHeaderFuzz) cp fixtures/npy/*.npy "$corpus"/ ;;
+    NpzReaderFuzz) cp fixtures/*.npz fixtures/merge/*.npz "$corpus"/ ;;
+  esac
+  if [ -d "fuzz/regressions/$target" ]; then
+    "$bin" -runs=0 fuzz/regressions/$target/* >/dev/null 2>&1 || { echo "$target: a regression input crashes"; exit 1; }
+  fi
+  echo "== $target: ${seconds}s"
+  "$bin" -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=1024 -timeout=5 \
+    -artifact_prefix="$out/$target-" -print_final_stats=1 "$corpus" 2>&1 | grep -E "^(#[0-9]+.*DONE|stat::number_of_executed_units|==[0-9]+==ERROR|SUMMARY)" || true
+  if ls "$out/$target-"crash-* "$out/$target-"leak-* "$out/$target-"timeout-* >/dev/null 2>&1; then
+    echo "$target: crash found, see $out"; exit 1
+  fi
+done
+echo "fuzzing: no crash"
