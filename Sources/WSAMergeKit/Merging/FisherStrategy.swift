@@ -51,6 +51,7 @@ public struct FisherStrategy: MergeStrategy {
         }
         var sums = [Double](repeating: 0, count: fisher.count)
         for item in plan.items where item.action == .merge {
+            var readers: [TensorReader] = []
             for source in item.sources {
                 let f = fisher[source.input]
                 guard let index = f.index(of: item.name) else {
@@ -64,14 +65,24 @@ public struct FisherStrategy: MergeStrategy {
                 guard info.dtype.isDecodable else {
                     throw WSAMergeError.malformed(file: f.path, tensor: item.name, reason: "Fisher dtype \(info.dtype.rawValue) cannot be decoded")
                 }
-                let m = try TensorStatistics.compute(try f.reader(for: index), jobs: jobs).moments!
-                guard m.nan == 0, m.inf == 0 else {
-                    throw WSAMergeError.malformed(file: f.path, tensor: item.name, reason: "Fisher values must be finite")
+                readers.append(try f.reader(for: index))
+            }
+            // One lockstep pass over the tensor's Fisher values of every input.
+            var checks = [FisherCheck](repeating: FisherCheck(), count: readers.count)
+            try Lockstep.run(readers, jobs: jobs, output: nil, kernel: { inputs, count, _ in
+                inputs.map { FisherCheck(values: $0, count: count) }
+            }, fold: { blocks in
+                for block in blocks { for k in block.indices { checks[k].combine(block[k]) } }
+            })
+            for (source, check) in zip(item.sources, checks) {
+                let path = fisher[source.input].path
+                guard !check.nonFinite else {
+                    throw WSAMergeError.malformed(file: path, tensor: item.name, reason: "Fisher values must be finite")
                 }
-                if m.n > 0 && m.min < 0 {
-                    throw WSAMergeError.malformed(file: f.path, tensor: item.name, reason: "Fisher values must be ≥ 0 (found \(m.min))")
+                guard check.minimum >= 0 else {
+                    throw WSAMergeError.malformed(file: path, tensor: item.name, reason: "Fisher values must be ≥ 0 (found \(check.minimum))")
                 }
-                sums[source.input] += m.l2Norm.map { $0 * $0 } ?? 0
+                sums[source.input] += check.squares
             }
         }
         scale = sums.map { normalize == .global && $0 > 0 ? 1 / $0.squareRoot() : 1 }
@@ -88,24 +99,76 @@ public struct FisherStrategy: MergeStrategy {
         let weights = item.weights
         var nonFinite = false
         try Lockstep.run(readers, jobs: jobs, output: output, kernel: { inputs, count, out in
-            for j in 0..<count {
-                var numerator = 0.0, denominator = 0.0
-                for k in 0..<n {
-                    let a = c[k] * (inputs[n + k][j] + epsilon)
-                    numerator += a * inputs[k][j]
-                    denominator += a
+            // out ← Σ a_k x_k and den ← Σ a_k with a_k = c_k (F_k + ε), summed in input order.
+            withUnsafeTemporaryAllocation(of: Double.self, capacity: count) { den in
+                let x0 = inputs[0], f0 = inputs[n], c0 = c[0]
+                for j in 0..<count {
+                    let a = c0 * (f0[j] + epsilon)
+                    out[j] = a * x0[j]
+                    den[j] = a
                 }
-                if denominator > 0 {
-                    out[j] = numerator / denominator
-                } else {
-                    // ε = 0 and no Fisher information here: fall back to the weighted average.
-                    var y = 0.0
-                    for k in 0..<n { y += weights[k] * inputs[k][j] }
-                    out[j] = y
+                for k in 1..<n {
+                    let x = inputs[k], f = inputs[n + k], ck = c[k]
+                    for j in 0..<count {
+                        let a = ck * (f[j] + epsilon)
+                        out[j] += a * x[j]
+                        den[j] += a
+                    }
+                }
+                for j in 0..<count {
+                    if den[j] > 0 {
+                        out[j] /= den[j]
+                    } else {
+                        // ε = 0 and no Fisher information here: fall back to the weighted average.
+                        var y = 0.0
+                        for k in 0..<n { y += weights[k] * inputs[k][j] }
+                        out[j] = y
+                    }
                 }
             }
             return containsNonFinite(out, count)
         }, fold: { flags in if flags.contains(true) { nonFinite = true } })
         return TensorMergeResult(method: "fisher", nonFinite: nonFinite)
+    }
+}
+
+/// What the Fisher check pass needs of a block: Σ F², the minimum, and whether any value is NaN
+/// or infinite. Folded in block order, so the norm is the same for every `--jobs`.
+struct FisherCheck {
+    var squares = 0.0
+    var minimum = Double.infinity
+    var nonFinite = false
+
+    init() {}
+
+    init(values: UnsafePointer<Double>, count: Int) {
+        let bytes = UnsafeRawPointer(values)
+        var s0 = SIMD2<Double>(), s1 = SIMD2<Double>()
+        var lo = SIMD2<Double>(repeating: .infinity)
+        let end = count & ~3
+        var i = 0
+        while i < end {
+            let x0 = bytes.loadUnaligned(fromByteOffset: i &* 8, as: SIMD2<Double>.self)
+            let x1 = bytes.loadUnaligned(fromByteOffset: (i &+ 2) &* 8, as: SIMD2<Double>.self)
+            s0 += x0 * x0; s1 += x1 * x1
+            lo = lo.replacing(with: x0, where: x0 .< lo); lo = lo.replacing(with: x1, where: x1 .< lo)
+            i &+= 4
+        }
+        var sum = (s0[0] + s1[0]) + (s0[1] + s1[1])
+        var low = Swift.min(lo[0], lo[1])
+        while i < count {
+            sum += values[i] * values[i]
+            low = Swift.min(low, values[i])
+            i &+= 1
+        }
+        squares = sum
+        minimum = low
+        nonFinite = containsNonFinite(values, count)
+    }
+
+    mutating func combine(_ other: FisherCheck) {
+        squares += other.squares
+        minimum = Swift.min(minimum, other.minimum)
+        nonFinite = nonFinite || other.nonFinite
     }
 }
