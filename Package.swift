@@ -17,9 +17,14 @@ let package = Package(
             pkgConfig: "libzip",
             providers: [.apt(["libzip-dev", "zlib1g-dev"])]
         ),
+        // The hot loops, compiled for AVX2 and baseline x86-64 and dispatched at load time.
+        .target(
+            name: "CKernels",
+            cSettings: [.unsafeFlags(["-O3", "-ffp-contract=off"])]
+        ),
         .target(
             name: "WSAMergeKit",
-            dependencies: ["CZip"]
+            dependencies: ["CZip", "CKernels"]
         ),
         .executableTarget(
             name: "wsamerge",

@@ -1,3 +1,4 @@
+import CKernels
 import Dispatch
 
 /// Streams several same-shaped tensors side by side: each chunk of every input is read, then
@@ -162,11 +163,8 @@ final class BackgroundIO: @unchecked Sendable {
     }
 }
 
-/// Whether `values` holds a NaN or an infinity: an exponent field of all ones overflows into
-/// the sign bit when 2⁵² is added, so one integer OR-reduction answers (and vectorises).
+/// Whether `values` holds a NaN or an infinity (`wsk_nonfinite`).
 @inline(__always)
 func containsNonFinite(_ values: UnsafePointer<Double>, _ count: Int) -> Bool {
-    var high: UInt64 = 0
-    for i in 0..<count { high |= (values[i].bitPattern & 0x7FF0_0000_0000_0000) &+ 0x0010_0000_0000_0000 }
-    return high & 0x8000_0000_0000_0000 != 0
+    wsk_nonfinite(values, count) != 0
 }

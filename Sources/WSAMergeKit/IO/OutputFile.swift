@@ -1,4 +1,4 @@
-import CZip
+import CKernels
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -110,7 +110,7 @@ public final class OutputFile {
         #if canImport(Glibc)
         let step = 64 << 20
         while offset - writeBackStart >= step {
-            _ = wsamerge_start_writeback(descriptor, Int64(writeBackStart), Int64(step))
+            _ = wsk_start_writeback(descriptor, Int64(writeBackStart), Int64(step))
             writeBackStart += step
         }
         #endif

@@ -1,3 +1,5 @@
+import CKernels
+
 /// A way to merge one tensor from several inputs. Adding a strategy is one new file with a
 /// type conforming to this protocol and one line in `Strategies.all`.
 public protocol MergeStrategy {
@@ -90,12 +92,8 @@ func weightedAverage(_ readers: [TensorReader], weights: [Double], jobs: Int, ou
     var nonFinite = false
     try Lockstep.run(readers, jobs: jobs, output: output, kernel: { inputs, count, out in
         // ((w_0 x_0 + w_1 x_1) + w_2 x_2) + …: the order of a plain running sum.
-        let w0 = weights[0], x0 = inputs[0]
-        for j in 0..<count { out[j] = w0 * x0[j] }
-        for k in 1..<inputs.count {
-            let w = weights[k], x = inputs[k]
-            for j in 0..<count { out[j] += w * x[j] }
-        }
+        wsk_scale(out, inputs[0], weights[0], count)
+        for k in 1..<inputs.count { wsk_axpy(out, inputs[k], weights[k], count) }
         return containsNonFinite(out, count)
     }, fold: { flags in if flags.contains(true) { nonFinite = true } })
     return nonFinite

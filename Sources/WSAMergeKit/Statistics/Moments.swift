@@ -1,3 +1,5 @@
+import CKernels
+
 /// Mergeable summary statistics of a set of values: counts, extrema and the central moments up
 /// to the fourth, all in float64. Two summaries combine exactly as if their values had been
 /// seen in one pass (Chan et al. 1979; Pébay 2008), so blocks, chunks and threads can be
@@ -31,40 +33,13 @@ public struct Moments: Sendable, Equatable {
     /// - Complexity: O(count), two passes over memory the caller keeps in cache (a block).
     public init(values: UnsafePointer<Double>, count: Int) {
         self.init()
-        // Pass 1: sum, |x| sum, extrema, zeros; two SIMD2 lanes pairs folded in a fixed order.
-        // Plain comparisons for the extrema: NaN is handled by the careful path below.
-        let bytes = UnsafeRawPointer(values)
-        let signMask = SIMD2<UInt64>(repeating: 0x7FFF_FFFF_FFFF_FFFF)
-        var s0 = SIMD2<Double>(), s1 = SIMD2<Double>(), a0 = SIMD2<Double>(), a1 = SIMD2<Double>()
-        var lo = SIMD2<Double>(repeating: .infinity), hi = SIMD2<Double>(repeating: -.infinity)
-        var z = SIMD2<Int64>()
-        let vectorEnd = count & ~3
-        var i = 0
-        while i < vectorEnd {
-            let x0 = bytes.loadUnaligned(fromByteOffset: i &* 8, as: SIMD2<Double>.self)
-            let x1 = bytes.loadUnaligned(fromByteOffset: (i &+ 2) &* 8, as: SIMD2<Double>.self)
-            s0 += x0; s1 += x1
-            a0 += unsafeBitCast(unsafeBitCast(x0, to: SIMD2<UInt64>.self) & signMask, to: SIMD2<Double>.self)
-            a1 += unsafeBitCast(unsafeBitCast(x1, to: SIMD2<UInt64>.self) & signMask, to: SIMD2<Double>.self)
-            lo = lo.replacing(with: x0, where: x0 .< lo); lo = lo.replacing(with: x1, where: x1 .< lo)
-            hi = hi.replacing(with: x0, where: x0 .> hi); hi = hi.replacing(with: x1, where: x1 .> hi)
-            z &+= SIMD2<Int64>().replacing(with: 1, where: x0 .== 0) &+ SIMD2<Int64>().replacing(with: 1, where: x1 .== 0)
-            i &+= 4
-        }
-        var total = (s0[0] + s1[0]) + (s0[1] + s1[1])
-        var absTotal = (a0[0] + a1[0]) + (a0[1] + a1[1])
-        var minimum = Swift.min(lo[0], lo[1])
-        var maximum = Swift.max(hi[0], hi[1])
-        var zeroCount = Int(z[0] &+ z[1])
-        while i < count {
-            let x = values[i]
-            total += x
-            absTotal += x.magnitude
-            minimum = Swift.min(minimum, x)
-            maximum = Swift.max(maximum, x)
-            if x == 0 { zeroCount &+= 1 }
-            i &+= 1
-        }
+        // Pass 1 (CKernels): Σx, Σ|x|, extrema, zeros. Plain comparisons for the extrema: NaN
+        // is handled by the careful path below.
+        var first = wsk_pass1()
+        wsk_moments_pass1(values, count, &first)
+        let total = first.sum, absTotal = first.abs_sum
+        let minimum = first.min, maximum = first.max
+        let zeroCount = Int(first.zeros)
         guard total.isFinite, absTotal.isFinite else {
             // Non-finite values present, or finite values whose sum overflows: take a careful path.
             if (0..<count).contains(where: { !values[$0].isFinite }) {
@@ -91,35 +66,9 @@ public struct Moments: Sendable, Equatable {
         // the central sums around the exact mean are S2 − nc², S3 − 3cS2 + 2nc³ and
         // S4 − 4cS3 + 6c²S2 − 3nc⁴. Without it, skewness of values far from zero (1e6 ± 1e-3)
         // is off in the sixth digit.
-        let mu = SIMD2<Double>(repeating: mean)
-        var p0 = SIMD2<Double>(), p1 = SIMD2<Double>()
-        var q0 = SIMD2<Double>(), q1 = SIMD2<Double>()
-        var t0 = SIMD2<Double>(), t1 = SIMD2<Double>()
-        var f0 = SIMD2<Double>(), f1 = SIMD2<Double>()
-        i = 0
-        while i < vectorEnd {
-            let d0 = bytes.loadUnaligned(fromByteOffset: i &* 8, as: SIMD2<Double>.self) - mu
-            let d1 = bytes.loadUnaligned(fromByteOffset: (i &+ 2) &* 8, as: SIMD2<Double>.self) - mu
-            let e0 = d0 * d0, e1 = d1 * d1
-            p0 += d0; p1 += d1
-            q0 += e0; q1 += e1
-            t0 += e0 * d0; t1 += e1 * d1
-            f0 += e0 * e0; f1 += e1 * e1
-            i &+= 4
-        }
-        var c1 = (p0[0] + p1[0]) + (p0[1] + p1[1])
-        var c2 = (q0[0] + q1[0]) + (q0[1] + q1[1])
-        var c3 = (t0[0] + t1[0]) + (t0[1] + t1[1])
-        var c4 = (f0[0] + f1[0]) + (f0[1] + f1[1])
-        while i < count {
-            let d = values[i] - mean
-            let d2 = d * d
-            c1 += d
-            c2 += d2
-            c3 += d2 * d
-            c4 += d2 * d2
-            i &+= 1
-        }
+        var second = wsk_pass2()
+        wsk_moments_pass2(values, count, mean, &second)
+        let c1 = second.s1, c2 = second.s2, c3 = second.s3, c4 = second.s4
         let c = c1 / n
         mean += c
         m2 = c2 - n * c * c

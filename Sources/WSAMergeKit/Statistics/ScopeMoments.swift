@@ -1,3 +1,5 @@
+import CKernels
+
 /// The part of `Moments` a weight scope needs — count, mean and `M2 = Σ (x − μ)²` of the finite
 /// values — computed in a lighter pass for merging. Blocks combine exactly (Chan et al.):
 /// ```
@@ -14,15 +16,7 @@ struct ScopeMoments {
 
     /// Two passes over one block: the mean, then the corrected sum of squared deviations.
     init(values: UnsafePointer<Double>, count: Int) {
-        var s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
-        let end = count & ~3
-        var i = 0
-        while i < end {
-            s0 += values[i]; s1 += values[i &+ 1]; s2 += values[i &+ 2]; s3 += values[i &+ 3]
-            i &+= 4
-        }
-        var sum = (s0 + s1) + (s2 + s3)
-        while i < count { sum += values[i]; i &+= 1 }
+        let sum = wsk_sum(values, count)
         guard sum.isFinite else {
             self = ScopeMoments(filtering: values, count: count)
             return
@@ -30,17 +24,8 @@ struct ScopeMoments {
         guard count > 0 else { return }
         n = Double(count)
         let mu = sum / n
-        var d0 = 0.0, d1 = 0.0, q0 = 0.0, q1 = 0.0
-        i = 0
-        let pairs = count & ~1
-        while i < pairs {
-            let a = values[i] - mu, b = values[i &+ 1] - mu
-            d0 += a; d1 += b
-            q0 += a * a; q1 += b * b
-            i &+= 2
-        }
-        var deviation = d0 + d1, squares = q0 + q1
-        if i < count { let a = values[i] - mu; deviation += a; squares += a * a }
+        var deviation = 0.0, squares = 0.0
+        wsk_deviations(values, count, mu, &deviation, &squares)
         // Corrected two-pass: shift the mean by the residual Σd/n and remove its share of M2.
         let c = deviation / n
         mean = mu + c

@@ -1,3 +1,5 @@
+import CKernels
+
 /// Conversions between stored little-endian elements and `Double`.
 ///
 /// Decoding is exact for every decodable type. Encoding rounds once to nearest, ties to even;
@@ -12,12 +14,9 @@ extension DType {
         case .F64:
             for i in 0..<count { destination[i] = source.loadUnaligned(fromByteOffset: 8 &* i, as: Double.self) }
         case .F32:
-            for i in 0..<count { destination[i] = Double(source.loadUnaligned(fromByteOffset: 4 &* i, as: Float.self)) }
+            wsk_decode_f32(source, count, destination)
         case .BF16:
-            for i in 0..<count {
-                let bits = UInt32(source.loadUnaligned(fromByteOffset: 2 &* i, as: UInt16.self)) << 16
-                destination[i] = Double(Float(bitPattern: bits))
-            }
+            wsk_decode_bf16(source, count, destination)
         case .F16:
             for i in 0..<count {
                 destination[i] = Double(Float16(bitPattern: source.loadUnaligned(fromByteOffset: 2 &* i, as: UInt16.self)))
@@ -57,7 +56,7 @@ extension DType {
         case .F64:
             for i in 0..<count { destination.storeBytes(of: source[i], toByteOffset: 8 &* i, as: Double.self) }
         case .F32:
-            for i in 0..<count { destination.storeBytes(of: Float(source[i]), toByteOffset: 4 &* i, as: Float.self) }
+            wsk_encode_f32(source, count, destination)
         case .F16:
             for i in 0..<count {
                 destination.storeBytes(of: Float16(source[i]).bitPattern, toByteOffset: 2 &* i, as: UInt16.self)
@@ -73,23 +72,11 @@ extension DType {
     }
 }
 
-/// BF16 encoding in two passes: a branch-free integer pass that rounds each double's bits
-/// directly to 7 fraction bits (exact ties-to-even whenever the result is a normal BF16), then
-/// `bfloat16Bits` for the rare elements outside that range (zeros, subnormals, overflow, NaN).
-///
-/// With `u` the double's bits, `r = (u + 2⁴⁴ − 1 + bit45(u)) >> 45` is sign, 11 exponent bits and
-/// 7 fraction bits rounded to nearest even; the exponent is then rebiased from 1023 to 127.
+/// BF16 encoding in two passes: `wsk_encode_bf16` rounds each double's bits directly to 7
+/// fraction bits (exact ties-to-even whenever the result is a normal BF16), then
+/// `bfloat16Bits` redoes the rare elements outside that range (zeros, subnormals, overflow, NaN).
 func encodeBFloat16(_ source: UnsafePointer<Double>, count: Int, into destination: UnsafeMutableRawPointer) {
-    var outside: UInt64 = 0
-    for i in 0..<count {
-        let u = source[i].bitPattern
-        let r = (u &+ 0x0FFF_FFFF_FFFF &+ ((u &>> 45) & 1)) &>> 45
-        let e = (r &>> 7) & 0x7FF
-        outside |= (e &- 897) | (1150 &- e)  // sign bit set when e is outside 897...1150
-        let bits = ((r &>> 3) & 0x8000) | ((e &- 896) &<< 7) | (r & 0x7F)
-        destination.storeBytes(of: UInt16(truncatingIfNeeded: bits), toByteOffset: 2 &* i, as: UInt16.self)
-    }
-    guard outside & 0x8000_0000_0000_0000 != 0 else { return }
+    guard wsk_encode_bf16(source, count, destination) != 0 else { return }
     for i in 0..<count {
         let u = source[i].bitPattern
         let e = ((u &+ 0x0FFF_FFFF_FFFF &+ ((u &>> 45) & 1)) &>> 52) & 0x7FF

@@ -1,0 +1,57 @@
+#ifndef WSAMERGE_KERNELS_H
+#define WSAMERGE_KERNELS_H
+/*
+ * The C part of wsamerge: the hot loops, and one Linux call Swift's Glibc module lacks.
+ *
+ * The hot loops are in C so that each is compiled twice (AVX2 and baseline x86-64)
+ * and picked at load time (`target_clones`): Swift has no per-function target attributes, and
+ * baseline SSE2 code runs these loops two to three times slower.
+ *
+ * Every kernel works on caller-owned buffers of `n` elements and allocates nothing. Reductions
+ * use a fixed lane layout (8 lanes folded pairwise in a fixed order) and the file is compiled
+ * with -ffp-contract=off, so the AVX2 and baseline versions give bit-identical results.
+ */
+#include <stddef.h>
+#include <stdint.h>
+
+/// dst[i] = BF16 src[i] as double (little-endian, any alignment).
+void wsk_decode_bf16(const void *src, size_t n, double *dst);
+/// dst[i] = F32 src[i] as double (little-endian, any alignment).
+void wsk_decode_f32(const void *src, size_t n, double *dst);
+/// BF16 bits of src[i], rounded to nearest even straight from the double's bits. Correct for
+/// every element whose result is a normal BF16; returns nonzero when some element is outside
+/// that range (zero, subnormal, overflow, NaN) and must be redone by the careful encoder.
+int wsk_encode_bf16(const double *src, size_t n, void *dst);
+/// dst[i] = (float)src[i] (round to nearest even).
+void wsk_encode_f32(const double *src, size_t n, void *dst);
+
+/// out[i] = w * x[i].
+void wsk_scale(double *out, const double *x, double w, size_t n);
+/// out[i] += w * x[i].
+void wsk_axpy(double *out, const double *x, double w, size_t n);
+/// Whether some x[i] is NaN or infinite.
+int wsk_nonfinite(const double *x, size_t n);
+
+/// First pass of a block's moments: Σx, Σ|x|, min, max and the number of zeros.
+typedef struct {
+    double sum, abs_sum, min, max;
+    int64_t zeros;
+} wsk_pass1;
+void wsk_moments_pass1(const double *x, size_t n, wsk_pass1 *out);
+
+/// Second pass: Σd, Σd², Σd³, Σd⁴ with d = x[i] − mu.
+typedef struct {
+    double s1, s2, s3, s4;
+} wsk_pass2;
+void wsk_moments_pass2(const double *x, size_t n, double mu, wsk_pass2 *out);
+
+/// Σx only (the first pass of a scope).
+double wsk_sum(const double *x, size_t n);
+/// Σd and Σd² with d = x[i] − mu (the second pass of a scope).
+void wsk_deviations(const double *x, size_t n, double mu, double *s1, double *s2);
+
+/// Starts asynchronous write-back of a file range (Linux `sync_file_range`, which Swift's Glibc
+/// module does not export); a no-op elsewhere.
+int wsk_start_writeback(int fd, int64_t offset, int64_t count);
+
+#endif

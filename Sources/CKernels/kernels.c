@@ -1,0 +1,176 @@
+#include "kernels.h"
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__linux__)
+#define CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CLONES
+#endif
+
+typedef double v4d __attribute__((vector_size(32), aligned(8)));
+typedef int64_t v4i __attribute__((vector_size(32), aligned(8)));
+typedef uint64_t v4u __attribute__((vector_size(32), aligned(8)));
+
+/* Macros rather than functions: passing 32-byte vectors by value would change the ABI between
+ * the AVX2 and baseline clones. */
+#define load4(p) (*(const v4d *)(p))
+#define splat(x) ((v4d){(x), (x), (x), (x)})
+/* (a0 + a1) + (a2 + a3): the fixed fold of one vector. */
+#define fold4(a) (((a)[0] + (a)[1]) + ((a)[2] + (a)[3]))
+
+CLONES void wsk_decode_bf16(const void *src, size_t n, double *dst) {
+    const unsigned char *s = src;
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, s + 2 * i, 2);
+        uint32_t bits = (uint32_t)h << 16;
+        float f;
+        memcpy(&f, &bits, 4);
+        dst[i] = f;
+    }
+}
+
+CLONES void wsk_decode_f32(const void *src, size_t n, double *dst) {
+    const unsigned char *s = src;
+    for (size_t i = 0; i < n; i++) {
+        float f;
+        memcpy(&f, s + 4 * i, 4);
+        dst[i] = f;
+    }
+}
+
+CLONES int wsk_encode_bf16(const double *src, size_t n, void *dst) {
+    unsigned char *d = dst;
+    uint64_t outside = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t u;
+        memcpy(&u, &src[i], 8);
+        /* sign, 11 exponent bits, 7 fraction bits, rounded to nearest even at bit 45 */
+        uint64_t r = (u + 0x0FFFFFFFFFFFull + ((u >> 45) & 1)) >> 45;
+        uint64_t e = (r >> 7) & 0x7FF;
+        outside |= (e - 897) | (1150 - e); /* sign bit set when e is outside 897...1150 */
+        uint16_t bits = (uint16_t)(((r >> 3) & 0x8000) | ((e - 896) << 7) | (r & 0x7F));
+        memcpy(d + 2 * i, &bits, 2);
+    }
+    return (outside >> 63) != 0;
+}
+
+CLONES void wsk_encode_f32(const double *src, size_t n, void *dst) {
+    unsigned char *d = dst;
+    for (size_t i = 0; i < n; i++) {
+        float f = (float)src[i];
+        memcpy(d + 4 * i, &f, 4);
+    }
+}
+
+CLONES void wsk_scale(double *out, const double *x, double w, size_t n) {
+    for (size_t i = 0; i < n; i++) out[i] = w * x[i];
+}
+
+CLONES void wsk_axpy(double *out, const double *x, double w, size_t n) {
+    for (size_t i = 0; i < n; i++) out[i] += w * x[i];
+}
+
+CLONES int wsk_nonfinite(const double *x, size_t n) {
+    uint64_t high = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t u;
+        memcpy(&u, &x[i], 8);
+        /* an all-ones exponent carries into the sign bit */
+        high |= (u & 0x7FF0000000000000ull) + 0x0010000000000000ull;
+    }
+    return (high >> 63) != 0;
+}
+
+CLONES void wsk_moments_pass1(const double *x, size_t n, wsk_pass1 *out) {
+    v4d s0 = splat(0), s1 = splat(0), a0 = splat(0), a1 = splat(0);
+    v4d lo = splat(__builtin_inf()), hi = splat(-__builtin_inf());
+    v4i z = {0, 0, 0, 0};
+    const v4u magnitude = {0x7FFFFFFFFFFFFFFFull, 0x7FFFFFFFFFFFFFFFull, 0x7FFFFFFFFFFFFFFFull, 0x7FFFFFFFFFFFFFFFull};
+    size_t end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) {
+        v4d x0 = load4(x + i), x1 = load4(x + i + 4);
+        s0 += x0;
+        s1 += x1;
+        a0 += (v4d)((v4u)x0 & magnitude);
+        a1 += (v4d)((v4u)x1 & magnitude);
+        lo = __builtin_elementwise_min(lo, __builtin_elementwise_min(x0, x1));
+        hi = __builtin_elementwise_max(hi, __builtin_elementwise_max(x0, x1));
+        z -= (v4i)(x0 == splat(0)) + (v4i)(x1 == splat(0)); /* comparisons give −1 per true lane */
+    }
+    double sum = fold4(s0) + fold4(s1), abs_sum = fold4(a0) + fold4(a1);
+    double mn = lo[0], mx = hi[0];
+    for (int k = 1; k < 4; k++) {
+        mn = lo[k] < mn ? lo[k] : mn;
+        mx = hi[k] > mx ? hi[k] : mx;
+    }
+    int64_t zeros = (z[0] + z[1]) + (z[2] + z[3]);
+    for (; i < n; i++) {
+        double v = x[i];
+        sum += v;
+        abs_sum += v < 0 ? -v : v;
+        mn = v < mn ? v : mn;
+        mx = v > mx ? v : mx;
+        zeros += v == 0;
+    }
+    out->sum = sum;
+    out->abs_sum = abs_sum;
+    out->min = mn;
+    out->max = mx;
+    out->zeros = zeros;
+}
+
+CLONES void wsk_moments_pass2(const double *x, size_t n, double mu, wsk_pass2 *out) {
+    v4d m = splat(mu);
+    v4d p0 = splat(0), p1 = splat(0), q0 = splat(0), q1 = splat(0);
+    v4d t0 = splat(0), t1 = splat(0), f0 = splat(0), f1 = splat(0);
+    size_t end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) {
+        v4d d0 = load4(x + i) - m, d1 = load4(x + i + 4) - m;
+        v4d e0 = d0 * d0, e1 = d1 * d1;
+        p0 += d0; p1 += d1;
+        q0 += e0; q1 += e1;
+        t0 += e0 * d0; t1 += e1 * d1;
+        f0 += e0 * e0; f1 += e1 * e1;
+    }
+    double s1 = fold4(p0) + fold4(p1), s2 = fold4(q0) + fold4(q1);
+    double s3 = fold4(t0) + fold4(t1), s4 = fold4(f0) + fold4(f1);
+    for (; i < n; i++) {
+        double d = x[i] - mu, e = d * d;
+        s1 += d; s2 += e; s3 += e * d; s4 += e * e;
+    }
+    out->s1 = s1;
+    out->s2 = s2;
+    out->s3 = s3;
+    out->s4 = s4;
+}
+
+CLONES double wsk_sum(const double *x, size_t n) {
+    v4d s0 = splat(0), s1 = splat(0);
+    size_t end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) {
+        s0 += load4(x + i);
+        s1 += load4(x + i + 4);
+    }
+    double sum = fold4(s0) + fold4(s1);
+    for (; i < n; i++) sum += x[i];
+    return sum;
+}
+
+CLONES void wsk_deviations(const double *x, size_t n, double mu, double *s1, double *s2) {
+    v4d m = splat(mu), p0 = splat(0), p1 = splat(0), q0 = splat(0), q1 = splat(0);
+    size_t end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) {
+        v4d d0 = load4(x + i) - m, d1 = load4(x + i + 4) - m;
+        p0 += d0; p1 += d1;
+        q0 += d0 * d0; q1 += d1 * d1;
+    }
+    double a = fold4(p0) + fold4(p1), b = fold4(q0) + fold4(q1);
+    for (; i < n; i++) {
+        double d = x[i] - mu;
+        a += d;
+        b += d * d;
+    }
+    *s1 = a;
+    *s2 = b;
+}
