@@ -6,14 +6,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
-out=fuzz/out
+out=${FUZZ_OUT:-fuzz/out}
 mkdir -p "$out"
 lib=$(find Sources/WSAMergeKit -name '*.swift' | sort)
+clang=$(dirname "$(command -v swiftc)")/clang
+kernels=()
+for c in Sources/CKernels/*.c; do
+  o=$out/$(basename "$c" .c).o
+  "$clang" -c -O2 -ffp-contract=off -fsanitize=address,fuzzer-no-link -I Sources/CKernels/include "$c" -o "$o"
+  kernels+=("$o")
+done
 for target in SafetensorsHeaderFuzz NpyHeaderFuzz NpzReaderFuzz; do
   bin=$out/$target
   rm -f "$bin"
   swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name WSAMergeKit \
-    -I Sources/CZip $(pkg-config --libs libzip) -lz $lib fuzz/$target.swift -o "$bin" 2>&1 | grep -v "ld.gold: warning" || true
+    -I Sources/CZip -I Sources/CKernels/include $(pkg-config --libs libzip) -lz "${kernels[@]}" $lib fuzz/$target.swift -o "$bin" 2>&1 | grep -v "ld.gold: warning" || true
   [ -x "$bin" ] || { echo "$target: build failed"; exit 1; }
   corpus=$out/$target-corpus
   mkdir -p "$corpus"
