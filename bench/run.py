@@ -29,13 +29,14 @@ GENERATE = r"""
 import os, sys
 import numpy as np, ml_dtypes
 from safetensors.numpy import save_file
-out, layers = sys.argv[1], int(sys.argv[2]); hidden, vocab = 1024, 32000; inter = int(hidden * 2.75)
+out, layers, fisher = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "fisher"; hidden, vocab = 1024, 32000; inter = int(hidden * 2.75)
 os.makedirs(out, exist_ok=True)
 for i in range(3):
     r = np.random.default_rng(i); scale = (1.0, 1.3, 0.8)[i]; t = {}; f = {}
     def w(name, shape, std, mean=0.0):
         x = r.standard_normal(shape, dtype=np.float32) * (std * scale) + mean
-        t[name] = x.astype(ml_dtypes.bfloat16); f[name] = (x * x).astype(ml_dtypes.bfloat16)
+        t[name] = x.astype(ml_dtypes.bfloat16)
+        if fisher: f[name] = (x * x).astype(ml_dtypes.bfloat16)
     w("model.embed_tokens.weight", (vocab, hidden), 0.02)
     for l in range(layers):
         p = f"model.layers.{l}."
@@ -49,7 +50,7 @@ for i in range(3):
     w("model.norm.weight", (hidden,), 0.05, 1.0)
     w("lm_head.weight", (vocab, hidden), 0.02)
     save_file(t, f"{out}/m{i}.safetensors", metadata={"format": "pt"})
-    save_file(f, f"{out}/f{i}.safetensors")
+    if fisher: save_file(f, f"{out}/f{i}.safetensors")
 """
 
 # The script a user writes instead: numpy + safetensors, float32 accumulation, input dtype kept.
@@ -75,11 +76,11 @@ else:
 """
 
 
-def generate(layers):
+def generate(layers, fisher=True):
     d = os.path.join(a.workdir, f"l{layers}")
-    if not os.path.exists(os.path.join(d, "f2.safetensors")):
+    if not os.path.exists(os.path.join(d, "f2.safetensors" if fisher else "m2.safetensors")):
         print(f"generating 3 checkpoints with {layers} layers in {d} …", file=sys.stderr)
-        subprocess.run([PY, "-c", GENERATE, d, str(layers)], check=True)
+        subprocess.run([PY, "-c", GENERATE, d, str(layers), "fisher" if fisher else "-"], check=True)
     return d
 
 
@@ -137,7 +138,7 @@ def main():
         print(f"{name:48} {value:6.2f}")
     print(f"{'peak RSS of fuse average (target ≤ 512 MB)':48} {rss['wsamerge fuse average']:6.0f} MB")
     if a.memory_layers:
-        d2 = generate(a.memory_layers)
+        d2 = generate(a.memory_layers, fisher=False)
         m2 = [f"{d2}/m{i}.safetensors" for i in range(3)]
         size2 = sum(os.path.getsize(x) for x in m2) / 1e6
         wall, peak = run([BIN, "fuse"] + m2 + ["-o", out], out)

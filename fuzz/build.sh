@@ -16,7 +16,7 @@ for c in Sources/CKernels/*.c; do
   "$clang" -c -O2 -ffp-contract=off -fsanitize=address,fuzzer-no-link -I Sources/CKernels/include "$c" -o "$o"
   kernels+=("$o")
 done
-for target in SafetensorsHeaderFuzz NpyHeaderFuzz NpzReaderFuzz; do
+for target in ${FUZZ_TARGETS:-SafetensorsHeaderFuzz NpyHeaderFuzz NpzReaderFuzz}; do
   bin=$out/$target
   rm -f "$bin"
   swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name WSAMergeKit \
