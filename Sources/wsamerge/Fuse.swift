@@ -32,23 +32,23 @@ extension WSAMerge {
         @Option(parsing: .upToNextOption, help: "Fisher checkpoints, one per input (strategy fisher).")
         var fisher: [String] = []
 
-        @Option(name: .customLong("fisher-epsilon"), help: "Added to every Fisher value.")
-        var fisherEpsilon: Double = 1e-6
+        @Option(name: .customLong("fisher-epsilon"), help: "Added to every Fisher value (default 1e-6).")
+        var fisherEpsilon: Double?
 
-        @Option(name: .customLong("fisher-normalize"), help: "global (c_i = w_i / ‖F_i‖₂) or none (c_i = w_i).")
-        var fisherNormalize: String = "global"
+        @Option(name: .customLong("fisher-normalize"), help: "global (c_i = w_i / ‖F_i‖₂, the default) or none (c_i = w_i).")
+        var fisherNormalize: String?
 
-        @Option(name: .customLong("scope-fusion"), help: "WSA fused scope: linear, quadratic or mixture.")
-        var scopeFusion: String = "linear"
+        @Option(name: .customLong("scope-fusion"), help: "WSA fused scope: linear (default), quadratic or mixture.")
+        var scopeFusion: String?
 
         @Option(name: .customLong("target-scope"), help: "WSA target scopes from a `wsamerge scope -o` file.")
         var targetScope: String?
 
-        @Option(name: .customLong("wsa-rescale"), help: "WSA rescale: inputs, output or both.")
-        var wsaRescale: String = "inputs"
+        @Option(name: .customLong("wsa-rescale"), help: "WSA rescale: inputs (default), output or both.")
+        var wsaRescale: String?
 
-        @Option(name: .customLong("wsa-min-rank"), help: "WSA: tensors of lower rank are averaged.")
-        var wsaMinRank: Int = 2
+        @Option(name: .customLong("wsa-min-rank"), help: "WSA: tensors of lower rank are averaged (default 2).")
+        var wsaMinRank: Int?
 
         @Option(help: "Extra output metadata key=value (repeatable).")
         var metadata: [String] = []
@@ -68,13 +68,14 @@ extension WSAMerge {
             request.filter = try common.filter()
             request.onMissing = try choice(onMissing, "--on-missing")
             request.dtype = dtype == "keep" ? nil : try choice(dtype, "--dtype")
+            try checkStrategyOptions()
             request.settings.fisherPaths = fisher
-            request.settings.fisherEpsilon = fisherEpsilon
-            request.settings.fisherNormalize = try choice(fisherNormalize, "--fisher-normalize")
-            request.settings.scopeFusion = try choice(scopeFusion, "--scope-fusion")
+            if let fisherEpsilon { request.settings.fisherEpsilon = fisherEpsilon }
+            if let fisherNormalize { request.settings.fisherNormalize = try choice(fisherNormalize, "--fisher-normalize") }
+            if let scopeFusion { request.settings.scopeFusion = try choice(scopeFusion, "--scope-fusion") }
             request.settings.targetScopePath = targetScope
-            request.settings.wsaRescale = try choice(wsaRescale, "--wsa-rescale")
-            request.settings.wsaMinRank = wsaMinRank
+            if let wsaRescale { request.settings.wsaRescale = try choice(wsaRescale, "--wsa-rescale") }
+            if let wsaMinRank { request.settings.wsaMinRank = wsaMinRank }
             request.extraMetadata = try metadata.map { pair in
                 guard let eq = pair.firstIndex(of: "="), eq != pair.startIndex else {
                     throw WSAMergeError.usage("--metadata expects key=value, got '\(pair)'")
@@ -92,6 +93,22 @@ extension WSAMerge {
             warnSummary("have NaN or infinite input values", tensors: report.nonFiniteTensors, quiet: common.quiet)
             warnSummary("fell back from the strategy", tensors: report.fallbacks, quiet: common.quiet)
             emit(report.json)
+        }
+    }
+}
+
+extension WSAMerge.Fuse {
+    /// Refuses options of another strategy than the one chosen: a Fisher or WSA option given
+    /// with `--strategy average` is almost always a mistake.
+    func checkStrategyOptions() throws {
+        let fisherOnly: [(String, Bool)] = [("--fisher", !fisher.isEmpty), ("--fisher-epsilon", fisherEpsilon != nil),
+                                            ("--fisher-normalize", fisherNormalize != nil)]
+        let wsaOnly: [(String, Bool)] = [("--scope-fusion", scopeFusion != nil), ("--target-scope", targetScope != nil),
+                                         ("--wsa-rescale", wsaRescale != nil), ("--wsa-min-rank", wsaMinRank != nil)]
+        for (owner, options) in [("fisher", fisherOnly), ("wsa", wsaOnly)] where strategy != owner {
+            if let (flag, _) = options.first(where: { $0.1 }) {
+                throw WSAMergeError.usage("\(flag) applies to --strategy \(owner), not \(strategy)")
+            }
         }
     }
 }

@@ -210,6 +210,8 @@ import Testing
             (["fuse", "--strategy", "median", a, b], 64, ["median"]),
             (["fuse", a, b, "--dtype", "I32"], 64, ["--dtype"]),
             (["fuse", a, dir + "/absent.safetensors"], 66, ["absent.safetensors"]),
+            (["fuse", "--target-scope", dir + "/t.json", a, b], 64, ["--target-scope", "--strategy wsa"]),
+            (["fuse", "--strategy", "wsa", "--fisher-epsilon", "0.1", a, b], 64, ["--fisher-epsilon"]),
         ]
         for (args, code, mentions) in cases {
             let run = try TestSupport.wsamerge(args + ["-o", out])

@@ -75,6 +75,7 @@ public struct WSAStrategy: MergeStrategy {
         if let target {
             if let scope = target.scopes[item.name] {
                 fused = scope
+                method += " (target scope)"
             } else {
                 fused = fusion.fuse(scopes, weights: weights)
                 method += " (not in target scope: \(fusion.rawValue) fusion)"
