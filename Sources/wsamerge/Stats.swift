@@ -18,8 +18,7 @@ extension WSAMerge {
 
         func run() throws {
             let filter = try common.filter()
-            for path in files {
-                let checkpoint = try CheckpointReader.open(path)
+            for checkpoint in try CheckpointReader.open(files) {
                 let statistics = try StatisticsRun.measure(checkpoint, filter: filter, jobs: common.workerCount,
                                                            progress: Progress.forTerminal(label: "stats", quiet: common.quiet))
                 switch common.format {

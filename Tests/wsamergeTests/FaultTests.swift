@@ -26,45 +26,74 @@ import Testing
         try FileManager.default.contentsOfDirectory(atPath: dir).filter { !except.contains($0) }.sorted()
     }
 
+    /// Starts `arguments`, held by the test hook right after its first output tensor, and kills it.
+    func killMidWrite(_ arguments: [String]) throws -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: TestSupport.binary)
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(["WSAMERGE_TEST_PAUSE": "write:5"]) { $1 }
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        Thread.sleep(forTimeInterval: 0.5)
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        return process
+    }
+
     @Test func killDuringFuseLeavesNothing() throws {
         let dir = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(dir) }
         let out = dir + "/merged.safetensors"
-        for delay in [0.05, 0.15, 0.3] {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: TestSupport.binary)
-            process.arguments = ["fuse", "--strategy", "wsa", "--jobs", "1"] + Self.large + ["-o", out, "--force"]
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-            Thread.sleep(forTimeInterval: delay)
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-            if process.terminationReason == .uncaughtSignal {
-                #expect(!TestSupport.fileExists(out), "kill after \(delay)s left an output")
-            } else {
-                // It finished before the kill: then the output must be complete.
-                #expect(process.terminationStatus == 0)
-                try FileManager.default.removeItem(atPath: out)
-            }
-            let left = try leftovers(dir)
-            #expect(left.isEmpty, "kill after \(delay)s left \(left)")
-        }
+        let process = try killMidWrite(["fuse", "--strategy", "wsa"] + Self.large + ["-o", out])
+        #expect(process.terminationReason == .uncaughtSignal)
+        #expect(!TestSupport.fileExists(out))
+        let left = try leftovers(dir)
+        #expect(left.isEmpty, "the kill left \(left)")
+        // Also when replacing an existing output with --force: the old file stays intact.
+        try Data("old".utf8).write(to: URL(fileURLWithPath: out))
+        _ = try killMidWrite(["fuse"] + Self.large + ["-o", out, "--force"])
+        #expect(try String(contentsOfFile: out, encoding: .utf8) == "old")
+        #expect(try leftovers(dir) == ["merged.safetensors"])
     }
 
     @Test func killDuringConvertLeavesNothing() throws {
         let dir = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(dir) }
-        let out = dir + "/converted.npz"
+        for output in ["converted.npz", "shards/"] {
+            let process = try killMidWrite(["convert", Self.large[0], "--compress", "-o", dir + "/" + output]
+                                           .filter { output.hasSuffix("npz") || $0 != "--compress" }
+                                           + (output.hasSuffix("/") ? ["--max-shard-size", "10MB"] : []))
+            #expect(process.terminationReason == .uncaughtSignal)
+        }
+        #expect(!TestSupport.fileExists(dir + "/converted.npz"))
+        // The shard directory may exist, empty: no shard or index appears before the end.
+        let shards = (try? FileManager.default.contentsOfDirectory(atPath: dir + "/shards")) ?? []
+        #expect(shards.isEmpty, "\(shards)")
+    }
+
+    @Test func inputTruncatedWhileReadIsAnIOError() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let input = dir + "/shrinking.safetensors"
+        try FileManager.default.copyItem(atPath: Self.large[0], toPath: input)
+        // The test hook holds wsamerge after the header is read; the file shrinks meanwhile.
         let process = Process()
         process.executableURL = URL(fileURLWithPath: TestSupport.binary)
-        process.arguments = ["convert", Self.large[0], "--compress", "-o", out]
+        process.arguments = ["stats", input]
+        process.environment = ProcessInfo.processInfo.environment.merging(["WSAMERGE_TEST_PAUSE": "open:0.6"]) { $1 }
+        let err = Pipe()
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = err
         try process.run()
-        Thread.sleep(forTimeInterval: 0.1)
-        kill(process.processIdentifier, SIGKILL)
+        Thread.sleep(forTimeInterval: 0.2)
+        #expect(truncate(input, 1 << 20) == 0)
+        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
-        if process.terminationReason == .uncaughtSignal { #expect(!TestSupport.fileExists(out)) }
-        #expect(try leftovers(dir, except: ["converted.npz"]).isEmpty)
+        #expect(process.terminationReason == .exit, "the truncation killed the process")
+        #expect(process.terminationStatus == 74, "\(message)")
+        #expect(message.hasPrefix("wsamerge: error: \(input): "), "\(message)")
+        #expect(message.contains("truncated while reading"), "\(message)")
     }
 
     @Test func fileSizeLimitIsAnIOError() throws {

@@ -32,6 +32,7 @@ public enum CheckpointReader {
     public static func open(_ paths: [String]) throws -> [Checkpoint] {
         var result: [Checkpoint] = []
         for path in paths { result.append(try open(path)) }
+        TestHooks.pause(at: "open")
         return result
     }
 

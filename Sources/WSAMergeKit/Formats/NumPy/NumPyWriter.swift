@@ -230,6 +230,7 @@ final class NpzWriter: CheckpointWriter {
         try output.patch(sizes.bytes, at: entry.headerOffset + 30 + entry.name.count + 4)
         open = false
         next += 1
+        TestHooks.pause(at: "write")
     }
 
     private func flags(for name: [UInt8]) -> Int {

@@ -47,9 +47,10 @@ final class SafetensorsWriter: CheckpointWriter {
     }
 
     func write(_ bytes: UnsafeRawBufferPointer) throws {
-        _ = try cursor.advance(by: bytes.count, file: output.destination)
+        let finished = try cursor.advance(by: bytes.count, file: output.destination)
         cursor.skipEmpty()
         try output.write(bytes)
+        if finished { TestHooks.pause(at: "write") }
     }
 
     func finish() throws {
