@@ -57,14 +57,14 @@ public struct WSAStrategy: MergeStrategy {
             return TensorMergeResult(method: "average (rank \(item.output.shape.count) < \(minRank))", nonFinite: nonFinite)
         }
         // 1. Input scopes, all inputs in one lockstep pass.
-        var moments = [ScopeMoments](repeating: ScopeMoments(), count: item.sources.count)
+        var moments = [Moments](repeating: Moments(), count: item.sources.count)
         try Lockstep.run(try plan.readers(item), jobs: jobs, output: nil, kernel: { inputs, count, _ in
-            inputs.map { ScopeMoments(values: $0, count: count) }
+            inputs.map { Moments(values: $0, count: count) }
         }, fold: { blocks in
             for block in blocks { for k in block.indices { moments[k].combine(block[k]) } }
         })
-        let nonFinite = moments.contains { $0.nonFinite > 0 }
-        let scopes = moments.map { $0.scope ?? Scope(mean: 0, std: 0) }
+        let nonFinite = moments.contains { $0.nan + $0.inf > 0 }
+        let scopes = moments.map { Scope(mean: $0.finiteMean ?? 0, std: $0.std ?? 0) }
         if scopes.contains(where: { !($0.std > 0) }) {
             _ = try weightedAverage(try plan.readers(item), weights: weights, jobs: jobs, output: output)
             return TensorMergeResult(method: "average (zero std in an input)", nonFinite: nonFinite)
