@@ -59,7 +59,8 @@ struct CommonOptions: ParsableArguments {
 
     func filter() throws -> TensorFilter { try TensorFilter(include: include, exclude: exclude) }
 
-    var workerCount: Int { max(1, jobs ?? defaultJobs) }
+    /// Worker threads: `--jobs`, else every core; at most 64 (each holds a few blocks of scratch).
+    var workerCount: Int { min(64, max(1, jobs ?? defaultJobs)) }
 
     func validate() throws {
         if let jobs, jobs < 1 { throw ValidationError("--jobs must be at least 1") }
