@@ -48,8 +48,9 @@ CLONES int wsk_encode_bf16(const double *src, size_t n, void *dst) {
         /* sign, 11 exponent bits, 7 fraction bits, rounded to nearest even at bit 45 */
         uint64_t r = (u + 0x0FFFFFFFFFFFull + ((u >> 45) & 1)) >> 45;
         uint64_t e = (r >> 7) & 0x7FF;
-        outside |= (e - 897) | (1150 - e); /* sign bit set when e is outside 897...1150 */
-        uint16_t bits = (uint16_t)(((r >> 3) & 0x8000) | ((e - 896) << 7) | (r & 0x7F));
+        int zero = (u << 1) == 0; /* ±0 is exact: just the sign */
+        outside |= zero ? 0 : (e - 897) | (1150 - e); /* sign bit set when e is outside 897...1150 */
+        uint16_t bits = zero ? (uint16_t)(u >> 48) : (uint16_t)(((r >> 3) & 0x8000) | ((e - 896) << 7) | (r & 0x7F));
         memcpy(d + 2 * i, &bits, 2);
     }
     return (outside >> 63) != 0;
