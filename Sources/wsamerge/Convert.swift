@@ -20,7 +20,7 @@ extension WSAMerge {
         func run() throws {
             let checkpoint = try CheckpointReader.open(input)
             try Converter.convert(checkpoint, to: try output.options(), dtype: dtype, filter: try common.filter(),
-                                  progress: Progress.forTerminal(label: "convert", quiet: common.quiet))
+                                  jobs: common.workerCount, progress: Progress.forTerminal(label: "convert", quiet: common.quiet))
         }
     }
 }

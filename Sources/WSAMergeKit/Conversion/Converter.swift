@@ -7,7 +7,7 @@ public enum Converter {
     /// - Returns: the tensors written.
     @discardableResult
     public static func convert(_ checkpoint: Checkpoint, to output: OutputOptions, dtype: DType?,
-                               filter: TensorFilter, progress: Progress? = nil) throws -> [TensorInfo] {
+                               filter: TensorFilter, jobs: Int = 1, progress: Progress? = nil) throws -> [TensorInfo] {
         if let dtype, !DType.targets.contains(dtype) {
             throw WSAMergeError.usage("--dtype \(dtype.rawValue) is not a supported target (use F64, F32, F16 or BF16)")
         }
@@ -35,7 +35,7 @@ public enum Converter {
             if reader.tensor.dtype == target.dtype {
                 try copy(reader, to: writer)
             } else {
-                try recode(reader, to: target.dtype, writer: writer)
+                try recode(reader, to: target.dtype, writer: writer, jobs: jobs)
             }
             progress?.tensorDone(bytes: target.byteCount)
         }
@@ -46,35 +46,20 @@ public enum Converter {
 
     /// Copies a tensor's bytes through a bounded buffer.
     static func copy(_ reader: TensorReader, to writer: any CheckpointWriter) throws {
-        let chunk = Swift.min(reader.remaining, 4 << 20)
-        guard chunk > 0 else { return }
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 64)
-        defer { buffer.deallocate() }
         let width = reader.tensor.dtype.byteWidth ?? 1
-        let step = chunk - chunk % width
+        let step = Swift.max(width, (4 << 20) / width * width)
+        let buffer = RawBuffer(byteCount: Swift.min(step, reader.remaining))
         while reader.remaining > 0 {
-            let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Swift.min(step, reader.remaining)])
+            let slice = buffer.prefix(Swift.min(step, reader.remaining))
             try reader.read(into: slice)
             try writer.write(UnsafeRawBufferPointer(slice))
         }
     }
 
-    /// Decodes a tensor to float64 and encodes it as `dtype`, chunk by chunk.
-    static func recode(_ reader: TensorReader, to dtype: DType, writer: any CheckpointWriter) throws {
-        let from = reader.tensor.dtype
-        let chunk = Partition.chunkElements
-        let input = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk * from.byteWidth!, alignment: 64)
-        let values = UnsafeMutablePointer<Double>.allocate(capacity: chunk)
-        let output = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk * dtype.byteWidth!, alignment: 64)
-        defer { input.deallocate(); values.deallocate(); output.deallocate() }
-        var remaining = reader.tensor.elementCount
-        while remaining > 0 {
-            let n = Swift.min(chunk, remaining)
-            try reader.read(into: UnsafeMutableRawBufferPointer(rebasing: input[0..<n * from.byteWidth!]))
-            from.decode(input.baseAddress!, count: n, into: values)
-            dtype.encode(values, count: n, into: output.baseAddress!)
-            try writer.write(UnsafeRawBufferPointer(rebasing: output[0..<n * dtype.byteWidth!]))
-            remaining -= n
-        }
+    /// Decodes a tensor to float64 and encodes it as `dtype` (ties to even), streamed by `Lockstep`.
+    static func recode(_ reader: TensorReader, to dtype: DType, writer: any CheckpointWriter, jobs: Int) throws {
+        try Lockstep.run([reader], jobs: jobs, output: Lockstep.Output(dtype: dtype, writer: writer), kernel: { inputs, count, out in
+            out.update(from: inputs[0], count: count)
+        }, fold: { _ in })
     }
 }

@@ -94,21 +94,6 @@ public struct Lockstep {
     }
 }
 
-/// An owned, aligned byte buffer.
-final class RawBuffer: @unchecked Sendable {
-    let base: UnsafeMutableRawPointer
-    let byteCount: Int
-
-    init(byteCount: Int) {
-        self.byteCount = Swift.max(1, byteCount)
-        base = .allocate(byteCount: self.byteCount, alignment: 64)
-    }
-
-    deinit { base.deallocate() }
-
-    func prefix(_ n: Int) -> UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: base, count: n) }
-}
-
 /// One read-ahead thread and one writer thread; the first error of either is rethrown.
 final class BackgroundIO: @unchecked Sendable {
     private let readQueue = DispatchQueue(label: "wsamerge.read")

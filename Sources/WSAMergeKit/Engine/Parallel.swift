@@ -46,22 +46,3 @@ enum ProcessInfoCores {
         #endif
     }()
 }
-
-/// Per-worker reusable buffers of doubles.
-final class ScratchPool: @unchecked Sendable {
-    private let buffers: [UnsafeMutablePointer<Double>]
-    let capacity: Int
-
-    init(workers: Int, capacity: Int) {
-        self.capacity = capacity
-        buffers = (0..<Swift.max(1, workers)).map { _ in
-            let p = UnsafeMutablePointer<Double>.allocate(capacity: capacity)
-            p.initialize(repeating: 0, count: capacity)
-            return p
-        }
-    }
-
-    deinit { for p in buffers { p.deallocate() } }
-
-    func buffer(_ worker: Int) -> UnsafeMutablePointer<Double> { buffers[worker] }
-}

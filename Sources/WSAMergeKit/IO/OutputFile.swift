@@ -14,7 +14,7 @@ public final class OutputFile {
     private let descriptor: Int32
     private var temporaryPath: String?
     private var committed = false
-    private var buffer: UnsafeMutableRawBufferPointer
+    private let buffer = RawBuffer(byteCount: 1 << 20)
     private var buffered = 0
     /// Bytes already handed to the kernel for write-back (see `startWriteBack`).
     private var writeBackStart = 0
@@ -36,7 +36,6 @@ public final class OutputFile {
             throw WSAMergeError.cannotCreate(file: destination, reason: systemError(errno))
         }
         descriptor = fd
-        buffer = .allocate(byteCount: 1 << 20, alignment: 64)
     }
 
     /// Refuses `destination` when it is one of `inputs` (same inode, whatever the link), exists
@@ -62,22 +61,21 @@ public final class OutputFile {
     deinit {
         close(descriptor)
         if !committed, let temporaryPath { unlink(temporaryPath) }
-        buffer.deallocate()
     }
 
     /// Appends `bytes`.
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
         guard bytes.count > 0 else { return }
-        if buffered + bytes.count > buffer.count {
+        if buffered + bytes.count > buffer.byteCount {
             try flush()
-            if bytes.count >= buffer.count {
+            if bytes.count >= buffer.byteCount {
                 try writeFully(bytes, at: offset)
                 offset += bytes.count
                 startWriteBack()
                 return
             }
         }
-        (buffer.baseAddress! + buffered).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+        (buffer.base + buffered).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
         buffered += bytes.count
         offset += bytes.count
     }
@@ -99,7 +97,7 @@ public final class OutputFile {
     /// Writes what is buffered.
     public func flush() throws {
         guard buffered > 0 else { return }
-        try writeFully(UnsafeRawBufferPointer(rebasing: buffer[0..<buffered]), at: offset - buffered)
+        try writeFully(UnsafeRawBufferPointer(buffer.prefix(buffered)), at: offset - buffered)
         buffered = 0
         startWriteBack()
     }

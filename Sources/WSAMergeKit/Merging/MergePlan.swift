@@ -126,14 +126,11 @@ public struct MergePlan {
         guard infos.allSatisfy({ $0.dtype == infos[0].dtype }) else { throw differ }
         let readers = try sources.map { try inputs[$0.input].reader(for: $0.index) }
         let chunk = 1 << 20
-        let buffers = readers.map { _ in UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 64) }
-        defer { for b in buffers { b.deallocate() } }
+        let buffers = readers.map { _ in RawBuffer(byteCount: chunk) }
         while readers[0].remaining > 0 {
             let n = Swift.min(chunk, readers[0].remaining)
-            for (reader, buffer) in zip(readers, buffers) {
-                try reader.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n]))
-            }
-            for buffer in buffers.dropFirst() where memcmp(buffer.baseAddress!, buffers[0].baseAddress!, n) != 0 {
+            for (reader, buffer) in zip(readers, buffers) { try reader.read(into: buffer.prefix(n)) }
+            for buffer in buffers.dropFirst() where memcmp(buffer.base, buffers[0].base, n) != 0 {
                 throw differ
             }
         }

@@ -85,8 +85,9 @@ public struct Moments: Sendable, Equatable {
         let down = Double(sign: .plus, exponent: -exponent, significand: 1)
         let up = Double(sign: .plus, exponent: exponent, significand: 1)
         let block = Swift.min(count, Partition.blockElements)
-        let scaled = UnsafeMutablePointer<Double>.allocate(capacity: block)
-        defer { scaled.deallocate() }
+        let storage = RawBuffer(byteCount: block * 8)
+        defer { withExtendedLifetime(storage) {} }
+        let scaled = storage.doubles(block)
         var start = 0
         while start < count {
             let n = Swift.min(block, count - start)
