@@ -1,0 +1,50 @@
+import Foundation
+import Testing
+@testable import WSAMergeKit
+
+/// `Lockstep` streams several tensors side by side: values arrive in order, blocks fold in order,
+/// and the result does not depend on the number of workers.
+@Suite struct LockstepTests {
+    /// A checkpoint of F64 tensors `a` and `b` holding `values(i)`, written as safetensors.
+    func checkpoint(count: Int, _ values: (Int) -> (Double, Double)) throws -> Checkpoint {
+        var a: [UInt8] = [], b: [UInt8] = []
+        for i in 0..<count {
+            let (x, y) = values(i)
+            a += Bytes.le(x)
+            b += Bytes.le(y)
+        }
+        let header = #"{"a":{"dtype":"F64","shape":[\#(count)],"data_offsets":[0,\#(a.count)]},"#
+            + #""b":{"dtype":"F64","shape":[\#(count)],"data_offsets":[\#(a.count),\#(a.count + b.count)]}}"#
+        let path = try Bytes.temporaryFile(Bytes.safetensors(header, data: a + b), name: "m.safetensors")
+        return try CheckpointReader.open(path)
+    }
+
+    @Test(arguments: [1, 2, 7])
+    func blocksArriveInOrderForAnyJobs(jobs: Int) throws {
+        // Several chunks' worth of elements, not a multiple of the block size.
+        let count = Partition.chunkElements * 2 + 1234
+        let model = try checkpoint(count: count) { (Double($0), Double(-$0)) }
+        defer { Bytes.removeDirectory(of: model.path) }
+        var firsts: [Double] = []
+        var sums = 0.0
+        try Lockstep.run([try model.reader(for: 0), try model.reader(for: 1)], jobs: jobs, output: nil, kernel: { inputs, count, _ in
+            (first: inputs[0][0], sum: (0..<count).reduce(0.0) { $0 + inputs[0][$1] + inputs[1][$1] })
+        }, fold: { blocks in
+            firsts += blocks.map(\.first)
+            sums += blocks.reduce(0) { $0 + $1.sum }
+        })
+        let blocks = (count + Partition.blockElements - 1) / Partition.blockElements
+        #expect(firsts == (0..<blocks).map { Double($0 * Partition.blockElements) })
+        #expect(sums == 0)
+    }
+
+    @Test func momentsAreIdenticalForAnyJobs() throws {
+        let count = Partition.chunkElements + 999
+        let model = try checkpoint(count: count) { i in (sin(Double(i)) * 1e3 + 1e6, cos(Double(i))) }
+        defer { Bytes.removeDirectory(of: model.path) }
+        let one = try TensorStatistics.compute(try model.reader(for: 0), jobs: 1).moments
+        for jobs in [2, 3, 8] {
+            #expect(try TensorStatistics.compute(try model.reader(for: 0), jobs: jobs).moments == one)
+        }
+    }
+}
