@@ -66,15 +66,15 @@ public final class OutputFile {
     /// Appends `bytes`.
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
         guard bytes.count > 0 else { return }
-        if buffered + bytes.count > buffer.byteCount {
+        // Large writes (whole chunks) go straight to the file; small ones are gathered.
+        if bytes.count >= buffer.byteCount / 4 {
             try flush()
-            if bytes.count >= buffer.byteCount {
-                try writeFully(bytes, at: offset)
-                offset += bytes.count
-                startWriteBack()
-                return
-            }
+            try writeFully(bytes, at: offset)
+            offset += bytes.count
+            startWriteBack()
+            return
         }
+        if buffered + bytes.count > buffer.byteCount { try flush() }
         (buffer.base + buffered).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
         buffered += bytes.count
         offset += bytes.count
