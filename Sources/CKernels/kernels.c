@@ -175,3 +175,50 @@ CLONES void wsk_deviations(const double *x, size_t n, double mu, double *s1, dou
     *s1 = a;
     *s2 = b;
 }
+
+CLONES void wsk_fisher_accumulate(double *out, double *den, const double *x, const double *f, double c, double eps,
+                                  size_t n, int first) {
+    if (first) {
+        for (size_t i = 0; i < n; i++) {
+            double a = c * (f[i] + eps);
+            out[i] = a * x[i];
+            den[i] = a;
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            double a = c * (f[i] + eps);
+            out[i] += a * x[i];
+            den[i] += a;
+        }
+    }
+}
+
+CLONES size_t wsk_fisher_divide(double *out, const double *den, size_t n) {
+    size_t empty = 0;
+    for (size_t i = 0; i < n; i++) {
+        int ok = den[i] > 0;
+        out[i] = ok ? out[i] / den[i] : out[i];
+        empty += !ok;
+    }
+    return empty;
+}
+
+CLONES void wsk_squares_min(const double *f, size_t n, double *squares, double *min) {
+    v4d s0 = splat(0), s1 = splat(0), lo = splat(__builtin_inf());
+    size_t end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) {
+        v4d x0 = load4(f + i), x1 = load4(f + i + 4);
+        s0 += x0 * x0;
+        s1 += x1 * x1;
+        lo = __builtin_elementwise_min(lo, __builtin_elementwise_min(x0, x1));
+    }
+    double sum = fold4(s0) + fold4(s1);
+    double mn = lo[0];
+    for (int k = 1; k < 4; k++) mn = lo[k] < mn ? lo[k] : mn;
+    for (; i < n; i++) {
+        sum += f[i] * f[i];
+        mn = f[i] < mn ? f[i] : mn;
+    }
+    *squares = sum;
+    *min = mn;
+}

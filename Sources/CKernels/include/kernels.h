@@ -51,6 +51,15 @@ double wsk_sum(const double *x, size_t n);
 /// Σd and Σd² with d = x[i] − mu (the second pass of a scope).
 void wsk_deviations(const double *x, size_t n, double mu, double *s1, double *s2);
 
+/// Fisher accumulation with a = c (f[i] + eps): out[i] = a x[i] and den[i] = a when `first`,
+/// else out[i] += a x[i] and den[i] += a.
+void wsk_fisher_accumulate(double *out, double *den, const double *x, const double *f, double c, double eps,
+                           size_t n, int first);
+/// out[i] /= den[i] where den[i] > 0; returns how many den[i] are not > 0 (left untouched).
+size_t wsk_fisher_divide(double *out, const double *den, size_t n);
+/// Σ f[i]² and the minimum of f (for the Fisher check pass).
+void wsk_squares_min(const double *f, size_t n, double *squares, double *min);
+
 /// Starts asynchronous write-back of a file range (Linux `sync_file_range`, which Swift's Glibc
 /// module does not export); a no-op elsewhere.
 int wsk_start_writeback(int fd, int64_t offset, int64_t count);

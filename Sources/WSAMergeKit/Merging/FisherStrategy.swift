@@ -1,3 +1,5 @@
+import CKernels
+
 /// How Fisher values are scaled before weighting.
 public enum FisherNormalize: String, CaseIterable, Sendable {
     /// `c_i = w_i / ‖F_i‖₂`, the L2 norm of model i's Fisher over all merged tensors.
@@ -101,25 +103,12 @@ public struct FisherStrategy: MergeStrategy {
         try Lockstep.run(readers, jobs: jobs, output: output, kernel: { inputs, count, out in
             // out ← Σ a_k x_k and den ← Σ a_k with a_k = c_k (F_k + ε), summed in input order.
             withUnsafeTemporaryAllocation(of: Double.self, capacity: count) { den in
-                let x0 = inputs[0], f0 = inputs[n], c0 = c[0]
-                for j in 0..<count {
-                    let a = c0 * (f0[j] + epsilon)
-                    out[j] = a * x0[j]
-                    den[j] = a
+                for k in 0..<n {
+                    wsk_fisher_accumulate(out, den.baseAddress!, inputs[k], inputs[n + k], c[k], epsilon, count, k == 0 ? 1 : 0)
                 }
-                for k in 1..<n {
-                    let x = inputs[k], f = inputs[n + k], ck = c[k]
-                    for j in 0..<count {
-                        let a = ck * (f[j] + epsilon)
-                        out[j] += a * x[j]
-                        den[j] += a
-                    }
-                }
-                for j in 0..<count {
-                    if den[j] > 0 {
-                        out[j] /= den[j]
-                    } else {
-                        // ε = 0 and no Fisher information here: fall back to the weighted average.
+                if wsk_fisher_divide(out, den.baseAddress!, count) > 0 {
+                    // ε = 0 and no Fisher information here: fall back to the weighted average.
+                    for j in 0..<count where !(den[j] > 0) {
                         var y = 0.0
                         for k in 0..<n { y += weights[k] * inputs[k][j] }
                         out[j] = y
@@ -142,27 +131,7 @@ struct FisherCheck {
     init() {}
 
     init(values: UnsafePointer<Double>, count: Int) {
-        let bytes = UnsafeRawPointer(values)
-        var s0 = SIMD2<Double>(), s1 = SIMD2<Double>()
-        var lo = SIMD2<Double>(repeating: .infinity)
-        let end = count & ~3
-        var i = 0
-        while i < end {
-            let x0 = bytes.loadUnaligned(fromByteOffset: i &* 8, as: SIMD2<Double>.self)
-            let x1 = bytes.loadUnaligned(fromByteOffset: (i &+ 2) &* 8, as: SIMD2<Double>.self)
-            s0 += x0 * x0; s1 += x1 * x1
-            lo = lo.replacing(with: x0, where: x0 .< lo); lo = lo.replacing(with: x1, where: x1 .< lo)
-            i &+= 4
-        }
-        var sum = (s0[0] + s1[0]) + (s0[1] + s1[1])
-        var low = Swift.min(lo[0], lo[1])
-        while i < count {
-            sum += values[i] * values[i]
-            low = Swift.min(low, values[i])
-            i &+= 1
-        }
-        squares = sum
-        minimum = low
+        wsk_squares_min(values, count, &squares, &minimum)
         nonFinite = containsNonFinite(values, count)
     }
 
