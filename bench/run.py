@@ -84,12 +84,18 @@ def generate(layers, fisher=True):
     return d
 
 
+# Some machines here set OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE, which slow a current numpy: the
+# numpy baseline runs without them so that it is not handicapped.
+PEER_ENV = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+
+
 def run(cmd, out=None):
     """Wall time and peak RSS (MB) of one child process."""
     if out and os.path.exists(out):
         os.unlink(out)
     start = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = PEER_ENV if cmd[0] == PY else None
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(p.pid, 0)
     wall = time.perf_counter() - start
     err = p.stderr.read().decode()
