@@ -16,7 +16,10 @@ public enum CheckpointReader {
         if head.starts(with: Array("version https://git-lfs".utf8)) {
             throw WSAMergeError.malformed(file: path, reason: "this is a git-lfs pointer file, not the checkpoint (run 'git lfs pull')")
         }
-        if let first = head.first(where: { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }), first == UInt8(ascii: "{") {
+        // A safetensors length prefix may itself start with `{` (length 123, 0x7B20, …): only
+        // a file that is not a plausible safetensors file is taken for a JSON index.
+        if !Self.looksLikeSafetensors(head, size: file.size),
+           let first = head.first(where: { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }), first == UInt8(ascii: "{") {
             return try openIndex(file)
         }
         if Self.looksLikeText(head), file.size >= 8 {
@@ -34,6 +37,14 @@ public enum CheckpointReader {
         for path in paths { result.append(try open(path)) }
         TestHooks.pause(at: "open")
         return result
+    }
+
+    /// Whether the head is a length prefix the file can hold, followed by a JSON object.
+    private static func looksLikeSafetensors(_ head: [UInt8], size: Int) -> Bool {
+        guard head.count > 8 else { return false }
+        let length = head.prefix(8).reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        guard length <= UInt64(SafetensorsHeader.maxHeaderLength), length <= UInt64(size - 8) else { return false }
+        return head[8...].first(where: { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }) == UInt8(ascii: "{")
     }
 
     /// Whether the first eight bytes are printable ASCII (a text file, not a length prefix).

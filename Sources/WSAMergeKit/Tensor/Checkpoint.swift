@@ -51,6 +51,14 @@ struct TensorLocation {
     }
 
     let source: Source
+
+    /// The file the tensor is read from, for messages.
+    var path: String {
+        switch source {
+        case .file(let file, _): file.path
+        case .zipMember(let archive, _, _): archive.path
+        }
+    }
     /// Elements are big-endian and must be byte-swapped.
     var bigEndian = false
     /// Elements are in Fortran (column-major) order.

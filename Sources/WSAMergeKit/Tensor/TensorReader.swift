@@ -5,12 +5,15 @@ public final class TensorReader {
     public let tensor: TensorInfo
     private var stream: any ByteStream
     private let bigEndian: Bool
+    private let swapWidth: Int
     /// Bytes handed out so far.
     public private(set) var position = 0
 
     init(tensor: TensorInfo, location: TensorLocation) throws {
         self.tensor = tensor
         self.bigEndian = location.bigEndian && (tensor.dtype.byteWidth ?? 1) > 1
+        // C64 is two float32s: each part is swapped on its own.
+        swapWidth = tensor.dtype == .C64 ? 4 : (tensor.dtype.byteWidth ?? 1)
         var raw: any ByteStream
         switch location.source {
         case .file(let file, let offset):
@@ -19,6 +22,10 @@ public final class TensorReader {
             raw = try archive.openMember(index: index, skip: skip, limit: tensor.byteCount)
         }
         if location.fortranOrder && tensor.shape.count > 1 && tensor.byteCount > 0 {
+            guard tensor.byteCount <= TransposedStream.maxBytes else {
+                throw WSAMergeError.malformed(file: location.path, tensor: tensor.name,
+                                              reason: "Fortran-order arrays over \(TransposedStream.maxBytes >> 20) MiB are not supported (save it with numpy.ascontiguousarray)")
+            }
             raw = try TransposedStream(fortranOrdered: raw, tensor: tensor)
         }
         stream = raw
@@ -38,7 +45,7 @@ public final class TensorReader {
         } catch let error as WSAMergeError {
             throw error.naming(tensor: tensor.name)
         }
-        if bigEndian { swapBytes(buffer, width: tensor.dtype.byteWidth!) }
+        if bigEndian { swapBytes(buffer, width: swapWidth) }
         position += buffer.count
     }
 
@@ -67,8 +74,11 @@ struct FileSliceStream: ByteStream {
     }
 }
 
-/// A Fortran-ordered array read whole and served in C order.
+/// A Fortran-ordered array read whole and served in C order (rare in checkpoints; bounded by
+/// `maxBytes` so memory stays small).
 struct TransposedStream: ByteStream {
+    static let maxBytes = 256 << 20
+
     private var bytes: [UInt8]
     private var offset = 0
 

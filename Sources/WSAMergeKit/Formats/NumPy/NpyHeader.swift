@@ -28,7 +28,7 @@ public struct NpyHeader: Sendable, Equatable {
         let major = prefix[6], minor = prefix[7]
         switch (major, minor) {
         case (1, 0):
-            return (1, 10 + Int(prefix[8]) | Int(prefix[9]) << 8)
+            return (1, 10 + (Int(prefix[8]) | Int(prefix[9]) << 8))
         case (2, 0), (3, 0):
             guard prefix.count >= 12 else { throw WSAMergeError.malformed(file: file, reason: ".npy header is truncated") }
             let n = Int(prefix[8]) | Int(prefix[9]) << 8 | Int(prefix[10]) << 16 | Int(prefix[11]) << 24

@@ -28,6 +28,7 @@ enum NumPyReader {
         var tensors: [TensorInfo] = []
         var locations: [TensorLocation] = []
         var seen = Set<String>()
+        var totalBytes = 0
         for member in archive.members {
             guard member.name.hasSuffix(".npy") else {
                 throw WSAMergeError.malformed(file: file.path, reason: "archive member '\(member.name)' is not a .npy array")
@@ -48,6 +49,11 @@ enum NumPyReader {
                 throw WSAMergeError.malformed(file: file.path, tensor: name,
                                  reason: "member holds \(member.size - offset) data bytes but its header declares \(info.byteCount)")
             }
+            let (sum, overflow) = totalBytes.addingReportingOverflow(info.byteCount)
+            guard !overflow else {
+                throw WSAMergeError.malformed(file: file.path, tensor: name, reason: "the archive's arrays add up to more bytes than can be addressed")
+            }
+            totalBytes = sum
             var location = TensorLocation(source: .zipMember(archive, index: member.index, skip: offset))
             location.bigEndian = header.bigEndian
             location.fortranOrder = header.fortranOrder
