@@ -238,6 +238,21 @@ import Testing
         TestSupport.expectRefusal(exists, code: 73, mentions: ["--force"])
     }
 
+    @Test func outputMayNotBeAFisherOrTargetFile() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let fisher = dir + "/fa.safetensors"
+        try FileManager.default.copyItem(atPath: Self.fisher[0], toPath: fisher)
+        let run = try TestSupport.wsamerge(["fuse", "--strategy", "fisher", Self.f32[0], Self.f32[1], "--fisher", fisher, Self.fisher[1],
+                                            "-o", fisher, "--force"])
+        TestSupport.expectRefusal(run, code: 73, mentions: ["one of the inputs"])
+        let target = dir + "/t.json"
+        #expect(try TestSupport.wsamerge(["scope", Self.f32[0], Self.f32[1], "-o", target]).status == 0)
+        let wsa = try TestSupport.wsamerge(["fuse", "--strategy", "wsa", "--target-scope", target, Self.f32[0], Self.f32[1],
+                                            "-o", target, "--force"])
+        TestSupport.expectRefusal(wsa, code: 73, mentions: ["one of the inputs"])
+    }
+
     @Test func dryRunPrintsThePlanAndWritesNothing() throws {
         let dir = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(dir) }
@@ -260,7 +275,7 @@ import Testing
         #expect(warned.status == 0)
         #expect(warned.stderr.contains("warning") && warned.stderr.contains("model.embed.weight"))
         let strict = try TestSupport.wsamerge(["fuse", "--strict", Self.f32[0], nan, "-o", dir + "/s.safetensors"])
-        TestSupport.expectRefusal(strict, code: 65, mentions: ["model.embed.weight", "--strict"])
+        TestSupport.expectRefusal(strict, code: 65, mentions: [nan + ": tensor 'model.embed.weight'", "--strict"])
         #expect(!TestSupport.fileExists(dir + "/s.safetensors"))
     }
 

@@ -25,14 +25,9 @@ final class RawBuffer: @unchecked Sendable {
 /// Per-worker reusable buffers of doubles.
 final class ScratchPool: @unchecked Sendable {
     private let buffers: [UnsafeMutablePointer<Double>]
-    let capacity: Int
-
     init(workers: Int, capacity: Int) {
-        self.capacity = capacity
         buffers = (0..<Swift.max(1, workers)).map { _ in
-            let p = UnsafeMutablePointer<Double>.allocate(capacity: capacity)
-            p.initialize(repeating: 0, count: capacity)
-            return p
+            UnsafeMutablePointer<Double>.allocate(capacity: capacity)  // scratch: written before read
         }
     }
 

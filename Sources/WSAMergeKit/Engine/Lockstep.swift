@@ -33,7 +33,7 @@ public struct Lockstep {
         let widths = readers.map { $0.tensor.dtype.byteWidth! }
         let dtypes = readers.map(\.tensor.dtype)
         let outWidth = output?.dtype.byteWidth ?? 0
-        let workers = Swift.max(1, jobs)
+        let workers = Swift.max(1, Swift.min(jobs, (chunk + block - 1) / block))
         // Per worker: one scratch block per input plus one for the output.
         let scratch = ScratchPool(workers: workers * (readers.count + 1), capacity: block)
         let inputBuffers = (0..<2).map { _ in widths.map { RawBuffer(byteCount: chunk * $0) } }
@@ -106,39 +106,42 @@ final class BackgroundIO: @unchecked Sendable {
 
     func readAhead(_ body: @escaping () throws -> Void) {
         readQueue.async(group: readGroup) {
-            do { try body() } catch { self.readError = error }
+            do { try body() } catch { self.locked { self.readError = error } }
         }
     }
 
     func waitForReadAhead() throws {
         readGroup.wait()
-        if let readError { throw readError }
+        if let error = locked({ readError }) { throw error }
+    }
+
+    /// Runs `body` holding the lock that guards the shared state.
+    private func locked<R>(_ body: () -> R) -> R {
+        lock.wait()
+        defer { lock.signal() }
+        return body()
     }
 
     /// Queues `body`, which writes from `buffer`; the buffer is busy until it has run.
     func write(_ buffer: RawBuffer, _ body: @escaping () throws -> Void) {
         let group = DispatchGroup()
-        lock.wait()
-        pending[ObjectIdentifier(buffer)] = group
-        lock.signal()
+        locked { pending[ObjectIdentifier(buffer)] = group }
         writeQueue.async(group: group) {
-            guard self.writeError == nil else { return }
-            do { try body() } catch { self.writeError = error }
+            guard self.locked({ self.writeError }) == nil else { return }
+            do { try body() } catch { self.locked { self.writeError = error } }
         }
     }
 
     /// Waits until no queued write still reads from `buffer`.
     func waitUntilWritable(_ buffer: RawBuffer) throws {
-        lock.wait()
-        let group = pending[ObjectIdentifier(buffer)]
-        lock.signal()
+        let group = locked { pending[ObjectIdentifier(buffer)] }
         group?.wait()
-        if let writeError { throw writeError }
+        if let error = locked({ writeError }) { throw error }
     }
 
     func finishWrites() throws {
         writeQueue.sync {}
-        if let writeError { throw writeError }
+        if let error = locked({ writeError }) { throw error }
     }
 
     /// Waits for everything queued (also on an error path, before buffers are freed).

@@ -71,7 +71,7 @@ public struct Merger {
         let inputs = try CheckpointReader.open(request.inputs)
         let weights = try Weights.normalized(request.weights, count: inputs.count)
         var strategy = try strategyType.init(request.settings)
-        try request.output.precheck(inputs: inputs.reduce(into: Set<FileIdentity>()) { $0.formUnion($1.identities) })
+        try request.output.precheck(inputs: identities(request, inputs))
         let plan = try MergePlan(inputs: inputs, weights: weights, filter: request.filter, onMissing: request.onMissing,
                                  outputDType: request.dtype, jobs: request.jobs)
         try strategy.prepare(plan, jobs: request.jobs)
@@ -82,9 +82,8 @@ public struct Merger {
     public static func run(_ request: Request, progress: Progress? = nil) throws -> Report {
         let (plan, strategy) = try plan(request)
         let metadata = outputMetadata(request, plan: plan, strategy: strategy)
-        var identities = Set<FileIdentity>()
-        for input in plan.inputs { identities.formUnion(input.identities) }
-        let writer = try makeWriter(request.output, tensors: plan.items.map(\.output), metadata: metadata, inputs: identities)
+        let writer = try makeWriter(request.output, tensors: plan.items.map(\.output), metadata: metadata,
+                                    inputs: identities(request, plan.inputs))
         progress?.start(tensors: plan.items.count, bytes: plan.items.reduce(0) { $0 + $1.output.byteCount })
         var results: [TensorMergeResult?] = []
         var nonFinite: [String] = []
@@ -99,8 +98,13 @@ public struct Merger {
                                                 output: Lockstep.Output(dtype: item.output.dtype, writer: writer))
                 if result.nonFinite {
                     if request.strict {
-                        throw WSAMergeError.malformed(file: plan.inputs[item.sources[0].input].path, tensor: item.name,
-                                                      reason: "NaN or infinite values in an input (--strict)")
+                        // Find the input that holds them (only on this error path).
+                        var culprit = plan.inputs[item.sources[0].input].path
+                        for source in item.sources {
+                            let m = try TensorStatistics.compute(try plan.inputs[source.input].reader(for: source.index), jobs: request.jobs).moments
+                            if let m, m.nan + m.inf > 0 { culprit = plan.inputs[source.input].path; break }
+                        }
+                        throw WSAMergeError.malformed(file: culprit, tensor: item.name, reason: "NaN or infinite values (--strict)")
                     }
                     nonFinite.append(item.name)
                 }
@@ -112,6 +116,15 @@ public struct Merger {
         progress?.finish()
         return Report(plan: plan, strategy: request.strategy, output: request.output.path, results: results,
                       metadata: metadata, nonFiniteTensors: nonFinite)
+    }
+
+    /// Every file the merge reads — models, Fisher files, the target scope — which `-o` may not name.
+    static func identities(_ request: Request, _ inputs: [Checkpoint]) -> Set<FileIdentity> {
+        var result = inputs.reduce(into: Set<FileIdentity>()) { $0.formUnion($1.identities) }
+        for path in request.settings.fisherPaths + [request.settings.targetScopePath].compactMap({ $0 }) {
+            if let identity = FileIdentity(path: path) { result.insert(identity) }
+        }
+        return result
     }
 
     /// The first input's metadata plus provenance: `wsamerge.version`, `.strategy`, `.inputs`,

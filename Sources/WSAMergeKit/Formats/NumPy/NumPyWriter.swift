@@ -26,8 +26,8 @@ extension NpyHeader {
     /// newline so the data starts at a multiple of 64.
     static func encoded(for tensor: TensorInfo, file: String) throws -> [UInt8] {
         guard let descr = descr(for: tensor.dtype) else {
-            throw WSAMergeError.malformed(file: file, tensor: tensor.name,
-                             reason: "numpy cannot represent \(tensor.dtype.rawValue); pass --dtype F32 (or F16/F64)")
+            let hint = tensor.dtype.isDecodable ? "pass --dtype F32 (or F16/F64)" : "write it as .safetensors or leave it out with --exclude"
+            throw WSAMergeError.malformed(file: file, tensor: tensor.name, reason: "numpy cannot represent \(tensor.dtype.rawValue); \(hint)")
         }
         let dims = tensor.shape.map(String.init)
         let shape = dims.count == 1 ? "(\(dims[0]),)" : "(\(dims.joined(separator: ", ")))"
