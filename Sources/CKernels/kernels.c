@@ -146,36 +146,6 @@ CLONES void wsk_moments_pass2(const double *x, size_t n, double mu, wsk_pass2 *o
     out->s4 = s4;
 }
 
-CLONES double wsk_sum(const double *x, size_t n) {
-    v4d s0 = splat(0), s1 = splat(0);
-    size_t end = n & ~(size_t)7, i = 0;
-    for (; i < end; i += 8) {
-        s0 += load4(x + i);
-        s1 += load4(x + i + 4);
-    }
-    double sum = fold4(s0) + fold4(s1);
-    for (; i < n; i++) sum += x[i];
-    return sum;
-}
-
-CLONES void wsk_deviations(const double *x, size_t n, double mu, double *s1, double *s2) {
-    v4d m = splat(mu), p0 = splat(0), p1 = splat(0), q0 = splat(0), q1 = splat(0);
-    size_t end = n & ~(size_t)7, i = 0;
-    for (; i < end; i += 8) {
-        v4d d0 = load4(x + i) - m, d1 = load4(x + i + 4) - m;
-        p0 += d0; p1 += d1;
-        q0 += d0 * d0; q1 += d1 * d1;
-    }
-    double a = fold4(p0) + fold4(p1), b = fold4(q0) + fold4(q1);
-    for (; i < n; i++) {
-        double d = x[i] - mu;
-        a += d;
-        b += d * d;
-    }
-    *s1 = a;
-    *s2 = b;
-}
-
 CLONES void wsk_fisher_accumulate(double *out, double *den, const double *x, const double *f, double c, double eps,
                                   size_t n, int first) {
     if (first) {

@@ -171,7 +171,13 @@ import Testing
         let report = try #require(try union.json() as? [String: Any])
         #expect(report["tensor_count"] as? Int == 6)
         let tensors = try #require(report["tensors"] as? [[String: Any]])
-        #expect(tensors.contains { ($0["method"] as? String)?.hasPrefix("copy: only in") == true })
+        // A float tensor only one input has goes through the strategy (so --dtype applies to it).
+        let lone = tensors.first { $0["name"] as? String == "model.layers.1.attn.weight" }
+        #expect(lone?["method"] as? String == "average")
+        let dtype = try TestSupport.wsamerge(["fuse", Self.f32[0], lacking, "-o", dir + "/f16.safetensors", "--on-missing", "union",
+                                              "--dtype", "F16"])
+        let dtypes = ((try dtype.json() as? [String: Any])?["tensors"] as? [[String: Any]] ?? []).map { $0["dtype"] as? String }
+        #expect(dtypes == ["I64", "F16", "F16", "F16", "F16", "F16"])
     }
 
     /// A variant of model b written by Python: `edit` is Python code changing dict `t`.

@@ -46,11 +46,6 @@ typedef struct {
 } wsk_pass2;
 void wsk_moments_pass2(const double *x, size_t n, double mu, wsk_pass2 *out);
 
-/// Σx only (the first pass of a scope).
-double wsk_sum(const double *x, size_t n);
-/// Σd and Σd² with d = x[i] − mu (the second pass of a scope).
-void wsk_deviations(const double *x, size_t n, double mu, double *s1, double *s2);
-
 /// Fisher accumulation with a = c (f[i] + eps): out[i] = a x[i] and den[i] = a when `first`,
 /// else out[i] += a x[i] and den[i] += a.
 void wsk_fisher_accumulate(double *out, double *den, const double *x, const double *f, double c, double eps,

@@ -11,6 +11,7 @@ import Darwin
 /// is not supported, a hidden named temporary is used and removed on failure.
 public final class OutputFile {
     public let destination: String
+    private let force: Bool
     private let descriptor: Int32
     private var temporaryPath: String?
     private var committed = false
@@ -24,6 +25,7 @@ public final class OutputFile {
     /// Prepares `destination` after `precheck`; nothing is visible there until `commit()`.
     public init(destination: String, force: Bool, inputs: Set<FileIdentity>) throws {
         self.destination = destination
+        self.force = force
         try Self.precheck(destination, force: force, inputs: inputs)
         let directory = parentDirectory(of: destination)
         var fd = open(directory, Int32(0o20200000) /* O_TMPFILE */ | O_WRONLY | O_CLOEXEC, 0o666)
@@ -130,14 +132,24 @@ public final class OutputFile {
     public func commit() throws {
         try flush()
         guard fsync(descriptor) == 0 else { throw WSAMergeError.io(file: destination, reason: "fsync failed: \(systemError(errno))") }
+        let appeared = WSAMergeError.cannotCreate(file: destination, reason: "output appeared while writing (pass --force to replace it)")
         if let temporaryPath {
-            guard rename(temporaryPath, destination) == 0 else {
-                throw WSAMergeError.cannotCreate(file: destination, reason: systemError(errno))
+            if force {
+                guard rename(temporaryPath, destination) == 0 else {
+                    throw WSAMergeError.cannotCreate(file: destination, reason: systemError(errno))
+                }
+            } else {
+                // link(2) refuses an existing destination, unlike rename(2).
+                guard link(temporaryPath, destination) == 0 else {
+                    throw errno == EEXIST ? appeared : WSAMergeError.cannotCreate(file: destination, reason: systemError(errno))
+                }
+                unlink(temporaryPath)
             }
         } else {
             let procPath = "/proc/self/fd/\(descriptor)"
             if linkat(AT_FDCWD, procPath, AT_FDCWD, destination, AT_SYMLINK_FOLLOW) != 0 {
                 guard errno == EEXIST else { throw WSAMergeError.cannotCreate(file: destination, reason: systemError(errno)) }
+                guard force else { throw appeared }
                 // Replacing an existing file (--force): link under a hidden name, then rename over it.
                 let directory = parentDirectory(of: destination)
                 let hidden = "\(directory)/.\(baseName(of: destination)).wsamerge-\(getpid()).tmp"

@@ -41,7 +41,7 @@ public struct MergePlan {
     ///   - outputDType: `nil` keeps each tensor's dtype from the first input.
     ///   - filter: unselected tensors are copied from the first input.
     public init(inputs: [Checkpoint], weights: [Double], filter: TensorFilter, onMissing: OnMissing,
-                outputDType: DType?, jobs: Int) throws {
+                outputDType: DType?) throws {
         guard inputs.count >= 1 else { throw WSAMergeError.usage("fuse needs at least one input") }
         self.inputs = inputs
         self.weights = weights
@@ -71,7 +71,7 @@ public struct MergePlan {
                 }
             }
             items.append(try Self.plan(name, sources: sources, inputs: inputs, weights: weights, filter: filter,
-                                       outputDType: outputDType, jobs: jobs))
+                                       outputDType: outputDType))
         }
         if !missingReports.isEmpty {
             let shown = missingReports.prefix(5).joined(separator: "; ")
@@ -84,7 +84,7 @@ public struct MergePlan {
     }
 
     private static func plan(_ name: String, sources: [(input: Int, index: Int)], inputs: [Checkpoint], weights: [Double],
-                             filter: TensorFilter, outputDType: DType?, jobs: Int) throws -> Item {
+                             filter: TensorFilter, outputDType: DType?) throws -> Item {
         let infos = sources.map { inputs[$0.input].tensors[$0.index] }
         let first = infos[0]
         for (source, info) in zip(sources, infos) where info.shape != first.shape {
@@ -98,8 +98,10 @@ public struct MergePlan {
             Item(name: name, output: first, sources: sources, weights: itemWeights, action: .copy(reason: reason))
         }
         if !filter.selects(name) { return copy("excluded by --include/--exclude") }
-        if sources.count == 1 { return copy("only in \(inputs[sources[0].input].path)") }
         let allFloat = infos.allSatisfy { $0.dtype.isFloat && $0.dtype.isDecodable }
+        // A tensor only one input holds (`--on-missing union`, or a single input): float ones
+        // still go through the strategy, so `--dtype` applies; the others are copied.
+        if sources.count == 1 && !allFloat { return copy("only in \(inputs[sources[0].input].path)") }
         if !allFloat {
             if infos.contains(where: { $0.dtype.isFloat && $0.dtype.isDecodable }) && infos.contains(where: { !$0.dtype.isFloat }) {
                 throw WSAMergeError.malformed(file: inputs[sources[0].input].path, tensor: name,

@@ -73,7 +73,7 @@ public struct Merger {
         var strategy = try strategyType.init(request.settings)
         try request.output.precheck(inputs: identities(request, inputs))
         let plan = try MergePlan(inputs: inputs, weights: weights, filter: request.filter, onMissing: request.onMissing,
-                                 outputDType: request.dtype, jobs: request.jobs)
+                                 outputDType: request.dtype)
         try strategy.prepare(plan, jobs: request.jobs)
         return (plan, strategy)
     }

@@ -120,8 +120,6 @@ public struct ScopeComparison {
 public struct TargetScope: Sendable {
     public let scopes: [String: Scope]
 
-    public init(scopes: [String: Scope]) { self.scopes = scopes }
-
     /// Reads the `tensors[].name` and `tensors[].fused` of a scope document.
     public init(path: String) throws {
         let file = try ReadableFile(path: path)
@@ -138,10 +136,14 @@ public struct TargetScope: Sendable {
         }
         var scopes: [String: Scope] = [:]
         for entry in tensors {
-            guard let name = entry["name"]?.stringValue,
-                  let mean = entry["fused"]?["mean"]?.doubleValue, let std = entry["fused"]?["std"]?.doubleValue,
+            guard let name = entry["name"]?.stringValue, let fused = entry["fused"] else {
+                throw WSAMergeError.malformed(file: path, reason: "a tensor entry lacks a name or a fused scope")
+            }
+            // `null` (a tensor without finite values): no target for it, as if it were absent.
+            if fused["mean"] == .null || fused["std"] == .null { continue }
+            guard let mean = fused["mean"]?.doubleValue, let std = fused["std"]?.doubleValue,
                   mean.isFinite, std.isFinite, std >= 0 else {
-                throw WSAMergeError.malformed(file: path, reason: "a tensor entry lacks a name or a finite fused mean/std")
+                throw WSAMergeError.malformed(file: path, tensor: name, reason: "fused scope is not a finite mean and a std ≥ 0")
             }
             scopes[name] = Scope(mean: mean, std: std)
         }

@@ -22,8 +22,6 @@ public struct TensorFilter: @unchecked Sendable {
         self.exclude = try exclude.map { try compile($0, "--exclude") }
     }
 
-    public var isEmpty: Bool { include.isEmpty && exclude.isEmpty }
-
     public func selects(_ name: String) -> Bool {
         (include.isEmpty || include.contains { name.contains($0) }) && !exclude.contains { name.contains($0) }
     }
