@@ -9,6 +9,7 @@ import Glibc
 /// packed back to back; the header is padded with spaces so the data starts at a multiple of 8.
 final class SafetensorsWriter: CheckpointWriter {
     private let output: OutputFile
+    var destination: String { output.destination }
     private var cursor: WriteCursor
 
     init(destination: String, tensors: [TensorInfo], metadata: [String: String], force: Bool,
@@ -69,6 +70,10 @@ final class ShardedSafetensorsWriter: CheckpointWriter {
     private let shards: [SafetensorsWriter]
     private let index: OutputFile?
     private var shard = 0
+    /// Checkpoint files of an earlier run in the directory, removed once the new set is in place.
+    private let stale: [String]
+    private let createdDirectory: Bool
+    private var finished = false
 
     init(directory: String, maxShardBytes: Int, tensors: [TensorInfo], metadata: [String: String], force: Bool,
          inputs: Set<FileIdentity>) throws {
@@ -76,7 +81,14 @@ final class ShardedSafetensorsWriter: CheckpointWriter {
         var dir = directory
         while dir.count > 1 && dir.hasSuffix("/") { dir.removeLast() }
         self.directory = dir
+        createdDirectory = pathKind(dir) == .missing
         try makeDirectory(dir)
+        // An earlier checkpoint here would mix with this one (an old index beside a new
+        // model.safetensors, or shards of another count): replace it only with --force.
+        stale = listDirectory(dir).filter(Self.isCheckpointFile)
+        if !stale.isEmpty && !force {
+            throw WSAMergeError.cannotCreate(file: dir, reason: "already holds a checkpoint (\(stale[0])); pass --force to replace it")
+        }
         var groups: [[TensorInfo]] = [[]]
         var bytes = 0
         for tensor in tensors {
@@ -130,6 +142,21 @@ final class ShardedSafetensorsWriter: CheckpointWriter {
     func finish() throws {
         for writer in shards { try writer.finish() }
         try index?.commit()
+        finished = true
+        let current = Set(listDirectory(directory).filter(Self.isCheckpointFile))
+        let written = Set(shards.map { baseName(of: $0.destination) } + (index == nil ? [] : ["model.safetensors.index.json"]))
+        for name in current.subtracting(written) where stale.contains(name) { unlink(directory + "/" + name) }
+    }
+
+    deinit {
+        // A failed run leaves no directory it created (its files were never linked in).
+        if !finished && createdDirectory { rmdir(directory) }
+    }
+
+    /// `model.safetensors`, `model.safetensors.index.json` or `model-0000i-of-0000n.safetensors`.
+    static func isCheckpointFile(_ name: String) -> Bool {
+        if name == "model.safetensors" || name == "model.safetensors.index.json" { return true }
+        return name.hasPrefix("model-") && name.hasSuffix(".safetensors") && name.contains("-of-")
     }
 }
 
