@@ -42,11 +42,14 @@ public struct TensorMergeResult {
     public var fused: Scope?
     /// Whether some input value was NaN or infinite.
     public var nonFinite = false
+    /// Whether the strategy fell back to another method for this tensor (zero std, no target).
+    public var fallback = false
 
-    public init(method: String, fused: Scope? = nil, nonFinite: Bool = false) {
+    public init(method: String, fused: Scope? = nil, nonFinite: Bool = false, fallback: Bool = false) {
         self.method = method
         self.fused = fused
         self.nonFinite = nonFinite
+        self.fallback = fallback
     }
 }
 

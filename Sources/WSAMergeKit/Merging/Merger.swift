@@ -33,10 +33,7 @@ public struct Merger {
 
         /// Merged tensors whose strategy fell back to another method (zero std, missing target).
         public var fallbacks: [String] {
-            zip(plan.items, results).compactMap { item, result in
-                guard let method = result?.method, method.contains("zero std") || method.contains("not in target") else { return nil }
-                return item.name
-            }
+            zip(plan.items, results).compactMap { item, result in result?.fallback == true ? item.name : nil }
         }
 
         public var json: JSON {

@@ -1,3 +1,5 @@
+import CKernels
+
 /// Where the WSA rescale applies.
 public enum WSARescale: String, CaseIterable, Sendable {
     /// `out = Σ w_i ((x_i − μ_i) σ_f/σ_i + μ_f)`: each input is moved to the fused scope first.
@@ -67,10 +69,11 @@ public struct WSAStrategy: MergeStrategy {
         let scopes = moments.map { Scope(mean: $0.finiteMean ?? 0, std: $0.std ?? 0) }
         if scopes.contains(where: { !($0.std > 0) }) {
             _ = try weightedAverage(try plan.readers(item), weights: weights, jobs: jobs, output: output)
-            return TensorMergeResult(method: "average (zero std in an input)", nonFinite: nonFinite)
+            return TensorMergeResult(method: "average (zero std in an input)", nonFinite: nonFinite, fallback: true)
         }
         // 2. Fused scope.
         var method = "wsa-rescale-\(rescale.rawValue)"
+        var fallback = false
         let fused: Scope
         if let target {
             if let scope = target.scopes[item.name] {
@@ -79,6 +82,7 @@ public struct WSAStrategy: MergeStrategy {
             } else {
                 fused = fusion.fuse(scopes, weights: weights)
                 method += " (not in target scope: \(fusion.rawValue) fusion)"
+                fallback = true
             }
         } else {
             fused = fusion.fuse(scopes, weights: weights)
@@ -93,12 +97,12 @@ public struct WSAStrategy: MergeStrategy {
             }
         }
         let average: Lockstep.Kernel<Void> = { inputs, count, out in
-            for j in 0..<count { out[j] = 0 }
-            for (values, w) in zip(inputs, weights) { for j in 0..<count { out[j] += w * values[j] } }
+            wsk_scale(out, inputs[0], weights[0], count)
+            for k in 1..<inputs.count { wsk_axpy(out, inputs[k], weights[k], count) }
         }
         if rescale == .inputs {
             try Lockstep.run(try plan.readers(item), jobs: jobs, output: output, kernel: rescaleInputs, fold: { _ in })
-            return TensorMergeResult(method: method, fused: fused, nonFinite: nonFinite)
+            return TensorMergeResult(method: method, fused: fused, nonFinite: nonFinite, fallback: fallback)
         }
         // `output` / `both`: measure the combined tensor, then rescale it in a second pass.
         let combine = rescale == .output ? average : rescaleInputs
@@ -109,13 +113,14 @@ public struct WSAStrategy: MergeStrategy {
         }, fold: { blocks in for m in blocks { combined.combine(m) } })
         guard let sigma = combined.std, sigma > 0, let mu = combined.finiteMean else {
             try Lockstep.run(try plan.readers(item), jobs: jobs, output: output, kernel: combine, fold: { _ in })
-            return TensorMergeResult(method: method + " (zero std after combining: not rescaled)", fused: fused, nonFinite: nonFinite)
+            return TensorMergeResult(method: method + " (zero std after combining: not rescaled)", fused: fused, nonFinite: nonFinite,
+                                     fallback: true)
         }
         let a = fused.std / sigma
         try Lockstep.run(try plan.readers(item), jobs: jobs, output: output, kernel: { inputs, count, out in
             combine(inputs, count, out)
             for j in 0..<count { out[j] = (out[j] - mu) * a + fused.mean }
         }, fold: { _ in })
-        return TensorMergeResult(method: method, fused: fused, nonFinite: nonFinite)
+        return TensorMergeResult(method: method, fused: fused, nonFinite: nonFinite, fallback: fallback)
     }
 }

@@ -18,6 +18,8 @@ public struct ScopeComparison {
     public private(set) var rows: [Row]
     /// Tensors some models lack: name and the models that lack it.
     public let missing: [(name: String, missingFrom: [String])]
+    /// Tensors float in some models but not in others: name and why.
+    public let skipped: [(name: String, reason: String)]
 
     /// Measures every selected, decodable tensor present in all `checkpoints` (in the first
     /// one's storage order) and fuses their scopes.
@@ -26,6 +28,7 @@ public struct ScopeComparison {
         self.weights = weights
         self.fusion = fusion
         var missing: [(String, [String])] = []
+        var skipped: [(String, String)] = []
         var names: [String] = []
         var seen = Set<String>()
         for checkpoint in checkpoints {
@@ -44,7 +47,14 @@ public struct ScopeComparison {
             for checkpoint in checkpoints {
                 let i = checkpoint.index(of: name)!
                 let tensor = checkpoint.tensors[i]
-                guard tensor.dtype.isFloat, tensor.dtype.isDecodable else { break }
+                guard tensor.dtype.isFloat, tensor.dtype.isDecodable else {
+                    // Integer, bool and undecodable tensors have no weight scope: said only when
+                    // the models disagree on the kind, else they are simply not weights.
+                    if checkpoints.contains(where: { $0.tensors[$0.index(of: name)!].dtype.isFloat }) {
+                        skipped.append((name, "\(checkpoint.path) stores it as \(tensor.dtype.rawValue)"))
+                    }
+                    break
+                }
                 guard tensor.shape == checkpoints[0].tensors[checkpoints[0].index(of: name)!].shape else {
                     throw WSAMergeError.malformed(file: checkpoint.path, tensor: name,
                                                   reason: "shape \(tensor.shape) differs from \(models[0])")
@@ -62,6 +72,7 @@ public struct ScopeComparison {
         }
         self.rows = rows
         self.missing = missing
+        self.skipped = skipped
     }
 
     /// Orders rows most divergent first (`nil` last, storage order among equals).
@@ -96,6 +107,11 @@ public struct ScopeComparison {
         if !missing.isEmpty {
             members.append(("missing", .array(missing.map {
                 .object([("name", .string($0.name)), ("missing_from", .array($0.missingFrom.map { .string($0) }))])
+            })))
+        }
+        if !skipped.isEmpty {
+            members.append(("skipped", .array(skipped.map {
+                .object([("name", .string($0.name)), ("reason", .string($0.reason))])
             })))
         }
         return .object(members)
