@@ -67,6 +67,24 @@ import Testing
         #expect(missing.first?["missing_from"] as? [String] == [lacking])
     }
 
+    @Test func tensorsOfAnotherKindAreReportedNotDropped() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let changed = dir + "/bint.safetensors"
+        let make = try TestSupport.python("""
+            import sys, numpy as np
+            from safetensors.numpy import load_file, save_file
+            t = load_file(sys.argv[1]); t["model.embed.weight"] = np.zeros((16, 32), np.int32); save_file(t, sys.argv[2])
+            """, [Self.models[1], changed])
+        #expect(make.status == 0, "\(make.stderr)")
+        let run = try TestSupport.wsamerge(["scope", Self.models[0], changed])
+        let doc = try #require(try run.json() as? [String: Any])
+        let skipped = try #require(doc["skipped"] as? [[String: Any]])
+        #expect(skipped.first?["name"] as? String == "model.embed.weight")
+        #expect((skipped.first?["reason"] as? String)?.contains("I32") == true)
+        #expect((doc["tensors"] as? [[String: Any]])?.count == 4)
+    }
+
     @Test func tableIsForPeople() throws {
         let run = try TestSupport.wsamerge(["scope", "--format", "table"] + Self.models)
         #expect(run.status == 0)
