@@ -78,15 +78,9 @@ extension DType: ExpressibleByArgument {
 
 /// Colour on stderr: only on a terminal, never with `NO_COLOR` set or `TERM=dumb`.
 enum Terminal {
-    static let colour: Bool = {
-        guard isatty(2) == 1, getenv("NO_COLOR") == nil else { return false }
-        if let term = getenv("TERM"), String(cString: term) == "dumb" { return false }
-        return true
-    }()
-
     /// `text` in the SGR colour `code` when colour is on.
     static func paint(_ text: String, _ code: String) -> String {
-        colour ? "\u{1B}[\(code)m\(text)\u{1B}[0m" : text
+        StandardError.colour ? "\u{1B}[\(code)m\(text)\u{1B}[0m" : text
     }
 }
 

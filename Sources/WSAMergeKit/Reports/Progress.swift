@@ -15,8 +15,7 @@ public final class Progress {
 
     /// A progress line for `label`, or `nil` when it should not be shown.
     public static func forTerminal(label: String, quiet: Bool) -> Progress? {
-        guard !quiet, isatty(2) == 1 else { return nil }
-        if let term = getenv("TERM"), String(cString: term) == "dumb" { return nil }
+        guard !quiet, StandardError.isInteractive else { return nil }
         return Progress(label: label)
     }
 
@@ -55,6 +54,19 @@ public final class Progress {
         clock_gettime(CLOCK_MONOTONIC, &ts)
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
+}
+
+/// What stderr is connected to.
+public enum StandardError {
+    /// A terminal that can redraw lines: a tty whose `TERM` is not `dumb`.
+    public static let isInteractive: Bool = {
+        guard isatty(2) == 1 else { return false }
+        if let term = getenv("TERM"), String(cString: term) == "dumb" { return false }
+        return true
+    }()
+
+    /// Colour is on for an interactive stderr unless `NO_COLOR` is set.
+    public static let colour: Bool = isInteractive && getenv("NO_COLOR") == nil
 }
 
 /// `1.2 GB`-style sizes (powers of 1000).
