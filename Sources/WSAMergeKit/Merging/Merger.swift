@@ -37,12 +37,7 @@ public struct Merger {
         }
 
         public var json: JSON {
-            .object([
-                ("output", .string(output)),
-                ("strategy", .string(strategy)),
-                ("inputs", .array(plan.inputs.map { .string($0.path) })),
-                ("weights", .array(plan.weights.map { .double($0) })),
-                ("tensor_count", .int(plan.items.count)),
+            .object(Merger.reportHeader(plan, strategy: strategy, output: output) + [
                 ("tensors", .array(zip(plan.items, results).map { item, result in
                     var fields: [(String, JSON)] = [("name", .string(item.name)), ("dtype", .string(item.output.dtype.rawValue))]
                     switch item.action {
@@ -138,15 +133,20 @@ public struct Merger {
         return metadata
     }
 
-    /// The `--dry-run` document: what would be written, tensor by tensor.
-    public static func dryRunJSON(_ plan: MergePlan, request: Request) -> JSON {
-        .object([
-            ("dry_run", .bool(true)),
-            ("output", .string(request.output.path)),
-            ("strategy", .string(request.strategy)),
+    /// The fields the report and the dry-run plan share.
+    static func reportHeader(_ plan: MergePlan, strategy: String, output: String) -> [(String, JSON)] {
+        [
+            ("output", .string(output)),
+            ("strategy", .string(strategy)),
             ("inputs", .array(plan.inputs.map { .string($0.path) })),
             ("weights", .array(plan.weights.map { .double($0) })),
             ("tensor_count", .int(plan.items.count)),
+        ]
+    }
+
+    /// The `--dry-run` document: what would be written, tensor by tensor.
+    public static func dryRunJSON(_ plan: MergePlan, request: Request) -> JSON {
+        .object([("dry_run", .bool(true))] + reportHeader(plan, strategy: request.strategy, output: request.output.path) + [
             ("tensors", .array(plan.items.map { item in
                 var action: String
                 switch item.action {
