@@ -33,16 +33,12 @@ func parallelFor(_ count: Int, jobs: Int, _ body: (_ index: Int, _ worker: Int) 
     }
 }
 
-/// The default `--jobs`: every core.
-public var defaultJobs: Int { ProcessInfoCores.count }
-
-enum ProcessInfoCores {
-    static let count: Int = {
-        #if canImport(Glibc)
-        let n = sysconf(Int32(_SC_NPROCESSORS_ONLN))
-        return n > 0 ? n : 1
-        #else
-        return 1
-        #endif
-    }()
-}
+/// The default `--jobs`: every online core.
+public let defaultJobs: Int = {
+    #if canImport(Glibc)
+    let n = sysconf(Int32(_SC_NPROCESSORS_ONLN))
+    return n > 0 ? n : 1
+    #else
+    return 1
+    #endif
+}()

@@ -28,7 +28,7 @@ public enum CheckpointReader {
                 throw WSAMergeError.malformed(file: path, reason: "not a recognised checkpoint (expected .safetensors, a sharded index, .npz or .npy)")
             }
         }
-        return try SafetensorsReader.open(file, displayPath: path)
+        return try SafetensorsReader.open(file)
     }
 
     /// Opens every path, in order.

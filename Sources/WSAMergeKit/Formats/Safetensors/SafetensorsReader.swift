@@ -11,10 +11,10 @@ enum SafetensorsReader {
     }
 
     /// One `.safetensors` file as a checkpoint.
-    static func open(_ file: ReadableFile, displayPath: String) throws -> Checkpoint {
+    static func open(_ file: ReadableFile) throws -> Checkpoint {
         let header = try header(of: file)
         return Checkpoint(
-            path: displayPath, format: .safetensors, metadata: header.metadata,
+            path: file.path, format: .safetensors, metadata: header.metadata,
             tensors: header.entries.map(\.info),
             locations: header.entries.map { TensorLocation(source: .file(file, offset: header.dataStart + $0.begin)) },
             files: [file])
