@@ -33,7 +33,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .testTarget(name: "WSAMergeKitTests", dependencies: ["WSAMergeKit"]),
+        .testTarget(name: "WSAMergeKitTests", dependencies: ["WSAMergeKit", "CKernels"]),
         .testTarget(name: "wsamergeTests", dependencies: ["wsamerge"]),
     ],
     // The kernels share read-only buffers across worker threads by design (see Partition).

@@ -10,6 +10,10 @@
 typedef double v4d __attribute__((vector_size(32), aligned(8)));
 typedef int64_t v4i __attribute__((vector_size(32), aligned(8)));
 typedef uint64_t v4u __attribute__((vector_size(32), aligned(8)));
+typedef float v4f __attribute__((vector_size(16), aligned(4)));
+typedef int32_t v8i __attribute__((vector_size(32), aligned(4)));
+typedef uint32_t v8u __attribute__((vector_size(32), aligned(4)));
+typedef uint16_t v8h __attribute__((vector_size(16), aligned(2)));
 
 /* Macros rather than functions: passing 32-byte vectors by value would change the ABI between
  * the AVX2 and baseline clones. */
@@ -39,21 +43,56 @@ CLONES void wsk_decode_f32(const void *src, size_t n, double *dst) {
     }
 }
 
+/* A double rounded to BF16 (8 significant bits) by the FPU itself: with c = ±2^(e+45), where
+ * 2^e is the power of two at or below |x|, x + c has its last bit at the BF16 unit in the last
+ * place of x, so the addition rounds x to nearest even there, and subtracting c is exact. x's
+ * sign is put back (for x = −0 the sum loses it). The result converts to float exactly, and the
+ * float's upper half is the BF16. Results whose float is subnormal, infinite or NaN are flagged
+ * for the careful encoder; a double so small that its float is ±0 (below 2^-149) correctly
+ * gives ±0. */
+#define BF16_TOP 0xFFF0000000000000ull
+#define SIGN64 0x8000000000000000ull
+#define splat4u(x) ((v4u){(x), (x), (x), (x)})
+
+static inline uint16_t encode_bf16_one(double x, uint32_t *outside) {
+    uint64_t u, top;
+    memcpy(&u, &x, 8);
+    top = u & BF16_TOP;
+    double c;
+    memcpy(&c, &top, 8);
+    c *= 0x1p45;
+    float f = (float)((x + c) - c);
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    bits |= (uint32_t)(u >> 32) & 0x80000000u;
+    uint32_t e = (bits >> 23) & 0xFF;
+    *outside |= (e == 0 && (bits & 0x7FFFFFFF) != 0) | (e == 0xFF);
+    return (uint16_t)(bits >> 16);
+}
+
 CLONES int wsk_encode_bf16(const double *src, size_t n, void *dst) {
     unsigned char *d = dst;
-    uint64_t outside = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint64_t u;
-        memcpy(&u, &src[i], 8);
-        /* sign, 11 exponent bits, 7 fraction bits, rounded to nearest even at bit 45 */
-        uint64_t r = (u + 0x0FFFFFFFFFFFull + ((u >> 45) & 1)) >> 45;
-        uint64_t e = (r >> 7) & 0x7FF;
-        int zero = (u << 1) == 0; /* ±0 is exact: just the sign */
-        outside |= zero ? 0 : (e - 897) | (1150 - e); /* sign bit set when e is outside 897...1150 */
-        uint16_t bits = zero ? (uint16_t)(u >> 48) : (uint16_t)(((r >> 3) & 0x8000) | ((e - 896) << 7) | (r & 0x7F));
-        memcpy(d + 2 * i, &bits, 2);
+    v8i outside8 = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) {
+        v4d x0 = load4(src + i), x1 = load4(src + i + 4);
+        v4d c0 = (v4d)((v4u)x0 & splat4u(BF16_TOP)) * 0x1p45, c1 = (v4d)((v4u)x1 & splat4u(BF16_TOP)) * 0x1p45;
+        v4d r0 = (v4d)((v4u)((x0 + c0) - c0) | ((v4u)x0 & splat4u(SIGN64)));
+        v4d r1 = (v4d)((v4u)((x1 + c1) - c1) | ((v4u)x1 & splat4u(SIGN64)));
+        v4f f0 = __builtin_convertvector(r0, v4f), f1 = __builtin_convertvector(r1, v4f);
+        v8u bits = (v8u)__builtin_shufflevector(f0, f1, 0, 1, 2, 3, 4, 5, 6, 7);
+        v8u e = (bits >> 23) & 0xFF;
+        outside8 |= ((e == 0) & ((bits & 0x7FFFFFFF) != 0)) | (e == 0xFF);
+        v8h half = __builtin_convertvector(bits >> 16, v8h);
+        memcpy(d + 2 * i, &half, 16);
     }
-    return (outside >> 63) != 0;
+    uint32_t outside = 0;
+    for (int k = 0; k < 8; k++) outside |= outside8[k] != 0;
+    for (; i < n; i++) {
+        uint16_t half = encode_bf16_one(src[i], &outside);
+        memcpy(d + 2 * i, &half, 2);
+    }
+    return outside != 0;
 }
 
 CLONES void wsk_encode_f32(const double *src, size_t n, void *dst) {

@@ -18,10 +18,9 @@
 void wsk_decode_bf16(const void *src, size_t n, double *dst);
 /// dst[i] = F32 src[i] as double (little-endian, any alignment).
 void wsk_decode_f32(const void *src, size_t n, double *dst);
-/// BF16 bits of src[i], rounded to nearest even straight from the double's bits. Correct for
-/// zeros and every element whose result is a normal BF16; returns nonzero when some element is
-/// outside that range (subnormal, overflow, infinity, NaN) and must be redone by the careful
-/// encoder.
+/// BF16 bits of src[i], rounded to nearest even. Correct for every element whose result is a
+/// normal BF16 or ±0; returns nonzero when some result is subnormal, infinite or NaN (the caller
+/// then redoes the call with a careful encoder).
 int wsk_encode_bf16(const double *src, size_t n, void *dst);
 /// dst[i] = (float)src[i] (round to nearest even).
 void wsk_encode_f32(const double *src, size_t n, void *dst);

@@ -1,3 +1,5 @@
+import Dispatch
+
 /// The heap buffers the streaming passes use. Each has one owner and is freed in `deinit`, so no
 /// other code allocates or frees raw memory; kernels borrow pointers into them.
 
@@ -22,16 +24,40 @@ final class RawBuffer: @unchecked Sendable {
     }
 }
 
-/// Per-worker reusable buffers of doubles.
-final class ScratchPool: @unchecked Sendable {
-    private let buffers: [UnsafeMutablePointer<Double>]
-    init(workers: Int, capacity: Int) {
-        buffers = (0..<Swift.max(1, workers)).map { _ in
-            UnsafeMutablePointer<Double>.allocate(capacity: capacity)  // scratch: written before read
+/// Buffers handed back by finished passes, lent again to the next one.
+///
+/// A merge runs a few passes per tensor, each needing a dozen chunk-sized buffers. Allocated
+/// afresh, every one of their pages is faulted in and zeroed by the kernel on first touch, which
+/// cost more than a tenth of a merge; recycled, they stay mapped and warm in cache. The cache
+/// keeps at most `limit` bytes, so it never holds more than a pass or two needs.
+final class BufferCache: @unchecked Sendable {
+    static let shared = BufferCache()
+
+    private var idle: [RawBuffer] = []
+    private var idleBytes = 0
+    private let limit = 64 << 20
+    private let lock = DispatchSemaphore(value: 1)
+
+    /// A buffer of at least `byteCount` bytes: the smallest idle one that fits, or a new one.
+    func take(byteCount: Int) -> RawBuffer {
+        lock.wait()
+        defer { lock.signal() }
+        var best: Int?
+        for (i, buffer) in idle.enumerated() where buffer.byteCount >= byteCount {
+            if best == nil || buffer.byteCount < idle[best!].byteCount { best = i }
         }
+        guard let best else { return RawBuffer(byteCount: byteCount) }
+        idleBytes -= idle[best].byteCount
+        return idle.remove(at: best)
     }
 
-    deinit { for p in buffers { p.deallocate() } }
-
-    func buffer(_ worker: Int) -> UnsafeMutablePointer<Double> { buffers[worker] }
+    /// Hands buffers back; those over the limit are freed.
+    func give(_ buffers: [RawBuffer]) {
+        lock.wait()
+        defer { lock.signal() }
+        for buffer in buffers where idleBytes + buffer.byteCount <= limit {
+            idle.append(buffer)
+            idleBytes += buffer.byteCount
+        }
+    }
 }

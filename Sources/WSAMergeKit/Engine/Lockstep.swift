@@ -34,12 +34,16 @@ public struct Lockstep {
         let dtypes = readers.map(\.tensor.dtype)
         let outWidth = output?.dtype.byteWidth ?? 0
         let workers = Swift.max(1, Swift.min(jobs, (chunk + block - 1) / block))
+        let cache = BufferCache.shared
         // Per worker: one scratch block per input plus one for the output.
-        let scratch = ScratchPool(workers: workers * (readers.count + 1), capacity: block)
-        let inputBuffers = (0..<2).map { _ in widths.map { RawBuffer(byteCount: chunk * $0) } }
-        let outputBuffers = (0..<3).map { _ in RawBuffer(byteCount: chunk * outWidth) }
+        let scratch = (0..<workers * (readers.count + 1)).map { _ in cache.take(byteCount: block * 8) }
+        let inputBuffers = (0..<2).map { _ in widths.map { cache.take(byteCount: chunk * $0) } }
+        let outputBuffers = (0..<3).map { _ in cache.take(byteCount: chunk * outWidth) }
         let io = BackgroundIO()
-        defer { io.drain() }
+        defer {
+            io.drain()
+            cache.give(scratch + inputBuffers.joined() + outputBuffers)
+        }
 
         /// Reads the chunk starting at element `start` into input buffer set `slot`.
         func read(_ start: Int, into slot: Int) throws {
@@ -70,11 +74,11 @@ public struct Lockstep {
                     var inputs: [UnsafeMutablePointer<Double>] = []
                     inputs.reserveCapacity(dtypes.count)
                     for k in 0..<dtypes.count {
-                        let values = scratch.buffer(base + k)
+                        let values = scratch[base + k].doubles(m)
                         dtypes[k].decode(raws[k].base + first * widths[k], count: m, into: values)
                         inputs.append(values)
                     }
-                    let values = scratch.buffer(base + dtypes.count)
+                    let values = scratch[base + dtypes.count].doubles(m)
                     out[b] = kernel(inputs, m, values)
                     if let output {
                         output.dtype.encode(values, count: m, into: encoded.base + first * outWidth)

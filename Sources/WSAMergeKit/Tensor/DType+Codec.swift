@@ -72,17 +72,13 @@ extension DType {
     }
 }
 
-/// BF16 encoding in two passes: `wsk_encode_bf16` rounds each double's bits directly to 7
-/// fraction bits (exact ties-to-even for zeros and whenever the result is a normal BF16), then
-/// `bfloat16Bits` redoes the rare elements outside that range (subnormals, overflow, NaN).
+/// BF16 encoding: `wsk_encode_bf16` rounds on the FPU (exact ties-to-even wherever the result
+/// is a normal BF16 or ±0); a call that meets a subnormal, overflowing, infinite or NaN result
+/// is redone element by element with `bfloat16Bits`.
 func encodeBFloat16(_ source: UnsafePointer<Double>, count: Int, into destination: UnsafeMutableRawPointer) {
     guard wsk_encode_bf16(source, count, destination) != 0 else { return }
     for i in 0..<count {
-        let u = source[i].bitPattern
-        let e = ((u &+ 0x0FFF_FFFF_FFFF &+ ((u &>> 45) & 1)) &>> 52) & 0x7FF
-        if u << 1 != 0, (e &- 897) | (1150 &- e) > 0x7FFF_FFFF_FFFF_FFFF {
-            destination.storeBytes(of: bfloat16Bits(source[i]), toByteOffset: 2 &* i, as: UInt16.self)
-        }
+        destination.storeBytes(of: bfloat16Bits(source[i]), toByteOffset: 2 &* i, as: UInt16.self)
     }
 }
 

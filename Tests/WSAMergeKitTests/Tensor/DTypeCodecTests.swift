@@ -1,3 +1,4 @@
+import CKernels
 import Testing
 @testable import WSAMergeKit
 
@@ -207,6 +208,47 @@ import Testing
         #expect(encode(.BF16, [one + step / 2 - 0x1p-40]) == [0x80, 0x3F])
         #expect(encode(.F16, [1 + 0x1p-11 + 0x1p-40]) == [0x01, 0x3C])
     }
+
+    /// The vectorised BF16 kernel gives the careful encoder's bits for every kind of double —
+    /// zeros of both signs, ties and near-ties at every exponent, the subnormal and overflow
+    /// edges, random bit patterns — and flags a call exactly when some result needs the careful
+    /// encoder (subnormal, infinite or NaN). Calls of 11 elements run 8 vector lanes and a scalar
+    /// tail.
+    @Test func fastBF16KernelAgreesWithTheCarefulEncoder() {
+        var rng = SplitMix(seed: 7)
+        var values: [Double] = [0, -0.0, 0x1p-126, -0x1p-126, 0x1p-126 - 0x1p-135, 0x1p-127 + 0x1p-134, 0x1p-133, 0x1p-134,
+                                0x1p-134 + 0x1p-160, 0x1p-150, 0x1p-149, 0x1.FEp127, 0x1.FFp127 - 0x1p80, 0x1.FFp127, .infinity]
+        for _ in 0..<100_000 {
+            // A BF16 value moved to its upper tie, then a few double ulps either way.
+            let exponent = Int(rng.next() % 280) - 140
+            let significand = 1 + Double(rng.next() % 128) / 128
+            let tie = Double(sign: rng.next() & 1 == 0 ? .plus : .minus, exponent: exponent, significand: significand + 1.0 / 256)
+            let nudge = Int64(rng.next() % 9) - 4
+            values.append(Double(bitPattern: UInt64(bitPattern: Int64(bitPattern: tie.bitPattern) &+ nudge)))
+            values.append(rng.next() % 16 == 0 ? Double(bitPattern: rng.next()) : -0.0)
+        }
+        values.shuffle(using: &rng)
+        var fastCalls = 0
+        var out = [UInt16](repeating: 0, count: 11)
+        for start in stride(from: 0, to: values.count - 11, by: 11) {
+            let chunk = Array(values[start..<start + 11])
+            let careful = chunk.map(bfloat16Bits)
+            let flagged = wsk_encode_bf16(chunk, 11, &out) != 0
+            // Flagged: some value is NaN, infinite, overflows BF16 or has a subnormal float; the
+            // flag may also go up at the edges of those ranges, never elsewhere.
+            let mustFlag = chunk.contains { v in
+                !v.isFinite || v.magnitude >= 0x1.FFp127 || (v.magnitude >= 0x1p-149 && v.magnitude <= 0x1p-127)
+            }
+            let mayFlag = mustFlag || chunk.contains { v in v.magnitude >= 0x1p-151 && v.magnitude <= 0x1p-126 }
+            guard flagged ? mayFlag : !mustFlag && out == careful else {
+                Issue.record("\(chunk): flagged \(flagged), got \(out), want \(careful)")
+                return
+            }
+            if !flagged { fastCalls += 1 }
+        }
+        #expect(fastCalls > values.count / 11 / 3)
+    }
+
 }
 
 @Suite struct DTypeSizeTests {
