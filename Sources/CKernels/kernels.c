@@ -11,6 +11,7 @@ typedef double v4d __attribute__((vector_size(32), aligned(8)));
 typedef int64_t v4i __attribute__((vector_size(32), aligned(8)));
 typedef uint64_t v4u __attribute__((vector_size(32), aligned(8)));
 typedef float v4f __attribute__((vector_size(16), aligned(4)));
+typedef float v8f __attribute__((vector_size(32), aligned(4)));
 typedef int32_t v8i __attribute__((vector_size(32), aligned(4)));
 typedef uint32_t v8u __attribute__((vector_size(32), aligned(4)));
 typedef uint16_t v8h __attribute__((vector_size(16), aligned(2)));
@@ -54,6 +55,20 @@ CLONES void wsk_decode_f32(const void *src, size_t n, double *dst) {
 #define SIGN64 0x8000000000000000ull
 #define splat4u(x) ((v4u){(x), (x), (x), (x)})
 
+/* Eight doubles (x0, x1) to BF16 at dst; lanes needing the careful encoder set `outside8`. */
+#define encode8_bf16(x0, x1, dst, outside8)                                                                       \
+    do {                                                                                                          \
+        v4d c0_ = (v4d)((v4u)(x0) & splat4u(BF16_TOP)) * 0x1p45, c1_ = (v4d)((v4u)(x1) & splat4u(BF16_TOP)) * 0x1p45; \
+        v4d r0_ = (v4d)((v4u)(((x0) + c0_) - c0_) | ((v4u)(x0) & splat4u(SIGN64)));                            \
+        v4d r1_ = (v4d)((v4u)(((x1) + c1_) - c1_) | ((v4u)(x1) & splat4u(SIGN64)));                            \
+        v4f f0_ = __builtin_convertvector(r0_, v4f), f1_ = __builtin_convertvector(r1_, v4f);                    \
+        v8u bits_ = (v8u)__builtin_shufflevector(f0_, f1_, 0, 1, 2, 3, 4, 5, 6, 7);                               \
+        v8u e_ = (bits_ >> 23) & 0xFF;                                                                            \
+        (outside8) |= ((e_ == 0) & ((bits_ & 0x7FFFFFFF) != 0)) | (e_ == 0xFF);                                   \
+        v8h half_ = __builtin_convertvector(bits_ >> 16, v8h);                                                    \
+        memcpy((dst), &half_, 16);                                                                                \
+    } while (0)
+
 static inline uint16_t encode_bf16_one(double x, uint32_t *outside) {
     uint64_t u, top;
     memcpy(&u, &x, 8);
@@ -74,18 +89,7 @@ CLONES int wsk_encode_bf16(const double *src, size_t n, void *dst) {
     unsigned char *d = dst;
     v8i outside8 = {0, 0, 0, 0, 0, 0, 0, 0};
     size_t end = n & ~(size_t)7, i = 0;
-    for (; i < end; i += 8) {
-        v4d x0 = load4(src + i), x1 = load4(src + i + 4);
-        v4d c0 = (v4d)((v4u)x0 & splat4u(BF16_TOP)) * 0x1p45, c1 = (v4d)((v4u)x1 & splat4u(BF16_TOP)) * 0x1p45;
-        v4d r0 = (v4d)((v4u)((x0 + c0) - c0) | ((v4u)x0 & splat4u(SIGN64)));
-        v4d r1 = (v4d)((v4u)((x1 + c1) - c1) | ((v4u)x1 & splat4u(SIGN64)));
-        v4f f0 = __builtin_convertvector(r0, v4f), f1 = __builtin_convertvector(r1, v4f);
-        v8u bits = (v8u)__builtin_shufflevector(f0, f1, 0, 1, 2, 3, 4, 5, 6, 7);
-        v8u e = (bits >> 23) & 0xFF;
-        outside8 |= ((e == 0) & ((bits & 0x7FFFFFFF) != 0)) | (e == 0xFF);
-        v8h half = __builtin_convertvector(bits >> 16, v8h);
-        memcpy(d + 2 * i, &half, 16);
-    }
+    for (; i < end; i += 8) encode8_bf16(load4(src + i), load4(src + i + 4), d + 2 * i, outside8);
     uint32_t outside = 0;
     for (int k = 0; k < 8; k++) outside |= outside8[k] != 0;
     for (; i < n; i++) {
@@ -230,4 +234,191 @@ CLONES void wsk_squares_min(const double *f, size_t n, double *squares, double *
     }
     *squares = sum;
     *min = mn;
+}
+
+/* ---- Fused combine: raw BF16/F32/F64 inputs to encoded output, without float64 blocks ---- */
+
+/* Eight elements of kind `kind` at element index i of p, as two vectors of doubles (exact). */
+#define load8(p, kind, i, lo, hi)                                                                  \
+    do {                                                                                           \
+        v8f f_;                                                                                    \
+        if ((kind) == WSK_F64) {                                                                   \
+            memcpy(&lo, (const unsigned char *)(p) + 8 * (i), 32);                                 \
+            memcpy(&hi, (const unsigned char *)(p) + 8 * (i) + 32, 32);                            \
+        } else {                                                                                   \
+            if ((kind) == WSK_BF16) {                                                              \
+                v8h h_;                                                                            \
+                memcpy(&h_, (const unsigned char *)(p) + 2 * (i), 16);                             \
+                f_ = (v8f)(__builtin_convertvector(h_, v8u) << 16);                                \
+            } else {                                                                               \
+                memcpy(&f_, (const unsigned char *)(p) + 4 * (i), 32);                             \
+            }                                                                                      \
+            lo = __builtin_convertvector(__builtin_shufflevector(f_, f_, 0, 1, 2, 3), v4d);        \
+            hi = __builtin_convertvector(__builtin_shufflevector(f_, f_, 4, 5, 6, 7), v4d);        \
+        }                                                                                          \
+    } while (0)
+
+static inline double load_one(const void *p, int kind, size_t i) {
+    float f;
+    if (kind == WSK_F64) {
+        double x;
+        memcpy(&x, (const unsigned char *)p + 8 * i, 8);
+        return x;
+    } else if (kind == WSK_BF16) {
+        uint16_t h;
+        memcpy(&h, (const unsigned char *)p + 2 * i, 2);
+        uint32_t bits = (uint32_t)h << 16;
+        memcpy(&f, &bits, 4);
+    } else {
+        memcpy(&f, (const unsigned char *)p + 4 * i, 4);
+    }
+    return f;
+}
+
+/* Every lane of a vector of doubles is finite: an all-ones exponent carries into the sign bit. */
+#define all_finite4(x) (((((v4u)(x) & splat4u(0x7FF0000000000000ull)) + splat4u(0x0010000000000000ull)) >> 63) == 0)
+
+/* Tiles of the fused combine: each input is folded into a float64 tile in L1, one simple loop
+ * per input, then the tile is checked and encoded. */
+#define TILE 256
+#define store4(p, v) (*(v4d *)(p) = (v))
+
+/* acc (and den) ← the contribution of term t over elements [start, start + m), m a multiple of 8.
+ * Always inlined with constant `mode`, `first` and `kind`s, so each use is a tight loop. */
+static inline __attribute__((always_inline)) void fold_term(double *acc, double *den, const wsk_term *t, int mode,
+                                                             int first, int kind, int fisher_kind, double target,
+                                                             double epsilon, size_t start, size_t m) {
+    for (size_t i = 0; i < m; i += 8) {
+        v4d xlo, xhi;
+        load8(t->x, kind, start + i, xlo, xhi);
+        if (mode == WSK_AVERAGE) {
+            v4d w = splat(t->weight);
+            store4(acc + i, first ? w * xlo : load4(acc + i) + w * xlo);
+            store4(acc + i + 4, first ? w * xhi : load4(acc + i + 4) + w * xhi);
+        } else if (mode == WSK_RESCALE) {
+            v4d w = splat(t->weight), mu = splat(t->mean), s = splat(t->scale), b = splat(target);
+            v4d zero = splat(0);
+            store4(acc + i, (first ? zero : load4(acc + i)) + w * ((xlo - mu) * s + b));
+            store4(acc + i + 4, (first ? zero : load4(acc + i + 4)) + w * ((xhi - mu) * s + b));
+        } else {
+            v4d flo, fhi, c = splat(t->weight), e = splat(epsilon);
+            load8(t->fisher, fisher_kind, start + i, flo, fhi);
+            v4d alo = c * (flo + e), ahi = c * (fhi + e);
+            store4(acc + i, first ? alo * xlo : load4(acc + i) + alo * xlo);
+            store4(acc + i + 4, first ? ahi * xhi : load4(acc + i + 4) + ahi * xhi);
+            store4(den + i, first ? alo : load4(den + i) + alo);
+            store4(den + i + 4, first ? ahi : load4(den + i + 4) + ahi);
+        }
+    }
+}
+
+/* fold_term with its run-time choices made constant, one instantiation each. */
+static inline __attribute__((always_inline)) void fold_term_dispatch(double *acc, double *den, const wsk_term *t,
+                                                                      int mode, int first, double target, double epsilon,
+                                                                      size_t start, size_t m) {
+#define FOLD(mode_, first_, kind_, fkind_) fold_term(acc, den, t, mode_, first_, kind_, fkind_, target, epsilon, start, m)
+#define FOLD_FISHER_KIND(mode_, first_, kind_)                                                  \
+    do {                                                                                        \
+        if (mode_ != WSK_FISHER || t->fisher_kind == WSK_BF16)                                  \
+            FOLD(mode_, first_, kind_, WSK_BF16);                                               \
+        else if (t->fisher_kind == WSK_F32)                                                     \
+            FOLD(mode_, first_, kind_, WSK_F32);                                                \
+        else                                                                                    \
+            FOLD(mode_, first_, kind_, WSK_F64);                                                \
+    } while (0)
+#define FOLD_KINDS(mode_, first_)                                                               \
+    do {                                                                                        \
+        if (t->kind == WSK_BF16)                                                                \
+            FOLD_FISHER_KIND(mode_, first_, WSK_BF16);                                          \
+        else if (t->kind == WSK_F32)                                                            \
+            FOLD_FISHER_KIND(mode_, first_, WSK_F32);                                           \
+        else                                                                                    \
+            FOLD_FISHER_KIND(mode_, first_, WSK_F64);                                           \
+    } while (0)
+    if (mode == WSK_AVERAGE) {
+        if (first) FOLD_KINDS(WSK_AVERAGE, 1); else FOLD_KINDS(WSK_AVERAGE, 0);
+    } else if (mode == WSK_RESCALE) {
+        if (first) FOLD_KINDS(WSK_RESCALE, 1); else FOLD_KINDS(WSK_RESCALE, 0);
+    } else {
+        if (first) FOLD_KINDS(WSK_FISHER, 1); else FOLD_KINDS(WSK_FISHER, 0);
+    }
+#undef FOLD_KINDS
+#undef FOLD_FISHER_KIND
+#undef FOLD
+}
+
+/* The combined value of element i, one at a time (the tail); returns 0 when the element needs
+ * the decoded path. The same operations as fold_term. */
+static inline int combine_one(const wsk_term *terms, size_t count, int mode, double target, double epsilon, size_t i,
+                              double *y) {
+    double acc = 0, den = 0;
+    for (size_t k = 0; k < count; k++) {
+        const wsk_term *t = &terms[k];
+        double x = load_one(t->x, t->kind, i);
+        if (mode == WSK_AVERAGE) {
+            acc = k == 0 ? t->weight * x : acc + t->weight * x;
+        } else if (mode == WSK_RESCALE) {
+            acc = acc + t->weight * ((x - t->mean) * t->scale + target);
+        } else {
+            double a = t->weight * (load_one(t->fisher, t->fisher_kind, i) + epsilon);
+            acc = k == 0 ? a * x : acc + a * x;
+            den = k == 0 ? a : den + a;
+        }
+    }
+    if (mode == WSK_FISHER) {
+        if (!(den > 0)) return 0;
+        acc = acc / den;
+    }
+    *y = acc;
+    return acc - acc == 0; /* finite */
+}
+
+CLONES int wsk_combine(const wsk_term *terms, size_t count, int mode, double target, double epsilon, size_t n,
+                       int out_kind, void *dst) {
+    unsigned char *d = dst;
+    double acc[TILE] __attribute__((aligned(32))), den[TILE] __attribute__((aligned(32)));
+    v8i outside8 = {0, 0, 0, 0, 0, 0, 0, 0};
+    v4i bad = {0, 0, 0, 0};
+    size_t end = n & ~(size_t)7;
+    for (size_t start = 0; start < end; start += TILE) {
+        size_t m = end - start < TILE ? end - start : TILE;
+        for (size_t k = 0; k < count; k++) fold_term_dispatch(acc, den, &terms[k], mode, k == 0, target, epsilon, start, m);
+        for (size_t i = 0; i < m; i += 4) {
+            v4d y = load4(acc + i);
+            if (mode == WSK_FISHER) {
+                v4d q = load4(den + i);
+                bad |= (v4i)(q > splat(0)) == 0;
+                y = y / q;
+            }
+            bad |= (v4i)all_finite4(y) == 0;
+            store4(acc + i, y);
+        }
+        if (out_kind == WSK_BF16) {
+            for (size_t i = 0; i < m; i += 8) encode8_bf16(load4(acc + i), load4(acc + i + 4), d + 2 * (start + i), outside8);
+        } else if (out_kind == WSK_F64) {
+            memcpy(d + 8 * start, acc, 8 * m);
+        } else {
+            for (size_t i = 0; i < m; i += 4) {
+                v4f f = __builtin_convertvector(load4(acc + i), v4f);
+                memcpy(d + 4 * (start + i), &f, 16);
+            }
+        }
+    }
+    uint32_t redo = 0;
+    for (int k = 0; k < 8; k++) redo |= outside8[k] != 0;
+    for (int k = 0; k < 4; k++) redo |= bad[k] != 0;
+    for (size_t i = end; i < n; i++) {
+        double y = 0;
+        redo |= !combine_one(terms, count, mode, target, epsilon, i, &y);
+        if (out_kind == WSK_BF16) {
+            uint16_t half = encode_bf16_one(y, &redo);
+            memcpy(d + 2 * i, &half, 2);
+        } else if (out_kind == WSK_F64) {
+            memcpy(d + 8 * i, &y, 8);
+        } else {
+            float f = (float)y;
+            memcpy(d + 4 * i, &f, 4);
+        }
+    }
+    return redo != 0;
 }

@@ -54,6 +54,35 @@ size_t wsk_fisher_divide(double *out, const double *den, size_t n);
 /// Σ f[i]² and the minimum of f (for the Fisher check pass).
 void wsk_squares_min(const double *f, size_t n, double *squares, double *min);
 
+/// Element kinds the fused combine reads and writes.
+enum { WSK_BF16 = 0, WSK_F32 = 1, WSK_F64 = 2 };
+/// What the fused combine computes (see `wsk_combine`).
+enum { WSK_AVERAGE = 0, WSK_RESCALE = 1, WSK_FISHER = 2 };
+
+/// One input of the fused combine.
+typedef struct {
+    /// The input's elements, of kind `kind`.
+    const void *x;
+    /// WSK_FISHER: the input's Fisher elements, of kind `fisher_kind`.
+    const void *fisher;
+    int kind, fisher_kind;
+    /// w_k (WSK_FISHER: c_k).
+    double weight;
+    /// WSK_RESCALE: x is first moved to (x − mean) scale + target.
+    double mean, scale;
+} wsk_term;
+
+/// Combines element i of `count` terms in float64 and writes it to dst as `out_kind`:
+///   WSK_AVERAGE  y = w_0 x_0 + w_1 x_1 + …                    (running sum, left to right)
+///   WSK_RESCALE  y = 0 + w_0 ((x_0 − m_0) s_0 + target) + …
+///   WSK_FISHER   y = (a_0 x_0 + a_1 x_1 + …) / (a_0 + a_1 + …),  a_k = c_k (F_k + epsilon)
+/// These are the operations, in the order, of the decoded kernels (decode, scale/axpy, Fisher
+/// accumulate/divide, encode), done in registers without float64 blocks, so the bytes are the
+/// same. Returns nonzero when some y is not finite, a Fisher denominator is not > 0 or a BF16
+/// result needs the careful encoder: the caller then redoes the whole call on the decoded path.
+int wsk_combine(const wsk_term *terms, size_t count, int mode, double target, double epsilon, size_t n, int out_kind,
+                void *dst);
+
 /// Starts asynchronous write-back of a file range (Linux `sync_file_range`, which Swift's Glibc
 /// module does not export); a no-op elsewhere.
 int wsk_start_writeback(int fd, int64_t offset, int64_t count);

@@ -23,8 +23,10 @@ public struct Lockstep {
     /// fills `output` with `count` values. Must be safe to call from several threads.
     public typealias Kernel<T> = (_ inputs: [UnsafeMutablePointer<Double>], _ count: Int, _ output: UnsafeMutablePointer<Double>) -> T
 
-    static func run<T>(_ readers: [TensorReader], jobs: Int, output: Output?, kernel: @escaping Kernel<T>,
-                       fold: ([T]) throws -> Void) throws {
+    /// With `fused`, a writing pass first tries the fused kernel on each block's raw bytes; the
+    /// blocks it finishes report its result value, the others run `kernel`.
+    static func run<T>(_ readers: [TensorReader], jobs: Int, output: Output?, fused: (FusedCombine, T)? = nil,
+                       kernel: @escaping Kernel<T>, fold: ([T]) throws -> Void) throws {
         let count = readers[0].tensor.elementCount
         precondition(readers.allSatisfy { $0.tensor.elementCount == count })
         guard count > 0 else { return }
@@ -70,6 +72,12 @@ public struct Lockstep {
                 parallelFor(blocks, jobs: workers) { b, worker in
                     let first = b * block
                     let m = Swift.min(block, n - first)
+                    if output != nil, let (combine, result) = fused,
+                       combine.run(raws.indices.map { UnsafeRawPointer(raws[$0].base + first * widths[$0]) }, count: m,
+                                   into: encoded.base + first * outWidth) {
+                        out[b] = result
+                        return
+                    }
                     let base = worker * (dtypes.count + 1)
                     var inputs: [UnsafeMutablePointer<Double>] = []
                     inputs.reserveCapacity(dtypes.count)

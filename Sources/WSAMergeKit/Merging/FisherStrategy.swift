@@ -100,7 +100,8 @@ public struct FisherStrategy: MergeStrategy {
         let epsilon = self.epsilon
         let weights = item.weights
         var nonFinite = false
-        try Lockstep.run(readers, jobs: jobs, output: output, kernel: { inputs, count, out in
+        let fused = FusedCombine(.fisher(c: c, epsilon: epsilon), inputs: readers.map(\.tensor.dtype), output: output.dtype)
+        try Lockstep.run(readers, jobs: jobs, output: output, fused: fused.map { ($0, false) }, kernel: { inputs, count, out in
             // out ← Σ a_k x_k and den ← Σ a_k with a_k = c_k (F_k + ε), summed in input order.
             withUnsafeTemporaryAllocation(of: Double.self, capacity: count) { den in
                 for k in 0..<n {

@@ -101,7 +101,10 @@ public struct WSAStrategy: MergeStrategy {
             for k in 1..<inputs.count { wsk_axpy(out, inputs[k], weights[k], count) }
         }
         if rescale == .inputs {
-            try Lockstep.run(try plan.readers(item), jobs: jobs, output: output, kernel: rescaleInputs, fold: { _ in })
+            let readers = try plan.readers(item)
+            let combine = FusedCombine(.rescale(weights: weights, means: scopes.map(\.mean), scales: scale, target: fused.mean),
+                                       inputs: readers.map(\.tensor.dtype), output: output.dtype)
+            try Lockstep.run(readers, jobs: jobs, output: output, fused: combine.map { ($0, ()) }, kernel: rescaleInputs, fold: { _ in })
             return TensorMergeResult(method: method, fused: fused, nonFinite: nonFinite, fallback: fallback)
         }
         // `output` / `both`: measure the combined tensor, then rescale it in a second pass.

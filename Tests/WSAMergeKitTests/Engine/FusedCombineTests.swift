@@ -1,0 +1,99 @@
+import CKernels
+import Foundation
+import Testing
+@testable import WSAMergeKit
+
+/// The fused kernel (`wsk_combine`) is a shortcut: every strategy must write the same bytes with
+/// it as through decoded float64 blocks, and hand back to the decoded path exactly the blocks it
+/// cannot finish.
+@Suite(.serialized) struct FusedCombineTests {
+    /// Three models and their Fisher files: BF16, F32 and F64 tensors whose sizes leave partial blocks
+    /// and a scalar tail, Gaussian values with per-model scopes, one tensor holding a NaN, a
+    /// subnormal-sized value and an infinity in separate blocks, and Fisher values that are zero
+    /// in every model at the start of one tensor.
+    func inputs() throws -> (models: [String], fishers: [String]) {
+        var rng = SplitMix(seed: 11)
+        func gaussian() -> Double {
+            let u = Double(rng.next() >> 11 | 1) * 0x1p-53, v = Double(rng.next() >> 11) * 0x1p-53
+            return (-2 * log(u)).squareRoot() * cos(2 * .pi * v)
+        }
+        let shapes: [(String, String, [Int])] = [("a.weight", "BF16", [97, 85]), ("b.weight", "F32", [61, 67]),
+                                                 ("c.weight", "BF16", [3, 4099]), ("d.bias", "BF16", [13]),
+                                                 ("e.weight", "F64", [5, 203])]
+        var models: [String] = [], fishers: [String] = []
+        for m in 0..<3 {
+            var header: [String] = [], data: [UInt8] = [], fisherData: [UInt8] = []
+            for (name, dtype, shape) in shapes {
+                let count = shape.reduce(1, *)
+                let scale = [0.02, 0.05, 0.011][m], shift = [0.0, 0.01, -0.02][m]
+                var values = (0..<count).map { _ in gaussian() * scale + shift }
+                if name == "c.weight" && m == 1 { (values[5], values[4200], values[9000]) = (.nan, 0x1p-140, .infinity) }
+                // Finite, and zero for every model at the start of b.weight (an empty denominator with ε = 0).
+                let fisher = values.enumerated().map { i, x in x.isFinite && !(name == "b.weight" && i < 50) ? x * x * 100 : 0 }
+                func bytes(_ xs: [Double]) -> [UInt8] {
+                    switch dtype {
+                    case "F64": xs.flatMap { Bytes.le($0) }
+                    case "F32": xs.flatMap { Bytes.le(Float($0)) }
+                    default: xs.flatMap { Bytes.le(UInt16(Float($0).bitPattern >> 16)) }
+                    }
+                }
+                header.append(#""\#(name)":{"dtype":"\#(dtype)","shape":\#(shape),"data_offsets":[\#(data.count),\#(data.count + bytes(values).count)]}"#)
+                data += bytes(values)
+                fisherData += bytes(fisher)
+            }
+            let json = "{" + header.joined(separator: ",") + "}"
+            models.append(try Bytes.temporaryFile(Bytes.safetensors(json, data: data), name: "m\(m).safetensors"))
+            fishers.append(try Bytes.temporaryFile(Bytes.safetensors(json, data: fisherData), name: "f\(m).safetensors"))
+        }
+        return (models, fishers)
+    }
+
+    @Test(arguments: ["average", "wsa", "fisher"], [nil, DType.F32, .BF16, .F64])
+    func fusedAndDecodedPathsWriteTheSameBytes(strategy: String, dtype: DType?) throws {
+        let (models, fishers) = try inputs()
+        defer { for path in models + fishers { Bytes.removeDirectory(of: path) } }
+        func merge(fused: Bool) throws -> Data {
+            FusedCombine.isEnabled = fused
+            defer { FusedCombine.isEnabled = true }
+            let out = NSTemporaryDirectory() + "fused-\(UUID().uuidString).safetensors"
+            defer { try? FileManager.default.removeItem(atPath: out) }
+            var request = Merger.Request(inputs: models, strategy: strategy, output: OutputOptions(path: out, layout: .safetensors))
+            request.weights = [0.2, 0.5, 0.3]
+            request.dtype = dtype
+            request.jobs = 2
+            request.settings.fisherPaths = fishers
+            request.settings.fisherEpsilon = dtype == nil ? 0 : 1e-6
+            let report = try Merger.run(request)
+            #expect(report.nonFiniteTensors == ["c.weight"])
+            return try Data(contentsOf: URL(fileURLWithPath: out))
+        }
+        let fused = try merge(fused: true), decoded = try merge(fused: false)
+        #expect(fused == decoded)
+    }
+
+    /// Blocks the fused kernel cannot finish are flagged, never written wrongly.
+    @Test func flagsWhatOnlyTheDecodedPathHandles() {
+        let x: [Float] = [1, 2, 3, 4, 5, 6, 7, 8, 9]
+        func combine(_ values: [Float], fisher: [Float]? = nil, out: Int32 = Int32(WSK_BF16)) -> Bool {
+            var output = [UInt8](repeating: 0, count: values.count * 4)
+            return values.withUnsafeBytes { raw in
+                (fisher ?? values).withUnsafeBytes { f in
+                    var term = wsk_term(x: raw.baseAddress, fisher: f.baseAddress, kind: Int32(WSK_F32), fisher_kind: Int32(WSK_F32),
+                                        weight: 1, mean: 0, scale: 1)
+                    return wsk_combine(&term, 1, Int32(fisher == nil ? WSK_AVERAGE : WSK_FISHER), 0, 0, values.count, out, &output) != 0
+                }
+            }
+        }
+        #expect(!combine(x))
+        for i in [0, 7, 8] {  // a vector lane, the last lane, the scalar tail
+            var nan = x, tiny = x, empty = x
+            nan[i] = .nan
+            tiny[i] = 0x1p-130
+            empty[i] = 0
+            #expect(combine(nan) && combine(nan, out: Int32(WSK_F32)))
+            #expect(combine(tiny) && !combine(tiny, out: Int32(WSK_F32)))  // a BF16 subnormal; fine as F32
+            #expect(combine(x, fisher: empty))  // Fisher denominator 0
+            #expect(!combine(x, fisher: x))
+        }
+    }
+}
