@@ -1,7 +1,7 @@
 #ifndef WSAMERGE_KERNELS_H
 #define WSAMERGE_KERNELS_H
 /*
- * The C part of wsamerge: the hot loops, and one Linux call Swift's Glibc module lacks.
+ * The C part of wsamerge: the hot loops, and two Linux calls Swift's Glibc module lacks.
  *
  * The hot loops are in C so that each is compiled twice (AVX2 and baseline x86-64)
  * and picked at load time (`target_clones`): Swift has no per-function target attributes, and
@@ -86,5 +86,8 @@ int wsk_combine(const wsk_term *terms, size_t count, int mode, double target, do
 /// Starts asynchronous write-back of a file range (Linux `sync_file_range`, which Swift's Glibc
 /// module does not export); a no-op elsewhere.
 int wsk_start_writeback(int fd, int64_t offset, int64_t count);
+/// Turns direct I/O (`O_DIRECT`, which Swift's Glibc module does not export) on or off for `fd`;
+/// returns −1 with errno set where that is not possible.
+int wsk_set_direct(int fd, int on);
 
 #endif

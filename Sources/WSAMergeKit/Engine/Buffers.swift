@@ -8,9 +8,9 @@ final class RawBuffer: @unchecked Sendable {
     let base: UnsafeMutableRawPointer
     let byteCount: Int
 
-    init(byteCount: Int) {
+    init(byteCount: Int, alignment: Int = 64) {
         self.byteCount = Swift.max(1, byteCount)
-        base = .allocate(byteCount: self.byteCount, alignment: 64)
+        base = .allocate(byteCount: self.byteCount, alignment: alignment)
     }
 
     deinit { base.deallocate() }

@@ -1,4 +1,5 @@
 import CKernels
+import Dispatch
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -9,21 +10,41 @@ import Darwin
 /// directory (`O_TMPFILE`), which is linked into place only by `commit()`. A failed or killed
 /// run therefore leaves nothing at the destination and no temporary behind. Where `O_TMPFILE`
 /// is not supported, a hidden named temporary is used and removed on failure.
+///
+/// Writes are gathered into a ring of 2 MiB blocks that a background thread writes in order,
+/// with direct I/O (`O_DIRECT`) where the file system allows it: the data goes from the block to
+/// the device without a page-cache copy, the device works while the caller computes, and the
+/// final `fsync` has only metadata left. Elsewhere the same blocks are written through the page
+/// cache, with write-back started as they go.
 public final class OutputFile {
     public let destination: String
     private let force: Bool
     private let descriptor: Int32
     private var temporaryPath: String?
     private var committed = false
-    private let buffer = RawBuffer(byteCount: 1 << 20)
-    private var buffered = 0
-    /// Bytes already handed to the kernel for write-back (see `startWriteBack`).
-    private var writeBackStart = 0
     /// Bytes written so far (the offset of the next write).
     public private(set) var offset = 0
 
+    /// The ring of blocks: `blocks[current]` is being filled; it starts at file offset
+    /// `blockStart` and holds `filled` bytes. Full blocks go to `writer`, in order.
+    private static let blockBytes = 2 << 20
+    private let blocks = (0..<4).map { _ in RawBuffer(byteCount: OutputFile.blockBytes, alignment: 4096) }
+    private var inFlight: [DispatchGroup?] = [nil, nil, nil, nil]
+    private var current = 0
+    private var filled = 0
+    private var blockStart = 0
+    private let writer = DispatchQueue(label: "wsamerge.output")
+    private let lock = DispatchSemaphore(value: 1)
+    /// The first write error of the background thread (under `lock`).
+    private var writeError: Error?
+    /// Whether the descriptor has `O_DIRECT` (only the background thread changes it after init).
+    private var direct = false
+    /// Bytes already handed to the kernel for write-back (see `startWriteBack`).
+    private var writeBackStart = 0
+
     /// Prepares `destination` after `precheck`; nothing is visible there until `commit()`.
-    public init(destination: String, force: Bool, inputs: Set<FileIdentity>) throws {
+    /// `directIO: false` writes through the page cache (as on file systems without direct I/O).
+    public init(destination: String, force: Bool, inputs: Set<FileIdentity>, directIO: Bool = true) throws {
         self.destination = destination
         self.force = force
         try Self.precheck(destination, force: force, inputs: inputs)
@@ -38,6 +59,7 @@ public final class OutputFile {
             throw WSAMergeError.cannotCreate(file: destination, reason: systemError(errno))
         }
         descriptor = fd
+        direct = directIO && wsk_set_direct(fd, 1) == 0
     }
 
     /// Refuses `destination` when it is one of `inputs` (same inode, whatever the link), exists
@@ -61,25 +83,22 @@ public final class OutputFile {
     }
 
     deinit {
+        writer.sync {}
         close(descriptor)
         if !committed, let temporaryPath { unlink(temporaryPath) }
     }
 
     /// Appends `bytes`.
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
-        guard bytes.count > 0 else { return }
-        // Large writes (whole chunks) go straight to the file; small ones are gathered.
-        if bytes.count >= buffer.byteCount / 4 {
-            try flush()
-            try writeFully(bytes, at: offset)
-            offset += bytes.count
-            startWriteBack()
-            return
+        var done = 0
+        while done < bytes.count {
+            let n = Swift.min(bytes.count - done, Self.blockBytes - filled)
+            (blocks[current].base + filled).copyMemory(from: bytes.baseAddress! + done, byteCount: n)
+            filled += n
+            done += n
+            offset += n
+            if filled == Self.blockBytes { try submitBlock() }
         }
-        if buffered + bytes.count > buffer.byteCount { try flush() }
-        (buffer.base + buffered).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
-        buffered += bytes.count
-        offset += bytes.count
     }
 
     public func write(_ bytes: [UInt8]) throws {
@@ -92,36 +111,117 @@ public final class OutputFile {
 
     /// Overwrites already written bytes at `position` (for headers patched after the data).
     public func patch(_ bytes: [UInt8], at position: Int) throws {
-        try flush()
-        try bytes.withUnsafeBytes { raw throws in try writeFully(raw, at: position) }
+        precondition(position >= 0 && position + bytes.count <= offset)
+        // The part still in the block being filled is patched there; the rest is in the file.
+        let inBlock = Swift.max(0, position + bytes.count - Swift.max(position, blockStart))
+        let inFile = bytes.count - inBlock
+        if inBlock > 0 {
+            let from = Swift.max(position, blockStart)
+            bytes.withUnsafeBytes { raw in
+                (blocks[current].base + (from - blockStart)).copyMemory(from: raw.baseAddress! + inFile, byteCount: inBlock)
+            }
+        }
+        if inFile > 0 {
+            // A few bytes, written through the page cache: their pages lie before `blockStart`,
+            // where no direct write goes any more, so the two kinds of write stay coherent.
+            try finishBlocks()
+            let wasDirect = direct
+            try bytes.withUnsafeBytes { raw throws in try writeFully(UnsafeRawBufferPointer(rebasing: raw[0..<inFile]), at: position) }
+            if wasDirect { try setDirect(true) }
+        }
     }
 
-    /// Writes what is buffered.
-    public func flush() throws {
-        guard buffered > 0 else { return }
-        try writeFully(UnsafeRawBufferPointer(buffer.prefix(buffered)), at: offset - buffered)
-        buffered = 0
-        startWriteBack()
+    /// Hands the full block to the background writer and moves to the next one, waiting if it
+    /// is still being written.
+    private func submitBlock() throws {
+        let block = blocks[current], start = blockStart
+        let group = DispatchGroup()
+        inFlight[current] = group
+        writer.async(group: group) { [self] in
+            guard locked({ writeError }) == nil else { return }
+            do {
+                try writeFully(UnsafeRawBufferPointer(block.prefix(Self.blockBytes)), at: start, directAllowed: true)
+                startWriteBack(upTo: start + Self.blockBytes)
+            } catch {
+                locked { writeError = error }
+            }
+        }
+        blockStart += Self.blockBytes
+        filled = 0
+        current = (current + 1) % blocks.count
+        inFlight[current]?.wait()
+        inFlight[current] = nil
+        if let error = locked({ writeError }) { throw error }
     }
 
-    /// Starts asynchronous write-back of every 64 MB written, so the final `fsync` has little
-    /// left to do and dirty pages do not pile up.
-    private func startWriteBack() {
+    /// Waits until every submitted block is written.
+    private func finishBlocks() throws {
+        writer.sync {}
+        if let error = locked({ writeError }) { throw error }
+    }
+
+    /// Writes the partly filled block and waits for everything (before `fsync`). With direct
+    /// I/O the last block is written whole, zero-padded to the device's block size, and the file
+    /// is then cut back to its length.
+    private func finishWrites() throws {
+        try finishBlocks()
+        guard filled > 0 else { return }
+        if direct {
+            let padded = (filled + 4095) / 4096 * 4096
+            (blocks[current].base + filled).initializeMemory(as: UInt8.self, repeating: 0, count: padded - filled)
+            try writeFully(UnsafeRawBufferPointer(blocks[current].prefix(padded)), at: blockStart, directAllowed: true)
+            guard ftruncate(descriptor, off_t(offset)) == 0 else {
+                throw WSAMergeError.io(file: destination, reason: "write failed: \(systemError(errno))")
+            }
+        } else {
+            try writeFully(UnsafeRawBufferPointer(blocks[current].prefix(filled)), at: blockStart)
+        }
+        blockStart += filled
+        filled = 0
+    }
+
+    /// Runs `body` holding `lock`.
+    private func locked<R>(_ body: () -> R) -> R {
+        lock.wait()
+        defer { lock.signal() }
+        return body()
+    }
+
+    /// Turns `O_DIRECT` on or off.
+    private func setDirect(_ on: Bool) throws {
+        guard direct != on else { return }
+        guard wsk_set_direct(descriptor, on ? 1 : 0) == 0 else {
+            throw WSAMergeError.io(file: destination, reason: "write failed: \(systemError(errno))")
+        }
+        direct = on
+    }
+
+    /// Starts asynchronous write-back of every 64 MB written through the page cache, so the
+    /// final `fsync` has little left to do and dirty pages do not pile up.
+    private func startWriteBack(upTo end: Int) {
         #if canImport(Glibc)
+        guard !direct else { return }
         let step = 64 << 20
-        while offset - writeBackStart >= step {
+        while end - writeBackStart >= step {
             _ = wsk_start_writeback(descriptor, Int64(writeBackStart), Int64(step))
             writeBackStart += step
         }
         #endif
     }
 
-    private func writeFully(_ bytes: UnsafeRawBufferPointer, at position: Int) throws {
+    /// Writes all of `bytes` at `position`. A direct write the file system refuses (EINVAL:
+    /// it does not support direct I/O) turns direct I/O off and is retried through the cache.
+    private func writeFully(_ bytes: UnsafeRawBufferPointer, at position: Int, directAllowed: Bool = false) throws {
+        if direct && !directAllowed { try setDirect(false) }
         var done = 0
         while done < bytes.count {
             let n = pwrite(descriptor, bytes.baseAddress! + done, bytes.count - done, off_t(position + done))
             if n < 0 {
                 if errno == EINTR { continue }
+                if errno == EINVAL, direct {
+                    try setDirect(false)
+                    continue
+                }
                 throw WSAMergeError.io(file: destination, reason: "write failed: \(systemError(errno))")
             }
             done += n
@@ -130,7 +230,7 @@ public final class OutputFile {
 
     /// Flushes, syncs and puts the file at its destination (replacing what `force` allowed).
     public func commit() throws {
-        try flush()
+        try finishWrites()
         guard fsync(descriptor) == 0 else { throw WSAMergeError.io(file: destination, reason: "fsync failed: \(systemError(errno))") }
         let appeared = WSAMergeError.cannotCreate(file: destination, reason: "output appeared while writing (pass --force to replace it)")
         if let temporaryPath {

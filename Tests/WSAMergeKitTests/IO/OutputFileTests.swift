@@ -28,6 +28,35 @@ import Testing
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["out.bin"])
     }
 
+    /// Writes of every size, crossing the 2 MiB blocks the background thread writes, patches in
+    /// blocks already written and in the block being filled, and a length that is no multiple of
+    /// the device block: the file holds exactly the bytes, with direct I/O and without.
+    @Test(arguments: [true, false])
+    func streamsAcrossBlocksAndPatchesAnywhere(directIO: Bool) throws {
+        let dir = try directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/out.bin"
+        let file = try OutputFile(destination: path, force: false, inputs: [], directIO: directIO)
+        var expected: [UInt8] = []
+        var rng = SplitMix(seed: 3)
+        for size in [1, 4095, 4097, 700_000, 2 << 20, 13, (2 << 20) - 9, 3_000_001, 5] {
+            let bytes = (0..<size).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+            try file.write(bytes)
+            expected += bytes
+        }
+        #expect(file.offset == expected.count)
+        // In the first block, across the first two, across the last written one and the one being
+        // filled (which starts at 6 MiB), and in the one being filled.
+        #expect(expected.count > 6 << 20 && expected.count < 8 << 20)
+        for (position, patch) in [(0, [UInt8](repeating: 0xAB, count: 9)), ((2 << 20) - 3, [1, 2, 3, 4, 5, 6]),
+                                  ((6 << 20) - 2, [11, 12, 13, 14, 15]), (expected.count - 4, [9, 9, 9])] {
+            try file.patch(patch, at: position)
+            expected.replaceSubrange(position..<position + patch.count, with: patch)
+        }
+        try file.commit()
+        #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: path))) == expected)
+    }
+
     @Test func abandonedOutputLeavesNothing() throws {
         let dir = try directory()
         defer { try? FileManager.default.removeItem(atPath: dir) }

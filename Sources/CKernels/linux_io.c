@@ -10,3 +10,14 @@ int wsk_start_writeback(int fd, int64_t offset, int64_t count) {
     return 0;
 #endif
 }
+
+int wsk_set_direct(int fd, int on) {
+#ifdef O_DIRECT
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0) return -1;
+    return fcntl(fd, F_SETFL, on ? flags | O_DIRECT : flags & ~O_DIRECT);
+#else
+    (void)fd;
+    return on ? -1 : 0;
+#endif
+}
