@@ -126,6 +126,45 @@ CLONES int wsk_nonfinite(const double *x, size_t n) {
     return (high >> 63) != 0;
 }
 
+/* ---- Stored elements read in place (the Fisher check, the fused combine) ---- */
+
+/* Eight elements of kind `kind` at element index i of p, as two vectors of doubles (exact). */
+#define load8(p, kind, i, lo, hi)                                                                  \
+    do {                                                                                           \
+        v8f f_;                                                                                    \
+        if ((kind) == WSK_F64) {                                                                   \
+            memcpy(&lo, (const unsigned char *)(p) + 8 * (i), 32);                                 \
+            memcpy(&hi, (const unsigned char *)(p) + 8 * (i) + 32, 32);                            \
+        } else {                                                                                   \
+            if ((kind) == WSK_BF16) {                                                              \
+                v8h h_;                                                                            \
+                memcpy(&h_, (const unsigned char *)(p) + 2 * (i), 16);                             \
+                f_ = (v8f)(__builtin_convertvector(h_, v8u) << 16);                                \
+            } else {                                                                               \
+                memcpy(&f_, (const unsigned char *)(p) + 4 * (i), 32);                             \
+            }                                                                                      \
+            lo = __builtin_convertvector(__builtin_shufflevector(f_, f_, 0, 1, 2, 3), v4d);        \
+            hi = __builtin_convertvector(__builtin_shufflevector(f_, f_, 4, 5, 6, 7), v4d);        \
+        }                                                                                          \
+    } while (0)
+
+static inline double load_one(const void *p, int kind, size_t i) {
+    float f;
+    if (kind == WSK_F64) {
+        double x;
+        memcpy(&x, (const unsigned char *)p + 8 * i, 8);
+        return x;
+    } else if (kind == WSK_BF16) {
+        uint16_t h;
+        memcpy(&h, (const unsigned char *)p + 2 * i, 2);
+        uint32_t bits = (uint32_t)h << 16;
+        memcpy(&f, &bits, 4);
+    } else {
+        memcpy(&f, (const unsigned char *)p + 4 * i, 4);
+    }
+    return f;
+}
+
 CLONES void wsk_moments_pass1(const double *x, size_t n, wsk_pass1 *out) {
     v4d s0 = splat(0), s1 = splat(0), a0 = splat(0), a1 = splat(0);
     v4d lo = splat(__builtin_inf()), hi = splat(-__builtin_inf());
@@ -216,11 +255,23 @@ CLONES size_t wsk_fisher_divide(double *out, const double *den, size_t n) {
     return empty;
 }
 
-CLONES void wsk_squares_min(const double *f, size_t n, double *squares, double *min) {
+/* Instantiates `impl` with a constant kind, so its loop is tight for each. */
+#define BY_KIND(kind, impl, ...)                                \
+    do {                                                        \
+        if ((kind) == WSK_BF16) impl(WSK_BF16, __VA_ARGS__);    \
+        else if ((kind) == WSK_F32) impl(WSK_F32, __VA_ARGS__); \
+        else impl(WSK_F64, __VA_ARGS__);                        \
+    } while (0)
+
+/* Σf² and min over doubles or stored elements (`kind`), one lane layout for every kind:
+ * decoding is exact, so the results do not depend on where the values come from. */
+static inline __attribute__((always_inline)) void squares_min_impl(int kind, const void *f, size_t n, double *squares,
+                                                                   double *min) {
     v4d s0 = splat(0), s1 = splat(0), lo = splat(__builtin_inf());
     size_t end = n & ~(size_t)7, i = 0;
     for (; i < end; i += 8) {
-        v4d x0 = load4(f + i), x1 = load4(f + i + 4);
+        v4d x0, x1;
+        load8(f, kind, i, x0, x1);
         s0 += x0 * x0;
         s1 += x1 * x1;
         lo = __builtin_elementwise_min(lo, __builtin_elementwise_min(x0, x1));
@@ -229,51 +280,19 @@ CLONES void wsk_squares_min(const double *f, size_t n, double *squares, double *
     double mn = lo[0];
     for (int k = 1; k < 4; k++) mn = lo[k] < mn ? lo[k] : mn;
     for (; i < n; i++) {
-        sum += f[i] * f[i];
-        mn = f[i] < mn ? f[i] : mn;
+        double v = load_one(f, kind, i);
+        sum += v * v;
+        mn = v < mn ? v : mn;
     }
     *squares = sum;
     *min = mn;
 }
 
-/* ---- Fused combine: raw BF16/F32/F64 inputs to encoded output, without float64 blocks ---- */
-
-/* Eight elements of kind `kind` at element index i of p, as two vectors of doubles (exact). */
-#define load8(p, kind, i, lo, hi)                                                                  \
-    do {                                                                                           \
-        v8f f_;                                                                                    \
-        if ((kind) == WSK_F64) {                                                                   \
-            memcpy(&lo, (const unsigned char *)(p) + 8 * (i), 32);                                 \
-            memcpy(&hi, (const unsigned char *)(p) + 8 * (i) + 32, 32);                            \
-        } else {                                                                                   \
-            if ((kind) == WSK_BF16) {                                                              \
-                v8h h_;                                                                            \
-                memcpy(&h_, (const unsigned char *)(p) + 2 * (i), 16);                             \
-                f_ = (v8f)(__builtin_convertvector(h_, v8u) << 16);                                \
-            } else {                                                                               \
-                memcpy(&f_, (const unsigned char *)(p) + 4 * (i), 32);                             \
-            }                                                                                      \
-            lo = __builtin_convertvector(__builtin_shufflevector(f_, f_, 0, 1, 2, 3), v4d);        \
-            hi = __builtin_convertvector(__builtin_shufflevector(f_, f_, 4, 5, 6, 7), v4d);        \
-        }                                                                                          \
-    } while (0)
-
-static inline double load_one(const void *p, int kind, size_t i) {
-    float f;
-    if (kind == WSK_F64) {
-        double x;
-        memcpy(&x, (const unsigned char *)p + 8 * i, 8);
-        return x;
-    } else if (kind == WSK_BF16) {
-        uint16_t h;
-        memcpy(&h, (const unsigned char *)p + 2 * i, 2);
-        uint32_t bits = (uint32_t)h << 16;
-        memcpy(&f, &bits, 4);
-    } else {
-        memcpy(&f, (const unsigned char *)p + 4 * i, 4);
-    }
-    return f;
+CLONES void wsk_squares_min(const void *f, int kind, size_t n, double *squares, double *min) {
+    BY_KIND(kind, squares_min_impl, f, n, squares, min);
 }
+
+/* ---- Fused combine: raw BF16/F32/F64 inputs to encoded output, without float64 blocks ---- */
 
 /* Every lane of a vector of doubles is finite: an all-ones exponent carries into the sign bit. */
 #define all_finite4(x) (((((v4u)(x) & splat4u(0x7FF0000000000000ull)) + splat4u(0x0010000000000000ull)) >> 63) == 0)

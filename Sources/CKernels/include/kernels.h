@@ -32,6 +32,9 @@ void wsk_axpy(double *out, const double *x, double w, size_t n);
 /// Whether some x[i] is NaN or infinite.
 int wsk_nonfinite(const double *x, size_t n);
 
+/// Element kinds the kernels read in place (decoded exactly) and the fused combine writes.
+enum { WSK_BF16 = 0, WSK_F32 = 1, WSK_F64 = 2 };
+
 /// First pass of a block's moments: Σx, Σ|x|, min, max and the number of zeros.
 typedef struct {
     double sum, abs_sum, min, max;
@@ -51,11 +54,9 @@ void wsk_fisher_accumulate(double *out, double *den, const double *x, const doub
                            size_t n, int first);
 /// out[i] /= den[i] where den[i] > 0; returns how many den[i] are not > 0 (left untouched).
 size_t wsk_fisher_divide(double *out, const double *den, size_t n);
-/// Σ f[i]² and the minimum of f (for the Fisher check pass).
-void wsk_squares_min(const double *f, size_t n, double *squares, double *min);
+/// Σ f[i]² and the minimum of f, n elements of `kind` (for the Fisher check pass).
+void wsk_squares_min(const void *f, int kind, size_t n, double *squares, double *min);
 
-/// Element kinds the fused combine reads and writes.
-enum { WSK_BF16 = 0, WSK_F32 = 1, WSK_F64 = 2 };
 /// What the fused combine computes (see `wsk_combine`).
 enum { WSK_AVERAGE = 0, WSK_RESCALE = 1, WSK_FISHER = 2 };
 

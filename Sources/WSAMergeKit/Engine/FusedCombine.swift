@@ -6,9 +6,6 @@ import CKernels
 /// order, so the output bytes are the same either way; a block it cannot finish (a non-finite
 /// result, a BF16 subnormal, an empty Fisher denominator) is redone by the decoded kernel.
 struct FusedCombine {
-    /// Off, every block takes the decoded path (tests compare the two).
-    nonisolated(unsafe) static var isEnabled = true
-
     /// What is combined, per input `k`.
     enum Method {
         /// `Σ w_k x_k`.
@@ -29,8 +26,8 @@ struct FusedCombine {
 
     /// The fused kernel for these input and output dtypes, or nil when one is not BF16, F32 or F64.
     init?(_ method: Method, inputs: [DType], output: DType) {
-        guard Self.isEnabled, let outputKind = Self.kind(output) else { return nil }
-        let kinds = inputs.map(Self.kind)
+        guard let outputKind = output.rawKind else { return nil }
+        let kinds = inputs.map(\.rawKind)
         guard !kinds.contains(nil) else { return nil }
         func term(_ k: Int, weight: Double, mean: Double = 0, scale: Double = 1, fisherKind: Int32 = 0) -> wsk_term {
             wsk_term(x: nil, fisher: nil, kind: kinds[k]!, fisher_kind: fisherKind, weight: weight, mean: mean, scale: scale)
@@ -52,13 +49,9 @@ struct FusedCombine {
         }
     }
 
-    private static func kind(_ dtype: DType) -> Int32? {
-        switch dtype {
-        case .BF16: Int32(WSK_BF16)
-        case .F32: Int32(WSK_F32)
-        case .F64: Int32(WSK_F64)
-        default: nil
-        }
+    /// The raw kernel of a writing pass whose finished blocks report `result`.
+    func kernel<T>(_ result: T) -> Lockstep.RawKernel<T> {
+        { inputs, count, output in run(inputs, count: count, into: output!) ? result : nil }
     }
 
     /// Combines `count` elements; `inputs[k]` points at input `k`'s first element. Returns false

@@ -23,10 +23,19 @@ public struct Lockstep {
     /// fills `output` with `count` values. Must be safe to call from several threads.
     public typealias Kernel<T> = (_ inputs: [UnsafeMutablePointer<Double>], _ count: Int, _ output: UnsafeMutablePointer<Double>) -> T
 
-    /// With `fused`, a writing pass first tries the fused kernel on each block's raw bytes; the
-    /// blocks it finishes report its result value, the others run `kernel`.
-    static func run<T>(_ readers: [TensorReader], jobs: Int, output: Output?, fused: (FusedCombine, T)? = nil,
+    /// A block kernel on the stored bytes: `inputs[k]` points at input `k`'s first element of the
+    /// block, and a writing pass writes the encoded output at `output` itself. Returns nil when it
+    /// cannot finish the block, which then goes through the decoded `Kernel`. It must give the
+    /// same result and bytes as the decoded kernel.
+    public typealias RawKernel<T> = (_ inputs: [UnsafeRawPointer], _ count: Int, _ output: UnsafeMutableRawPointer?) -> T?
+
+    /// Off, raw kernels are skipped and every block is decoded (tests compare the two paths).
+    nonisolated(unsafe) static var rawKernelsEnabled = true
+
+    /// With `raw`, each block first goes to the raw kernel; blocks it cannot finish run `kernel`.
+    static func run<T>(_ readers: [TensorReader], jobs: Int, output: Output?, raw: RawKernel<T>? = nil,
                        kernel: @escaping Kernel<T>, fold: ([T]) throws -> Void) throws {
+        let raw = rawKernelsEnabled ? raw : nil
         let count = readers[0].tensor.elementCount
         precondition(readers.allSatisfy { $0.tensor.elementCount == count })
         guard count > 0 else { return }
@@ -72,9 +81,8 @@ public struct Lockstep {
                 parallelFor(blocks, jobs: workers) { b, worker in
                     let first = b * block
                     let m = Swift.min(block, n - first)
-                    if output != nil, let (combine, result) = fused,
-                       combine.run(raws.indices.map { UnsafeRawPointer(raws[$0].base + first * widths[$0]) }, count: m,
-                                   into: encoded.base + first * outWidth) {
+                    if let raw, let result = raw(raws.indices.map { UnsafeRawPointer(raws[$0].base + first * widths[$0]) }, m,
+                                                 output == nil ? nil : encoded.base + first * outWidth) {
                         out[b] = result
                         return
                     }

@@ -71,7 +71,16 @@ public struct FisherStrategy: MergeStrategy {
             }
             // One lockstep pass over the tensor's Fisher values of every input.
             var checks = [FisherCheck](repeating: FisherCheck(), count: readers.count)
-            try Lockstep.run(readers, jobs: jobs, output: nil, kernel: { inputs, count, _ in
+            let kinds = readers.compactMap(\.tensor.dtype.rawKind)
+            let raw: Lockstep.RawKernel<[FisherCheck]>? = kinds.count < readers.count ? nil : { inputs, count, _ in
+                var blocks: [FisherCheck] = []
+                for (input, kind) in zip(inputs, kinds) {
+                    guard let check = FisherCheck(elements: input, kind: kind, count: count) else { return nil }
+                    blocks.append(check)
+                }
+                return blocks
+            }
+            try Lockstep.run(readers, jobs: jobs, output: nil, raw: raw, kernel: { inputs, count, _ in
                 inputs.map { FisherCheck(values: $0, count: count) }
             }, fold: { blocks in
                 for block in blocks { for k in block.indices { checks[k].combine(block[k]) } }
@@ -101,7 +110,7 @@ public struct FisherStrategy: MergeStrategy {
         let weights = item.weights
         var nonFinite = false
         let fused = FusedCombine(.fisher(c: c, epsilon: epsilon), inputs: readers.map(\.tensor.dtype), output: output.dtype)
-        try Lockstep.run(readers, jobs: jobs, output: output, fused: fused.map { ($0, false) }, kernel: { inputs, count, out in
+        try Lockstep.run(readers, jobs: jobs, output: output, raw: fused?.kernel(false), kernel: { inputs, count, out in
             // out ← Σ a_k x_k and den ← Σ a_k with a_k = c_k (F_k + ε), summed in input order.
             withUnsafeTemporaryAllocation(of: Double.self, capacity: count) { den in
                 for k in 0..<n {
@@ -132,8 +141,15 @@ struct FisherCheck {
     init() {}
 
     init(values: UnsafePointer<Double>, count: Int) {
-        wsk_squares_min(values, count, &squares, &minimum)
+        wsk_squares_min(values, Int32(WSK_F64), count, &squares, &minimum)
         nonFinite = containsNonFinite(values, count)
+    }
+
+    /// The same from stored elements, or nil when Σ F² is not finite: then some value may be
+    /// NaN or infinite, which only the decoded values tell.
+    init?(elements: UnsafeRawPointer, kind: Int32, count: Int) {
+        wsk_squares_min(elements, kind, count, &squares, &minimum)
+        guard squares.isFinite else { return nil }
     }
 
     mutating func combine(_ other: FisherCheck) {

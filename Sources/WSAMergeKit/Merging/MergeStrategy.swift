@@ -94,7 +94,7 @@ public enum Strategies {
 func weightedAverage(_ readers: [TensorReader], weights: [Double], jobs: Int, output: Lockstep.Output) throws -> Bool {
     var nonFinite = false
     let fused = FusedCombine(.average(weights: weights), inputs: readers.map(\.tensor.dtype), output: output.dtype)
-    try Lockstep.run(readers, jobs: jobs, output: output, fused: fused.map { ($0, false) }, kernel: { inputs, count, out in
+    try Lockstep.run(readers, jobs: jobs, output: output, raw: fused?.kernel(false), kernel: { inputs, count, out in
         // ((w_0 x_0 + w_1 x_1) + w_2 x_2) + …: the order of a plain running sum.
         wsk_scale(out, inputs[0], weights[0], count)
         for k in 1..<inputs.count { wsk_axpy(out, inputs[k], weights[k], count) }

@@ -104,7 +104,7 @@ public struct WSAStrategy: MergeStrategy {
             let readers = try plan.readers(item)
             let combine = FusedCombine(.rescale(weights: weights, means: scopes.map(\.mean), scales: scale, target: fused.mean),
                                        inputs: readers.map(\.tensor.dtype), output: output.dtype)
-            try Lockstep.run(readers, jobs: jobs, output: output, fused: combine.map { ($0, ()) }, kernel: rescaleInputs, fold: { _ in })
+            try Lockstep.run(readers, jobs: jobs, output: output, raw: combine?.kernel(()), kernel: rescaleInputs, fold: { _ in })
             return TensorMergeResult(method: method, fused: fused, nonFinite: nonFinite, fallback: fallback)
         }
         // `output` / `both`: measure the combined tensor, then rescale it in a second pass.

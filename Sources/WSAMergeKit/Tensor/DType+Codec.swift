@@ -72,6 +72,19 @@ extension DType {
     }
 }
 
+extension DType {
+    /// The kind the C kernels read in place (`WSK_BF16`, `WSK_F32`, `WSK_F64`), for the dtypes
+    /// they read without a decoded copy.
+    var rawKind: Int32? {
+        switch self {
+        case .BF16: Int32(WSK_BF16)
+        case .F32: Int32(WSK_F32)
+        case .F64: Int32(WSK_F64)
+        default: nil
+        }
+    }
+}
+
 /// BF16 encoding: `wsk_encode_bf16` rounds on the FPU (exact ties-to-even wherever the result
 /// is a normal BF16 or ±0); a call that meets a subnormal, overflowing, infinite or NaN result
 /// is redone element by element with `bfloat16Bits`.
