@@ -228,6 +228,52 @@ CLONES void wsk_moments_pass2(const double *x, size_t n, double mu, wsk_pass2 *o
     out->s4 = s4;
 }
 
+CLONES void wsk_scope_pass1(const double *x, size_t n, double *sum, double *min, double *max) {
+    v4d s0 = splat(0), s1 = splat(0);
+    v4d lo = splat(__builtin_inf()), hi = splat(-__builtin_inf());
+    size_t end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) {
+        v4d x0 = load4(x + i), x1 = load4(x + i + 4);
+        s0 += x0;
+        s1 += x1;
+        lo = __builtin_elementwise_min(lo, __builtin_elementwise_min(x0, x1));
+        hi = __builtin_elementwise_max(hi, __builtin_elementwise_max(x0, x1));
+    }
+    double total = fold4(s0) + fold4(s1);
+    double mn = lo[0], mx = hi[0];
+    for (int k = 1; k < 4; k++) {
+        mn = lo[k] < mn ? lo[k] : mn;
+        mx = hi[k] > mx ? hi[k] : mx;
+    }
+    for (; i < n; i++) {
+        double v = x[i];
+        total += v;
+        mn = v < mn ? v : mn;
+        mx = v > mx ? v : mx;
+    }
+    *sum = total;
+    *min = mn;
+    *max = mx;
+}
+
+CLONES void wsk_scope_pass2(const double *x, size_t n, double mu, double *s1, double *s2) {
+    v4d m = splat(mu);
+    v4d p0 = splat(0), p1 = splat(0), q0 = splat(0), q1 = splat(0);
+    size_t end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) {
+        v4d d0 = load4(x + i) - m, d1 = load4(x + i + 4) - m;
+        p0 += d0; p1 += d1;
+        q0 += d0 * d0; q1 += d1 * d1;
+    }
+    double a = fold4(p0) + fold4(p1), b = fold4(q0) + fold4(q1);
+    for (; i < n; i++) {
+        double d = x[i] - mu;
+        a += d; b += d * d;
+    }
+    *s1 = a;
+    *s2 = b;
+}
+
 CLONES void wsk_fisher_accumulate(double *out, double *den, const double *x, const double *f, double c, double eps,
                                   size_t n, int first) {
     if (first) {
@@ -315,10 +361,9 @@ static inline __attribute__((always_inline)) void fold_term(double *acc, double 
             store4(acc + i, first ? w * xlo : load4(acc + i) + w * xlo);
             store4(acc + i + 4, first ? w * xhi : load4(acc + i + 4) + w * xhi);
         } else if (mode == WSK_RESCALE) {
-            v4d w = splat(t->weight), mu = splat(t->mean), s = splat(t->scale), b = splat(target);
-            v4d zero = splat(0);
-            store4(acc + i, (first ? zero : load4(acc + i)) + w * ((xlo - mu) * s + b));
-            store4(acc + i + 4, (first ? zero : load4(acc + i + 4)) + w * ((xhi - mu) * s + b));
+            v4d w = splat(t->weight), mu = splat(t->mean);
+            store4(acc + i, first ? (xlo - mu) * w : load4(acc + i) + (xlo - mu) * w);
+            store4(acc + i + 4, first ? (xhi - mu) * w : load4(acc + i + 4) + (xhi - mu) * w);
         } else {
             v4d flo, fhi, c = splat(t->weight), e = splat(epsilon);
             load8(t->fisher, fisher_kind, start + i, flo, fhi);
@@ -377,7 +422,7 @@ static inline int combine_one(const wsk_term *terms, size_t count, int mode, dou
         if (mode == WSK_AVERAGE) {
             acc = k == 0 ? t->weight * x : acc + t->weight * x;
         } else if (mode == WSK_RESCALE) {
-            acc = acc + t->weight * ((x - t->mean) * t->scale + target);
+            acc = k == 0 ? (x - t->mean) * t->weight : acc + (x - t->mean) * t->weight;
         } else {
             double a = t->weight * (load_one(t->fisher, t->fisher_kind, i) + epsilon);
             acc = k == 0 ? a * x : acc + a * x;
@@ -387,6 +432,8 @@ static inline int combine_one(const wsk_term *terms, size_t count, int mode, dou
     if (mode == WSK_FISHER) {
         if (!(den > 0)) return 0;
         acc = acc / den;
+    } else if (mode == WSK_RESCALE) {
+        acc = acc + target;
     }
     *y = acc;
     return acc - acc == 0; /* finite */
@@ -408,6 +455,8 @@ CLONES int wsk_combine(const wsk_term *terms, size_t count, int mode, double tar
                 v4d q = load4(den + i);
                 bad |= (v4i)(q > splat(0)) == 0;
                 y = y / q;
+            } else if (mode == WSK_RESCALE) {
+                y = y + splat(target);
             }
             bad |= (v4i)all_finite4(y) == 0;
             store4(acc + i, y);

@@ -48,6 +48,11 @@ typedef struct {
 } wsk_pass2;
 void wsk_moments_pass2(const double *x, size_t n, double mu, wsk_pass2 *out);
 
+/// The scope part of the two passes, with their lanes and folds (so the same sums): Σx, min and
+/// max; then Σd and Σd² with d = x[i] − mu.
+void wsk_scope_pass1(const double *x, size_t n, double *sum, double *min, double *max);
+void wsk_scope_pass2(const double *x, size_t n, double mu, double *s1, double *s2);
+
 /// Fisher accumulation with a = c (f[i] + eps): out[i] = a x[i] and den[i] = a when `first`,
 /// else out[i] += a x[i] and den[i] += a.
 void wsk_fisher_accumulate(double *out, double *den, const double *x, const double *f, double c, double eps,
@@ -69,13 +74,13 @@ typedef struct {
     int kind, fisher_kind;
     /// w_k (WSK_FISHER: c_k).
     double weight;
-    /// WSK_RESCALE: x is first moved to (x − mean) scale + target.
-    double mean, scale;
+    /// WSK_RESCALE: m_k.
+    double mean;
 } wsk_term;
 
 /// Combines element i of `count` terms in float64 and writes it to dst as `out_kind`:
 ///   WSK_AVERAGE  y = w_0 x_0 + w_1 x_1 + …                    (running sum, left to right)
-///   WSK_RESCALE  y = 0 + w_0 ((x_0 − m_0) s_0 + target) + …
+///   WSK_RESCALE  y = ((x_0 − m_0) w_0 + (x_1 − m_1) w_1 + …) + target
 ///   WSK_FISHER   y = (a_0 x_0 + a_1 x_1 + …) / (a_0 + a_1 + …),  a_k = c_k (F_k + epsilon)
 /// These are the operations, in the order, of the decoded kernels (decode, scale/axpy, Fisher
 /// accumulate/divide, encode), done in registers without float64 blocks, so the bytes are the

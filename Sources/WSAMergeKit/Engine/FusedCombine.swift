@@ -10,8 +10,8 @@ struct FusedCombine {
     enum Method {
         /// `Σ w_k x_k`.
         case average(weights: [Double])
-        /// `0 + Σ w_k ((x_k − mean_k) scale_k + target)`.
-        case rescale(weights: [Double], means: [Double], scales: [Double], target: Double)
+        /// `Σ (x_k − mean_k) c_k + target`.
+        case rescale(c: [Double], means: [Double], target: Double)
         /// `Σ a_k x_k / Σ a_k` with `a_k = c_k (F_k + ε)`; the Fisher values are the inputs after
         /// the models (input `n + k` for model `k`).
         case fisher(c: [Double], epsilon: Double)
@@ -29,8 +29,8 @@ struct FusedCombine {
         guard let outputKind = output.rawKind else { return nil }
         let kinds = inputs.map(\.rawKind)
         guard !kinds.contains(nil) else { return nil }
-        func term(_ k: Int, weight: Double, mean: Double = 0, scale: Double = 1, fisherKind: Int32 = 0) -> wsk_term {
-            wsk_term(x: nil, fisher: nil, kind: kinds[k]!, fisher_kind: fisherKind, weight: weight, mean: mean, scale: scale)
+        func term(_ k: Int, weight: Double, mean: Double = 0, fisherKind: Int32 = 0) -> wsk_term {
+            wsk_term(x: nil, fisher: nil, kind: kinds[k]!, fisher_kind: fisherKind, weight: weight, mean: mean)
         }
         self.outputKind = outputKind
         switch method {
@@ -38,9 +38,9 @@ struct FusedCombine {
             mode = Int32(WSK_AVERAGE)
             terms = weights.indices.map { term($0, weight: weights[$0]) }
             (target, epsilon, fisher) = (0, 0, false)
-        case .rescale(let weights, let means, let scales, let target):
+        case .rescale(let c, let means, let target):
             mode = Int32(WSK_RESCALE)
-            terms = weights.indices.map { term($0, weight: weights[$0], mean: means[$0], scale: scales[$0]) }
+            terms = c.indices.map { term($0, weight: c[$0], mean: means[$0]) }
             (self.target, epsilon, fisher) = (target, 0, false)
         case .fisher(let c, let epsilon):
             mode = Int32(WSK_FISHER)

@@ -59,14 +59,14 @@ public struct WSAStrategy: MergeStrategy {
             return TensorMergeResult(method: "average (rank \(item.output.shape.count) < \(minRank))", nonFinite: nonFinite)
         }
         // 1. Input scopes, all inputs in one lockstep pass.
-        var moments = [Moments](repeating: Moments(), count: item.sources.count)
+        var moments = [ScopeMoments](repeating: ScopeMoments(), count: item.sources.count)
         try Lockstep.run(try plan.readers(item), jobs: jobs, output: nil, kernel: { inputs, count, _ in
-            inputs.map { Moments(values: $0, count: count) }
+            inputs.map { ScopeMoments(values: $0, count: count) }
         }, fold: { blocks in
             for block in blocks { for k in block.indices { moments[k].combine(block[k]) } }
         })
         let nonFinite = moments.contains { $0.nan + $0.inf > 0 }
-        let scopes = moments.map { Scope(mean: $0.finiteMean ?? 0, std: $0.std ?? 0) }
+        let scopes = moments.map(\.scope)
         if scopes.contains(where: { !($0.std > 0) }) {
             _ = try weightedAverage(try plan.readers(item), weights: weights, jobs: jobs, output: output)
             return TensorMergeResult(method: "average (zero std in an input)", nonFinite: nonFinite, fallback: true)
@@ -89,12 +89,21 @@ public struct WSAStrategy: MergeStrategy {
         }
         // 3. Rescale.
         let scale = scopes.map { fused.std / $0.std }
+        // Σ w_k ((x_k − μ_k) σ_f/σ_k + μ_f), evaluated as Σ (x_k − μ_k) c_k + μ_f Σ w_k with
+        // c_k = w_k σ_f/σ_k: the deviations keep their precision, and each input costs one
+        // subtraction, one product and one sum per element.
+        let c = zip(weights, scale).map { $0 * $1 }
+        let shift = fused.mean * weights.reduce(0, +)
         let rescaleInputs: Lockstep.Kernel<Void> = { inputs, count, out in
-            for j in 0..<count { out[j] = 0 }
             for k in 0..<inputs.count {
-                let values = inputs[k], mu = scopes[k].mean, a = scale[k], w = weights[k]
-                for j in 0..<count { out[j] += w * ((values[j] - mu) * a + fused.mean) }
+                let values = inputs[k], mu = scopes[k].mean, ck = c[k]
+                if k == 0 {
+                    for j in 0..<count { out[j] = (values[j] - mu) * ck }
+                } else {
+                    for j in 0..<count { out[j] += (values[j] - mu) * ck }
+                }
             }
+            for j in 0..<count { out[j] += shift }
         }
         let average: Lockstep.Kernel<Void> = { inputs, count, out in
             wsk_scale(out, inputs[0], weights[0], count)
@@ -102,7 +111,7 @@ public struct WSAStrategy: MergeStrategy {
         }
         if rescale == .inputs {
             let readers = try plan.readers(item)
-            let combine = FusedCombine(.rescale(weights: weights, means: scopes.map(\.mean), scales: scale, target: fused.mean),
+            let combine = FusedCombine(.rescale(c: c, means: scopes.map(\.mean), target: shift),
                                        inputs: readers.map(\.tensor.dtype), output: output.dtype)
             try Lockstep.run(readers, jobs: jobs, output: output, raw: combine?.kernel(()), kernel: rescaleInputs, fold: { _ in })
             return TensorMergeResult(method: method, fused: fused, nonFinite: nonFinite, fallback: fallback)

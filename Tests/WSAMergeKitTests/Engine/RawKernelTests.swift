@@ -82,7 +82,7 @@ import Testing
             return values.withUnsafeBytes { raw in
                 (fisher ?? values).withUnsafeBytes { f in
                     var term = wsk_term(x: raw.baseAddress, fisher: f.baseAddress, kind: Int32(WSK_F32), fisher_kind: Int32(WSK_F32),
-                                        weight: 1, mean: 0, scale: 1)
+                                        weight: 1, mean: 0)
                     return wsk_combine(&term, 1, Int32(fisher == nil ? WSK_AVERAGE : WSK_FISHER), 0, 0, values.count, out, &output) != 0
                 }
             }
