@@ -1,4 +1,5 @@
 import Dispatch
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -15,19 +16,22 @@ public enum Partition {
 }
 
 /// Runs `body(i)` for every `i` in `0..<count` on up to `jobs` threads. Each worker receives its
-/// worker number so it can use its own scratch space.
+/// worker number so it can use its own scratch space. Workers take the next index as they
+/// finish one, so a worker the scheduler pauses (two cores also run the reader and the writer)
+/// does not hold the others up; results do not depend on which worker ran an index.
 func parallelFor(_ count: Int, jobs: Int, _ body: (_ index: Int, _ worker: Int) -> Void) {
     let workers = Swift.max(1, Swift.min(jobs, count))
     if workers == 1 {
         for i in 0..<count { body(i, 0) }
         return
     }
+    let next = Atomic<Int>(0)
     withoutActuallyEscaping(body) { body in
         DispatchQueue.concurrentPerform(iterations: workers) { worker in
-            var i = worker
-            while i < count {
+            while true {
+                let i = next.wrappingAdd(1, ordering: .relaxed).oldValue
+                guard i < count else { return }
                 body(i, worker)
-                i += workers
             }
         }
     }
