@@ -165,6 +165,14 @@ static inline double load_one(const void *p, int kind, size_t i) {
     return f;
 }
 
+/* Instantiates `impl` with a constant kind, so its loop is tight for each. */
+#define BY_KIND(kind, impl, ...)                                \
+    do {                                                        \
+        if ((kind) == WSK_BF16) impl(WSK_BF16, __VA_ARGS__);    \
+        else if ((kind) == WSK_F32) impl(WSK_F32, __VA_ARGS__); \
+        else impl(WSK_F64, __VA_ARGS__);                        \
+    } while (0)
+
 CLONES void wsk_moments_pass1(const double *x, size_t n, wsk_pass1 *out) {
     v4d s0 = splat(0), s1 = splat(0), a0 = splat(0), a1 = splat(0);
     v4d lo = splat(__builtin_inf()), hi = splat(-__builtin_inf());
@@ -228,12 +236,18 @@ CLONES void wsk_moments_pass2(const double *x, size_t n, double mu, wsk_pass2 *o
     out->s4 = s4;
 }
 
-CLONES void wsk_scope_pass1(const double *x, size_t n, double *sum, double *min, double *max) {
+static inline __attribute__((always_inline)) void scope_pass1_impl(int kind, const void *x, size_t n, double *copy,
+                                                                   double *sum, double *min, double *max) {
     v4d s0 = splat(0), s1 = splat(0);
     v4d lo = splat(__builtin_inf()), hi = splat(-__builtin_inf());
     size_t end = n & ~(size_t)7, i = 0;
     for (; i < end; i += 8) {
-        v4d x0 = load4(x + i), x1 = load4(x + i + 4);
+        v4d x0, x1;
+        load8(x, kind, i, x0, x1);
+        if (copy) {
+            memcpy(copy + i, &x0, 32);
+            memcpy(copy + i + 4, &x1, 32);
+        }
         s0 += x0;
         s1 += x1;
         lo = __builtin_elementwise_min(lo, __builtin_elementwise_min(x0, x1));
@@ -246,7 +260,8 @@ CLONES void wsk_scope_pass1(const double *x, size_t n, double *sum, double *min,
         mx = hi[k] > mx ? hi[k] : mx;
     }
     for (; i < n; i++) {
-        double v = x[i];
+        double v = load_one(x, kind, i);
+        if (copy) copy[i] = v;
         total += v;
         mn = v < mn ? v : mn;
         mx = v > mx ? v : mx;
@@ -254,6 +269,10 @@ CLONES void wsk_scope_pass1(const double *x, size_t n, double *sum, double *min,
     *sum = total;
     *min = mn;
     *max = mx;
+}
+
+CLONES void wsk_scope_pass1(const void *x, int kind, size_t n, double *copy, double *sum, double *min, double *max) {
+    BY_KIND(kind, scope_pass1_impl, x, n, copy, sum, min, max);
 }
 
 CLONES void wsk_scope_pass2(const double *x, size_t n, double mu, double *s1, double *s2) {
@@ -300,14 +319,6 @@ CLONES size_t wsk_fisher_divide(double *out, const double *den, size_t n) {
     }
     return empty;
 }
-
-/* Instantiates `impl` with a constant kind, so its loop is tight for each. */
-#define BY_KIND(kind, impl, ...)                                \
-    do {                                                        \
-        if ((kind) == WSK_BF16) impl(WSK_BF16, __VA_ARGS__);    \
-        else if ((kind) == WSK_F32) impl(WSK_F32, __VA_ARGS__); \
-        else impl(WSK_F64, __VA_ARGS__);                        \
-    } while (0)
 
 /* Σf² and min over doubles or stored elements (`kind`), one lane layout for every kind:
  * decoding is exact, so the results do not depend on where the values come from. */

@@ -49,8 +49,9 @@ typedef struct {
 void wsk_moments_pass2(const double *x, size_t n, double mu, wsk_pass2 *out);
 
 /// The scope part of the two passes, with their lanes and folds (so the same sums): Σx, min and
-/// max; then Σd and Σd² with d = x[i] − mu.
-void wsk_scope_pass1(const double *x, size_t n, double *sum, double *min, double *max);
+/// max of n elements of `kind`, also stored decoded in `copy` unless it is NULL; then Σd and
+/// Σd² with d = x[i] − mu.
+void wsk_scope_pass1(const void *x, int kind, size_t n, double *copy, double *sum, double *min, double *max);
 void wsk_scope_pass2(const double *x, size_t n, double mu, double *s1, double *s2);
 
 /// Fisher accumulation with a = c (f[i] + eps): out[i] = a x[i] and den[i] = a when `first`,

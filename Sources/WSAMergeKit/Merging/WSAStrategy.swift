@@ -60,7 +60,20 @@ public struct WSAStrategy: MergeStrategy {
         }
         // 1. Input scopes, all inputs in one lockstep pass.
         var moments = [ScopeMoments](repeating: ScopeMoments(), count: item.sources.count)
-        try Lockstep.run(try plan.readers(item), jobs: jobs, output: nil, kernel: { inputs, count, _ in
+        let readers = try plan.readers(item)
+        let kinds = readers.compactMap(\.tensor.dtype.rawKind)
+        // Stored elements are decoded while the first pass reads them.
+        let raw: Lockstep.RawKernel<[ScopeMoments]>? = kinds.count < readers.count ? nil : { inputs, count, _ in
+            withUnsafeTemporaryAllocation(of: Double.self, capacity: count) { scratch in
+                var blocks: [ScopeMoments] = []
+                for (input, kind) in zip(inputs, kinds) {
+                    guard let m = ScopeMoments(elements: input, kind: kind, count: count, scratch: scratch.baseAddress!) else { return nil }
+                    blocks.append(m)
+                }
+                return blocks
+            }
+        }
+        try Lockstep.run(readers, jobs: jobs, output: nil, raw: raw, kernel: { inputs, count, _ in
             inputs.map { ScopeMoments(values: $0, count: count) }
         }, fold: { blocks in
             for block in blocks { for k in block.indices { moments[k].combine(block[k]) } }

@@ -215,13 +215,29 @@ struct ScopeMoments: Sendable {
     /// The two passes of `Moments(values:count:)`, scope part only.
     init(values: UnsafePointer<Double>, count: Int) {
         var sum = 0.0, minimum = 0.0, maximum = 0.0
-        wsk_scope_pass1(values, count, &sum, &minimum, &maximum)
-        // Here Σ|x| ≤ count × max |x| is finite as well, so `Moments` would take its fast path.
-        let largest = Swift.max(minimum.magnitude, maximum.magnitude)
-        guard sum.isFinite, largest * Double(count) < 0x1p1000 else {
+        wsk_scope_pass1(values, Int32(WSK_F64), count, nil, &sum, &minimum, &maximum)
+        if let summary = ScopeMoments(values: values, count: count, sum: sum, minimum: minimum, maximum: maximum) {
+            self = summary
+        } else {
             self.init(Moments(values: values, count: count))
-            return
         }
+    }
+
+    /// The same from stored elements of a kernel `kind`, decoded into `scratch` (`count`
+    /// doubles) while the first pass runs; nil when the sums could overflow (the decoded path
+    /// then takes over).
+    init?(elements: UnsafeRawPointer, kind: Int32, count: Int, scratch: UnsafeMutablePointer<Double>) {
+        var sum = 0.0, minimum = 0.0, maximum = 0.0
+        wsk_scope_pass1(elements, kind, count, scratch, &sum, &minimum, &maximum)
+        self.init(values: scratch, count: count, sum: sum, minimum: minimum, maximum: maximum)
+    }
+
+    /// The rest of the computation from the first pass's results, or nil when they do not
+    /// allow the fast path. Here Σ|x| ≤ count × max |x| is finite as well, so `Moments` would
+    /// take its fast path too.
+    private init?(values: UnsafePointer<Double>, count: Int, sum: Double, minimum: Double, maximum: Double) {
+        let largest = Swift.max(minimum.magnitude, maximum.magnitude)
+        guard sum.isFinite, largest * Double(count) < 0x1p1000 else { return nil }
         self.init()
         n = Double(count)
         guard count > 0 else { return }

@@ -1,3 +1,4 @@
+import CKernels
 import Testing
 @testable import WSAMergeKit
 
@@ -142,6 +143,45 @@ import Testing
         #expect(withNaN.nan == 1 && withNaN.finiteMean == 1e308)
         let halves = blocked((0..<8192).map { $0 < 4096 ? 1e308 : -1e308 }, sizes: [4096])
         #expect(halves.finiteMean == 0)
+    }
+
+    /// `ScopeMoments` (WSA's measure pass) gives `Moments`' count, mean and M2 bit for bit, on
+    /// its fast path, on the careful paths and folded over blocks, from doubles and from BF16.
+    @Test func scopeMomentsEqualMoments() {
+        var rng = SplitMix(seed: 5)
+        func uniform() -> Double { Double(rng.next() >> 11) * 0x1p-53 - 0.5 }
+        let sets: [[Double]] = [
+            (0..<10_001).map { _ in uniform() * 0.04 + 0.01 },
+            (0..<999).map { _ in 1e6 + uniform() * 1e-3 },
+            [Double](repeating: 0.3, count: 77),
+            (0..<513).map { i in i == 100 ? .nan : (i == 200 ? -.infinity : uniform()) },
+            (0..<300).map { _ in uniform() * 1e308 },
+            [],
+        ]
+        for values in sets {
+            var full = Moments(), scope = ScopeMoments()
+            var start = 0
+            for size in [1, 4096, 17, 4096, 4096, 5000] where start < values.count {
+                let n = min(size, values.count - start)
+                values.withUnsafeBufferPointer { buffer in
+                    full.combine(Moments(values: buffer.baseAddress! + start, count: n))
+                    scope.combine(ScopeMoments(values: buffer.baseAddress! + start, count: n))
+                }
+                start += n
+            }
+            #expect(scope.n == full.n && scope.mean.bitPattern == full.mean.bitPattern && scope.m2.bitPattern == full.m2.bitPattern,
+                    "\(values.prefix(3)): \(scope) vs \(full)")
+            #expect(scope.nan == full.nan && scope.inf == full.inf)
+        }
+        // From stored BF16 elements, decoded on the way.
+        let bf16 = (0..<4099).map { _ in UInt16(Float(uniform() * 0.1).bitPattern >> 16) }
+        let decoded = bf16.map { Double(Float(bitPattern: UInt32($0) << 16)) }
+        var scratch = [Double](repeating: 0, count: bf16.count)
+        let stored = bf16.withUnsafeBytes { raw in
+            ScopeMoments(elements: raw.baseAddress!, kind: Int32(WSK_BF16), count: bf16.count, scratch: &scratch)
+        }
+        let full = decoded.withUnsafeBufferPointer { Moments(values: $0.baseAddress!, count: $0.count) }
+        #expect(stored?.mean == full.mean && stored?.m2 == full.m2 && scratch == decoded)
     }
 
     @Test func statisticsDoNotDependOnJobs() throws {
