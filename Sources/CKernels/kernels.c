@@ -20,6 +20,10 @@ typedef uint16_t v8h __attribute__((vector_size(16), aligned(2)));
  * the AVX2 and baseline clones. */
 #define load4(p) (*(const v4d *)(p))
 #define splat(x) ((v4d){(x), (x), (x), (x)})
+/* Lane-wise a < b ? a : b and a > b ? a : b: one compare and one blend. (The builtin min/max
+ * also order NaNs, which costs two more instructions; NaNs never reach these loops' results.) */
+#define vmin4(a, b) ((v4d)(((v4i)(a) & (v4i)((a) < (b))) | ((v4i)(b) & ~(v4i)((a) < (b)))))
+#define vmax4(a, b) ((v4d)(((v4i)(a) & (v4i)((a) > (b))) | ((v4i)(b) & ~(v4i)((a) > (b)))))
 /* (a0 + a1) + (a2 + a3): the fixed fold of one vector. */
 #define fold4(a) (((a)[0] + (a)[1]) + ((a)[2] + (a)[3]))
 
@@ -185,8 +189,8 @@ CLONES void wsk_moments_pass1(const double *x, size_t n, wsk_pass1 *out) {
         s1 += x1;
         a0 += (v4d)((v4u)x0 & magnitude);
         a1 += (v4d)((v4u)x1 & magnitude);
-        lo = __builtin_elementwise_min(lo, __builtin_elementwise_min(x0, x1));
-        hi = __builtin_elementwise_max(hi, __builtin_elementwise_max(x0, x1));
+        lo = vmin4(vmin4(x0, x1), lo);
+        hi = vmax4(vmax4(x0, x1), hi);
         z -= (v4i)(x0 == splat(0)) + (v4i)(x1 == splat(0)); /* comparisons give −1 per true lane */
     }
     double sum = fold4(s0) + fold4(s1), abs_sum = fold4(a0) + fold4(a1);
@@ -250,8 +254,8 @@ static inline __attribute__((always_inline)) void scope_pass1_impl(int kind, con
         }
         s0 += x0;
         s1 += x1;
-        lo = __builtin_elementwise_min(lo, __builtin_elementwise_min(x0, x1));
-        hi = __builtin_elementwise_max(hi, __builtin_elementwise_max(x0, x1));
+        lo = vmin4(vmin4(x0, x1), lo);
+        hi = vmax4(vmax4(x0, x1), hi);
     }
     double total = fold4(s0) + fold4(s1);
     double mn = lo[0], mx = hi[0];
@@ -320,33 +324,55 @@ CLONES size_t wsk_fisher_divide(double *out, const double *den, size_t n) {
     return empty;
 }
 
-/* Σf² and min over doubles or stored elements (`kind`), one lane layout for every kind:
- * decoding is exact, so the results do not depend on where the values come from. */
-static inline __attribute__((always_inline)) void squares_min_impl(int kind, const void *f, size_t n, double *squares,
-                                                                   double *min) {
+/* Σf² over doubles or stored elements (`kind`), one lane layout for every kind (decoding is
+ * exact, so the sum does not depend on where the values come from), with either the minimum
+ * or, cheaper, whether some sign bit is set. */
+static inline __attribute__((always_inline)) void squares_impl(int kind, const void *f, size_t n, int want_min,
+                                                               double *squares, double *min, int *signs) {
     v4d s0 = splat(0), s1 = splat(0), lo = splat(__builtin_inf());
+    v4u sign = {0, 0, 0, 0};
     size_t end = n & ~(size_t)7, i = 0;
     for (; i < end; i += 8) {
         v4d x0, x1;
         load8(f, kind, i, x0, x1);
         s0 += x0 * x0;
         s1 += x1 * x1;
-        lo = __builtin_elementwise_min(lo, __builtin_elementwise_min(x0, x1));
+        if (want_min) lo = vmin4(vmin4(x0, x1), lo);
+        else sign |= (v4u)x0 | (v4u)x1;
     }
     double sum = fold4(s0) + fold4(s1);
     double mn = lo[0];
     for (int k = 1; k < 4; k++) mn = lo[k] < mn ? lo[k] : mn;
+    uint64_t bits = (sign[0] | sign[1]) | (sign[2] | sign[3]);
     for (; i < n; i++) {
         double v = load_one(f, kind, i);
         sum += v * v;
         mn = v < mn ? v : mn;
+        uint64_t u;
+        memcpy(&u, &v, 8);
+        bits |= u;
     }
     *squares = sum;
-    *min = mn;
+    if (want_min) *min = mn;
+    else *signs = (bits >> 63) != 0;
+}
+
+static inline __attribute__((always_inline)) void squares_min_impl(int kind, const void *f, size_t n, double *squares,
+                                                                   double *min) {
+    squares_impl(kind, f, n, 1, squares, min, NULL);
+}
+
+static inline __attribute__((always_inline)) void squares_signs_impl(int kind, const void *f, size_t n, double *squares,
+                                                                     int *signs) {
+    squares_impl(kind, f, n, 0, squares, NULL, signs);
 }
 
 CLONES void wsk_squares_min(const void *f, int kind, size_t n, double *squares, double *min) {
     BY_KIND(kind, squares_min_impl, f, n, squares, min);
+}
+
+CLONES void wsk_squares_signs(const void *f, int kind, size_t n, double *squares, int *signs) {
+    BY_KIND(kind, squares_signs_impl, f, n, squares, signs);
 }
 
 /* ---- Fused combine: raw BF16/F32/F64 inputs to encoded output, without float64 blocks ---- */

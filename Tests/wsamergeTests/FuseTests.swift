@@ -204,10 +204,13 @@ import Testing
         let step = try variant(dir, "step.safetensors", from: b, "t['step'] = np.array(7, dtype=np.int64)")
         let negative = try variant(dir, "neg.safetensors", from: Self.fisher[1],
                                    "x = t['model.layers.0.mlp.weight'].copy(); x[1, 2] = -1; t['model.layers.0.mlp.weight'] = x")
+        let notFinite = try variant(dir, "nan.safetensors", from: Self.fisher[0],
+                                    "x = t['model.embed.weight'].copy(); x[3, 4] = np.nan; t['model.embed.weight'] = x")
         let cases: [([String], Int32, [String])] = [
             (["fuse", a, reshaped], 65, ["model.layers.0.attn.weight", "shape"]),
             (["fuse", a, step], 65, ["'step'", "differ"]),
-            (["fuse", "--strategy", "fisher", a, b, "--fisher", Self.fisher[0], negative], 65, ["model.layers.0.mlp.weight", "≥ 0"]),
+            (["fuse", "--strategy", "fisher", a, b, "--fisher", Self.fisher[0], negative], 65, ["model.layers.0.mlp.weight", "≥ 0", "found -1"]),
+            (["fuse", "--strategy", "fisher", a, b, "--fisher", notFinite, Self.fisher[1]], 65, ["model.embed.weight", "finite"]),
             (["fuse", "--strategy", "fisher", a, b, "--fisher", Self.fisher[0]], 64, ["--fisher"]),
             (["fuse", "--strategy", "fisher", a, b], 64, ["--fisher"]),
             (["fuse", a, b, "--weights", "1,-1"], 64, ["--weights"]),
@@ -224,7 +227,7 @@ import Testing
             TestSupport.expectRefusal(run, code: code, mentions: mentions)
             #expect(!TestSupport.fileExists(out), "\(args)")
         }
-        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).sorted() == ["neg.safetensors", "reshaped.safetensors", "step.safetensors"])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).sorted() == ["nan.safetensors", "neg.safetensors", "reshaped.safetensors", "step.safetensors"])
     }
 
     @Test func outputMayNotBeAnInput() throws {

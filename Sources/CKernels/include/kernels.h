@@ -62,6 +62,8 @@ void wsk_fisher_accumulate(double *out, double *den, const double *x, const doub
 size_t wsk_fisher_divide(double *out, const double *den, size_t n);
 /// Σ f[i]² and the minimum of f, n elements of `kind` (for the Fisher check pass).
 void wsk_squares_min(const void *f, int kind, size_t n, double *squares, double *min);
+/// The same Σ f[i]², and whether some f[i] has its sign bit set (a negative value or −0).
+void wsk_squares_signs(const void *f, int kind, size_t n, double *squares, int *signs);
 
 /// What the fused combine computes (see `wsk_combine`).
 enum { WSK_AVERAGE = 0, WSK_RESCALE = 1, WSK_FISHER = 2 };

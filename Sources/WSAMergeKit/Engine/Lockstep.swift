@@ -3,7 +3,9 @@ import Dispatch
 
 /// Streams several same-shaped tensors side by side: each chunk of every input is read, then
 /// the chunk's blocks are decoded to float64 and handed to a kernel in parallel; the kernel's
-/// output block (if any) is rounded once to the output dtype and written in order.
+/// output block (if any) is rounded once to the output dtype and written in order. A pass may
+/// also give a raw kernel, which works on the stored bytes of a block directly (BF16/F32/F64,
+/// no float64 copy) and hands back the blocks it cannot finish.
 ///
 /// Reading the next chunk and writing the previous one run on their own threads while the
 /// current chunk is computed (double-buffered input, triple-buffered output), so I/O and

@@ -145,11 +145,14 @@ struct FisherCheck {
         nonFinite = containsNonFinite(values, count)
     }
 
-    /// The same from stored elements, or nil when Σ F² is not finite: then some value may be
-    /// NaN or infinite, which only the decoded values tell.
+    /// The same from stored elements without the minimum, or nil when Σ F² is not finite (some
+    /// value may be NaN or infinite) or a sign bit is set (some value may be negative): only the
+    /// decoded values tell those apart. Otherwise every value is ≥ 0, which is all the check
+    /// needs of the minimum, so it is left at +∞.
     init?(elements: UnsafeRawPointer, kind: Int32, count: Int) {
-        wsk_squares_min(elements, kind, count, &squares, &minimum)
-        guard squares.isFinite else { return nil }
+        var signs: Int32 = 0
+        wsk_squares_signs(elements, kind, count, &squares, &signs)
+        guard squares.isFinite, signs == 0 else { return nil }
     }
 
     mutating func combine(_ other: FisherCheck) {
