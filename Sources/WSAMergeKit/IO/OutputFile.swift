@@ -27,8 +27,10 @@ public final class OutputFile {
 
     /// The ring of blocks: `blocks[current]` is being filled; it starts at file offset
     /// `blockStart` and holds `filled` bytes. Full blocks go to `writer`, in order.
+    /// The blocks are allocated on the first write and freed by `finishWriting()`, so an output
+    /// that is complete (a finished shard waiting for the others) holds no memory.
     private static let blockBytes = 2 << 20
-    private let blocks = (0..<4).map { _ in RawBuffer(byteCount: OutputFile.blockBytes, alignment: 4096) }
+    private var blocks: [RawBuffer] = []
     private var inFlight: [DispatchGroup?] = [nil, nil, nil, nil]
     private var current = 0
     private var filled = 0
@@ -90,6 +92,9 @@ public final class OutputFile {
 
     /// Appends `bytes`.
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
+        if blocks.isEmpty && bytes.count > 0 {
+            blocks = (0..<inFlight.count).map { _ in RawBuffer(byteCount: Self.blockBytes, alignment: 4096) }
+        }
         var done = 0
         while done < bytes.count {
             let n = Swift.min(bytes.count - done, Self.blockBytes - filled)
@@ -160,11 +165,13 @@ public final class OutputFile {
         if let error = locked({ writeError }) { throw error }
     }
 
-    /// Writes the partly filled block and waits for everything (before `fsync`). With direct
-    /// I/O the last block is written whole, zero-padded to the device's block size, and the file
-    /// is then cut back to its length.
-    private func finishWrites() throws {
+    /// Writes the partly filled block, waits for everything and frees the blocks; nothing may
+    /// be written or patched after it. With direct I/O the last block is written whole,
+    /// zero-padded to the device's block size, and the file is then cut back to its length.
+    /// `commit()` calls it; a writer of several files calls it as each one is complete.
+    public func finishWriting() throws {
         try finishBlocks()
+        defer { blocks = [] }
         guard filled > 0 else { return }
         if direct {
             let padded = (filled + 4095) / 4096 * 4096
@@ -230,7 +237,7 @@ public final class OutputFile {
 
     /// Flushes, syncs and puts the file at its destination (replacing what `force` allowed).
     public func commit() throws {
-        try finishWrites()
+        try finishWriting()
         guard fsync(descriptor) == 0 else { throw WSAMergeError.io(file: destination, reason: "fsync failed: \(systemError(errno))") }
         let appeared = WSAMergeError.cannotCreate(file: destination, reason: "output appeared while writing (pass --force to replace it)")
         if let temporaryPath {

@@ -54,6 +54,11 @@ final class SafetensorsWriter: CheckpointWriter {
         if finished { TestHooks.pause(at: "write") }
     }
 
+    /// Writes out what is buffered and frees the buffers (the file is complete).
+    func finishWriting() throws {
+        try output.finishWriting()
+    }
+
     func finish() throws {
         try cursor.checkComplete(file: output.destination)
         try output.commit()
@@ -134,8 +139,11 @@ final class ShardedSafetensorsWriter: CheckpointWriter {
     }
 
     func write(_ bytes: UnsafeRawBufferPointer) throws {
-        // Move past shards that have received all of their bytes.
-        while shard < shards.count - 1 && shards[shard].isComplete { shard += 1 }
+        // Move past shards that have received all of their bytes, freeing their buffers.
+        while shard < shards.count - 1 && shards[shard].isComplete {
+            try shards[shard].finishWriting()
+            shard += 1
+        }
         try shards[shard].write(bytes)
     }
 
