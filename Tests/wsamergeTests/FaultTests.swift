@@ -108,6 +108,30 @@ import Testing
         #expect(try leftovers(dir).isEmpty)
     }
 
+    /// An output that fits a file-size limit is written, even when the limit is not a whole
+    /// number of device blocks (the direct-I/O tail is not padded past the end).
+    @Test func outputJustUnderTheFileSizeLimit() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let out = dir + "/merged.safetensors"
+        func fuse(_ pad: Int, limitKiB: Int? = nil) throws -> TestSupport.Result {
+            let args = ["fuse"] + Self.large + ["--metadata", "pad=" + String(repeating: "x", count: pad), "-o", out, "--force"]
+            let quoted = args.map { "'\($0)'" }.joined(separator: " ")
+            let limit = limitKiB.map { "ulimit -f \($0); " } ?? ""
+            return try TestSupport.run("/bin/bash", ["-c", "\(limit)trap '' XFSZ; exec '\(TestSupport.binary)' \(quoted)"])
+        }
+        #expect(try fuse(0).status == 0)
+        let base = try #require(TestSupport.fileSize(out))
+        // Header padding keeps lengths a multiple of 8: move the length to 1000 past a 4 KiB
+        // boundary, where a padded last block would overshoot a limit rounded up to 1 KiB.
+        let pad = ((1000 - base % 4096 + 4096) % 4096 + 7) / 8 * 8
+        let size = base + pad
+        let run = try fuse(pad, limitKiB: (size + 1023) / 1024)
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(TestSupport.fileSize(out) == size)
+        #expect(size % 4096 >= 1000 && size % 4096 < 1008)
+    }
+
     @Test func oddInputPathsAreRefusedCleanly() throws {
         let dir = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(dir) }

@@ -36,13 +36,9 @@ public final class OutputFile {
     private var filled = 0
     private var blockStart = 0
     private let writer = DispatchQueue(label: "wsamerge.output")
-    private let lock = DispatchSemaphore(value: 1)
-    /// The first write error of the background thread (under `lock`).
-    private var writeError: Error?
-    /// Whether the descriptor has `O_DIRECT` (only the background thread changes it after init).
-    private var direct = false
-    /// Bytes already handed to the kernel for write-back (see `startWriteBack`).
-    private var writeBackStart = 0
+    /// What the background writes use (they never hold the `OutputFile` itself, so its `deinit`
+    /// runs on the caller's thread and can wait for them).
+    private let sink: Sink
 
     /// Prepares `destination` after `precheck`; nothing is visible there until `commit()`.
     /// `directIO: false` writes through the page cache (as on file systems without direct I/O).
@@ -61,7 +57,7 @@ public final class OutputFile {
             throw WSAMergeError.cannotCreate(file: destination, reason: systemError(errno))
         }
         descriptor = fd
-        direct = directIO && wsk_set_direct(fd, 1) == 0
+        sink = Sink(descriptor: fd, destination: destination, direct: directIO && wsk_set_direct(fd, 1) == 0)
     }
 
     /// Refuses `destination` when it is one of `inputs` (same inode, whatever the link), exists
@@ -130,25 +126,25 @@ public final class OutputFile {
             // A few bytes, written through the page cache: their pages lie before `blockStart`,
             // where no direct write goes any more, so the two kinds of write stay coherent.
             try finishBlocks()
-            let wasDirect = direct
-            try bytes.withUnsafeBytes { raw throws in try writeFully(UnsafeRawBufferPointer(rebasing: raw[0..<inFile]), at: position) }
-            if wasDirect { try setDirect(true) }
+            let wasDirect = sink.direct
+            try bytes.withUnsafeBytes { raw throws in try sink.write(UnsafeRawBufferPointer(rebasing: raw[0..<inFile]), at: position) }
+            if wasDirect { try sink.setDirect(true) }
         }
     }
 
     /// Hands the full block to the background writer and moves to the next one, waiting if it
     /// is still being written.
     private func submitBlock() throws {
-        let block = blocks[current], start = blockStart
+        let block = blocks[current], start = blockStart, sink = sink
         let group = DispatchGroup()
         inFlight[current] = group
-        writer.async(group: group) { [self] in
-            guard locked({ writeError }) == nil else { return }
+        writer.async(group: group) {
+            guard sink.error == nil else { return }
             do {
-                try writeFully(UnsafeRawBufferPointer(block.prefix(Self.blockBytes)), at: start, directAllowed: true)
-                startWriteBack(upTo: start + Self.blockBytes)
+                try sink.write(UnsafeRawBufferPointer(block.prefix(Self.blockBytes)), at: start, directAllowed: true)
+                sink.startWriteBack(upTo: start + Self.blockBytes)
             } catch {
-                locked { writeError = error }
+                sink.error = error
             }
         }
         blockStart += Self.blockBytes
@@ -156,83 +152,33 @@ public final class OutputFile {
         current = (current + 1) % blocks.count
         inFlight[current]?.wait()
         inFlight[current] = nil
-        if let error = locked({ writeError }) { throw error }
+        if let error = sink.error { throw error }
     }
 
     /// Waits until every submitted block is written.
     private func finishBlocks() throws {
         writer.sync {}
-        if let error = locked({ writeError }) { throw error }
+        if let error = sink.error { throw error }
     }
 
     /// Writes the partly filled block, waits for everything and frees the blocks; nothing may
-    /// be written or patched after it. With direct I/O the last block is written whole,
-    /// zero-padded to the device's block size, and the file is then cut back to its length.
-    /// `commit()` calls it; a writer of several files calls it as each one is complete.
+    /// be written or patched after it. With direct I/O the whole device blocks of the tail are
+    /// written directly and the last few bytes through the page cache (no padding, which could
+    /// exceed a file-size limit or a quota). `commit()` calls it; a writer of several files calls
+    /// it as each one is complete.
     public func finishWriting() throws {
         try finishBlocks()
         defer { blocks = [] }
         guard filled > 0 else { return }
-        if direct {
-            let padded = (filled + 4095) / 4096 * 4096
-            (blocks[current].base + filled).initializeMemory(as: UInt8.self, repeating: 0, count: padded - filled)
-            try writeFully(UnsafeRawBufferPointer(blocks[current].prefix(padded)), at: blockStart, directAllowed: true)
-            guard ftruncate(descriptor, off_t(offset)) == 0 else {
-                throw WSAMergeError.io(file: destination, reason: "write failed: \(systemError(errno))")
-            }
-        } else {
-            try writeFully(UnsafeRawBufferPointer(blocks[current].prefix(filled)), at: blockStart)
+        let aligned = sink.direct ? filled / 4096 * 4096 : 0
+        if aligned > 0 {
+            try sink.write(UnsafeRawBufferPointer(blocks[current].prefix(aligned)), at: blockStart, directAllowed: true)
+        }
+        if filled > aligned {
+            try sink.write(UnsafeRawBufferPointer(rebasing: blocks[current].prefix(filled)[aligned...]), at: blockStart + aligned)
         }
         blockStart += filled
         filled = 0
-    }
-
-    /// Runs `body` holding `lock`.
-    private func locked<R>(_ body: () -> R) -> R {
-        lock.wait()
-        defer { lock.signal() }
-        return body()
-    }
-
-    /// Turns `O_DIRECT` on or off.
-    private func setDirect(_ on: Bool) throws {
-        guard direct != on else { return }
-        guard wsk_set_direct(descriptor, on ? 1 : 0) == 0 else {
-            throw WSAMergeError.io(file: destination, reason: "write failed: \(systemError(errno))")
-        }
-        direct = on
-    }
-
-    /// Starts asynchronous write-back of every 64 MB written through the page cache, so the
-    /// final `fsync` has little left to do and dirty pages do not pile up.
-    private func startWriteBack(upTo end: Int) {
-        #if canImport(Glibc)
-        guard !direct else { return }
-        let step = 64 << 20
-        while end - writeBackStart >= step {
-            _ = wsk_start_writeback(descriptor, Int64(writeBackStart), Int64(step))
-            writeBackStart += step
-        }
-        #endif
-    }
-
-    /// Writes all of `bytes` at `position`. A direct write the file system refuses (EINVAL:
-    /// it does not support direct I/O) turns direct I/O off and is retried through the cache.
-    private func writeFully(_ bytes: UnsafeRawBufferPointer, at position: Int, directAllowed: Bool = false) throws {
-        if direct && !directAllowed { try setDirect(false) }
-        var done = 0
-        while done < bytes.count {
-            let n = pwrite(descriptor, bytes.baseAddress! + done, bytes.count - done, off_t(position + done))
-            if n < 0 {
-                if errno == EINTR { continue }
-                if errno == EINVAL, direct {
-                    try setDirect(false)
-                    continue
-                }
-                throw WSAMergeError.io(file: destination, reason: "write failed: \(systemError(errno))")
-            }
-            done += n
-        }
     }
 
     /// Flushes, syncs and puts the file at its destination (replacing what `force` allowed).
@@ -272,6 +218,85 @@ public final class OutputFile {
             }
         }
         committed = true
+    }
+}
+
+/// The descriptor side of an `OutputFile`: positioned writes, direct I/O on or off, and the first
+/// error of the background writes. Shared by the caller and the background thread.
+private final class Sink: @unchecked Sendable {
+    let descriptor: Int32
+    let destination: String
+    private let lock = DispatchSemaphore(value: 1)
+    private var firstError: Error?
+    /// Whether the descriptor has `O_DIRECT`; changed only while no background write runs.
+    private(set) var direct: Bool
+    /// Whether a direct write has succeeded: after that, EINVAL is a real error, not a file
+    /// system without direct I/O.
+    private var directWorks = false
+    /// Bytes already handed to the kernel for write-back (see `startWriteBack`).
+    private var writeBackStart = 0
+
+    init(descriptor: Int32, destination: String, direct: Bool) {
+        self.descriptor = descriptor
+        self.destination = destination
+        self.direct = direct
+    }
+
+    /// The first error of a background write.
+    var error: Error? {
+        get {
+            lock.wait()
+            defer { lock.signal() }
+            return firstError
+        }
+        set {
+            lock.wait()
+            defer { lock.signal() }
+            if firstError == nil { firstError = newValue }
+        }
+    }
+
+    /// Turns `O_DIRECT` on or off.
+    func setDirect(_ on: Bool) throws {
+        guard direct != on else { return }
+        guard wsk_set_direct(descriptor, on ? 1 : 0) == 0 else {
+            throw WSAMergeError.io(file: destination, reason: "write failed: \(systemError(errno))")
+        }
+        direct = on
+    }
+
+    /// Writes all of `bytes` at `position`; directly only where `directAllowed` (whole, aligned
+    /// device blocks). If the very first direct write is refused (EINVAL: the file system does
+    /// not support direct I/O), direct I/O is turned off and the write retried through the cache.
+    func write(_ bytes: UnsafeRawBufferPointer, at position: Int, directAllowed: Bool = false) throws {
+        if direct && !directAllowed { try setDirect(false) }
+        var done = 0
+        while done < bytes.count {
+            let n = pwrite(descriptor, bytes.baseAddress! + done, bytes.count - done, off_t(position + done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                if errno == EINVAL, direct, !directWorks {
+                    try setDirect(false)
+                    continue
+                }
+                throw WSAMergeError.io(file: destination, reason: "write failed: \(systemError(errno))")
+            }
+            if direct { directWorks = true }
+            done += n
+        }
+    }
+
+    /// Starts asynchronous write-back of every 64 MB written through the page cache, so the
+    /// final `fsync` has little left to do and dirty pages do not pile up.
+    func startWriteBack(upTo end: Int) {
+        #if canImport(Glibc)
+        guard !direct else { return }
+        let step = 64 << 20
+        while end - writeBackStart >= step {
+            _ = wsk_start_writeback(descriptor, Int64(writeBackStart), Int64(step))
+            writeBackStart += step
+        }
+        #endif
     }
 }
 

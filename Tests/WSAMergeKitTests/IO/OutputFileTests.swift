@@ -57,6 +57,19 @@ import Testing
         #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: path))) == expected)
     }
 
+    /// Dropping an output while its background thread still writes a block waits for the write
+    /// (the thread holds no reference to the output, so `deinit` never runs on it) and leaves
+    /// nothing behind.
+    @Test func droppingAnOutputWithWritesInFlight() throws {
+        let dir = try directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for _ in 0..<5 {
+            let file = try OutputFile(destination: dir + "/out.bin", force: false, inputs: [])
+            try file.write([UInt8](repeating: 1, count: (2 << 20) + 5))
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty)
+    }
+
     @Test func abandonedOutputLeavesNothing() throws {
         let dir = try directory()
         defer { try? FileManager.default.removeItem(atPath: dir) }

@@ -98,6 +98,11 @@ enum TestSupport {
 
     static func fileExists(_ path: String) -> Bool { FileManager.default.fileExists(atPath: path) }
 
+    /// The size of the file at `path`, or nil when there is none.
+    static func fileSize(_ path: String) -> Int? {
+        (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue
+    }
+
     /// Asserts a clean refusal: the exit code, one `wsamerge: error:` line naming `mentions`.
     static func expectRefusal(_ result: Result, code: Int32, mentions: [String] = [],
                               sourceLocation: SourceLocation = #_sourceLocation) {
