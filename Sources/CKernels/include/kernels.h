@@ -86,7 +86,7 @@ typedef struct {
 ///   WSK_RESCALE  y = ((x_0 − m_0) w_0 + (x_1 − m_1) w_1 + …) + target
 ///   WSK_FISHER   y = (a_0 x_0 + a_1 x_1 + …) / (a_0 + a_1 + …),  a_k = c_k (F_k + epsilon)
 /// These are the operations, in the order, of the decoded kernels (decode, scale/axpy, Fisher
-/// accumulate/divide, encode), done in registers without float64 blocks, so the bytes are the
+/// accumulate/divide, encode), done over 256-element tiles in L1 instead of decoded blocks, so the bytes are the
 /// same. Returns nonzero when some y is not finite, a Fisher denominator is not > 0 or a BF16
 /// result needs the careful encoder: the caller then redoes the whole call on the decoded path.
 int wsk_combine(const wsk_term *terms, size_t count, int mode, double target, double epsilon, size_t n, int out_kind,
