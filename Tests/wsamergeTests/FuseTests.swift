@@ -82,18 +82,20 @@ import Testing
         #expect(check.status == 0, "\(check.stderr)")
     }
 
-    @Test func outputIsByteIdenticalAcrossRunsAndJobs() throws {
+    @Test(arguments: [["--strategy", "wsa"], ["--strategy", "fisher", "--fisher"] + fisher, ["--strategy", "average"]])
+    func outputIsByteIdenticalAcrossRunsAndJobs(strategy: [String]) throws {
         let dir = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(dir) }
         var outputs: [Data] = []
-        for (i, jobs) in ["1", "4", "1"].enumerated() {
+        for (i, jobs) in ["1", "4", "1", "2"].enumerated() {
             let out = dir + "/m\(i).safetensors"
-            let run = try TestSupport.wsamerge(["fuse", "--strategy", "wsa", "--jobs", jobs] + Self.bf16 + ["-o", out])
+            let run = try TestSupport.wsamerge(["fuse", "--jobs", jobs] + Self.bf16 + strategy + ["-o", out])
             #expect(run.status == 0, "\(run.stderr)")
             outputs.append(try Data(contentsOf: URL(fileURLWithPath: out)))
         }
         #expect(outputs[0] == outputs[1])
         #expect(outputs[0] == outputs[2])
+        #expect(outputs[0] == outputs[3])
     }
 
     @Test func metadataAndReportCarryProvenance() throws {

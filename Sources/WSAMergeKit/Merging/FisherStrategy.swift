@@ -52,9 +52,11 @@ public struct FisherStrategy: MergeStrategy {
             throw WSAMergeError.usage("--fisher has \(fisher.count) checkpoints for \(plan.inputs.count) inputs")
         }
         var sums = [Double](repeating: 0, count: fisher.count)
-        for item in plan.items where item.action == .merge {
-            var readers: [TensorReader] = []
-            for source in item.sources {
+        // Every Fisher tensor the merge needs is there, shaped like the model's and decodable.
+        let items = plan.items.filter { $0.action == .merge }
+        var locations: [[(file: Checkpoint, index: Int)]] = []
+        for item in items {
+            locations.append(try item.sources.map { source in
                 let f = fisher[source.input]
                 guard let index = f.index(of: item.name) else {
                     throw WSAMergeError.malformed(file: f.path, tensor: item.name, reason: "Fisher tensor is missing")
@@ -67,36 +69,49 @@ public struct FisherStrategy: MergeStrategy {
                 guard info.dtype.isDecodable else {
                     throw WSAMergeError.malformed(file: f.path, tensor: item.name, reason: "Fisher dtype \(info.dtype.rawValue) cannot be decoded")
                 }
-                readers.append(try f.reader(for: index))
-            }
-            // One lockstep pass over the tensor's Fisher values of every input.
-            var checks = [FisherCheck](repeating: FisherCheck(), count: readers.count)
-            let kinds = readers.compactMap(\.tensor.dtype.rawKind)
-            let raw: Lockstep.RawKernel<[FisherCheck]>? = kinds.count < readers.count ? nil : { inputs, count, _ in
-                var blocks: [FisherCheck] = []
-                for (input, kind) in zip(inputs, kinds) {
-                    guard let check = FisherCheck(elements: input, kind: kind, count: count) else { return nil }
-                    blocks.append(check)
-                }
-                return blocks
-            }
-            try Lockstep.run(readers, jobs: jobs, output: nil, raw: raw, kernel: { inputs, count, _ in
-                inputs.map { FisherCheck(values: $0, count: count) }
-            }, fold: { blocks in
-                for block in blocks { for k in block.indices { checks[k].combine(block[k]) } }
+                return (f, index)
             })
-            for (source, check) in zip(item.sources, checks) {
-                let path = fisher[source.input].path
+        }
+        // One lockstep pass over each tensor's Fisher values of every input; several tensors side
+        // by side (not from .npz archives, which libzip cannot share between threads).
+        let lanes = fisher.contains { $0.format == .npz } ? 1 : jobs
+        let sizes = items.map(\.output.byteCount)
+        let checks = try parallelMap(items.count, jobs: lanes, order: sizes.indices.sorted { sizes[$0] > sizes[$1] }) { k in
+            try Self.check(locations[k].map { try $0.file.reader(for: $0.index) }, jobs: lanes > 1 && items.count > 1 ? 1 : jobs)
+        }
+        // Validated and summed in tensor order, so the norms are the same for every `--jobs`.
+        for (item, (sources, tensorChecks)) in zip(items, zip(locations, checks)) {
+            for ((file, _), check) in zip(sources, tensorChecks) {
                 guard !check.nonFinite else {
-                    throw WSAMergeError.malformed(file: path, tensor: item.name, reason: "Fisher values must be finite")
+                    throw WSAMergeError.malformed(file: file.path, tensor: item.name, reason: "Fisher values must be finite")
                 }
                 guard check.minimum >= 0 else {
-                    throw WSAMergeError.malformed(file: path, tensor: item.name, reason: "Fisher values must be ≥ 0 (found \(check.minimum))")
+                    throw WSAMergeError.malformed(file: file.path, tensor: item.name, reason: "Fisher values must be ≥ 0 (found \(check.minimum))")
                 }
-                sums[source.input] += check.squares
             }
+            for (source, check) in zip(item.sources, tensorChecks) { sums[source.input] += check.squares }
         }
         scale = sums.map { normalize == .global && $0 > 0 ? 1 / $0.squareRoot() : 1 }
+    }
+
+    /// Σ F², the minimum and finiteness of each reader's Fisher values, in one lockstep pass.
+    private static func check(_ readers: [TensorReader], jobs: Int) throws -> [FisherCheck] {
+        var checks = [FisherCheck](repeating: FisherCheck(), count: readers.count)
+        let kinds = readers.compactMap(\.tensor.dtype.rawKind)
+        let raw: Lockstep.RawKernel<[FisherCheck]>? = kinds.count < readers.count ? nil : { inputs, count, _ in
+            var blocks: [FisherCheck] = []
+            for (input, kind) in zip(inputs, kinds) {
+                guard let check = FisherCheck(elements: input, kind: kind, count: count) else { return nil }
+                blocks.append(check)
+            }
+            return blocks
+        }
+        try Lockstep.run(readers, jobs: jobs, output: nil, raw: raw, kernel: { inputs, count, _ in
+            inputs.map { FisherCheck(values: $0, count: count) }
+        }, fold: { blocks in
+            for block in blocks { for k in block.indices { checks[k].combine(block[k]) } }
+        })
+        return checks
     }
 
     public func merge(_ item: MergePlan.Item, plan: MergePlan, jobs: Int, output: Lockstep.Output) throws -> TensorMergeResult {

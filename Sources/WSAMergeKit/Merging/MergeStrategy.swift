@@ -20,6 +20,11 @@ public protocol MergeStrategy {
     /// over the Fisher files). Errors here still leave nothing behind.
     mutating func prepare(_ plan: MergePlan, jobs: Int) throws
 
+    /// Runs once before the first tensor is merged, not for `--dry-run`: read-only passes the
+    /// merge needs for every tensor (e.g. WSA's input scopes), which are faster done for all
+    /// tensors side by side than one tensor at a time between writes.
+    mutating func measure(_ plan: MergePlan, jobs: Int) throws
+
     /// Merges `item`, streaming its inputs as often as the method needs and sending the output
     /// values, in order, to `output` exactly once.
     func merge(_ item: MergePlan.Item, plan: MergePlan, jobs: Int, output: Lockstep.Output) throws -> TensorMergeResult
@@ -27,6 +32,7 @@ public protocol MergeStrategy {
 
 extension MergeStrategy {
     public mutating func prepare(_ plan: MergePlan, jobs: Int) throws {}
+    public mutating func measure(_ plan: MergePlan, jobs: Int) throws {}
 }
 
 /// An option a strategy reads.

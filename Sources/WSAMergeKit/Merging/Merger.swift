@@ -72,7 +72,8 @@ public struct Merger {
 
     /// Runs the merge and puts the output in place; nothing appears at `-o` unless it succeeds.
     public static func run(_ request: Request, progress: Progress? = nil) throws -> Report {
-        let (plan, strategy) = try plan(request)
+        var (plan, strategy) = try plan(request)
+        try strategy.measure(plan, jobs: request.jobs)
         let metadata = outputMetadata(request, plan: plan, strategy: strategy)
         let writer = try makeWriter(request.output, tensors: plan.items.map(\.output), metadata: metadata,
                                     inputs: identities(request, plan.inputs))

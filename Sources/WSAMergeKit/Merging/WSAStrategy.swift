@@ -35,6 +35,8 @@ public struct WSAStrategy: MergeStrategy {
     let minRank: Int
     let target: TargetScope?
     let targetPath: String?
+    /// Input scope moments per tensor name, from `measure`.
+    private var measured: [String: [ScopeMoments]] = [:]
 
     public init(_ settings: StrategySettings) throws {
         guard settings.wsaMinRank >= 0 else { throw WSAMergeError.usage("--wsa-min-rank must be ≥ 0") }
@@ -52,17 +54,24 @@ public struct WSAStrategy: MergeStrategy {
         return result
     }
 
-    public func merge(_ item: MergePlan.Item, plan: MergePlan, jobs: Int, output: Lockstep.Output) throws -> TensorMergeResult {
-        let weights = item.weights
-        guard item.output.shape.count >= minRank else {
-            let nonFinite = try weightedAverage(try plan.readers(item), weights: weights, jobs: jobs, output: output)
-            return TensorMergeResult(method: "average (rank \(item.output.shape.count) < \(minRank))", nonFinite: nonFinite)
+    /// Measures the input scopes of every tensor the strategy rescales: each tensor's inputs in
+    /// one lockstep pass, several tensors side by side (not from .npz archives, which libzip
+    /// cannot share between threads).
+    public mutating func measure(_ plan: MergePlan, jobs: Int) throws {
+        let items = plan.items.filter { $0.action == .merge && $0.output.shape.count >= minRank }
+        let lanes = plan.inputs.contains { $0.format == .npz } ? 1 : jobs
+        let sizes = items.map(\.output.byteCount)
+        let moments = try parallelMap(items.count, jobs: lanes, order: sizes.indices.sorted { sizes[$0] > sizes[$1] }) { k in
+            try Self.scopes(try plan.readers(items[k]), jobs: lanes > 1 && items.count > 1 ? 1 : jobs)
         }
-        // 1. Input scopes, all inputs in one lockstep pass.
-        var moments = [ScopeMoments](repeating: ScopeMoments(), count: item.sources.count)
-        let readers = try plan.readers(item)
+        measured = Dictionary(uniqueKeysWithValues: zip(items.map(\.name), moments))
+    }
+
+    /// The scope moments of each reader's values, in one lockstep pass; stored elements are
+    /// decoded while the first pass reads them.
+    private static func scopes(_ readers: [TensorReader], jobs: Int) throws -> [ScopeMoments] {
+        var moments = [ScopeMoments](repeating: ScopeMoments(), count: readers.count)
         let kinds = readers.compactMap(\.tensor.dtype.rawKind)
-        // Stored elements are decoded while the first pass reads them.
         let raw: Lockstep.RawKernel<[ScopeMoments]>? = kinds.count < readers.count ? nil : { inputs, count, _ in
             withUnsafeTemporaryAllocation(of: Double.self, capacity: count) { scratch in
                 var blocks: [ScopeMoments] = []
@@ -78,6 +87,17 @@ public struct WSAStrategy: MergeStrategy {
         }, fold: { blocks in
             for block in blocks { for k in block.indices { moments[k].combine(block[k]) } }
         })
+        return moments
+    }
+
+    public func merge(_ item: MergePlan.Item, plan: MergePlan, jobs: Int, output: Lockstep.Output) throws -> TensorMergeResult {
+        let weights = item.weights
+        guard item.output.shape.count >= minRank else {
+            let nonFinite = try weightedAverage(try plan.readers(item), weights: weights, jobs: jobs, output: output)
+            return TensorMergeResult(method: "average (rank \(item.output.shape.count) < \(minRank))", nonFinite: nonFinite)
+        }
+        // 1. Input scopes (see `measure`).
+        let moments = measured[item.name]!
         let nonFinite = moments.contains { $0.nan + $0.inf > 0 }
         let scopes = moments.map(\.scope)
         if scopes.contains(where: { !($0.std > 0) }) {

@@ -48,3 +48,38 @@ import Testing
         }
     }
 }
+
+/// `parallelMap`: results in index order whatever the order items start in or the number of
+/// lanes, and the error of the lowest index wins (one lane stops there; several run every item).
+@Suite struct ParallelMapTests {
+    struct Failure: Error, Equatable { let index: Int }
+
+    @Test(arguments: [1, 2, 5])
+    func resultsInIndexOrder(jobs: Int) throws {
+        let order = Array((0..<50).reversed())
+        #expect(try parallelMap(50, jobs: jobs, order: order) { $0 * $0 } == (0..<50).map { $0 * $0 })
+    }
+
+    @Test(arguments: [1, 2, 5])
+    func lowestFailingIndexWins(jobs: Int) {
+        let ran = Counter()
+        do {
+            _ = try parallelMap(40, jobs: jobs, order: Array((0..<40).reversed())) { i -> Int in
+                ran.increment()
+                if i == 7 || i == 31 { throw Failure(index: i) }
+                return i
+            }
+            Issue.record("no error")
+        } catch {
+            #expect(error as? Failure == Failure(index: 7))
+        }
+        #expect(ran.value == (jobs == 1 ? 8 : 40))
+    }
+
+    final class Counter: @unchecked Sendable {
+        private let lock = NSLock()
+        private var count = 0
+        func increment() { lock.lock(); count += 1; lock.unlock() }
+        var value: Int { lock.lock(); defer { lock.unlock() }; return count }
+    }
+}
