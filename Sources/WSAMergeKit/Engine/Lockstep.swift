@@ -31,6 +31,24 @@ public struct Lockstep {
     /// same result and bytes as the decoded kernel.
     public typealias RawKernel<T> = (_ inputs: [UnsafeRawPointer], _ count: Int, _ output: UnsafeMutableRawPointer?) -> T?
 
+    /// A raw kernel that summarises each input's stored block on its own (`summary(elements,
+    /// kind, count)`), or nil when some input's dtype is not read in place; a block goes to the
+    /// decoded path as soon as one input's summary is nil.
+    static func perInput<T>(_ readers: [TensorReader],
+                            _ summary: @escaping (UnsafeRawPointer, Int32, Int) -> T?) -> RawKernel<[T]>? {
+        let kinds = readers.compactMap(\.tensor.dtype.rawKind)
+        guard kinds.count == readers.count else { return nil }
+        return { inputs, count, _ in
+            var blocks: [T] = []
+            blocks.reserveCapacity(inputs.count)
+            for (input, kind) in zip(inputs, kinds) {
+                guard let block = summary(input, kind, count) else { return nil }
+                blocks.append(block)
+            }
+            return blocks
+        }
+    }
+
     /// Off, raw kernels are skipped and every block is decoded (tests compare the two paths).
     nonisolated(unsafe) static var rawKernelsEnabled = true
 

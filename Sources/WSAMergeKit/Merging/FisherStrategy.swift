@@ -97,15 +97,7 @@ public struct FisherStrategy: MergeStrategy {
     /// Σ F², the minimum and finiteness of each reader's Fisher values, in one lockstep pass.
     private static func check(_ readers: [TensorReader], jobs: Int) throws -> [FisherCheck] {
         var checks = [FisherCheck](repeating: FisherCheck(), count: readers.count)
-        let kinds = readers.compactMap(\.tensor.dtype.rawKind)
-        let raw: Lockstep.RawKernel<[FisherCheck]>? = kinds.count < readers.count ? nil : { inputs, count, _ in
-            var blocks: [FisherCheck] = []
-            for (input, kind) in zip(inputs, kinds) {
-                guard let check = FisherCheck(elements: input, kind: kind, count: count) else { return nil }
-                blocks.append(check)
-            }
-            return blocks
-        }
+        let raw = Lockstep.perInput(readers) { FisherCheck(elements: $0, kind: $1, count: $2) }
         try Lockstep.run(readers, jobs: jobs, output: nil, raw: raw, kernel: { inputs, count, _ in
             inputs.map { FisherCheck(values: $0, count: count) }
         }, fold: { blocks in

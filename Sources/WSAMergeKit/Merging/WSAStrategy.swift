@@ -71,15 +71,9 @@ public struct WSAStrategy: MergeStrategy {
     /// decoded while the first pass reads them.
     private static func scopes(_ readers: [TensorReader], jobs: Int) throws -> [ScopeMoments] {
         var moments = [ScopeMoments](repeating: ScopeMoments(), count: readers.count)
-        let kinds = readers.compactMap(\.tensor.dtype.rawKind)
-        let raw: Lockstep.RawKernel<[ScopeMoments]>? = kinds.count < readers.count ? nil : { inputs, count, _ in
+        let raw = Lockstep.perInput(readers) { elements, kind, count in
             withUnsafeTemporaryAllocation(of: Double.self, capacity: count) { scratch in
-                var blocks: [ScopeMoments] = []
-                for (input, kind) in zip(inputs, kinds) {
-                    guard let m = ScopeMoments(elements: input, kind: kind, count: count, scratch: scratch.baseAddress!) else { return nil }
-                    blocks.append(m)
-                }
-                return blocks
+                ScopeMoments(elements: elements, kind: kind, count: count, scratch: scratch.baseAddress!)
             }
         }
         try Lockstep.run(readers, jobs: jobs, output: nil, raw: raw, kernel: { inputs, count, _ in
