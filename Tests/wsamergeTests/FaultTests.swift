@@ -72,7 +72,24 @@ import Testing
         #expect(shards.isEmpty, "\(shards)")
     }
 
-    @Test func inputTruncatedWhileReadIsAnIOError() throws {
+    /// Non-negative Fisher files for `large`.
+    static let largeFisher: [String] = {
+        let paths = large.map { $0.replacingOccurrences(of: "/m", with: "/f") }
+        if !paths.allSatisfy({ FileManager.default.fileExists(atPath: $0) }) {
+            _ = try? TestSupport.python("""
+                import sys, numpy as np
+                from safetensors.numpy import load_file, save_file
+                n = len(sys.argv) // 2
+                for src, dst in zip(sys.argv[1:1 + n], sys.argv[1 + n:]):
+                    save_file({k: np.abs(v) for k, v in load_file(src).items()}, dst)
+                """, large + paths)
+        }
+        return paths
+    }()
+
+    /// `stats` (whole tensors side by side) and a Fisher merge (six inputs, read by two threads).
+    @Test(arguments: ["stats", "fisher"])
+    func inputTruncatedWhileReadIsAnIOError(command: String) throws {
         let dir = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(dir) }
         let input = dir + "/shrinking.safetensors"
@@ -80,7 +97,8 @@ import Testing
         // The test hook holds wsamerge after the header is read; the file shrinks meanwhile.
         let process = Process()
         process.executableURL = URL(fileURLWithPath: TestSupport.binary)
-        process.arguments = ["stats", input]
+        process.arguments = command == "stats" ? ["stats", input]
+            : ["fuse", "--strategy", "fisher", input] + Self.large.dropFirst() + ["--fisher"] + Self.largeFisher + ["-o", dir + "/out.safetensors"]
         process.environment = ProcessInfo.processInfo.environment.merging(["WSAMERGE_TEST_PAUSE": "open:0.6"]) { $1 }
         let err = Pipe()
         process.standardOutput = FileHandle.nullDevice

@@ -79,8 +79,23 @@ public struct Lockstep {
         /// Reads the chunk starting at element `start` into input buffer set `slot`.
         func read(_ start: Int, into slot: Int) throws {
             let n = Swift.min(chunk, count - start)
-            for (k, reader) in readers.enumerated() {
-                try reader.read(into: inputBuffers[slot][k].prefix(n * widths[k]))
+            // From four inputs on (a Fisher merge reads six), one thread cannot copy a chunk
+            // out of the page cache as fast as the workers use it: two threads share the read.
+            // (With three inputs, splitting was measured slower.)
+            if readers.count >= 4 && jobs > 1 {
+                var errors = [Error?](repeating: nil, count: readers.count)
+                errors.withUnsafeMutableBufferPointer { errs in
+                    DispatchQueue.concurrentPerform(iterations: 2) { half in
+                        for k in stride(from: half, to: readers.count, by: 2) {
+                            do { try readers[k].read(into: inputBuffers[slot][k].prefix(n * widths[k])) } catch { errs[k] = error }
+                        }
+                    }
+                }
+                if let error = errors.compactMap({ $0 }).first { throw error }
+            } else {
+                for (k, reader) in readers.enumerated() {
+                    try reader.read(into: inputBuffers[slot][k].prefix(n * widths[k]))
+                }
             }
         }
 
