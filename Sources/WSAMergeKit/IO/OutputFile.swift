@@ -35,6 +35,7 @@ public final class OutputFile {
     private var current = 0
     private var filled = 0
     private var blockStart = 0
+    private var writingFinished = false
     private let writer = DispatchQueue(label: "wsamerge.output")
     /// What the background writes use (they never hold the `OutputFile` itself, so its `deinit`
     /// runs on the caller's thread and can wait for them).
@@ -88,6 +89,7 @@ public final class OutputFile {
 
     /// Appends `bytes`.
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
+        precondition(!writingFinished, "write after finishWriting()")
         if blocks.isEmpty && bytes.count > 0 {
             blocks = (0..<inFlight.count).map { _ in RawBuffer(byteCount: Self.blockBytes, alignment: 4096) }
         }
@@ -168,7 +170,10 @@ public final class OutputFile {
     /// it as each one is complete.
     public func finishWriting() throws {
         try finishBlocks()
-        defer { blocks = [] }
+        defer {
+            blocks = []
+            writingFinished = true
+        }
         guard filled > 0 else { return }
         let aligned = sink.direct ? filled / 4096 * 4096 : 0
         if aligned > 0 {
