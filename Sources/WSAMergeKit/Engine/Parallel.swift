@@ -38,16 +38,20 @@ func parallelFor(_ count: Int, jobs: Int, _ body: (_ index: Int, _ worker: Int) 
     }
 }
 
-/// `body(i)` for every `i` in `0..<count`, up to `jobs` at a time, each call on one thread,
-/// started in the order of `order` (put the largest work first); the results come back in index
-/// order. Whole items side by side keep the cores busy without the hand-offs of splitting each
-/// one, and an item's result does not depend on its thread. The error of the lowest index is
-/// rethrown, so errors do not depend on timing: with one lane, items run in index order up to
-/// the first error; with several, every item runs.
-func parallelMap<T>(_ count: Int, jobs: Int, order: [Int]? = nil, _ body: (Int) throws -> T) throws -> [T] {
-    let lanes = Swift.max(1, Swift.min(jobs, count))
-    guard lanes > 1 else { return try (0..<count).map(body) }
-    let order = order ?? Array(0..<count)
+/// `body(i, jobs)` for every item `i`, whole items side by side, each on one thread, largest
+/// `sizes` first; the results come back in index order. Whole items side by side keep the cores
+/// busy without the hand-offs of splitting each one, and an item's result does not depend on its
+/// thread. With one lane (`jobs` 1, a single item, or `serial`: items that cannot be read from
+/// two threads, such as members of one libzip archive) items run one at a time in index order,
+/// each given all `jobs`, and stop at the first error; with several lanes each gets 1 and every
+/// item runs. Either way the error of the lowest index is rethrown, so errors do not depend on
+/// timing.
+func parallelMap<T>(sizes: [Int], jobs: Int, serial: Bool = false,
+                    _ body: (_ index: Int, _ jobs: Int) throws -> T) throws -> [T] {
+    let count = sizes.count
+    let lanes = serial ? 1 : Swift.max(1, Swift.min(jobs, count))
+    guard lanes > 1 else { return try (0..<count).map { try body($0, jobs) } }
+    let order = sizes.indices.sorted { sizes[$0] > sizes[$1] }
     var results = [Result<T, Error>?](repeating: nil, count: count)
     let next = Atomic<Int>(0)
     results.withUnsafeMutableBufferPointer { results in
@@ -56,7 +60,7 @@ func parallelMap<T>(_ count: Int, jobs: Int, order: [Int]? = nil, _ body: (Int) 
                 while true {
                     let k = next.wrappingAdd(1, ordering: .relaxed).oldValue
                     guard k < count else { return }
-                    results[order[k]] = Result { try body(order[k]) }
+                    results[order[k]] = Result { try body(order[k], 1) }
                 }
             }
         }

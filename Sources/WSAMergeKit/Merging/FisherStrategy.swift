@@ -74,10 +74,9 @@ public struct FisherStrategy: MergeStrategy {
         }
         // One lockstep pass over each tensor's Fisher values of every input; several tensors side
         // by side (not from .npz archives, which libzip cannot share between threads).
-        let lanes = fisher.contains { $0.format == .npz } ? 1 : jobs
-        let sizes = items.map(\.output.byteCount)
-        let checks = try parallelMap(items.count, jobs: lanes, order: sizes.indices.sorted { sizes[$0] > sizes[$1] }) { k in
-            try Self.check(locations[k].map { try $0.file.reader(for: $0.index) }, jobs: lanes > 1 && items.count > 1 ? 1 : jobs)
+        let checks = try parallelMap(sizes: items.map(\.output.byteCount), jobs: jobs,
+                                     serial: fisher.contains { $0.format == .npz }) { k, jobs in
+            try Self.check(locations[k].map { try $0.file.reader(for: $0.index) }, jobs: jobs)
         }
         // Validated and summed in tensor order, so the norms are the same for every `--jobs`.
         for (item, (sources, tensorChecks)) in zip(items, zip(locations, checks)) {

@@ -59,10 +59,9 @@ public struct WSAStrategy: MergeStrategy {
     /// cannot share between threads).
     public mutating func measure(_ plan: MergePlan, jobs: Int) throws {
         let items = plan.items.filter { $0.action == .merge && $0.output.shape.count >= minRank }
-        let lanes = plan.inputs.contains { $0.format == .npz } ? 1 : jobs
-        let sizes = items.map(\.output.byteCount)
-        let moments = try parallelMap(items.count, jobs: lanes, order: sizes.indices.sorted { sizes[$0] > sizes[$1] }) { k in
-            try Self.scopes(try plan.readers(items[k]), jobs: lanes > 1 && items.count > 1 ? 1 : jobs)
+        let moments = try parallelMap(sizes: items.map(\.output.byteCount), jobs: jobs,
+                                      serial: plan.inputs.contains { $0.format == .npz }) { k, jobs in
+            try Self.scopes(try plan.readers(items[k]), jobs: jobs)
         }
         measured = Dictionary(uniqueKeysWithValues: zip(items.map(\.name), moments))
     }

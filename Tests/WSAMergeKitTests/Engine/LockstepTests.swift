@@ -56,15 +56,15 @@ import Testing
 
     @Test(arguments: [1, 2, 5])
     func resultsInIndexOrder(jobs: Int) throws {
-        let order = Array((0..<50).reversed())
-        #expect(try parallelMap(50, jobs: jobs, order: order) { $0 * $0 } == (0..<50).map { $0 * $0 })
+        // Ascending sizes: the last item starts first.
+        #expect(try parallelMap(sizes: Array(0..<50), jobs: jobs) { i, _ in i * i } == (0..<50).map { $0 * $0 })
     }
 
     @Test(arguments: [1, 2, 5])
     func lowestFailingIndexWins(jobs: Int) {
         let ran = Counter()
         do {
-            _ = try parallelMap(40, jobs: jobs, order: Array((0..<40).reversed())) { i -> Int in
+            _ = try parallelMap(sizes: Array(0..<40), jobs: jobs) { i, _ -> Int in
                 ran.increment()
                 if i == 7 || i == 31 { throw Failure(index: i) }
                 return i
