@@ -17,7 +17,7 @@ let package = Package(
             pkgConfig: "libzip",
             providers: [.apt(["libzip-dev", "zlib1g-dev"])]
         ),
-        // The hot loops, compiled for AVX2 and baseline x86-64 and dispatched at load time.
+        // The hot loops, compiled per instruction-set level (baseline, AVX2, AVX-512) and picked at run time.
         .target(
             name: "CKernels",
             cSettings: [.unsafeFlags(["-O3", "-ffp-contract=off"])]

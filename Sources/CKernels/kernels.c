@@ -1,24 +1,33 @@
+/* The hot loops. The loops themselves are in kernel_loops.h, compiled once per instruction-set
+ * level (baseline; on x86-64 also AVX2 and AVX-512, x86-64-v4); this file holds what they share
+ * (vector types, macros, inlined helpers) and picks one level when first called. Every level
+ * does the same operations in the same order on each lane (no FMA: -ffp-contract=off), so all
+ * levels give the same bits; only how many lanes one instruction holds differs. */
 #include "kernels.h"
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__linux__)
-#define CLONES __attribute__((target_clones("avx2", "default")))
+#if defined(__x86_64__)
+#define WSK_X86 1
 #else
-#define CLONES
+#define WSK_X86 0
 #endif
 
 typedef double v4d __attribute__((vector_size(32), aligned(8)));
 typedef int64_t v4i __attribute__((vector_size(32), aligned(8)));
-typedef uint64_t v4u __attribute__((vector_size(32), aligned(8)));
 typedef float v4f __attribute__((vector_size(16), aligned(4)));
 typedef float v8f __attribute__((vector_size(32), aligned(4)));
 typedef int32_t v8i __attribute__((vector_size(32), aligned(4)));
 typedef uint32_t v8u __attribute__((vector_size(32), aligned(4)));
 typedef uint16_t v8h __attribute__((vector_size(16), aligned(2)));
+typedef double v8d __attribute__((vector_size(64), aligned(8)));
+typedef int64_t v8l __attribute__((vector_size(64), aligned(8)));
+typedef uint64_t v8lu __attribute__((vector_size(64), aligned(8)));
 
-/* Macros rather than functions: passing 32-byte vectors by value would change the ABI between
- * the AVX2 and baseline clones. */
+/* Macros rather than functions: passing vectors by value would change the ABI between levels. */
 #define load4(p) (*(const v4d *)(p))
+#define load8d(p) (*(const v8d *)(p))
 #define splat(x) ((v4d){(x), (x), (x), (x)})
 /* Lane-wise a < b ? a : b and a > b ? a : b: one compare and one blend. (The builtin min/max
  * also order NaNs, which costs two more instructions; NaNs never reach these loops' results.) */
@@ -26,27 +35,11 @@ typedef uint16_t v8h __attribute__((vector_size(16), aligned(2)));
 #define vmax4(a, b) ((v4d)(((v4i)(a) & (v4i)((a) > (b))) | ((v4i)(b) & ~(v4i)((a) > (b)))))
 /* (a0 + a1) + (a2 + a3): the fixed fold of one vector. */
 #define fold4(a) (((a)[0] + (a)[1]) + ((a)[2] + (a)[3]))
-
-CLONES void wsk_decode_bf16(const void *src, size_t n, double *dst) {
-    const unsigned char *s = src;
-    for (size_t i = 0; i < n; i++) {
-        uint16_t h;
-        memcpy(&h, s + 2 * i, 2);
-        uint32_t bits = (uint32_t)h << 16;
-        float f;
-        memcpy(&f, &bits, 4);
-        dst[i] = f;
-    }
-}
-
-CLONES void wsk_decode_f32(const void *src, size_t n, double *dst) {
-    const unsigned char *s = src;
-    for (size_t i = 0; i < n; i++) {
-        float f;
-        memcpy(&f, s + 4 * i, 4);
-        dst[i] = f;
-    }
-}
+/* The fold of eight lanes: the lower four, then the upper four, then their sum. */
+#define fold8(a) ((((a)[0] + (a)[1]) + ((a)[2] + (a)[3])) + (((a)[4] + (a)[5]) + ((a)[6] + (a)[7])))
+#define lower4(a) __builtin_shufflevector((a), (a), 0, 1, 2, 3)
+#define upper4(a) __builtin_shufflevector((a), (a), 4, 5, 6, 7)
+#define splat8(x) ((v8d){(x), (x), (x), (x), (x), (x), (x), (x)})
 
 /* A double rounded to BF16 (8 significant bits) by the FPU itself: with c = ±2^(e+45), where
  * 2^e is the power of two at or below |x|, x + c has its last bit at the BF16 unit in the last
@@ -57,16 +50,14 @@ CLONES void wsk_decode_f32(const void *src, size_t n, double *dst) {
  * gives ±0. */
 #define BF16_TOP 0xFFF0000000000000ull
 #define SIGN64 0x8000000000000000ull
-#define splat4u(x) ((v4u){(x), (x), (x), (x)})
 
-/* Eight doubles (x0, x1) to BF16 at dst; lanes needing the careful encoder set `outside8`. */
-#define encode8_bf16(x0, x1, dst, outside8)                                                                       \
+/* Eight doubles x (a v8d) to BF16 at dst; lanes needing the careful encoder set `outside8`. */
+#define encode8_bf16(x, dst, outside8)                                                                            \
     do {                                                                                                          \
-        v4d c0_ = (v4d)((v4u)(x0) & splat4u(BF16_TOP)) * 0x1p45, c1_ = (v4d)((v4u)(x1) & splat4u(BF16_TOP)) * 0x1p45; \
-        v4d r0_ = (v4d)((v4u)(((x0) + c0_) - c0_) | ((v4u)(x0) & splat4u(SIGN64)));                            \
-        v4d r1_ = (v4d)((v4u)(((x1) + c1_) - c1_) | ((v4u)(x1) & splat4u(SIGN64)));                            \
-        v4f f0_ = __builtin_convertvector(r0_, v4f), f1_ = __builtin_convertvector(r1_, v4f);                    \
-        v8u bits_ = (v8u)__builtin_shufflevector(f0_, f1_, 0, 1, 2, 3, 4, 5, 6, 7);                               \
+        v8d x_ = (x);                                                                                             \
+        v8d c_ = (v8d)((v8lu)x_ & BF16_TOP) * 0x1p45;                                                             \
+        v8d r_ = (v8d)((v8lu)((x_ + c_) - c_) | ((v8lu)x_ & SIGN64));                                              \
+        v8u bits_ = (v8u)__builtin_convertvector(r_, v8f);                                                        \
         v8u e_ = (bits_ >> 23) & 0xFF;                                                                            \
         (outside8) |= ((e_ == 0) & ((bits_ & 0x7FFFFFFF) != 0)) | (e_ == 0xFF);                                   \
         v8h half_ = __builtin_convertvector(bits_ >> 16, v8h);                                                    \
@@ -89,57 +80,16 @@ static inline uint16_t encode_bf16_one(double x, uint32_t *outside) {
     return (uint16_t)(bits >> 16);
 }
 
-CLONES int wsk_encode_bf16(const double *src, size_t n, void *dst) {
-    unsigned char *d = dst;
-    v8i outside8 = {0, 0, 0, 0, 0, 0, 0, 0};
-    size_t end = n & ~(size_t)7, i = 0;
-    for (; i < end; i += 8) encode8_bf16(load4(src + i), load4(src + i + 4), d + 2 * i, outside8);
-    uint32_t outside = 0;
-    for (int k = 0; k < 8; k++) outside |= outside8[k] != 0;
-    for (; i < n; i++) {
-        uint16_t half = encode_bf16_one(src[i], &outside);
-        memcpy(d + 2 * i, &half, 2);
-    }
-    return outside != 0;
-}
-
-CLONES void wsk_encode_f32(const double *src, size_t n, void *dst) {
-    unsigned char *d = dst;
-    for (size_t i = 0; i < n; i++) {
-        float f = (float)src[i];
-        memcpy(d + 4 * i, &f, 4);
-    }
-}
-
-CLONES void wsk_scale(double *out, const double *x, double w, size_t n) {
-    for (size_t i = 0; i < n; i++) out[i] = w * x[i];
-}
-
-CLONES void wsk_axpy(double *out, const double *x, double w, size_t n) {
-    for (size_t i = 0; i < n; i++) out[i] += w * x[i];
-}
-
-CLONES int wsk_nonfinite(const double *x, size_t n) {
-    uint64_t high = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint64_t u;
-        memcpy(&u, &x[i], 8);
-        /* an all-ones exponent carries into the sign bit */
-        high |= (u & 0x7FF0000000000000ull) + 0x0010000000000000ull;
-    }
-    return (high >> 63) != 0;
-}
-
 /* ---- Stored elements read in place (the Fisher check, the fused combine) ---- */
 
-/* Eight elements of kind `kind` at element index i of p, as two vectors of doubles (exact). */
-#define load8(p, kind, i, lo, hi)                                                                  \
-    do {                                                                                           \
-        v8f f_;                                                                                    \
+/* Eight elements of kind `kind` at element index i of p, as one vector of doubles (exact). */
+#define load8x(p, kind, i)                                                                        \
+    ({                                                                                             \
+        v8d r_;                                                                                    \
         if ((kind) == WSK_F64) {                                                                   \
-            memcpy(&lo, (const unsigned char *)(p) + 8 * (i), 32);                                 \
-            memcpy(&hi, (const unsigned char *)(p) + 8 * (i) + 32, 32);                            \
+            memcpy(&r_, (const unsigned char *)(p) + 8 * (i), 64);                                 \
         } else {                                                                                   \
+            v8f f_;                                                                                \
             if ((kind) == WSK_BF16) {                                                              \
                 v8h h_;                                                                            \
                 memcpy(&h_, (const unsigned char *)(p) + 2 * (i), 16);                             \
@@ -147,10 +97,10 @@ CLONES int wsk_nonfinite(const double *x, size_t n) {
             } else {                                                                               \
                 memcpy(&f_, (const unsigned char *)(p) + 4 * (i), 32);                             \
             }                                                                                      \
-            lo = __builtin_convertvector(__builtin_shufflevector(f_, f_, 0, 1, 2, 3), v4d);        \
-            hi = __builtin_convertvector(__builtin_shufflevector(f_, f_, 4, 5, 6, 7), v4d);        \
+            r_ = __builtin_convertvector(f_, v8d);                                                 \
         }                                                                                          \
-    } while (0)
+        r_;                                                                                        \
+    })
 
 static inline double load_one(const void *p, int kind, size_t i) {
     float f;
@@ -177,87 +127,20 @@ static inline double load_one(const void *p, int kind, size_t i) {
         else impl(WSK_F64, __VA_ARGS__);                        \
     } while (0)
 
-CLONES void wsk_moments_pass1(const double *x, size_t n, wsk_pass1 *out) {
-    v4d s0 = splat(0), s1 = splat(0), a0 = splat(0), a1 = splat(0);
-    v4d lo = splat(__builtin_inf()), hi = splat(-__builtin_inf());
-    v4i z = {0, 0, 0, 0};
-    const v4u magnitude = {0x7FFFFFFFFFFFFFFFull, 0x7FFFFFFFFFFFFFFFull, 0x7FFFFFFFFFFFFFFFull, 0x7FFFFFFFFFFFFFFFull};
-    size_t end = n & ~(size_t)7, i = 0;
-    for (; i < end; i += 8) {
-        v4d x0 = load4(x + i), x1 = load4(x + i + 4);
-        s0 += x0;
-        s1 += x1;
-        a0 += (v4d)((v4u)x0 & magnitude);
-        a1 += (v4d)((v4u)x1 & magnitude);
-        lo = vmin4(vmin4(x0, x1), lo);
-        hi = vmax4(vmax4(x0, x1), hi);
-        z -= (v4i)(x0 == splat(0)) + (v4i)(x1 == splat(0)); /* comparisons give −1 per true lane */
-    }
-    double sum = fold4(s0) + fold4(s1), abs_sum = fold4(a0) + fold4(a1);
-    double mn = lo[0], mx = hi[0];
-    for (int k = 1; k < 4; k++) {
-        mn = lo[k] < mn ? lo[k] : mn;
-        mx = hi[k] > mx ? hi[k] : mx;
-    }
-    int64_t zeros = (z[0] + z[1]) + (z[2] + z[3]);
-    for (; i < n; i++) {
-        double v = x[i];
-        sum += v;
-        abs_sum += v < 0 ? -v : v;
-        mn = v < mn ? v : mn;
-        mx = v > mx ? v : mx;
-        zeros += v == 0;
-    }
-    out->sum = sum;
-    out->abs_sum = abs_sum;
-    out->min = mn;
-    out->max = mx;
-    out->zeros = zeros;
-}
-
-CLONES void wsk_moments_pass2(const double *x, size_t n, double mu, wsk_pass2 *out) {
-    v4d m = splat(mu);
-    v4d p0 = splat(0), p1 = splat(0), q0 = splat(0), q1 = splat(0);
-    v4d t0 = splat(0), t1 = splat(0), f0 = splat(0), f1 = splat(0);
-    size_t end = n & ~(size_t)7, i = 0;
-    for (; i < end; i += 8) {
-        v4d d0 = load4(x + i) - m, d1 = load4(x + i + 4) - m;
-        v4d e0 = d0 * d0, e1 = d1 * d1;
-        p0 += d0; p1 += d1;
-        q0 += e0; q1 += e1;
-        t0 += e0 * d0; t1 += e1 * d1;
-        f0 += e0 * e0; f1 += e1 * e1;
-    }
-    double s1 = fold4(p0) + fold4(p1), s2 = fold4(q0) + fold4(q1);
-    double s3 = fold4(t0) + fold4(t1), s4 = fold4(f0) + fold4(f1);
-    for (; i < n; i++) {
-        double d = x[i] - mu, e = d * d;
-        s1 += d; s2 += e; s3 += e * d; s4 += e * e;
-    }
-    out->s1 = s1;
-    out->s2 = s2;
-    out->s3 = s3;
-    out->s4 = s4;
-}
-
 static inline __attribute__((always_inline)) void scope_pass1_impl(int kind, const void *x, size_t n, double *copy,
                                                                    double *sum, double *min, double *max) {
-    v4d s0 = splat(0), s1 = splat(0);
+    v8d s = splat8(0);
     v4d lo = splat(__builtin_inf()), hi = splat(-__builtin_inf());
     size_t end = n & ~(size_t)7, i = 0;
     for (; i < end; i += 8) {
-        v4d x0, x1;
-        load8(x, kind, i, x0, x1);
-        if (copy) {
-            memcpy(copy + i, &x0, 32);
-            memcpy(copy + i + 4, &x1, 32);
-        }
-        s0 += x0;
-        s1 += x1;
+        v8d v = load8x(x, kind, i);
+        v4d x0 = lower4(v), x1 = upper4(v);
+        if (copy) memcpy(copy + i, &v, 64);
+        s += v;
         lo = vmin4(vmin4(x0, x1), lo);
         hi = vmax4(vmax4(x0, x1), hi);
     }
-    double total = fold4(s0) + fold4(s1);
+    double total = fold8(s);
     double mn = lo[0], mx = hi[0];
     for (int k = 1; k < 4; k++) {
         mn = lo[k] < mn ? lo[k] : mn;
@@ -275,75 +158,26 @@ static inline __attribute__((always_inline)) void scope_pass1_impl(int kind, con
     *max = mx;
 }
 
-CLONES void wsk_scope_pass1(const void *x, int kind, size_t n, double *copy, double *sum, double *min, double *max) {
-    BY_KIND(kind, scope_pass1_impl, x, n, copy, sum, min, max);
-}
-
-CLONES void wsk_scope_pass2(const double *x, size_t n, double mu, double *s1, double *s2) {
-    v4d m = splat(mu);
-    v4d p0 = splat(0), p1 = splat(0), q0 = splat(0), q1 = splat(0);
-    size_t end = n & ~(size_t)7, i = 0;
-    for (; i < end; i += 8) {
-        v4d d0 = load4(x + i) - m, d1 = load4(x + i + 4) - m;
-        p0 += d0; p1 += d1;
-        q0 += d0 * d0; q1 += d1 * d1;
-    }
-    double a = fold4(p0) + fold4(p1), b = fold4(q0) + fold4(q1);
-    for (; i < n; i++) {
-        double d = x[i] - mu;
-        a += d; b += d * d;
-    }
-    *s1 = a;
-    *s2 = b;
-}
-
-CLONES void wsk_fisher_accumulate(double *out, double *den, const double *x, const double *f, double c, double eps,
-                                  size_t n, int first) {
-    if (first) {
-        for (size_t i = 0; i < n; i++) {
-            double a = c * (f[i] + eps);
-            out[i] = a * x[i];
-            den[i] = a;
-        }
-    } else {
-        for (size_t i = 0; i < n; i++) {
-            double a = c * (f[i] + eps);
-            out[i] += a * x[i];
-            den[i] += a;
-        }
-    }
-}
-
-CLONES size_t wsk_fisher_divide(double *out, const double *den, size_t n) {
-    size_t empty = 0;
-    for (size_t i = 0; i < n; i++) {
-        int ok = den[i] > 0;
-        out[i] = ok ? out[i] / den[i] : out[i];
-        empty += !ok;
-    }
-    return empty;
-}
-
 /* Σf² over doubles or stored elements (`kind`), one lane layout for every kind (decoding is
  * exact, so the sum does not depend on where the values come from), with either the minimum
  * or, cheaper, whether some sign bit is set. */
 static inline __attribute__((always_inline)) void squares_impl(int kind, const void *f, size_t n, int want_min,
                                                                double *squares, double *min, int *signs) {
-    v4d s0 = splat(0), s1 = splat(0), lo = splat(__builtin_inf());
-    v4u sign = {0, 0, 0, 0};
+    v8d s = splat8(0);
+    v4d lo = splat(__builtin_inf());
+    v8lu sign = {0};
     size_t end = n & ~(size_t)7, i = 0;
     for (; i < end; i += 8) {
-        v4d x0, x1;
-        load8(f, kind, i, x0, x1);
-        s0 += x0 * x0;
-        s1 += x1 * x1;
-        if (want_min) lo = vmin4(vmin4(x0, x1), lo);
-        else sign |= (v4u)x0 | (v4u)x1;
+        v8d v = load8x(f, kind, i);
+        s += v * v;
+        if (want_min) lo = vmin4(vmin4(lower4(v), upper4(v)), lo);
+        else sign |= (v8lu)v;
     }
-    double sum = fold4(s0) + fold4(s1);
+    double sum = fold8(s);
     double mn = lo[0];
     for (int k = 1; k < 4; k++) mn = lo[k] < mn ? lo[k] : mn;
-    uint64_t bits = (sign[0] | sign[1]) | (sign[2] | sign[3]);
+    uint64_t bits = 0;
+    for (int k = 0; k < 8; k++) bits |= sign[k];
     for (; i < n; i++) {
         double v = load_one(f, kind, i);
         sum += v * v;
@@ -367,23 +201,15 @@ static inline __attribute__((always_inline)) void squares_signs_impl(int kind, c
     squares_impl(kind, f, n, 0, squares, NULL, signs);
 }
 
-CLONES void wsk_squares_min(const void *f, int kind, size_t n, double *squares, double *min) {
-    BY_KIND(kind, squares_min_impl, f, n, squares, min);
-}
-
-CLONES void wsk_squares_signs(const void *f, int kind, size_t n, double *squares, int *signs) {
-    BY_KIND(kind, squares_signs_impl, f, n, squares, signs);
-}
-
 /* ---- Fused combine: raw BF16/F32/F64 inputs to encoded output, without float64 blocks ---- */
 
 /* Every lane of a vector of doubles is finite: an all-ones exponent carries into the sign bit. */
-#define all_finite4(x) (((((v4u)(x) & splat4u(0x7FF0000000000000ull)) + splat4u(0x0010000000000000ull)) >> 63) == 0)
+#define all_finite8(x) (((((v8lu)(x) & 0x7FF0000000000000ull) + 0x0010000000000000ull) >> 63) == 0)
 
 /* Tiles of the fused combine: each input is folded into a float64 tile in L1, one simple loop
  * per input, then the tile is checked and encoded. */
 #define TILE 256
-#define store4(p, v) (*(v4d *)(p) = (v))
+#define store8(p, v) (*(v8d *)(p) = (v))
 
 /* acc (and den) ← the contribution of term t over elements [start, start + m), m a multiple of 8.
  * Always inlined with constant `mode`, `first` and `kind`s, so each use is a tight loop. */
@@ -391,24 +217,19 @@ static inline __attribute__((always_inline)) void fold_term(double *acc, double 
                                                              int first, int kind, int fisher_kind, double target,
                                                              double epsilon, size_t start, size_t m) {
     for (size_t i = 0; i < m; i += 8) {
-        v4d xlo, xhi;
-        load8(t->x, kind, start + i, xlo, xhi);
+        v8d x = load8x(t->x, kind, start + i);
         if (mode == WSK_AVERAGE) {
-            v4d w = splat(t->weight);
-            store4(acc + i, first ? w * xlo : load4(acc + i) + w * xlo);
-            store4(acc + i + 4, first ? w * xhi : load4(acc + i + 4) + w * xhi);
+            v8d w = splat8(t->weight);
+            store8(acc + i, first ? w * x : load8d(acc + i) + w * x);
         } else if (mode == WSK_RESCALE) {
-            v4d w = splat(t->weight), mu = splat(t->mean);
-            store4(acc + i, first ? (xlo - mu) * w : load4(acc + i) + (xlo - mu) * w);
-            store4(acc + i + 4, first ? (xhi - mu) * w : load4(acc + i + 4) + (xhi - mu) * w);
+            v8d w = splat8(t->weight), mu = splat8(t->mean);
+            store8(acc + i, first ? (x - mu) * w : load8d(acc + i) + (x - mu) * w);
         } else {
-            v4d flo, fhi, c = splat(t->weight), e = splat(epsilon);
-            load8(t->fisher, fisher_kind, start + i, flo, fhi);
-            v4d alo = c * (flo + e), ahi = c * (fhi + e);
-            store4(acc + i, first ? alo * xlo : load4(acc + i) + alo * xlo);
-            store4(acc + i + 4, first ? ahi * xhi : load4(acc + i + 4) + ahi * xhi);
-            store4(den + i, first ? alo : load4(den + i) + alo);
-            store4(den + i + 4, first ? ahi : load4(den + i + 4) + ahi);
+            v8d c = splat8(t->weight), e = splat8(epsilon);
+            v8d f = load8x(t->fisher, fisher_kind, start + i);
+            v8d a = c * (f + e);
+            store8(acc + i, first ? a * x : load8d(acc + i) + a * x);
+            store8(den + i, first ? a : load8d(den + i) + a);
         }
     }
 }
@@ -476,54 +297,128 @@ static inline int combine_one(const wsk_term *terms, size_t count, int mode, dou
     return acc - acc == 0; /* finite */
 }
 
-CLONES int wsk_combine(const wsk_term *terms, size_t count, int mode, double target, double epsilon, size_t n,
-                       int out_kind, void *dst) {
-    unsigned char *d = dst;
-    double acc[TILE] __attribute__((aligned(32))), den[TILE] __attribute__((aligned(32)));
-    v8i outside8 = {0, 0, 0, 0, 0, 0, 0, 0};
-    v4i bad = {0, 0, 0, 0};
-    size_t end = n & ~(size_t)7;
-    for (size_t start = 0; start < end; start += TILE) {
-        size_t m = end - start < TILE ? end - start : TILE;
-        for (size_t k = 0; k < count; k++) fold_term_dispatch(acc, den, &terms[k], mode, k == 0, target, epsilon, start, m);
-        for (size_t i = 0; i < m; i += 4) {
-            v4d y = load4(acc + i);
-            if (mode == WSK_FISHER) {
-                v4d q = load4(den + i);
-                bad |= (v4i)(q > splat(0)) == 0;
-                y = y / q;
-            } else if (mode == WSK_RESCALE) {
-                y = y + splat(target);
-            }
-            bad |= (v4i)all_finite4(y) == 0;
-            store4(acc + i, y);
-        }
-        if (out_kind == WSK_BF16) {
-            for (size_t i = 0; i < m; i += 8) encode8_bf16(load4(acc + i), load4(acc + i + 4), d + 2 * (start + i), outside8);
-        } else if (out_kind == WSK_F64) {
-            memcpy(d + 8 * start, acc, 8 * m);
-        } else {
-            for (size_t i = 0; i < m; i += 4) {
-                v4f f = __builtin_convertvector(load4(acc + i), v4f);
-                memcpy(d + 4 * (start + i), &f, 16);
-            }
-        }
-    }
-    uint32_t redo = 0;
-    for (int k = 0; k < 8; k++) redo |= outside8[k] != 0;
-    for (int k = 0; k < 4; k++) redo |= bad[k] != 0;
-    for (size_t i = end; i < n; i++) {
-        double y = 0;
-        redo |= !combine_one(terms, count, mode, target, epsilon, i, &y);
-        if (out_kind == WSK_BF16) {
-            uint16_t half = encode_bf16_one(y, &redo);
-            memcpy(d + 2 * i, &half, 2);
-        } else if (out_kind == WSK_F64) {
-            memcpy(d + 8 * i, &y, 8);
-        } else {
-            float f = (float)y;
-            memcpy(d + 4 * i, &f, 4);
-        }
-    }
-    return redo != 0;
+/* ---- One copy of the loops per level ---- */
+
+/* The kernels of one instruction-set level. */
+typedef struct {
+    const char *name;
+    void (*decode_bf16)(const void *src, size_t n, double *dst);
+    void (*decode_f32)(const void *src, size_t n, double *dst);
+    int (*encode_bf16)(const double *src, size_t n, void *dst);
+    void (*encode_f32)(const double *src, size_t n, void *dst);
+    void (*scale)(double *out, const double *x, double w, size_t n);
+    void (*axpy)(double *out, const double *x, double w, size_t n);
+    int (*nonfinite)(const double *x, size_t n);
+    void (*moments_pass1)(const double *x, size_t n, wsk_pass1 *out);
+    void (*moments_pass2)(const double *x, size_t n, double mu, wsk_pass2 *out);
+    void (*scope_pass1)(const void *x, int kind, size_t n, double *copy, double *sum, double *min, double *max);
+    void (*scope_pass2)(const double *x, size_t n, double mu, double *s1, double *s2);
+    void (*fisher_accumulate)(double *out, double *den, const double *x, const double *f, double c, double eps, size_t n, int first);
+    size_t (*fisher_divide)(double *out, const double *den, size_t n);
+    void (*squares_min)(const void *f, int kind, size_t n, double *squares, double *min);
+    void (*squares_signs)(const void *f, int kind, size_t n, double *squares, int *signs);
+    int (*combine)(const wsk_term *terms, size_t count, int mode, double target, double epsilon, size_t n, int out_kind, void *dst);
+} wsk_kernels;
+
+#define LEVEL_CAT_(name, level) name##_##level
+#define LEVEL_CAT(name, level) LEVEL_CAT_(name, level)
+#define LEVELED(name) LEVEL_CAT(name, LEVEL)
+
+#define LEVEL baseline
+#define LEVEL_NAME "baseline"
+#include "kernel_loops.h"
+#undef LEVEL
+#undef LEVEL_NAME
+
+#if WSK_X86
+#pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
+#define LEVEL avx2
+#define LEVEL_NAME "avx2"
+#include "kernel_loops.h"
+#undef LEVEL
+#undef LEVEL_NAME
+#pragma clang attribute pop
+
+/* min_vector_width(512): without it clang keeps 8-lane vectors in pairs of 256-bit registers. */
+#pragma clang attribute push(__attribute__((target("arch=x86-64-v4"), min_vector_width(512))), apply_to = function)
+#define LEVEL avx512
+#define LEVEL_NAME "avx512"
+#include "kernel_loops.h"
+#undef LEVEL
+#undef LEVEL_NAME
+#pragma clang attribute pop
+#endif
+
+static const wsk_kernels *const levels[] = {
+    &kernels_baseline,
+#if WSK_X86
+    &kernels_avx2,
+    &kernels_avx512,
+#endif
+};
+
+int wsk_best_simd_level(void) {
+#if WSK_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4")) return WSK_SIMD_AVX512;
+    if (__builtin_cpu_supports("avx2")) return WSK_SIMD_AVX2;
+#endif
+    return WSK_SIMD_BASELINE;
 }
+
+const char *wsk_simd_level_name(int level) {
+    static const char *const names[] = {"baseline", "avx2", "avx512"};
+    return level >= 0 && level <= WSK_SIMD_AVX512 ? names[level] : "unknown";
+}
+
+int wsk_simd_level_named(const char *name) {
+    for (int level = 0; level <= WSK_SIMD_AVX512; level++)
+        if (strcmp(wsk_simd_level_name(level), name) == 0) return level;
+    return -1;
+}
+
+/* The level in use: NULL until the first call chooses one. */
+static _Atomic(const wsk_kernels *) active_kernels;
+
+int wsk_use_simd_level(int level) {
+    int best = wsk_best_simd_level();
+    if (level < 0 || level > best) level = best;
+    atomic_store_explicit(&active_kernels, levels[level], memory_order_relaxed);
+    return level;
+}
+
+int wsk_simd_level(void) {
+    const wsk_kernels *k = atomic_load_explicit(&active_kernels, memory_order_relaxed);
+    if (!k) {
+        const char *name = getenv("WSAMERGE_SIMD");
+        return wsk_use_simd_level(name ? wsk_simd_level_named(name) : -1);
+    }
+    for (size_t i = 0; i < sizeof levels / sizeof levels[0]; i++)
+        if (levels[i] == k) return (int)i;
+    return WSK_SIMD_BASELINE;
+}
+
+static inline const wsk_kernels *wsk_active(void) {
+    const wsk_kernels *k = atomic_load_explicit(&active_kernels, memory_order_relaxed);
+    if (__builtin_expect(k != NULL, 1)) return k;
+    return levels[wsk_simd_level()];
+}
+
+/* ---- The public entry points ---- */
+
+void wsk_decode_bf16(const void *src, size_t n, double *dst) { wsk_active()->decode_bf16(src, n, dst); }
+void wsk_decode_f32(const void *src, size_t n, double *dst) { wsk_active()->decode_f32(src, n, dst); }
+int wsk_encode_bf16(const double *src, size_t n, void *dst) { return wsk_active()->encode_bf16(src, n, dst); }
+void wsk_encode_f32(const double *src, size_t n, void *dst) { wsk_active()->encode_f32(src, n, dst); }
+void wsk_scale(double *out, const double *x, double w, size_t n) { wsk_active()->scale(out, x, w, n); }
+void wsk_axpy(double *out, const double *x, double w, size_t n) { wsk_active()->axpy(out, x, w, n); }
+int wsk_nonfinite(const double *x, size_t n) { return wsk_active()->nonfinite(x, n); }
+void wsk_moments_pass1(const double *x, size_t n, wsk_pass1 *out) { wsk_active()->moments_pass1(x, n, out); }
+void wsk_moments_pass2(const double *x, size_t n, double mu, wsk_pass2 *out) { wsk_active()->moments_pass2(x, n, mu, out); }
+void wsk_scope_pass1(const void *x, int kind, size_t n, double *copy, double *sum, double *min, double *max) { wsk_active()->scope_pass1(x, kind, n, copy, sum, min, max); }
+void wsk_scope_pass2(const double *x, size_t n, double mu, double *s1, double *s2) { wsk_active()->scope_pass2(x, n, mu, s1, s2); }
+void wsk_fisher_accumulate(double *out, double *den, const double *x, const double *f, double c, double eps, size_t n, int first) { wsk_active()->fisher_accumulate(out, den, x, f, c, eps, n, first); }
+size_t wsk_fisher_divide(double *out, const double *den, size_t n) { return wsk_active()->fisher_divide(out, den, n); }
+void wsk_squares_min(const void *f, int kind, size_t n, double *squares, double *min) { wsk_active()->squares_min(f, kind, n, squares, min); }
+void wsk_squares_signs(const void *f, int kind, size_t n, double *squares, int *signs) { wsk_active()->squares_signs(f, kind, n, squares, signs); }
+int wsk_combine(const wsk_term *terms, size_t count, int mode, double target, double epsilon, size_t n, int out_kind, void *dst) { return wsk_active()->combine(terms, count, mode, target, epsilon, n, out_kind, dst); }

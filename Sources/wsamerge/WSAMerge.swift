@@ -21,6 +21,7 @@ struct WSAMerge: ParsableCommand {
 
     static func main() {
         do {
+            try SIMDLevel.checkEnvironment()
             var command = try parseAsRoot()
             try command.run()
         } catch let error as WSAMergeError {

@@ -83,19 +83,28 @@ import Testing
     }
 
     @Test(arguments: [["--strategy", "wsa"], ["--strategy", "fisher", "--fisher"] + fisher, ["--strategy", "average"]])
-    func outputIsByteIdenticalAcrossRunsAndJobs(strategy: [String]) throws {
+    func outputIsByteIdenticalAcrossRunsJobsAndSIMDLevels(strategy: [String]) throws {
         let dir = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(dir) }
         var outputs: [Data] = []
-        for (i, jobs) in ["1", "4", "1", "2"].enumerated() {
+        // WSAMERGE_SIMD caps the kernels' instruction set ("avx512" is the best level, also where the CPU lacks it).
+        for (i, (jobs, level)) in [("1", "avx512"), ("4", "avx512"), ("1", "baseline"), ("2", "avx2")].enumerated() {
             let out = dir + "/m\(i).safetensors"
-            let run = try TestSupport.wsamerge(["fuse", "--jobs", jobs] + Self.bf16 + strategy + ["-o", out])
+            let run = try TestSupport.wsamerge(["fuse", "--jobs", jobs] + Self.bf16 + strategy + ["-o", out],
+                                               environment: ["WSAMERGE_SIMD": level])
             #expect(run.status == 0, "\(run.stderr)")
             outputs.append(try Data(contentsOf: URL(fileURLWithPath: out)))
         }
         #expect(outputs[0] == outputs[1])
         #expect(outputs[0] == outputs[2])
         #expect(outputs[0] == outputs[3])
+    }
+
+    @Test func unknownSIMDLevelIsAUsageError() throws {
+        let run = try TestSupport.wsamerge(["stats", Self.f32[0]], environment: ["WSAMERGE_SIMD": "sse2"])
+        #expect(run.status == 64)
+        #expect(run.stderr == "wsamerge: error: WSAMERGE_SIMD: unknown level 'sse2' (expected one of baseline, avx2, avx512)\n")
+        #expect(run.stdout.isEmpty)
     }
 
     @Test func metadataAndReportCarryProvenance() throws {

@@ -92,6 +92,20 @@ typedef struct {
 int wsk_combine(const wsk_term *terms, size_t count, int mode, double target, double epsilon, size_t n, int out_kind,
                 void *dst);
 
+/// Instruction-set levels of the kernels. Every level computes the same bits; higher levels hold
+/// more lanes per instruction. WSK_SIMD_AVX512 means x86-64-v4 (AVX-512 F/BW/DQ/VL/CD).
+enum { WSK_SIMD_BASELINE = 0, WSK_SIMD_AVX2 = 1, WSK_SIMD_AVX512 = 2 };
+/// The highest level this CPU runs.
+int wsk_best_simd_level(void);
+/// The level in use. The first call (or the first kernel call) chooses the best level, capped
+/// by the level named in the environment variable WSAMERGE_SIMD when it names one.
+int wsk_simd_level(void);
+/// Uses `level`, capped at the best level (−1: the best); returns the level now in use.
+int wsk_use_simd_level(int level);
+/// "baseline", "avx2" or "avx512"; and back (−1 for another name).
+const char *wsk_simd_level_name(int level);
+int wsk_simd_level_named(const char *name);
+
 /// Starts asynchronous write-back of a file range (Linux `sync_file_range`, which Swift's Glibc
 /// module does not export); a no-op elsewhere.
 int wsk_start_writeback(int fd, int64_t offset, int64_t count);

@@ -1,0 +1,252 @@
+/* The loops of every kernel, compiled once per instruction-set level: kernels.c includes this
+ * file with LEVEL set (baseline, avx2, avx512) and the matching target attribute in force, so
+ * each function here is named name_LEVEL and uses the shared helpers inlined at that level. The
+ * public wsk_* functions (kernels.h documents them) call the level chosen at run time. */
+
+static void LEVELED(decode_bf16)(const void *src, size_t n, double *dst) {
+    const unsigned char *s = src;
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, s + 2 * i, 2);
+        uint32_t bits = (uint32_t)h << 16;
+        float f;
+        memcpy(&f, &bits, 4);
+        dst[i] = f;
+    }
+}
+
+static void LEVELED(decode_f32)(const void *src, size_t n, double *dst) {
+    const unsigned char *s = src;
+    for (size_t i = 0; i < n; i++) {
+        float f;
+        memcpy(&f, s + 4 * i, 4);
+        dst[i] = f;
+    }
+}
+
+static int LEVELED(encode_bf16)(const double *src, size_t n, void *dst) {
+    unsigned char *d = dst;
+    v8i outside8 = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) encode8_bf16(load8d(src + i), d + 2 * i, outside8);
+    uint32_t outside = 0;
+    for (int k = 0; k < 8; k++) outside |= outside8[k] != 0;
+    for (; i < n; i++) {
+        uint16_t half = encode_bf16_one(src[i], &outside);
+        memcpy(d + 2 * i, &half, 2);
+    }
+    return outside != 0;
+}
+
+static void LEVELED(encode_f32)(const double *src, size_t n, void *dst) {
+    unsigned char *d = dst;
+    for (size_t i = 0; i < n; i++) {
+        float f = (float)src[i];
+        memcpy(d + 4 * i, &f, 4);
+    }
+}
+
+static void LEVELED(scale)(double *out, const double *x, double w, size_t n) {
+    for (size_t i = 0; i < n; i++) out[i] = w * x[i];
+}
+
+static void LEVELED(axpy)(double *out, const double *x, double w, size_t n) {
+    for (size_t i = 0; i < n; i++) out[i] += w * x[i];
+}
+
+static int LEVELED(nonfinite)(const double *x, size_t n) {
+    uint64_t high = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t u;
+        memcpy(&u, &x[i], 8);
+        /* an all-ones exponent carries into the sign bit */
+        high |= (u & 0x7FF0000000000000ull) + 0x0010000000000000ull;
+    }
+    return (high >> 63) != 0;
+}
+
+static void LEVELED(moments_pass1)(const double *x, size_t n, wsk_pass1 *out) {
+    v8d s = splat8(0), a = splat8(0);
+    v4d lo = splat(__builtin_inf()), hi = splat(-__builtin_inf());
+    v8l z = {0};
+    size_t end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) {
+        v8d v = load8d(x + i);
+        v4d x0 = lower4(v), x1 = upper4(v);
+        s += v;
+        a += (v8d)((v8lu)v & 0x7FFFFFFFFFFFFFFFull);
+        lo = vmin4(vmin4(x0, x1), lo);
+        hi = vmax4(vmax4(x0, x1), hi);
+        z -= (v8l)(v == 0); /* comparisons give −1 per true lane */
+    }
+    double sum = fold8(s), abs_sum = fold8(a);
+    double mn = lo[0], mx = hi[0];
+    for (int k = 1; k < 4; k++) {
+        mn = lo[k] < mn ? lo[k] : mn;
+        mx = hi[k] > mx ? hi[k] : mx;
+    }
+    int64_t zeros = 0;
+    for (int k = 0; k < 8; k++) zeros += z[k];
+    for (; i < n; i++) {
+        double v = x[i];
+        sum += v;
+        abs_sum += v < 0 ? -v : v;
+        mn = v < mn ? v : mn;
+        mx = v > mx ? v : mx;
+        zeros += v == 0;
+    }
+    out->sum = sum;
+    out->abs_sum = abs_sum;
+    out->min = mn;
+    out->max = mx;
+    out->zeros = zeros;
+}
+
+static void LEVELED(moments_pass2)(const double *x, size_t n, double mu, wsk_pass2 *out) {
+    v8d m = splat8(mu), p = splat8(0), q = splat8(0), t = splat8(0), f = splat8(0);
+    size_t end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) {
+        v8d d = load8d(x + i) - m, e = d * d;
+        p += d;
+        q += e;
+        t += e * d;
+        f += e * e;
+    }
+    double s1 = fold8(p), s2 = fold8(q), s3 = fold8(t), s4 = fold8(f);
+    for (; i < n; i++) {
+        double d = x[i] - mu, e = d * d;
+        s1 += d; s2 += e; s3 += e * d; s4 += e * e;
+    }
+    out->s1 = s1;
+    out->s2 = s2;
+    out->s3 = s3;
+    out->s4 = s4;
+}
+
+static void LEVELED(scope_pass1)(const void *x, int kind, size_t n, double *copy, double *sum, double *min, double *max) {
+    BY_KIND(kind, scope_pass1_impl, x, n, copy, sum, min, max);
+}
+
+static void LEVELED(scope_pass2)(const double *x, size_t n, double mu, double *s1, double *s2) {
+    v8d m = splat8(mu), p = splat8(0), q = splat8(0);
+    size_t end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) {
+        v8d d = load8d(x + i) - m;
+        p += d;
+        q += d * d;
+    }
+    double a = fold8(p), b = fold8(q);
+    for (; i < n; i++) {
+        double d = x[i] - mu;
+        a += d; b += d * d;
+    }
+    *s1 = a;
+    *s2 = b;
+}
+
+static void LEVELED(fisher_accumulate)(double *out, double *den, const double *x, const double *f, double c, double eps,
+                                  size_t n, int first) {
+    if (first) {
+        for (size_t i = 0; i < n; i++) {
+            double a = c * (f[i] + eps);
+            out[i] = a * x[i];
+            den[i] = a;
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            double a = c * (f[i] + eps);
+            out[i] += a * x[i];
+            den[i] += a;
+        }
+    }
+}
+
+static size_t LEVELED(fisher_divide)(double *out, const double *den, size_t n) {
+    size_t empty = 0;
+    for (size_t i = 0; i < n; i++) {
+        int ok = den[i] > 0;
+        out[i] = ok ? out[i] / den[i] : out[i];
+        empty += !ok;
+    }
+    return empty;
+}
+
+static void LEVELED(squares_min)(const void *f, int kind, size_t n, double *squares, double *min) {
+    BY_KIND(kind, squares_min_impl, f, n, squares, min);
+}
+
+static void LEVELED(squares_signs)(const void *f, int kind, size_t n, double *squares, int *signs) {
+    BY_KIND(kind, squares_signs_impl, f, n, squares, signs);
+}
+
+static int LEVELED(combine)(const wsk_term *terms, size_t count, int mode, double target, double epsilon, size_t n,
+                       int out_kind, void *dst) {
+    unsigned char *d = dst;
+    double acc[TILE] __attribute__((aligned(32))), den[TILE] __attribute__((aligned(32)));
+    v8i outside8 = {0, 0, 0, 0, 0, 0, 0, 0};
+    v8l bad = {0};
+    size_t end = n & ~(size_t)7;
+    for (size_t start = 0; start < end; start += TILE) {
+        size_t m = end - start < TILE ? end - start : TILE;
+        for (size_t k = 0; k < count; k++) fold_term_dispatch(acc, den, &terms[k], mode, k == 0, target, epsilon, start, m);
+        for (size_t i = 0; i < m; i += 8) {
+            v8d y = load8d(acc + i);
+            if (mode == WSK_FISHER) {
+                v8d q = load8d(den + i);
+                bad |= (v8l)(q > 0) == 0;
+                y = y / q;
+            } else if (mode == WSK_RESCALE) {
+                y = y + target;
+            }
+            bad |= (v8l)all_finite8(y) == 0;
+            store8(acc + i, y);
+        }
+        if (out_kind == WSK_BF16) {
+            for (size_t i = 0; i < m; i += 8) encode8_bf16(load8d(acc + i), d + 2 * (start + i), outside8);
+        } else if (out_kind == WSK_F64) {
+            memcpy(d + 8 * start, acc, 8 * m);
+        } else {
+            for (size_t i = 0; i < m; i += 4) {
+                v4f f = __builtin_convertvector(load4(acc + i), v4f);
+                memcpy(d + 4 * (start + i), &f, 16);
+            }
+        }
+    }
+    uint32_t redo = 0;
+    for (int k = 0; k < 8; k++) redo |= outside8[k] != 0;
+    for (int k = 0; k < 8; k++) redo |= bad[k] != 0;
+    for (size_t i = end; i < n; i++) {
+        double y = 0;
+        redo |= !combine_one(terms, count, mode, target, epsilon, i, &y);
+        if (out_kind == WSK_BF16) {
+            uint16_t half = encode_bf16_one(y, &redo);
+            memcpy(d + 2 * i, &half, 2);
+        } else if (out_kind == WSK_F64) {
+            memcpy(d + 8 * i, &y, 8);
+        } else {
+            float f = (float)y;
+            memcpy(d + 4 * i, &f, 4);
+        }
+    }
+    return redo != 0;
+}
+
+static const wsk_kernels LEVELED(kernels) = {
+    .name = LEVEL_NAME,
+    .decode_bf16 = LEVELED(decode_bf16),
+    .decode_f32 = LEVELED(decode_f32),
+    .encode_bf16 = LEVELED(encode_bf16),
+    .encode_f32 = LEVELED(encode_f32),
+    .scale = LEVELED(scale),
+    .axpy = LEVELED(axpy),
+    .nonfinite = LEVELED(nonfinite),
+    .moments_pass1 = LEVELED(moments_pass1),
+    .moments_pass2 = LEVELED(moments_pass2),
+    .scope_pass1 = LEVELED(scope_pass1),
+    .scope_pass2 = LEVELED(scope_pass2),
+    .fisher_accumulate = LEVELED(fisher_accumulate),
+    .fisher_divide = LEVELED(fisher_divide),
+    .squares_min = LEVELED(squares_min),
+    .squares_signs = LEVELED(squares_signs),
+    .combine = LEVELED(combine),
+};

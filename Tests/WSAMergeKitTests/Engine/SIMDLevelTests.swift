@@ -1,0 +1,198 @@
+import CKernels
+import Foundation
+import Testing
+@testable import WSAMergeKit
+
+/// Every instruction-set level of the kernels must give the same bits: a merge written on one
+/// machine is byte-identical to the one written on another. Each kernel is run at every level
+/// this CPU supports, on lengths around the vector widths and the combine's 256-element tiles,
+/// with NaNs, infinities, signed zeros, subnormals and BF16 rounding ties among the values.
+@Suite(.serialized) struct SIMDLevelTests {
+    static let lengths = [0, 1, 3, 7, 8, 9, 15, 16, 17, 31, 255, 256, 257, 263, 520, 1031]
+
+    /// Gaussian values of scale 0.02 with a special value at every 17th element and rounding ties.
+    static func values(_ n: Int, seed: UInt64) -> [Double] {
+        var rng = SplitMix(seed: seed)
+        let specials: [Double] = [.nan, .infinity, -.infinity, 0, -0.0, 0x1p-1060, -0x1p-140, 0x1p-133, 1e300, 3.0e38]
+        return (0..<n).map { i in
+            let u = Double(rng.next() >> 11 | 1) * 0x1p-53, v = Double(rng.next() >> 11) * 0x1p-53
+            let g = (-2 * log(u)).squareRoot() * cos(2 * .pi * v) * 0.02
+            switch i % 17 {
+            case 5: return specials[(i / 17) % specials.count]
+            case 11: return Double(Float(bitPattern: Float(g).bitPattern & 0xFFFF_0000 | 0x8000))  // a BF16 tie
+            default: return g
+            }
+        }
+    }
+
+    /// Finite values only (the combine's fast path and the moments' sums).
+    static func finite(_ n: Int, seed: UInt64) -> [Double] { values(n, seed: seed).map { $0.isFinite && abs($0) < 1e30 ? $0 : 0.25 } }
+
+    /// `body` run at every supported level, as bit patterns; the levels must agree with baseline.
+    func expectSameBits(_ what: String, _ body: () -> [UInt64]) {
+        let previous = SIMDLevel.current
+        defer { SIMDLevel.use(previous) }
+        var baseline: [UInt64]?
+        for level in SIMDLevel.allCases where level.rawValue <= SIMDLevel.best.rawValue {
+            #expect(SIMDLevel.use(level) == level)
+            let bits = body()
+            if let baseline {
+                // Compared as a Bool: a failing `==` on arrays would make the test library print them.
+                let same = bits == baseline
+                let first = zip(bits, baseline).enumerated().first { $0.element.0 != $0.element.1 }?.offset
+                #expect(same, "\(what): \(level) differs from baseline (first at \(first ?? -1))")
+            } else {
+                baseline = bits
+            }
+        }
+    }
+
+    @Test func conversionsAgree() {
+        for n in Self.lengths {
+            let x = Self.values(n, seed: UInt64(n))
+            let bf16 = x.map { UInt16(Float($0).bitPattern >> 16) }, f32 = x.map { Float($0) }
+            expectSameBits("decode n=\(n)") {
+                var a = [Double](repeating: 0, count: n), b = a
+                wsk_decode_bf16(bf16, n, &a)
+                wsk_decode_f32(f32, n, &b)
+                return (a + b).map(\.bitPattern)
+            }
+            expectSameBits("encode n=\(n)") {
+                var h = [UInt16](repeating: 0, count: n), f = [Float](repeating: 0, count: n)
+                let flagged = wsk_encode_bf16(x, n, &h)
+                wsk_encode_f32(x, n, &f)
+                return h.map { UInt64($0) } + f.map { UInt64($0.bitPattern) } + [UInt64(flagged)]
+            }
+            expectSameBits("scale, axpy, nonfinite n=\(n)") {
+                var out = [Double](repeating: 0, count: n)
+                wsk_scale(&out, x, 0.3, n)
+                wsk_axpy(&out, x.reversed(), -1.7, n)
+                return out.map(\.bitPattern) + [UInt64(wsk_nonfinite(x, n))]
+            }
+        }
+    }
+
+    @Test func momentsAgree() {
+        for n in Self.lengths {
+            let x = Self.finite(n, seed: UInt64(100 + n))
+            expectSameBits("moments n=\(n)") {
+                var first = wsk_pass1(), second = wsk_pass2()
+                wsk_moments_pass1(x, n, &first)
+                wsk_moments_pass2(x, n, 0.001, &second)
+                var s1 = 0.0, s2 = 0.0
+                wsk_scope_pass2(x, n, -0.002, &s1, &s2)
+                return [first.sum, first.abs_sum, first.min, first.max, Double(first.zeros),
+                        second.s1, second.s2, second.s3, second.s4, s1, s2].map(\.bitPattern)
+            }
+            for (kind, bytes) in Self.stored(x) {
+                expectSameBits("scope pass 1, squares, kind \(kind) n=\(n)") {
+                    var copy = [Double](repeating: 0, count: n)
+                    var sum = 0.0, mn = 0.0, mx = 0.0, squares = 0.0, squares2 = 0.0, minimum = 0.0
+                    var signs: Int32 = 0
+                    bytes.withUnsafeBytes { raw in
+                        wsk_scope_pass1(raw.baseAddress, kind, n, &copy, &sum, &mn, &mx)
+                        wsk_squares_min(raw.baseAddress, kind, n, &squares, &minimum)
+                        wsk_squares_signs(raw.baseAddress, kind, n, &squares2, &signs)
+                    }
+                    return copy.map(\.bitPattern) + [sum, mn, mx, squares, minimum, squares2, Double(signs)].map(\.bitPattern)
+                }
+            }
+        }
+    }
+
+    @Test func fisherAndCombineAgree() {
+        for n in Self.lengths {
+            let inputs = (0..<3).map { Self.finite(n, seed: UInt64(200 + 10 * n + $0)) }
+            let fishers = (0..<3).map { k in Self.values(n, seed: UInt64(300 + n + k)).map { $0.isFinite ? $0 * $0 * 50 : 0 } }
+            expectSameBits("fisher accumulate and divide n=\(n)") {
+                var out = [Double](repeating: 0, count: n), den = out
+                for k in 0..<3 { wsk_fisher_accumulate(&out, &den, inputs[k], fishers[k], [0.5, 2, 1.25][k], 1e-6, n, k == 0 ? 1 : 0) }
+                let empty = wsk_fisher_divide(&out, den, n)
+                return out.map(\.bitPattern) + den.map(\.bitPattern) + [UInt64(empty)]
+            }
+            let stored = inputs.map(Self.stored), storedFisher = fishers.map(Self.stored)
+            for mode in [WSK_AVERAGE, WSK_RESCALE, WSK_FISHER] {
+                for kind in 0..<3 {
+                    for outKind in [WSK_BF16, WSK_F32, WSK_F64] {
+                        expectSameBits("combine mode \(mode) kind \(kind) out \(outKind) n=\(n)") {
+                            var output = [UInt8](repeating: 0, count: 8 * n)
+                            let redo = Self.combine(stored.map { $0[kind].1 }, storedFisher.map { $0[kind].1 }, kind: Int32(kind),
+                                                    mode: Int32(mode), outKind: Int32(outKind), n: n, into: &output)
+                            return output.map { UInt64($0) } + [UInt64(redo)]
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The same merges and statistics through the library at every level.
+    @Test func mergesAndStatisticsAgree() throws {
+        let (models, fishers) = try RawKernelTests().inputs()
+        defer { for path in models + fishers { Bytes.removeDirectory(of: path) } }
+        for strategy in ["average", "wsa", "fisher"] {
+            for dtype in [nil, DType.F32, .F64] {
+                var bytes: [SIMDLevel: Data] = [:]
+                let previous = SIMDLevel.current
+                defer { SIMDLevel.use(previous) }
+                for level in SIMDLevel.allCases where level.rawValue <= SIMDLevel.best.rawValue {
+                    SIMDLevel.use(level)
+                    let out = NSTemporaryDirectory() + "simd-\(UUID().uuidString).safetensors"
+                    defer { try? FileManager.default.removeItem(atPath: out) }
+                    var request = Merger.Request(inputs: models, strategy: strategy, output: OutputOptions(path: out, layout: .safetensors))
+                    request.weights = [0.2, 0.5, 0.3]
+                    request.dtype = dtype
+                    request.jobs = 2
+                    request.settings.fisherPaths = fishers
+                    _ = try Merger.run(request)
+                    bytes[level] = try Data(contentsOf: URL(fileURLWithPath: out))
+                }
+                let same = Set(bytes.values).count == 1
+                #expect(same, "\(strategy) \(dtype?.rawValue ?? "same dtype"): levels \(bytes.keys.sorted { $0.rawValue < $1.rawValue }) differ")
+            }
+        }
+        let checkpoint = try CheckpointReader.open(models[1])
+        var moments: [[Moments?]] = []
+        let previous = SIMDLevel.current
+        defer { SIMDLevel.use(previous) }
+        for level in SIMDLevel.allCases where level.rawValue <= SIMDLevel.best.rawValue {
+            SIMDLevel.use(level)
+            moments.append(try StatisticsRun.measure(checkpoint, filter: .all, jobs: 2).map(\.moments))
+        }
+        #expect(moments.allSatisfy { $0 == moments[0] })
+    }
+
+    @Test func environmentNamesALevel() {
+        #expect(SIMDLevel.allCases.map { wsk_simd_level_named($0.description) } == [0, 1, 2])
+        #expect(wsk_simd_level_named("sse4") == -1)
+        #expect(SIMDLevel.use(.avx512).rawValue == SIMDLevel.best.rawValue)  // capped at what the CPU runs
+        SIMDLevel.use(.best)
+    }
+
+    /// x stored as BF16, F32 and F64 bytes (indexed by WSK kind).
+    static func stored(_ x: [Double]) -> [(Int32, [UInt8])] {
+        [(Int32(WSK_BF16), x.flatMap { Bytes.le(UInt16(Float($0).bitPattern >> 16)) }),
+         (Int32(WSK_F32), x.flatMap { Bytes.le(Float($0)) }),
+         (Int32(WSK_F64), x.flatMap { Bytes.le($0) })]
+    }
+
+    /// wsk_combine over three terms.
+    static func combine(_ xs: [[UInt8]], _ fs: [[UInt8]], kind: Int32, mode: Int32, outKind: Int32, n: Int,
+                        into output: inout [UInt8]) -> Int32 {
+        let xp = xs.map { bytes in bytes.withUnsafeBytes { UnsafeMutableRawPointer.allocate(byteCount: max(1, $0.count), alignment: 8).initializeMemory(from: $0) } }
+        let fp = fs.map { bytes in bytes.withUnsafeBytes { UnsafeMutableRawPointer.allocate(byteCount: max(1, $0.count), alignment: 8).initializeMemory(from: $0) } }
+        defer { for p in xp + fp { p.deallocate() } }
+        var terms = (0..<3).map { k in
+            wsk_term(x: xp[k], fisher: fp[k], kind: kind, fisher_kind: kind, weight: [0.2, 0.5, 0.3][k], mean: [0.001, -0.002, 0.0005][k])
+        }
+        return wsk_combine(&terms, 3, mode, 0.0125, 1e-6, n, outKind, &output)
+    }
+}
+
+private extension UnsafeMutableRawPointer {
+    /// Copies `bytes` here and returns self.
+    func initializeMemory(from bytes: UnsafeRawBufferPointer) -> UnsafeMutableRawPointer {
+        if let base = bytes.baseAddress { copyMemory(from: base, byteCount: bytes.count) }
+        return self
+    }
+}
