@@ -7,9 +7,11 @@ import Dispatch
 /// also give a raw kernel, which works on the stored bytes of a block directly (BF16/F32/F64,
 /// no float64 copy) and hands back the blocks it cannot finish.
 ///
-/// Reading the next chunk and writing the previous one run on their own threads while the
-/// current chunk is computed (double-buffered input, triple-buffered output), so I/O and
-/// arithmetic overlap; memory stays at a few chunks whatever the tensor size.
+/// The workers read the next chunk (in pieces, `TensorReader.reads`) between the blocks of the
+/// current one, so reading, which is copying out of the page cache, is shared by every core
+/// like the arithmetic, with no thread of its own to wait for; a writer thread writes the
+/// previous chunk meanwhile (double-buffered input, triple-buffered output). Memory stays at a
+/// few chunks whatever the tensor size.
 ///
 /// The partition (see `Partition`) does not depend on `jobs`, per-element results do not
 /// depend on the thread that computed them, and per-block results reach `fold` in block order,
@@ -49,6 +51,9 @@ public struct Lockstep {
         }
     }
 
+    /// Bytes per read item (a BF16 input's whole chunk; 64 KiB to 256 KiB pieces were slower).
+    static let readPieceBytes = 1 << 20
+
     /// Off, raw kernels are skipped and every block is decoded (tests compare the two paths).
     nonisolated(unsafe) static var rawKernelsEnabled = true
 
@@ -76,44 +81,45 @@ public struct Lockstep {
             cache.give(scratch + inputBuffers.joined() + outputBuffers)
         }
 
-        /// Reads the chunk starting at element `start` into input buffer set `slot`.
-        func read(_ start: Int, into slot: Int) throws {
+        /// The reads of the chunk starting at element `start` into input buffer set `slot`.
+        func reads(_ start: Int, into slot: Int) -> [() throws -> Void] {
             let n = Swift.min(chunk, count - start)
-            // From four inputs on (a Fisher merge reads six), one thread cannot copy a chunk
-            // out of the page cache as fast as the workers use it: two threads share the read.
-            // (With three inputs, splitting was measured slower.)
-            if readers.count >= 4 && jobs > 1 {
-                var errors = [Error?](repeating: nil, count: readers.count)
-                errors.withUnsafeMutableBufferPointer { errs in
-                    DispatchQueue.concurrentPerform(iterations: 2) { half in
-                        for k in stride(from: half, to: readers.count, by: 2) {
-                            do { try readers[k].read(into: inputBuffers[slot][k].prefix(n * widths[k])) } catch { errs[k] = error }
-                        }
-                    }
-                }
-                if let error = errors.compactMap({ $0 }).first { throw error }
-            } else {
-                for (k, reader) in readers.enumerated() {
-                    try reader.read(into: inputBuffers[slot][k].prefix(n * widths[k]))
-                }
+            return readers.indices.flatMap { k in
+                readers[k].reads(into: inputBuffers[slot][k].prefix(n * widths[k]), pieceBytes: Self.readPieceBytes)
             }
         }
 
-        try read(0, into: 0)
+        /// Runs `reads` and then `blocks` calls of `compute`, all on the workers, which take the next
+        /// item as they finish one; rethrows the first read error.
+        func run(_ reads: [() throws -> Void], blocks: Int, _ compute: (_ block: Int, _ worker: Int) -> Void) throws {
+            var errors = [Error?](repeating: nil, count: reads.count)
+            errors.withUnsafeMutableBufferPointer { errors in
+                parallelFor(reads.count + blocks, jobs: workers) { i, worker in
+                    if i < reads.count {
+                        do { try reads[i]() } catch { errors[i] = error }
+                    } else {
+                        compute(i - reads.count, worker)
+                    }
+                }
+            }
+            if let error = errors.lazy.compactMap({ $0 }).first { throw error }
+        }
+
+        try run(reads(0, into: 0), blocks: 0) { _, _ in }
         var start = 0
         var chunkNumber = 0
         while start < count {
             let n = Swift.min(chunk, count - start)
             let slot = chunkNumber % 2
             let next = start + n
-            if next < count { io.readAhead { try read(next, into: 1 - slot) } }
             let encoded = outputBuffers[chunkNumber % 3]
             if output != nil { try io.waitUntilWritable(encoded) }
             let raws = inputBuffers[slot]
             let blocks = (n + block - 1) / block
             var results = [T?](repeating: nil, count: blocks)
-            results.withUnsafeMutableBufferPointer { out in
-                parallelFor(blocks, jobs: workers) { b, worker in
+            // The next chunk is read by the same workers, between the blocks of this one.
+            try results.withUnsafeMutableBufferPointer { out in
+                try run(next < count ? reads(next, into: 1 - slot) : [], blocks: blocks) { b, worker in
                     let first = b * block
                     let m = Swift.min(block, n - first)
                     if let raw, let result = raw(raws.indices.map { UnsafeRawPointer(raws[$0].base + first * widths[$0]) }, m,
@@ -141,7 +147,6 @@ public struct Lockstep {
                 io.write(encoded) { try output.writer.write(UnsafeRawBufferPointer(encoded.prefix(bytes))) }
             }
             try fold(results.map { $0! })
-            try io.waitForReadAhead()
             start = next
             chunkNumber += 1
         }
@@ -149,26 +154,12 @@ public struct Lockstep {
     }
 }
 
-/// One read-ahead thread and one writer thread; the first error of either is rethrown.
+/// The writer thread of a pass; its first error is rethrown.
 final class BackgroundIO: @unchecked Sendable {
-    private let readQueue = DispatchQueue(label: "wsamerge.read")
     private let writeQueue = DispatchQueue(label: "wsamerge.write")
-    private let readGroup = DispatchGroup()
     private var pending: [ObjectIdentifier: DispatchGroup] = [:]
     private let lock = DispatchSemaphore(value: 1)
-    private var readError: Error?
     private var writeError: Error?
-
-    func readAhead(_ body: @escaping () throws -> Void) {
-        readQueue.async(group: readGroup) {
-            do { try body() } catch { self.locked { self.readError = error } }
-        }
-    }
-
-    func waitForReadAhead() throws {
-        readGroup.wait()
-        if let error = locked({ readError }) { throw error }
-    }
 
     /// Runs `body` holding the lock that guards the shared state.
     private func locked<R>(_ body: () -> R) -> R {
@@ -201,7 +192,6 @@ final class BackgroundIO: @unchecked Sendable {
 
     /// Waits for everything queued (also on an error path, before buffers are freed).
     func drain() {
-        readGroup.wait()
         writeQueue.sync {}
     }
 }

@@ -49,6 +49,38 @@ public final class TensorReader {
         position += buffer.count
     }
 
+    /// The next `buffer.count` bytes as reads that may run side by side on different threads:
+    /// pieces of about `pieceBytes` (whole elements) for a slice of a plain file, one read for
+    /// other sources (archive members, transposed arrays), which only stream in order. The
+    /// position moves past them now; each read must run once, and all of them before the next
+    /// call's reads.
+    ///
+    /// - Precondition: `buffer.count <= remaining`.
+    public func reads(into buffer: UnsafeMutableRawBufferPointer, pieceBytes: Int) -> [() throws -> Void] {
+        precondition(buffer.count <= remaining, "read past the end of a tensor")
+        guard buffer.count > 0 else { return [] }
+        guard var slice = stream as? FileSliceStream else {
+            return [{ [self] in try self.read(into: buffer) }]
+        }
+        let width = swapWidth, bigEndian = bigEndian, name = tensor.name, file = slice.file
+        let piece = Swift.max(width, pieceBytes / width * width)
+        let start = slice.offset
+        slice.offset += buffer.count
+        stream = slice
+        position += buffer.count
+        return stride(from: 0, to: buffer.count, by: piece).map { from in
+            let part = UnsafeMutableRawBufferPointer(rebasing: buffer[from..<Swift.min(buffer.count, from + piece)])
+            return {
+                do {
+                    try file.read(into: part, at: start + from)
+                } catch let error as WSAMergeError {
+                    throw error.naming(tensor: name)
+                }
+                if bigEndian { swapBytes(part, width: width) }
+            }
+        }
+    }
+
     /// The whole tensor as a byte array (for small tensors and tests).
     public func readAll() throws -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: remaining)

@@ -1,0 +1,58 @@
+import Foundation
+import Testing
+@testable import WSAMergeKit
+
+/// `TensorReader.reads` splits a read into pieces that the workers run in any order; the bytes
+/// must be those of one sequential read, big-endian elements swapped piece by piece.
+struct TensorReaderTests {
+    /// 1,000 float64 values 0, 1.5, 3, … stored big-endian in a `.npy` file, and as a safetensors file.
+    func files() throws -> [String] {
+        let values = (0..<1000).map { Double($0) * 1.5 }
+        let big = values.flatMap { Bytes.le($0).reversed() }
+        let npy = try Bytes.temporaryFile(Bytes.npy("{'descr': '>f8', 'fortran_order': False, 'shape': (1000,), }", data: Array(big)), name: "big.npy")
+        let little = values.flatMap { Bytes.le($0) }
+        let st = try Bytes.temporaryFile(Bytes.safetensors(#"{"w":{"dtype":"F64","shape":[1000],"data_offsets":[0,8000]}}"#, data: little), name: "m.safetensors")
+        return [npy, st]
+    }
+
+    @Test(arguments: [8, 24, 100, 4096, 1 << 20])
+    func piecesInAnyOrderGiveTheSequentialBytes(pieceBytes: Int) throws {
+        let paths = try files()
+        defer { for path in paths { Bytes.removeDirectory(of: path) } }
+        let expected = (0..<1000).flatMap { Bytes.le(Double($0) * 1.5) }
+        for path in paths {
+            let reader = try CheckpointReader.open(path).reader(for: 0)
+            var bytes = [UInt8](repeating: 0, count: 8000)
+            try bytes.withUnsafeMutableBytes { buffer in
+                // Two calls (3,000 bytes, then the rest), each run back to front.
+                let first = reader.reads(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<3000]), pieceBytes: pieceBytes)
+                let piece = max(8, pieceBytes / 8 * 8)
+                #expect(first.count == (3000 + piece - 1) / piece)
+                for read in first.reversed() { try read() }
+                for read in reader.reads(into: UnsafeMutableRawBufferPointer(rebasing: buffer[3000...]), pieceBytes: pieceBytes).reversed() {
+                    try read()
+                }
+            }
+            #expect(bytes == expected, "\(path)")
+            #expect(reader.remaining == 0)
+        }
+    }
+
+    /// A file cut short after it was opened: the piece that reaches past the end is an I/O error,
+    /// as a sequential read is; the pieces before it are unaffected.
+    @Test func aTruncatedFileFailsInThePieceThatReachesTheEnd() throws {
+        let paths = try files()
+        defer { for path in paths { Bytes.removeDirectory(of: path) } }
+        let reader = try CheckpointReader.open(paths[1]).reader(for: 0)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: paths[1]))
+        try handle.truncate(atOffset: try handle.seekToEnd() - 100)
+        try handle.close()
+        var bytes = [UInt8](repeating: 0, count: 8000)
+        try bytes.withUnsafeMutableBytes { buffer in
+            let reads = reader.reads(into: buffer, pieceBytes: 4000)
+            try reads[0]()
+            let error = #expect(throws: WSAMergeError.self) { try reads[1]() }
+            #expect(error?.exitCode == 74 && error?.description.contains("truncated while reading") == true)
+        }
+    }
+}
