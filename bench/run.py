@@ -6,7 +6,9 @@ usage: bench/run.py --bin .build/release/wsamerge [--layers 12] [--rounds 5] [--
 
 Generates three synthetic llama-shaped bf16 checkpoints (about 430 MB each at 12 layers, hidden
 1024, vocab 32000; Gaussian weights whose scale differs per model) plus non-negative Fisher
-files, warms the page cache, then runs every job once per round, rounds interleaved, so a noisy
+files, warms the page cache, then runs every job (wsamerge, the numpy script, and `cat` of the
+same input bytes with and without writing an output of the same size) once per round, rounds
+interleaved, so a noisy
 shared machine slows every job alike. Prints the median wall time, ratios and peak RSS of each
 job (the RSS of a child process, from wait4). With --memory-layers, also runs `fuse` on a set of
 that many layers to show that peak memory does not grow with model size. Not a test: nothing
@@ -112,6 +114,10 @@ def main():
     out = os.path.join(a.workdir, "out.safetensors")
     jobs = {
         "cat 3 inputs": ["sh", "-c", f"cat {' '.join(m)} > /dev/null"],
+        # The stretch baseline: cat of a fuse's input bytes plus writing an output of the same size
+        # (through the page cache and without fsync, so cheaper than wsamerge's durable write).
+        "cat 3 inputs + output": ["sh", "-c", f"cat {' '.join(m)} > /dev/null && cat {m[0]} > {out}"],
+        "cat 6 inputs + output": ["sh", "-c", f"cat {' '.join(m + f)} > /dev/null && cat {m[0]} > {out}"],
         "numpy stats": [PY, "-c", PEER, "stats", m[0]],
         "wsamerge stats": [BIN, "stats", m[0]],
         "numpy average": [PY, "-c", PEER, "average", out] + m,
@@ -137,7 +143,10 @@ def main():
         ("stats vs numpy stats (target ≥ 8×)", med["numpy stats"] / med["wsamerge stats"]),
         ("fuse wsa / fuse average (target ≤ 2)", med["wsamerge fuse wsa"] / med["wsamerge fuse average"]),
         ("fuse fisher / fuse average (target ≤ 2)", med["wsamerge fuse fisher"] / med["wsamerge fuse average"]),
-        ("fuse average / cat of inputs (stretch ≤ 2)", med["wsamerge fuse average"] / med["cat 3 inputs"]),
+        ("fuse average / cat of inputs (no output)", med["wsamerge fuse average"] / med["cat 3 inputs"]),
+        ("fuse average / cat + output (stretch ≤ 2)", med["wsamerge fuse average"] / med["cat 3 inputs + output"]),
+        ("fuse wsa / cat + output (stretch ≤ 2)", med["wsamerge fuse wsa"] / med["cat 3 inputs + output"]),
+        ("fuse fisher / cat of 6 + output (stretch ≤ 2)", med["wsamerge fuse fisher"] / med["cat 6 inputs + output"]),
     ]
     print()
     for name, value in ratios:
