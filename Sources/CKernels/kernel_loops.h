@@ -232,7 +232,6 @@ static int LEVELED(combine)(const wsk_term *terms, size_t count, int mode, doubl
 }
 
 static const wsk_kernels LEVELED(kernels) = {
-    .name = LEVEL_NAME,
     .decode_bf16 = LEVELED(decode_bf16),
     .decode_f32 = LEVELED(decode_f32),
     .encode_bf16 = LEVELED(encode_bf16),

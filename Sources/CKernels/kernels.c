@@ -1,12 +1,16 @@
 /* The hot loops. The loops themselves are in kernel_loops.h, compiled once per instruction-set
- * level (baseline; on x86-64 also AVX2 and AVX-512, x86-64-v4); this file holds what they share
+ * level (baseline; on x86-64 also AVX2 and AVX-512 F/BW/DQ/VL); this file holds what they share
  * (vector types, macros, inlined helpers) and picks one level when first called. Every level
- * does the same operations in the same order on each lane (no FMA: -ffp-contract=off), so all
+ * does the same operations in the same order on each lane (no FMA, see below), so all
  * levels give the same bits; only how many lanes one instruction holds differs. */
 #include "kernels.h"
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* No fused multiply-add anywhere (the AVX-512 level could use it, the baseline cannot): the
+ * same bits at every level depend on it, so it is set here and not only by the build flags. */
+#pragma clang fp contract(off)
 
 #if defined(__x86_64__)
 #define WSK_X86 1
@@ -33,8 +37,6 @@ typedef uint64_t v8lu __attribute__((vector_size(64), aligned(8)));
  * also order NaNs, which costs two more instructions; NaNs never reach these loops' results.) */
 #define vmin4(a, b) ((v4d)(((v4i)(a) & (v4i)((a) < (b))) | ((v4i)(b) & ~(v4i)((a) < (b)))))
 #define vmax4(a, b) ((v4d)(((v4i)(a) & (v4i)((a) > (b))) | ((v4i)(b) & ~(v4i)((a) > (b)))))
-/* (a0 + a1) + (a2 + a3): the fixed fold of one vector. */
-#define fold4(a) (((a)[0] + (a)[1]) + ((a)[2] + (a)[3]))
 /* The fold of eight lanes: the lower four, then the upper four, then their sum. */
 #define fold8(a) ((((a)[0] + (a)[1]) + ((a)[2] + (a)[3])) + (((a)[4] + (a)[5]) + ((a)[6] + (a)[7])))
 #define lower4(a) __builtin_shufflevector((a), (a), 0, 1, 2, 3)
@@ -301,7 +303,6 @@ static inline int combine_one(const wsk_term *terms, size_t count, int mode, dou
 
 /* The kernels of one instruction-set level. */
 typedef struct {
-    const char *name;
     void (*decode_bf16)(const void *src, size_t n, double *dst);
     void (*decode_f32)(const void *src, size_t n, double *dst);
     int (*encode_bf16)(const double *src, size_t n, void *dst);
@@ -325,27 +326,22 @@ typedef struct {
 #define LEVELED(name) LEVEL_CAT(name, LEVEL)
 
 #define LEVEL baseline
-#define LEVEL_NAME "baseline"
 #include "kernel_loops.h"
 #undef LEVEL
-#undef LEVEL_NAME
 
 #if WSK_X86
 #pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
 #define LEVEL avx2
-#define LEVEL_NAME "avx2"
 #include "kernel_loops.h"
 #undef LEVEL
-#undef LEVEL_NAME
 #pragma clang attribute pop
 
-/* min_vector_width(512): without it clang keeps 8-lane vectors in pairs of 256-bit registers. */
-#pragma clang attribute push(__attribute__((target("arch=x86-64-v4"), min_vector_width(512))), apply_to = function)
+/* The features tested in wsk_best_simd_level, no more. min_vector_width(512): without it clang
+ * keeps 8-lane vectors in pairs of 256-bit registers. */
+#pragma clang attribute push(__attribute__((target("avx2,avx512f,avx512bw,avx512dq,avx512vl"), min_vector_width(512))), apply_to = function)
 #define LEVEL avx512
-#define LEVEL_NAME "avx512"
 #include "kernel_loops.h"
 #undef LEVEL
-#undef LEVEL_NAME
 #pragma clang attribute pop
 #endif
 
@@ -360,7 +356,11 @@ static const wsk_kernels *const levels[] = {
 int wsk_best_simd_level(void) {
 #if WSK_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("x86-64-v4")) return WSK_SIMD_AVX512;
+    /* Feature by feature: the "x86-64-v4" name needs clang 18 and a libgcc from GCC 12 on. These
+     * bits are set only when the OS also saves the vector registers they need. */
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+        return WSK_SIMD_AVX512;
     if (__builtin_cpu_supports("avx2")) return WSK_SIMD_AVX2;
 #endif
     return WSK_SIMD_BASELINE;
@@ -391,7 +391,7 @@ int wsk_simd_level(void) {
     const wsk_kernels *k = atomic_load_explicit(&active_kernels, memory_order_relaxed);
     if (!k) {
         const char *name = getenv("WSAMERGE_SIMD");
-        return wsk_use_simd_level(name ? wsk_simd_level_named(name) : -1);
+        return wsk_use_simd_level(name && *name ? wsk_simd_level_named(name) : -1);
     }
     for (size_t i = 0; i < sizeof levels / sizeof levels[0]; i++)
         if (levels[i] == k) return (int)i;

@@ -105,6 +105,8 @@ import Testing
         #expect(run.status == 64)
         #expect(run.stderr == "wsamerge: error: WSAMERGE_SIMD: unknown level 'sse2' (expected one of baseline, avx2, avx512)\n")
         #expect(run.stdout.isEmpty)
+        // Empty is unset.
+        #expect(try TestSupport.wsamerge(["stats", Self.f32[0]], environment: ["WSAMERGE_SIMD": ""]).status == 0)
     }
 
     @Test func metadataAndReportCarryProvenance() throws {

@@ -3,13 +3,14 @@
 /*
  * The C part of wsamerge: the hot loops, and two Linux calls Swift's Glibc module lacks.
  *
- * The hot loops are in C so that each is compiled twice (AVX2 and baseline x86-64)
- * and picked at load time (`target_clones`): Swift has no per-function target attributes, and
- * baseline SSE2 code runs these loops two to three times slower.
+ * The hot loops are in C so that each can be compiled once per instruction-set level (baseline;
+ * on x86-64 also AVX2 and AVX-512) and picked at run time (see wsk_simd_level): Swift has no
+ * per-function target attributes, and baseline SSE2 code runs these loops two to three times
+ * slower.
  *
  * Every kernel works on caller-owned buffers of `n` elements and allocates nothing. Reductions
- * use a fixed lane layout (8 lanes folded pairwise in a fixed order) and the file is compiled
- * with -ffp-contract=off, so the AVX2 and baseline versions give bit-identical results.
+ * use a fixed lane layout (8 lanes folded pairwise in a fixed order) and floating-point
+ * contraction is off (no FMA), so every level gives bit-identical results.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -93,12 +94,12 @@ int wsk_combine(const wsk_term *terms, size_t count, int mode, double target, do
                 void *dst);
 
 /// Instruction-set levels of the kernels. Every level computes the same bits; higher levels hold
-/// more lanes per instruction. WSK_SIMD_AVX512 means x86-64-v4 (AVX-512 F/BW/DQ/VL/CD).
+/// more lanes per instruction. WSK_SIMD_AVX512 means AVX2 and AVX-512 F, BW, DQ and VL.
 enum { WSK_SIMD_BASELINE = 0, WSK_SIMD_AVX2 = 1, WSK_SIMD_AVX512 = 2 };
 /// The highest level this CPU runs.
 int wsk_best_simd_level(void);
 /// The level in use. The first call (or the first kernel call) chooses the best level, capped
-/// by the level named in the environment variable WSAMERGE_SIMD when it names one.
+/// by the level named in the environment variable WSAMERGE_SIMD when it names one (empty: unset).
 int wsk_simd_level(void);
 /// Uses `level`, capped at the best level (−1: the best); returns the level now in use.
 int wsk_use_simd_level(int level);

@@ -7,8 +7,8 @@ import Dispatch
 /// also give a raw kernel, which works on the stored bytes of a block directly (BF16/F32/F64,
 /// no float64 copy) and hands back the blocks it cannot finish.
 ///
-/// The workers read the next chunk (in pieces, `TensorReader.reads`) between the blocks of the
-/// current one, so reading, which is copying out of the page cache, is shared by every core
+/// The workers read the next chunk (in pieces, `TensorReader.reads`) before they take the blocks
+/// of the current one, all from one work counter, so reading, which is copying out of the page cache, is shared by every core
 /// like the arithmetic, with no thread of its own to wait for; a writer thread writes the
 /// previous chunk meanwhile (double-buffered input, triple-buffered output). Memory stays at a
 /// few chunks whatever the tensor size.
@@ -117,7 +117,7 @@ public struct Lockstep {
             let raws = inputBuffers[slot]
             let blocks = (n + block - 1) / block
             var results = [T?](repeating: nil, count: blocks)
-            // The next chunk is read by the same workers, between the blocks of this one.
+            // The next chunk is read by the same workers, before the blocks of this one.
             try results.withUnsafeMutableBufferPointer { out in
                 try run(next < count ? reads(next, into: 1 - slot) : [], blocks: blocks) { b, worker in
                     let first = b * block

@@ -22,9 +22,9 @@ public enum SIMDLevel: Int32, CaseIterable, Sendable, CustomStringConvertible {
         SIMDLevel(rawValue: wsk_use_simd_level(level.rawValue)) ?? .baseline
     }
 
-    /// `WSAMERGE_SIMD` when it is set: a usage error unless it names a level.
+    /// `WSAMERGE_SIMD` when it is set and not empty: a usage error unless it names a level.
     public static func checkEnvironment() throws {
-        guard let raw = getenv("WSAMERGE_SIMD") else { return }
+        guard let raw = getenv("WSAMERGE_SIMD"), raw.pointee != 0 else { return }
         let name = String(cString: raw)
         guard wsk_simd_level_named(name) >= 0 else {
             let names = allCases.map(\.description).joined(separator: ", ")

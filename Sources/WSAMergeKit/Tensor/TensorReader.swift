@@ -50,10 +50,10 @@ public final class TensorReader {
     }
 
     /// The next `buffer.count` bytes as reads that may run side by side on different threads:
-    /// pieces of about `pieceBytes` (whole elements) for a slice of a plain file, one read for
-    /// other sources (archive members, transposed arrays), which only stream in order. The
-    /// position moves past them now; each read must run once, and all of them before the next
-    /// call's reads.
+    /// pieces of about `pieceBytes` (whole elements, in any order) for a slice of a plain file,
+    /// where the position moves past them now; one read for other sources (archive members,
+    /// transposed arrays), which only stream in order, and which moves the position when it runs.
+    /// Each read must run once, and all of one call's reads before the next call's.
     ///
     /// - Precondition: `buffer.count <= remaining`.
     public func reads(into buffer: UnsafeMutableRawBufferPointer, pieceBytes: Int) -> [() throws -> Void] {

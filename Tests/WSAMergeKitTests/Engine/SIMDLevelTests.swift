@@ -162,6 +162,21 @@ import Testing
         #expect(moments.allSatisfy { $0 == moments[0] })
     }
 
+    /// The best level is what /proc/cpuinfo's flags allow (the flags the kernel leaves set are
+    /// those the OS also supports).
+    @Test func bestLevelFollowsTheCPUFlags() throws {
+        #if arch(x86_64) && os(Linux)
+        let info = try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)
+        let line = try #require(info.split(separator: "\n").first { $0.hasPrefix("flags") })
+        let flags = Set(line.split(separator: " ").map(String.init))
+        let expected: SIMDLevel = ["avx2", "avx512f", "avx512bw", "avx512dq", "avx512vl"].allSatisfy(flags.contains) ? .avx512
+            : flags.contains("avx2") ? .avx2 : .baseline
+        #expect(SIMDLevel.best == expected)
+        #else
+        #expect(SIMDLevel.best == .baseline)
+        #endif
+    }
+
     @Test func environmentNamesALevel() {
         #expect(SIMDLevel.allCases.map { wsk_simd_level_named($0.description) } == [0, 1, 2])
         #expect(wsk_simd_level_named("sse4") == -1)

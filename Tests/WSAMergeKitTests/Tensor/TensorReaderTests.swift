@@ -38,6 +38,27 @@ struct TensorReaderTests {
         }
     }
 
+    /// Archive members (here deflated, one of them Fortran-ordered and one big-endian, written by
+    /// numpy) only stream in order: one read per call, which moves the position when it runs.
+    @Test func archiveMembersAreOneReadInOrder() throws {
+        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../../fixtures/savez_compressed.npz").path
+        let checkpoint = try CheckpointReader.open(path)
+        for index in checkpoint.tensors.indices where checkpoint.tensors[index].byteCount >= 16 {
+            let expected = try checkpoint.reader(for: index).readAll()
+            let reader = try checkpoint.reader(for: index)
+            var bytes = [UInt8](repeating: 0, count: expected.count)
+            try bytes.withUnsafeMutableBytes { buffer in
+                let half = expected.count / 2 / 8 * 8
+                let first = reader.reads(into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<half]), pieceBytes: 8)
+                #expect(first.count == 1 && reader.position == 0)
+                try first[0]()
+                #expect(reader.position == half)
+                for read in reader.reads(into: UnsafeMutableRawBufferPointer(rebasing: buffer[half...]), pieceBytes: 8) { try read() }
+            }
+            #expect(bytes == expected, "\(checkpoint.tensors[index].name)")
+        }
+    }
+
     /// A file cut short after it was opened: the piece that reaches past the end is an I/O error,
     /// as a sequential read is; the pieces before it are unaffected.
     @Test func aTruncatedFileFailsInThePieceThatReachesTheEnd() throws {
