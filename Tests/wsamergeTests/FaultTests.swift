@@ -26,12 +26,13 @@ import Testing
         try FileManager.default.contentsOfDirectory(atPath: dir).filter { !except.contains($0) }.sorted()
     }
 
-    /// Starts `arguments`, held by the test hook right after its first output tensor, and kills it.
-    func killMidWrite(_ arguments: [String]) throws -> Process {
+    /// Starts `arguments`, held by the test hook at `pause` (by default right after its first
+    /// output tensor), and kills it.
+    func killMidWrite(_ arguments: [String], pause: String = "write:5") throws -> Process {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: TestSupport.binary)
         process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(["WSAMERGE_TEST_PAUSE": "write:5"]) { $1 }
+        process.environment = ProcessInfo.processInfo.environment.merging(["WSAMERGE_TEST_PAUSE": pause]) { $1 }
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
@@ -70,6 +71,29 @@ import Testing
         // The shard directory may exist, empty: no shard or index appears before the end.
         let shards = (try? FileManager.default.contentsOfDirectory(atPath: dir + "/shards")) ?? []
         #expect(shards.isEmpty, "\(shards)")
+    }
+
+    /// A sharded output appears as a whole: every shard is synced before the first is linked in,
+    /// so a run killed after syncing its second shard leaves the earlier checkpoint as it was.
+    @Test func killWhileSyncingShardsKeepsTheOldSet() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let shards = dir + "/shards"
+        let first = try TestSupport.wsamerge(["convert", Self.large[0], "--max-shard-size", "10MB", "-o", shards])
+        #expect(first.status == 0, "\(first.stderr)")
+        func snapshot() throws -> [String: Data] {
+            var files: [String: Data] = [:]
+            for name in try leftovers(shards) { files[name] = try Data(contentsOf: URL(fileURLWithPath: shards + "/" + name)) }
+            return files
+        }
+        let old = try snapshot()
+        #expect(old.count > 2 && old.keys.contains("model.safetensors.index.json"))
+        let process = try killMidWrite(["convert", Self.large[0], "--dtype", "F16", "--max-shard-size", "10MB", "--force", "-o", shards],
+                                       pause: "sync:5:1")
+        #expect(process.terminationReason == .uncaughtSignal)
+        let now = try snapshot()
+        #expect(now.keys.sorted() == old.keys.sorted())
+        #expect(now == old, "a shard of the killed run was linked in")
     }
 
     /// Non-negative Fisher files for `large`.

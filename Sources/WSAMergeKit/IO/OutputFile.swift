@@ -36,6 +36,7 @@ public final class OutputFile {
     private var filled = 0
     private var blockStart = 0
     private var writingFinished = false
+    private var synced = false
     private let writer = DispatchQueue(label: "wsamerge.output")
     /// What the background writes use (they never hold the `OutputFile` itself, so its `deinit`
     /// runs on the caller's thread and can wait for them).
@@ -186,10 +187,21 @@ public final class OutputFile {
         filled = 0
     }
 
-    /// Flushes, syncs and puts the file at its destination (replacing what `force` allowed).
-    public func commit() throws {
+    /// Writes what is left and `fsync`s the file, still unnamed: the slow part of `commit()`. A
+    /// writer of several files syncs them all before it commits any, so that they appear
+    /// together, not one per sync.
+    public func sync() throws {
+        guard !synced else { return }
         try finishWriting()
         guard fsync(descriptor) == 0 else { throw WSAMergeError.io(file: destination, reason: "fsync failed: \(systemError(errno))") }
+        synced = true
+        TestHooks.pause(at: "sync")
+    }
+
+    /// Syncs the file (if `sync()` has not) and puts it at its destination, replacing what
+    /// `force` allowed.
+    public func commit() throws {
+        try sync()
         let appeared = WSAMergeError.cannotCreate(file: destination, reason: "output appeared while writing (pass --force to replace it)")
         if let temporaryPath {
             if force {

@@ -4,20 +4,23 @@ import Glibc
 
 /// Test-only pauses that make fault tests deterministic: `WSAMERGE_TEST_PAUSE=point:seconds`
 /// sleeps once at `point` (`open`: after the headers are read, before any tensor data;
-/// `write`: after the first tensor of an output is written, before the output is complete).
-/// Without the variable these are no-ops.
+/// `write`: after the first tensor of an output is written, before the output is complete;
+/// `sync`: after an output file is synced, before it is linked into place), and
+/// `point:seconds:skip` passes the point `skip` times first. Without the variable these are no-ops.
 enum TestHooks {
-    private static let request: (point: String, seconds: Double)? = {
+    private static let request: (point: String, seconds: Double, skip: Int)? = {
         guard let raw = getenv("WSAMERGE_TEST_PAUSE") else { return nil }
         let parts = String(cString: raw).split(separator: ":")
-        guard parts.count == 2, let seconds = Double(parts[1]) else { return nil }
-        return (String(parts[0]), seconds)
+        guard parts.count == 2 || parts.count == 3, let seconds = Double(parts[1]),
+              let skip = parts.count == 3 ? Int(parts[2]) : 0 else { return nil }
+        return (String(parts[0]), seconds, skip)
     }()
-    private nonisolated(unsafe) static var done = false
+    private nonisolated(unsafe) static var arrivals = 0
 
     static func pause(at point: String) {
-        guard let request, request.point == point, !done else { return }
-        done = true
+        guard let request, request.point == point else { return }
+        arrivals += 1
+        guard arrivals == request.skip + 1 else { return }
         usleep(useconds_t(request.seconds * 1_000_000))
     }
 }

@@ -59,8 +59,14 @@ final class SafetensorsWriter: CheckpointWriter {
         try output.finishWriting()
     }
 
-    func finish() throws {
+    /// Checks that every tensor was written and syncs the file, without naming it yet.
+    func sync() throws {
         try cursor.checkComplete(file: output.destination)
+        try output.sync()
+    }
+
+    func finish() throws {
+        try sync()
         try output.commit()
     }
 }
@@ -69,7 +75,7 @@ final class SafetensorsWriter: CheckpointWriter {
 /// `maxShardBytes` of tensor data each (a larger tensor gets a shard of its own) and
 /// `model.safetensors.index.json` with `metadata.total_size` and the `weight_map`. A single
 /// shard is written as `model.safetensors` without an index. Nothing is linked into the
-/// directory until every shard is complete.
+/// directory until every shard is complete and synced.
 final class ShardedSafetensorsWriter: CheckpointWriter {
     private let directory: String
     private let shards: [SafetensorsWriter]
@@ -148,6 +154,10 @@ final class ShardedSafetensorsWriter: CheckpointWriter {
     }
 
     func finish() throws {
+        // Every file synced first (the slow part), then all of them linked into place at once:
+        // a run killed while syncing leaves none of them, not the first shards of the set.
+        for writer in shards { try writer.sync() }
+        try index?.sync()
         for writer in shards { try writer.finish() }
         try index?.commit()
         finished = true
