@@ -24,6 +24,32 @@ static void LEVELED(decode_f32)(const void *src, size_t n, double *dst) {
     }
 }
 
+static void LEVELED(decode_f16)(const void *src, size_t n, double *dst) {
+    const unsigned char *s = src;
+    size_t end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) {
+        v8h h;
+        memcpy(&h, s + 2 * i, 16);
+        v8d x = __builtin_convertvector(f16x8_to_f32(h), v8d);
+        memcpy(dst + i, &x, 64);
+    }
+    for (; i < n; i++) dst[i] = load_one(src, WSK_F16, i);
+}
+
+static int LEVELED(encode_f16)(const double *src, size_t n, void *dst) {
+    unsigned char *d = dst;
+    v8i outside8 = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) encode8_f16(load8d(src + i), d + 2 * i, outside8);
+    uint32_t outside = 0;
+    for (int k = 0; k < 8; k++) outside |= outside8[k] != 0;
+    for (; i < n; i++) {
+        uint16_t half = encode_f16_one(src[i], &outside);
+        memcpy(d + 2 * i, &half, 2);
+    }
+    return outside != 0;
+}
+
 static int LEVELED(encode_bf16)(const double *src, size_t n, void *dst) {
     unsigned char *d = dst;
     v8i outside8 = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -203,6 +229,8 @@ static int LEVELED(combine)(const wsk_term *terms, size_t count, int mode, doubl
         }
         if (out_kind == WSK_BF16) {
             for (size_t i = 0; i < m; i += 8) encode8_bf16(load8d(acc + i), d + 2 * (start + i), outside8);
+        } else if (out_kind == WSK_F16) {
+            for (size_t i = 0; i < m; i += 8) encode8_f16(load8d(acc + i), d + 2 * (start + i), outside8);
         } else if (out_kind == WSK_F64) {
             memcpy(d + 8 * start, acc, 8 * m);
         } else {
@@ -221,6 +249,9 @@ static int LEVELED(combine)(const wsk_term *terms, size_t count, int mode, doubl
         if (out_kind == WSK_BF16) {
             uint16_t half = encode_bf16_one(y, &redo);
             memcpy(d + 2 * i, &half, 2);
+        } else if (out_kind == WSK_F16) {
+            uint16_t half = encode_f16_one(y, &redo);
+            memcpy(d + 2 * i, &half, 2);
         } else if (out_kind == WSK_F64) {
             memcpy(d + 8 * i, &y, 8);
         } else {
@@ -234,6 +265,8 @@ static int LEVELED(combine)(const wsk_term *terms, size_t count, int mode, doubl
 static const wsk_kernels LEVELED(kernels) = {
     .decode_bf16 = LEVELED(decode_bf16),
     .decode_f32 = LEVELED(decode_f32),
+    .decode_f16 = LEVELED(decode_f16),
+    .encode_f16 = LEVELED(encode_f16),
     .encode_bf16 = LEVELED(encode_bf16),
     .encode_f32 = LEVELED(encode_f32),
     .scale = LEVELED(scale),

@@ -82,6 +82,84 @@ static inline uint16_t encode_bf16_one(double x, uint32_t *outside) {
     return (uint16_t)(bits >> 16);
 }
 
+/* F16 the same way, with c = ±2^(E+42) and E = max(e, −14): x + c rounds x to 11 significant
+ * bits, or for |x| < 2^−14 to a multiple of 2^−24, the F16 subnormal step, so subnormal results
+ * are rounded correctly too. The result converts to float exactly. A float with exponent 113
+ * or more (2^−14 and up) gives a normal F16: its sign, its exponent rebiased by −112 and the top
+ * 10 bits of its fraction; a smaller one (or ±0) gives the subnormal whose fraction is |r|·2^24.
+ * Overflowing, infinite and NaN results (float exponent 143 or more) are flagged. */
+#define F16_LOW (113u << 23)
+#define F16_HIGH (143u << 23)
+#define F16_REBIAS (112u << 23)
+#define F16_MIN_EXPONENT 0x3F10000000000000ull /* the exponent bits of 2^−14 */
+
+#define encode8_f16(x, dst, outside8)                                                                             \
+    do {                                                                                                          \
+        v8d x_ = (x);                                                                                             \
+        v8lu e_ = (v8lu)x_ & 0x7FF0000000000000ull;                                                               \
+        v8lu small_ = (v8lu)(e_ < F16_MIN_EXPONENT);                                                              \
+        e_ = (e_ & ~small_) | (F16_MIN_EXPONENT & small_);                                                        \
+        v8d c_ = (v8d)(e_ | ((v8lu)x_ & SIGN64)) * 0x1p42;                                                        \
+        v8d r_ = (v8d)((v8lu)((x_ + c_) - c_) | ((v8lu)x_ & SIGN64));                                              \
+        v8f f_ = __builtin_convertvector(r_, v8f);                                                                \
+        v8u bits_ = (v8u)f_;                                                                                      \
+        v8u mag_ = bits_ & 0x7FFFFFFF;                                                                            \
+        (outside8) |= mag_ >= F16_HIGH;                                                                           \
+        v8u sub_ = __builtin_convertvector((v8f)mag_ * 0x1p24f, v8u);                                             \
+        v8u low_ = (v8u)(mag_ < F16_LOW);                                                                         \
+        v8u half_ = ((bits_ >> 16) & 0x8000) | (sub_ & low_) | (((mag_ - F16_REBIAS) >> 13) & ~low_);             \
+        v8h out_ = __builtin_convertvector(half_, v8h);                                                           \
+        memcpy((dst), &out_, 16);                                                                                 \
+    } while (0)
+
+static inline uint16_t encode_f16_one(double x, uint32_t *outside) {
+    uint64_t u, e;
+    memcpy(&u, &x, 8);
+    e = u & 0x7FF0000000000000ull;
+    e = (e < F16_MIN_EXPONENT ? F16_MIN_EXPONENT : e) | (u & SIGN64);
+    double c;
+    memcpy(&c, &e, 8);
+    c *= 0x1p42;
+    float f = (float)((x + c) - c);
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    bits |= (uint32_t)(u >> 32) & 0x80000000u;
+    uint32_t mag = bits & 0x7FFFFFFF;
+    *outside |= mag >= F16_HIGH;
+    float m;
+    memcpy(&m, &mag, 4);
+    uint32_t half = mag < F16_LOW ? (uint32_t)(m * 0x1p24f) : (mag - F16_REBIAS) >> 13;
+    return (uint16_t)(((bits >> 16) & 0x8000) | half);
+}
+
+/* Eight F16 elements (a v8h) as floats, exactly: exponent and fraction moved into a float's
+ * place and scaled by 2^112, the difference of the biases (exact, and F16 subnormals become
+ * normal floats); infinities and NaNs get the float's all-ones exponent; the sign goes back. */
+#define f16x8_to_f32(h)                                                                           \
+    ({                                                                                             \
+        v8u u_ = __builtin_convertvector((h), v8u);                                                \
+        v8u em_ = (u_ & 0x7FFF) << 13;                                                             \
+        v8u scaled_ = (v8u)((v8f)em_ * 0x1p112f);                                                  \
+        v8u special_ = (v8u)(em_ >= (0x7C00u << 13));                                              \
+        (v8f)(((scaled_ & ~special_) | ((em_ | 0x7F800000u) & special_)) | ((u_ & 0x8000) << 16)); \
+    })
+
+static inline float f16_to_f32(uint16_t h) {
+    uint32_t em = (uint32_t)(h & 0x7FFF) << 13, bits;
+    if (em >= (0x7C00u << 13)) {
+        bits = em | 0x7F800000u;
+    } else {
+        float f;
+        memcpy(&f, &em, 4);
+        f *= 0x1p112f;
+        memcpy(&bits, &f, 4);
+    }
+    bits |= (uint32_t)(h & 0x8000) << 16;
+    float out;
+    memcpy(&out, &bits, 4);
+    return out;
+}
+
 /* ---- Stored elements read in place (the Fisher check, the fused combine) ---- */
 
 /* Eight elements of kind `kind` at element index i of p, as one vector of doubles (exact). */
@@ -96,6 +174,10 @@ static inline uint16_t encode_bf16_one(double x, uint32_t *outside) {
                 v8h h_;                                                                            \
                 memcpy(&h_, (const unsigned char *)(p) + 2 * (i), 16);                             \
                 f_ = (v8f)(__builtin_convertvector(h_, v8u) << 16);                                \
+            } else if ((kind) == WSK_F16) {                                                        \
+                v8h h_;                                                                            \
+                memcpy(&h_, (const unsigned char *)(p) + 2 * (i), 16);                             \
+                f_ = f16x8_to_f32(h_);                                                             \
             } else {                                                                               \
                 memcpy(&f_, (const unsigned char *)(p) + 4 * (i), 32);                             \
             }                                                                                      \
@@ -115,6 +197,10 @@ static inline double load_one(const void *p, int kind, size_t i) {
         memcpy(&h, (const unsigned char *)p + 2 * i, 2);
         uint32_t bits = (uint32_t)h << 16;
         memcpy(&f, &bits, 4);
+    } else if (kind == WSK_F16) {
+        uint16_t h;
+        memcpy(&h, (const unsigned char *)p + 2 * i, 2);
+        f = f16_to_f32(h);
     } else {
         memcpy(&f, (const unsigned char *)p + 4 * i, 4);
     }
@@ -125,6 +211,7 @@ static inline double load_one(const void *p, int kind, size_t i) {
 #define BY_KIND(kind, impl, ...)                                \
     do {                                                        \
         if ((kind) == WSK_BF16) impl(WSK_BF16, __VA_ARGS__);    \
+        else if ((kind) == WSK_F16) impl(WSK_F16, __VA_ARGS__); \
         else if ((kind) == WSK_F32) impl(WSK_F32, __VA_ARGS__); \
         else impl(WSK_F64, __VA_ARGS__);                        \
     } while (0)
@@ -203,7 +290,7 @@ static inline __attribute__((always_inline)) void squares_signs_impl(int kind, c
     squares_impl(kind, f, n, 0, squares, NULL, signs);
 }
 
-/* ---- Fused combine: raw BF16/F32/F64 inputs to encoded output, without float64 blocks ---- */
+/* ---- Fused combine: raw BF16/F16/F32/F64 inputs to encoded output, without float64 blocks ---- */
 
 /* Every lane of a vector of doubles is finite: an all-ones exponent carries into the sign bit. */
 #define all_finite8(x) (((((v8lu)(x) & 0x7FF0000000000000ull) + 0x0010000000000000ull) >> 63) == 0)
@@ -245,6 +332,8 @@ static inline __attribute__((always_inline)) void fold_term_dispatch(double *acc
     do {                                                                                        \
         if (mode_ != WSK_FISHER || t->fisher_kind == WSK_BF16)                                  \
             FOLD(mode_, first_, kind_, WSK_BF16);                                               \
+        else if (t->fisher_kind == WSK_F16)                                                     \
+            FOLD(mode_, first_, kind_, WSK_F16);                                                \
         else if (t->fisher_kind == WSK_F32)                                                     \
             FOLD(mode_, first_, kind_, WSK_F32);                                                \
         else                                                                                    \
@@ -254,6 +343,8 @@ static inline __attribute__((always_inline)) void fold_term_dispatch(double *acc
     do {                                                                                        \
         if (t->kind == WSK_BF16)                                                                \
             FOLD_FISHER_KIND(mode_, first_, WSK_BF16);                                          \
+        else if (t->kind == WSK_F16)                                                            \
+            FOLD_FISHER_KIND(mode_, first_, WSK_F16);                                           \
         else if (t->kind == WSK_F32)                                                            \
             FOLD_FISHER_KIND(mode_, first_, WSK_F32);                                           \
         else                                                                                    \
@@ -305,6 +396,8 @@ static inline int combine_one(const wsk_term *terms, size_t count, int mode, dou
 typedef struct {
     void (*decode_bf16)(const void *src, size_t n, double *dst);
     void (*decode_f32)(const void *src, size_t n, double *dst);
+    void (*decode_f16)(const void *src, size_t n, double *dst);
+    int (*encode_f16)(const double *src, size_t n, void *dst);
     int (*encode_bf16)(const double *src, size_t n, void *dst);
     void (*encode_f32)(const double *src, size_t n, void *dst);
     void (*scale)(double *out, const double *x, double w, size_t n);
@@ -408,6 +501,8 @@ static inline const wsk_kernels *wsk_active(void) {
 
 void wsk_decode_bf16(const void *src, size_t n, double *dst) { wsk_active()->decode_bf16(src, n, dst); }
 void wsk_decode_f32(const void *src, size_t n, double *dst) { wsk_active()->decode_f32(src, n, dst); }
+void wsk_decode_f16(const void *src, size_t n, double *dst) { wsk_active()->decode_f16(src, n, dst); }
+int wsk_encode_f16(const double *src, size_t n, void *dst) { return wsk_active()->encode_f16(src, n, dst); }
 int wsk_encode_bf16(const double *src, size_t n, void *dst) { return wsk_active()->encode_bf16(src, n, dst); }
 void wsk_encode_f32(const double *src, size_t n, void *dst) { wsk_active()->encode_f32(src, n, dst); }
 void wsk_scale(double *out, const double *x, double w, size_t n) { wsk_active()->scale(out, x, w, n); }

@@ -19,12 +19,19 @@
 void wsk_decode_bf16(const void *src, size_t n, double *dst);
 /// dst[i] = F32 src[i] as double (little-endian, any alignment).
 void wsk_decode_f32(const void *src, size_t n, double *dst);
+/// dst[i] = F16 src[i] as double (little-endian, any alignment; subnormals, infinities and NaN
+/// payloads kept).
+void wsk_decode_f16(const void *src, size_t n, double *dst);
 /// BF16 bits of src[i], rounded to nearest even. Correct for every element whose result is a
 /// normal BF16 or ±0; returns nonzero when some result is subnormal, infinite or NaN (the caller
 /// then redoes the call with a careful encoder).
 int wsk_encode_bf16(const double *src, size_t n, void *dst);
 /// dst[i] = (float)src[i] (round to nearest even).
 void wsk_encode_f32(const double *src, size_t n, void *dst);
+/// F16 bits of src[i], rounded to nearest even: correct for every element whose result is
+/// finite (subnormals included); returns nonzero when some result overflows or is infinite or
+/// NaN (the caller then redoes the call with a careful encoder).
+int wsk_encode_f16(const double *src, size_t n, void *dst);
 
 /// out[i] = w * x[i].
 void wsk_scale(double *out, const double *x, double w, size_t n);
@@ -34,7 +41,7 @@ void wsk_axpy(double *out, const double *x, double w, size_t n);
 int wsk_nonfinite(const double *x, size_t n);
 
 /// Element kinds the kernels read in place (decoded exactly) and the fused combine writes.
-enum { WSK_BF16 = 0, WSK_F32 = 1, WSK_F64 = 2 };
+enum { WSK_BF16 = 0, WSK_F32 = 1, WSK_F64 = 2, WSK_F16 = 3 };
 
 /// First pass of a block's moments: Σx, Σ|x|, min, max and the number of zeros.
 typedef struct {
@@ -88,8 +95,8 @@ typedef struct {
 ///   WSK_FISHER   y = (a_0 x_0 + a_1 x_1 + …) / (a_0 + a_1 + …),  a_k = c_k (F_k + epsilon)
 /// These are the operations, in the order, of the decoded kernels (decode, scale/axpy, Fisher
 /// accumulate/divide, encode), done over 256-element tiles in L1 instead of decoded blocks, so the bytes are the
-/// same. Returns nonzero when some y is not finite, a Fisher denominator is not > 0 or a BF16
-/// result needs the careful encoder: the caller then redoes the whole call on the decoded path.
+/// same. Returns nonzero when some y is not finite, a Fisher denominator is not > 0 or a BF16 or
+/// F16 result needs the careful encoder: the caller then redoes the whole call on the decoded path.
 int wsk_combine(const wsk_term *terms, size_t count, int mode, double target, double epsilon, size_t n, int out_kind,
                 void *dst);
 

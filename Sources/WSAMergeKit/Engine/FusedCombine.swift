@@ -1,7 +1,7 @@
 import CKernels
 
-/// The fast path of a writing pass: `wsk_combine` reads BF16/F32/F64 inputs straight from the
-/// chunk, combines them in float64 and writes BF16/F32/F64 output, skipping the decoded float64
+/// The fast path of a writing pass: `wsk_combine` reads BF16/F16/F32/F64 inputs straight from the
+/// chunk, combines them in float64 and writes BF16/F16/F32/F64 output, skipping the decoded float64
 /// blocks. It performs the float64 operations of the decoded kernel it stands for, in the same
 /// order, so the output bytes are the same either way; a block it cannot finish (a non-finite
 /// result, a BF16 subnormal, an empty Fisher denominator) is redone by the decoded kernel.
@@ -24,7 +24,7 @@ struct FusedCombine {
     private let outputKind: Int32
     private let fisher: Bool
 
-    /// The fused kernel for these input and output dtypes, or nil when one is not BF16, F32 or F64.
+    /// The fused kernel for these input and output dtypes, or nil when one is not BF16, F16, F32 or F64.
     init?(_ method: Method, inputs: [DType], output: DType) {
         guard let outputKind = output.rawKind else { return nil }
         let kinds = inputs.map(\.rawKind)

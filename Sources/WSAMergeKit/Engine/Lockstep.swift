@@ -4,7 +4,7 @@ import Dispatch
 /// Streams several same-shaped tensors side by side: each chunk of every input is read, then
 /// the chunk's blocks are decoded to float64 and handed to a kernel in parallel; the kernel's
 /// output block (if any) is rounded once to the output dtype and written in order. A pass may
-/// also give a raw kernel, which works on the stored bytes of a block directly (BF16/F32/F64,
+/// also give a raw kernel, which works on the stored bytes of a block directly (BF16/F16/F32/F64,
 /// no float64 copy) and hands back the blocks it cannot finish.
 ///
 /// The workers read the next chunk (in pieces, `TensorReader.reads`) before they take the blocks

@@ -18,9 +18,7 @@ extension DType {
         case .BF16:
             wsk_decode_bf16(source, count, destination)
         case .F16:
-            for i in 0..<count {
-                destination[i] = Double(Float16(bitPattern: source.loadUnaligned(fromByteOffset: 2 &* i, as: UInt16.self)))
-            }
+            wsk_decode_f16(source, count, destination)
         case .BOOL:
             for i in 0..<count { destination[i] = source.load(fromByteOffset: i, as: UInt8.self) == 0 ? 0 : 1 }
         case .U8:
@@ -58,9 +56,7 @@ extension DType {
         case .F32:
             wsk_encode_f32(source, count, destination)
         case .F16:
-            for i in 0..<count {
-                destination.storeBytes(of: Float16(source[i]).bitPattern, toByteOffset: 2 &* i, as: UInt16.self)
-            }
+            encodeFloat16(source, count: count, into: destination)
         case .BF16:
             encodeBFloat16(source, count: count, into: destination)
         case .F8_E4M3, .F8_E5M2:
@@ -73,11 +69,12 @@ extension DType {
 }
 
 extension DType {
-    /// The kind the C kernels read in place (`WSK_BF16`, `WSK_F32`, `WSK_F64`), for the dtypes
+    /// The kind the C kernels read in place (`WSK_BF16`, `WSK_F16`, `WSK_F32`, `WSK_F64`), for the dtypes
     /// they read without a decoded copy.
     var rawKind: Int32? {
         switch self {
         case .BF16: Int32(WSK_BF16)
+        case .F16: Int32(WSK_F16)
         case .F32: Int32(WSK_F32)
         case .F64: Int32(WSK_F64)
         default: nil
@@ -92,6 +89,16 @@ func encodeBFloat16(_ source: UnsafePointer<Double>, count: Int, into destinatio
     guard wsk_encode_bf16(source, count, destination) != 0 else { return }
     for i in 0..<count {
         destination.storeBytes(of: bfloat16Bits(source[i]), toByteOffset: 2 &* i, as: UInt16.self)
+    }
+}
+
+/// F16 encoding: `wsk_encode_f16` rounds on the FPU as `wsk_encode_bf16` does; a call that
+/// meets a subnormal, overflowing, infinite or NaN result is redone element by element with
+/// `Float16(_:)`, which rounds a `Double` once (LLVM's `fptrunc`).
+func encodeFloat16(_ source: UnsafePointer<Double>, count: Int, into destination: UnsafeMutableRawPointer) {
+    guard wsk_encode_f16(source, count, destination) != 0 else { return }
+    for i in 0..<count {
+        destination.storeBytes(of: Float16(source[i]).bitPattern, toByteOffset: 2 &* i, as: UInt16.self)
     }
 }
 

@@ -7,7 +7,7 @@ import Testing
 /// strategy must write the same bytes with them as through decoded float64 blocks, and blocks
 /// they cannot finish go back to the decoded path.
 @Suite(.serialized) struct RawKernelTests {
-    /// Three models and their Fisher files: BF16, F32 and F64 tensors whose sizes leave partial blocks
+    /// Three models and their Fisher files: BF16, F16, F32 and F64 tensors whose sizes leave partial blocks
     /// and a scalar tail, Gaussian values with per-model scopes, one tensor holding a NaN, a
     /// subnormal-sized value and an infinity in separate blocks, and Fisher values that are zero
     /// in every model at the start of one tensor.
@@ -19,7 +19,7 @@ import Testing
         }
         let shapes: [(String, String, [Int])] = [("a.weight", "BF16", [97, 85]), ("b.weight", "F32", [61, 67]),
                                                  ("c.weight", "BF16", [3, 4099]), ("d.bias", "BF16", [13]),
-                                                 ("e.weight", "F64", [5, 203])]
+                                                 ("e.weight", "F64", [5, 203]), ("f.weight", "F16", [41, 307])]
         var models: [String] = [], fishers: [String] = []
         for m in 0..<3 {
             var header: [String] = [], data: [UInt8] = [], fisherData: [UInt8] = []
@@ -34,6 +34,7 @@ import Testing
                     switch dtype {
                     case "F64": xs.flatMap { Bytes.le($0) }
                     case "F32": xs.flatMap { Bytes.le(Float($0)) }
+                    case "F16": xs.flatMap { Bytes.le(Float16($0).bitPattern) }
                     default: xs.flatMap { Bytes.le(UInt16(Float($0).bitPattern >> 16)) }
                     }
                 }
@@ -48,7 +49,7 @@ import Testing
         return (models, fishers)
     }
 
-    @Test(arguments: ["average", "wsa", "fisher"], [nil, DType.F32, .BF16, .F64])
+    @Test(arguments: ["average", "wsa", "fisher"], [nil, DType.F32, .BF16, .F64, .F16])
     func fusedAndDecodedPathsWriteTheSameBytes(strategy: String, dtype: DType?) throws {
         let (models, fishers) = try inputs()
         defer { for path in models + fishers { Bytes.removeDirectory(of: path) } }

@@ -51,17 +51,20 @@ import Testing
         for n in Self.lengths {
             let x = Self.values(n, seed: UInt64(n))
             let bf16 = x.map { UInt16(Float($0).bitPattern >> 16) }, f32 = x.map { Float($0) }
+            let f16 = x.map { Float16($0).bitPattern }
             expectSameBits("decode n=\(n)") {
-                var a = [Double](repeating: 0, count: n), b = a
+                var a = [Double](repeating: 0, count: n), b = a, c = a
                 wsk_decode_bf16(bf16, n, &a)
                 wsk_decode_f32(f32, n, &b)
-                return (a + b).map(\.bitPattern)
+                wsk_decode_f16(f16, n, &c)
+                return (a + b + c).map(\.bitPattern)
             }
             expectSameBits("encode n=\(n)") {
-                var h = [UInt16](repeating: 0, count: n), f = [Float](repeating: 0, count: n)
+                var h = [UInt16](repeating: 0, count: n), f = [Float](repeating: 0, count: n), g = h
                 let flagged = wsk_encode_bf16(x, n, &h)
                 wsk_encode_f32(x, n, &f)
-                return h.map { UInt64($0) } + f.map { UInt64($0.bitPattern) } + [UInt64(flagged)]
+                let flagged16 = wsk_encode_f16(x, n, &g)
+                return h.map { UInt64($0) } + f.map { UInt64($0.bitPattern) } + g.map { UInt64($0) } + [UInt64(flagged), UInt64(flagged16)]
             }
             expectSameBits("scale, axpy, nonfinite n=\(n)") {
                 var out = [Double](repeating: 0, count: n)
@@ -112,8 +115,8 @@ import Testing
             }
             let stored = inputs.map(Self.stored), storedFisher = fishers.map(Self.stored)
             for mode in [WSK_AVERAGE, WSK_RESCALE, WSK_FISHER] {
-                for kind in 0..<3 {
-                    for outKind in [WSK_BF16, WSK_F32, WSK_F64] {
+                for kind in 0..<4 {
+                    for outKind in [WSK_BF16, WSK_F32, WSK_F64, WSK_F16] {
                         expectSameBits("combine mode \(mode) kind \(kind) out \(outKind) n=\(n)") {
                             var output = [UInt8](repeating: 0, count: 8 * n)
                             let redo = Self.combine(stored.map { $0[kind].1 }, storedFisher.map { $0[kind].1 }, kind: Int32(kind),
@@ -131,7 +134,7 @@ import Testing
         let (models, fishers) = try RawKernelTests().inputs()
         defer { for path in models + fishers { Bytes.removeDirectory(of: path) } }
         for strategy in ["average", "wsa", "fisher"] {
-            for dtype in [nil, DType.F32, .F64] {
+            for dtype in [nil, DType.F32, .F64, .F16] {
                 var bytes: [SIMDLevel: Data] = [:]
                 let previous = SIMDLevel.current
                 defer { SIMDLevel.use(previous) }
@@ -184,11 +187,12 @@ import Testing
         SIMDLevel.use(.best)
     }
 
-    /// x stored as BF16, F32 and F64 bytes (indexed by WSK kind).
+    /// x stored as BF16, F32, F64 and F16 bytes (indexed by WSK kind).
     static func stored(_ x: [Double]) -> [(Int32, [UInt8])] {
         [(Int32(WSK_BF16), x.flatMap { Bytes.le(UInt16(Float($0).bitPattern >> 16)) }),
          (Int32(WSK_F32), x.flatMap { Bytes.le(Float($0)) }),
-         (Int32(WSK_F64), x.flatMap { Bytes.le($0) })]
+         (Int32(WSK_F64), x.flatMap { Bytes.le($0) }),
+         (Int32(WSK_F16), x.flatMap { Bytes.le(Float16($0).bitPattern) })]
     }
 
     /// wsk_combine over three terms.

@@ -214,6 +214,80 @@ import Testing
     /// edges, random bit patterns — and flags a call exactly when some result needs the careful
     /// encoder (subnormal, infinite or NaN). Calls of 11 elements run 8 vector lanes and a scalar
     /// tail.
+    /// Every F16 bit pattern decodes to what Swift's `Float16` gives (NaNs to a NaN of the same
+    /// sign), at the kernel's vector lanes and its scalar tail.
+    @Test func decodesEveryF16Pattern() {
+        let patterns = (0...UInt16.max).map { $0 }
+        var out = [Double](repeating: 0, count: patterns.count)
+        wsk_decode_f16(patterns, patterns.count - 3, &out)  // the last 3 through the scalar tail
+        wsk_decode_f16(Array(patterns.suffix(3)), 3, &out[patterns.count - 3])
+        let wrong = patterns.indices.filter { i in
+            let want = Double(Float16(bitPattern: patterns[i]))
+            return want.isNaN ? !(out[i].isNaN && out[i].sign == want.sign) : out[i].bitPattern != want.bitPattern
+        }
+        #expect(wrong.isEmpty, "first wrong pattern: \(wrong.first.map { String(patterns[$0], radix: 16) } ?? "")")
+    }
+
+    /// The nearest F16 to `x`, ties to even, by comparing x with its two neighbours exactly
+    /// (a reference independent of any conversion instruction); nil beyond the largest finite.
+    func nearestF16(_ x: Double) -> UInt16? {
+        guard x.isFinite, x.magnitude < 65520 else { return nil }
+        let magnitude = x.magnitude
+        // Largest half ≤ |x| by bisection over the ordered positive patterns 0...0x7BFF.
+        var lo: UInt16 = 0, hi: UInt16 = 0x7BFF
+        while lo < hi {
+            let mid = (lo + hi + 1) / 2
+            if Double(Float16(bitPattern: mid)) <= magnitude { lo = mid } else { hi = mid - 1 }
+        }
+        var pick = lo
+        if lo < 0x7C00, Double(Float16(bitPattern: lo)) != magnitude {
+            let below = Double(Float16(bitPattern: lo)), above = lo == 0x7BFF ? 65536.0 : Double(Float16(bitPattern: lo + 1))
+            let up = above - magnitude, down = magnitude - below  // exact: neighbours of magnitude
+            if up < down || (up == down && lo & 1 == 1) { pick = lo + 1 }
+        }
+        return (x.sign == .minus ? 0x8000 : 0) | pick
+    }
+
+    /// The fast F16 encoder (a call of 11 elements: 8 vector lanes and a scalar tail) gives the
+    /// nearest F16 wherever it does not flag the call, also for subnormal results; it flags
+    /// exactly the calls with an overflowing, infinite or NaN result; and the encoder `DType.F16`
+    /// uses (with its careful fallback) agrees with the reference everywhere.
+    @Test func fastF16KernelRoundsToNearestEven() {
+        var rng = SplitMix(seed: 16)
+        var values: [Double] = [0, -0.0, 0x1p-24, 0x1p-25, 0x1p-25 + 0x1p-80, 0x1.8p-24, 0x1p-14, 0x1p-14 - 0x1p-26,
+                                0x1p-14 - 0x1p-25, 0x1.FFCp-15, 65504, 65519.99, 65520, -65520, 1e-300, 1e300, .infinity, .nan]
+        for _ in 0..<60_000 {
+            // A half, moved to its upper tie, then a few double ulps either way: normals and subnormals.
+            let h = UInt16(rng.next() % 0x7BFF)
+            let a = Double(Float16(bitPattern: h)), b = Double(Float16(bitPattern: h + 1))
+            let tie = (a + b) / 2
+            let nudge = Int64(rng.next() % 7) - 3
+            let v = Double(bitPattern: UInt64(bitPattern: Int64(bitPattern: tie.bitPattern) &+ nudge))
+            values.append(rng.next() & 1 == 0 ? v : -v)
+            values.append(Double(sign: .plus, exponent: Int(rng.next() % 60) - 40, significand: 1 + Double(rng.next() >> 11) * 0x1p-53))
+        }
+        values.shuffle(using: &rng)
+        var fastCalls = 0
+        var out = [UInt16](repeating: 0, count: 11), viaDType = [UInt8](repeating: 0, count: 22)
+        for start in stride(from: 0, to: values.count - 11, by: 11) {
+            let chunk = Array(values[start..<start + 11])
+            let reference = chunk.map(nearestF16)
+            let flagged = wsk_encode_f16(chunk, 11, &out) != 0
+            #expect(flagged == reference.contains(nil), "\(chunk)")
+            if !flagged {
+                fastCalls += 1
+                #expect(out == reference.map { $0! }, "\(chunk)")
+            }
+            chunk.withUnsafeBufferPointer { DType.F16.encode($0.baseAddress!, count: 11, into: &viaDType) }
+            let words = (0..<11).map { UInt16(viaDType[2 * $0]) | UInt16(viaDType[2 * $0 + 1]) << 8 }
+            for (k, want) in reference.enumerated() {
+                if let want { #expect(words[k] == want, "\(chunk[k])") }
+                else { #expect(Float16(bitPattern: words[k]).isInfinite || Float16(bitPattern: words[k]).isNaN, "\(chunk[k])") }
+            }
+        }
+        #expect(fastCalls > values.count / 11 / 2)
+    }
+
     @Test func fastBF16KernelAgreesWithTheCarefulEncoder() {
         var rng = SplitMix(seed: 7)
         var values: [Double] = [0, -0.0, 0x1p-126, -0x1p-126, 0x1p-126 - 0x1p-135, 0x1p-127 + 0x1p-134, 0x1p-133, 0x1p-134,
