@@ -35,6 +35,18 @@ import Testing
         #expect(check.status == 0, "\(check.stderr)")
     }
 
+    /// Tensors are measured side by side: the report is the same for every `--jobs`, with
+    /// safetensors and .npz models (which are measured one tensor at a time).
+    @Test(arguments: [models, FuseTests.bf16])
+    func reportIsTheSameForEveryJobs(models: [String]) throws {
+        let one = try TestSupport.wsamerge(["scope", "--jobs", "1"] + models)
+        #expect(one.status == 0, "\(one.stderr)")
+        for jobs in ["2", "4", "7"] {
+            let run = try TestSupport.wsamerge(["scope", "--jobs", jobs] + models)
+            #expect(run.status == 0 && run.stdout == one.stdout, "--jobs \(jobs)")
+        }
+    }
+
     func write(_ text: String) throws -> String {
         let path = NSTemporaryDirectory() + "scope-\(UUID().uuidString).json"
         try text.write(toFile: path, atomically: true, encoding: .utf8)

@@ -22,7 +22,8 @@ public struct ScopeComparison {
     public let skipped: [(name: String, reason: String)]
 
     /// Measures every selected, decodable tensor present in all `checkpoints` (in the first
-    /// one's storage order) and fuses their scopes.
+    /// one's storage order) and fuses their scopes. Every name, dtype and shape is checked
+    /// before anything is measured.
     public init(_ checkpoints: [Checkpoint], weights: [Double], fusion: ScopeFusion, filter: TensorFilter, jobs: Int) throws {
         models = checkpoints.map(\.path)
         self.weights = weights
@@ -36,14 +37,16 @@ public struct ScopeComparison {
                 names.append(tensor.name)
             }
         }
-        var rows: [Row] = []
+        // First every structural check, then the measurements: whole tensors side by side (not
+        // from .npz archives, which libzip cannot share between threads), results in order.
+        var measured: [(name: String, sources: [(checkpoint: Checkpoint, index: Int)])] = []
         for name in names {
             let lacking = checkpoints.filter { $0.index(of: name) == nil }.map(\.path)
             if !lacking.isEmpty {
                 missing.append((name, lacking))
                 continue
             }
-            var scopes: [Scope] = []
+            var sources: [(checkpoint: Checkpoint, index: Int)] = []
             for checkpoint in checkpoints {
                 let i = checkpoint.index(of: name)!
                 let tensor = checkpoint.tensors[i]
@@ -59,15 +62,24 @@ public struct ScopeComparison {
                     throw WSAMergeError.malformed(file: checkpoint.path, tensor: name,
                                                   reason: "shape \(tensor.shape) differs from \(models[0])")
                 }
-                let m = try TensorStatistics.compute(try checkpoint.reader(for: i), jobs: jobs).moments!
-                scopes.append(Scope(mean: m.finiteMean ?? .nan, std: m.std ?? .nan))
+                sources.append((checkpoint, i))
             }
-            guard scopes.count == checkpoints.count else { continue }
+            if sources.count == checkpoints.count { measured.append((name, sources)) }
+        }
+        let work = measured.flatMap(\.sources)
+        let scopes = try parallelMap(sizes: work.map { $0.checkpoint.tensors[$0.index].byteCount }, jobs: jobs,
+                                     serial: checkpoints.contains { $0.format == .npz }) { k, jobs in
+            let m = try TensorStatistics.compute(try work[k].checkpoint.reader(for: work[k].index), jobs: jobs).moments!
+            return Scope(mean: m.finiteMean ?? .nan, std: m.std ?? .nan)
+        }
+        var rows: [Row] = []
+        for (k, entry) in measured.enumerated() {
+            let scopes = Array(scopes[k * checkpoints.count..<(k + 1) * checkpoints.count])
             let fused = fusion.fuse(scopes, weights: weights)
             let stds = scopes.map(\.std)
             let lo = stds.min()!, hi = stds.max()!
             let kls = scopes.map { ScopeFusion.kl($0, fused) }
-            rows.append(Row(name: name, scopes: scopes, fused: fused, stdRatio: lo > 0 ? hi / lo : nil,
+            rows.append(Row(name: entry.name, scopes: scopes, fused: fused, stdRatio: lo > 0 ? hi / lo : nil,
                             kl: kls.contains { $0 == nil } ? nil : kls.map { $0! }.max()))
         }
         self.rows = rows
