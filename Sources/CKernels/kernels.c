@@ -132,27 +132,30 @@ static inline uint16_t encode_f16_one(double x, uint32_t *outside) {
     return (uint16_t)(((bits >> 16) & 0x8000) | half);
 }
 
-/* Eight F16 elements (a v8h) as floats, exactly: exponent and fraction moved into a float's
- * place and scaled by 2^112, the difference of the biases (exact, and F16 subnormals become
- * normal floats); infinities and NaNs get the float's all-ones exponent; the sign goes back. */
+/* Eight F16 elements (a v8h) as floats, exactly, without touching a subnormal float (so also
+ * under flush-to-zero): a normal F16 is its exponent and fraction moved into a float's place and
+ * rebiased by +112; a subnormal one is its fraction times 2^−24, both exact; infinities and NaNs
+ * get the float's all-ones exponent; the sign goes back. */
 #define f16x8_to_f32(h)                                                                           \
     ({                                                                                             \
         v8u u_ = __builtin_convertvector((h), v8u);                                                \
         v8u em_ = (u_ & 0x7FFF) << 13;                                                             \
-        v8u scaled_ = (v8u)((v8f)em_ * 0x1p112f);                                                  \
-        v8u special_ = (v8u)(em_ >= (0x7C00u << 13));                                              \
-        (v8f)(((scaled_ & ~special_) | ((em_ | 0x7F800000u) & special_)) | ((u_ & 0x8000) << 16)); \
+        v8u normal_ = em_ + F16_REBIAS;                                                            \
+        v8u sub_ = (v8u)(__builtin_convertvector(u_ & 0x3FF, v8f) * 0x1p-24f);                     \
+        v8u special_ = (v8u)(em_ >= (0x7C00u << 13)), tiny_ = (v8u)(em_ < (0x0400u << 13));        \
+        v8u mag_ = (normal_ & ~(special_ | tiny_)) | ((em_ | 0x7F800000u) & special_) | (sub_ & tiny_); \
+        (v8f)(mag_ | ((u_ & 0x8000) << 16));                                                       \
     })
 
 static inline float f16_to_f32(uint16_t h) {
     uint32_t em = (uint32_t)(h & 0x7FFF) << 13, bits;
     if (em >= (0x7C00u << 13)) {
         bits = em | 0x7F800000u;
-    } else {
-        float f;
-        memcpy(&f, &em, 4);
-        f *= 0x1p112f;
+    } else if (em < (0x0400u << 13)) {
+        float f = (float)(h & 0x3FF) * 0x1p-24f;
         memcpy(&bits, &f, 4);
+    } else {
+        bits = em + F16_REBIAS;
     }
     bits |= (uint32_t)(h & 0x8000) << 16;
     float out;

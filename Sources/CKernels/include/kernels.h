@@ -19,8 +19,8 @@
 void wsk_decode_bf16(const void *src, size_t n, double *dst);
 /// dst[i] = F32 src[i] as double (little-endian, any alignment).
 void wsk_decode_f32(const void *src, size_t n, double *dst);
-/// dst[i] = F16 src[i] as double (little-endian, any alignment; subnormals, infinities and NaN
-/// payloads kept).
+/// dst[i] = F16 src[i] as double (little-endian, any alignment; subnormals and infinities
+/// exact, NaNs stay NaNs of the same sign).
 void wsk_decode_f16(const void *src, size_t n, double *dst);
 /// BF16 bits of src[i], rounded to nearest even. Correct for every element whose result is a
 /// normal BF16 or ±0; returns nonzero when some result is subnormal, infinite or NaN (the caller

@@ -92,9 +92,9 @@ func encodeBFloat16(_ source: UnsafePointer<Double>, count: Int, into destinatio
     }
 }
 
-/// F16 encoding: `wsk_encode_f16` rounds on the FPU as `wsk_encode_bf16` does; a call that
-/// meets a subnormal, overflowing, infinite or NaN result is redone element by element with
-/// `Float16(_:)`, which rounds a `Double` once (LLVM's `fptrunc`).
+/// F16 encoding: `wsk_encode_f16` rounds on the FPU as `wsk_encode_bf16` does (subnormal results
+/// included); a call that meets an overflowing, infinite or NaN result is redone element by
+/// element with `Float16(_:)`, which rounds a `Double` once (LLVM's `fptrunc`).
 func encodeFloat16(_ source: UnsafePointer<Double>, count: Int, into destination: UnsafeMutableRawPointer) {
     guard wsk_encode_f16(source, count, destination) != 0 else { return }
     for i in 0..<count {

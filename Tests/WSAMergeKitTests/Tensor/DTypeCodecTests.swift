@@ -209,11 +209,6 @@ import Testing
         #expect(encode(.F16, [1 + 0x1p-11 + 0x1p-40]) == [0x01, 0x3C])
     }
 
-    /// The vectorised BF16 kernel gives the careful encoder's bits for every kind of double —
-    /// zeros of both signs, ties and near-ties at every exponent, the subnormal and overflow
-    /// edges, random bit patterns — and flags a call exactly when some result needs the careful
-    /// encoder (subnormal, infinite or NaN). Calls of 11 elements run 8 vector lanes and a scalar
-    /// tail.
     /// Every F16 bit pattern decodes to what Swift's `Float16` gives (NaNs to a NaN of the same
     /// sign), at the kernel's vector lanes and its scalar tail.
     @Test func decodesEveryF16Pattern() {
@@ -288,6 +283,11 @@ import Testing
         #expect(fastCalls > values.count / 11 / 2)
     }
 
+    /// The vectorised BF16 kernel gives the careful encoder's bits for every kind of double —
+    /// zeros of both signs, ties and near-ties at every exponent, the subnormal and overflow
+    /// edges, random bit patterns — and flags a call exactly when some result needs the careful
+    /// encoder (subnormal, infinite or NaN). Calls of 11 elements run 8 vector lanes and a scalar
+    /// tail.
     @Test func fastBF16KernelAgreesWithTheCarefulEncoder() {
         var rng = SplitMix(seed: 7)
         var values: [Double] = [0, -0.0, 0x1p-126, -0x1p-126, 0x1p-126 - 0x1p-135, 0x1p-127 + 0x1p-134, 0x1p-133, 0x1p-134,
