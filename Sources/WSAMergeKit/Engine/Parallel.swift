@@ -38,34 +38,44 @@ func parallelFor(_ count: Int, jobs: Int, _ body: (_ index: Int, _ worker: Int) 
     }
 }
 
-/// `body(i, jobs)` for every item `i`, whole items side by side, each on one thread, largest
+/// `body(i, jobs)` for every item `i`, whole items side by side, each on one lane, largest
 /// `sizes` first; the results come back in index order. Whole items side by side keep the cores
 /// busy without the hand-offs of splitting each one, and an item's result does not depend on its
 /// thread. With one lane (`jobs` 1, a single item, or `serial`: items that cannot be read from
 /// two threads, such as members of one libzip archive) items run one at a time in index order,
-/// each given all `jobs`, and stop at the first error; with several lanes each gets 1 and every
-/// item runs. Either way the error of the lowest index is rethrown, so errors do not depend on
-/// timing.
+/// each given all `jobs`, and stop at the first error; with several lanes each item gets
+/// `jobs / lanes` (more than 1 when there are fewer items than jobs), and once an item fails the
+/// items of higher index that have not started are skipped. Either way the error of the lowest
+/// index is rethrown, so errors do not depend on timing.
 func parallelMap<T>(sizes: [Int], jobs: Int, serial: Bool = false,
                     _ body: (_ index: Int, _ jobs: Int) throws -> T) throws -> [T] {
     let count = sizes.count
     let lanes = serial ? 1 : Swift.max(1, Swift.min(jobs, count))
     guard lanes > 1 else { return try (0..<count).map { try body($0, jobs) } }
     let order = sizes.indices.sorted { sizes[$0] > sizes[$1] }
+    let perLane = Swift.max(1, jobs / lanes)
     var results = [Result<T, Error>?](repeating: nil, count: count)
     let next = Atomic<Int>(0)
+    let lowestFailure = Atomic<Int>(Int.max)
     results.withUnsafeMutableBufferPointer { results in
         withoutActuallyEscaping(body) { body in
             DispatchQueue.concurrentPerform(iterations: lanes) { _ in
                 while true {
                     let k = next.wrappingAdd(1, ordering: .relaxed).oldValue
                     guard k < count else { return }
-                    results[order[k]] = Result { try body(order[k], 1) }
+                    let i = order[k]
+                    // An item after a failed one cannot change which error is reported.
+                    guard i < lowestFailure.load(ordering: .relaxed) else { continue }
+                    let result = Result { try body(i, perLane) }
+                    if case .failure = result { lowestFailure.min(i, ordering: .relaxed) }
+                    results[i] = result
                 }
             }
         }
     }
-    return try results.map { try $0!.get() }
+    let failed = lowestFailure.load(ordering: .relaxed)
+    if failed < count, case .failure(let error) = results[failed]! { throw error }
+    return results.map { try! $0!.get() }
 }
 
 /// The default `--jobs`: every online core.

@@ -73,9 +73,9 @@ public struct FisherStrategy: MergeStrategy {
             })
         }
         // One lockstep pass over each tensor's Fisher values of every input; several tensors side
-        // by side (not from .npz archives, which libzip cannot share between threads).
+        // by side (unless a checkpoint cannot be read that way: `readsTensorsInParallel`).
         let checks = try parallelMap(sizes: items.map(\.output.byteCount), jobs: jobs,
-                                     serial: fisher.contains { $0.format == .npz }) { k, jobs in
+                                     serial: fisher.contains { !$0.readsTensorsInParallel }) { k, jobs in
             try Self.check(locations[k].map { try $0.file.reader(for: $0.index) }, jobs: jobs)
         }
         // Validated and summed in tensor order, so the norms are the same for every `--jobs`.

@@ -55,12 +55,12 @@ public struct WSAStrategy: MergeStrategy {
     }
 
     /// Measures the input scopes of every tensor the strategy rescales: each tensor's inputs in
-    /// one lockstep pass, several tensors side by side (not from .npz archives, which libzip
-    /// cannot share between threads).
+    /// one lockstep pass, several tensors side by side (unless a checkpoint cannot be read
+    /// that way, see `readsTensorsInParallel`).
     public mutating func measure(_ plan: MergePlan, jobs: Int) throws {
         let items = plan.items.filter { $0.action == .merge && $0.output.shape.count >= minRank }
         let moments = try parallelMap(sizes: items.map(\.output.byteCount), jobs: jobs,
-                                      serial: plan.inputs.contains { $0.format == .npz }) { k, jobs in
+                                      serial: plan.inputs.contains { !$0.readsTensorsInParallel }) { k, jobs in
             try Self.scopes(try plan.readers(items[k]), jobs: jobs)
         }
         measured = Dictionary(uniqueKeysWithValues: zip(items.map(\.name), moments))

@@ -37,8 +37,8 @@ public struct ScopeComparison {
                 names.append(tensor.name)
             }
         }
-        // First every structural check, then the measurements: whole tensors side by side (not
-        // from .npz archives, which libzip cannot share between threads), results in order.
+        // First every structural check, then the measurements: whole tensors side by side (when
+        // every checkpoint `readsTensorsInParallel`), results in order.
         var measured: [(name: String, sources: [(checkpoint: Checkpoint, index: Int)])] = []
         for name in names {
             let lacking = checkpoints.filter { $0.index(of: name) == nil }.map(\.path)
@@ -68,7 +68,7 @@ public struct ScopeComparison {
         }
         let work = measured.flatMap(\.sources)
         let scopes = try parallelMap(sizes: work.map { $0.checkpoint.tensors[$0.index].byteCount }, jobs: jobs,
-                                     serial: checkpoints.contains { $0.format == .npz }) { k, jobs in
+                                     serial: checkpoints.contains { !$0.readsTensorsInParallel }) { k, jobs in
             let m = try TensorStatistics.compute(try work[k].checkpoint.reader(for: work[k].index), jobs: jobs).moments!
             return Scope(mean: m.finiteMean ?? .nan, std: m.std ?? .nan)
         }

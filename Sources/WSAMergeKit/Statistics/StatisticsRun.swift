@@ -11,7 +11,7 @@ public enum StatisticsRun {
         progress?.start(tensors: selected.count, bytes: bytes.reduce(0, +))
         defer { progress?.finish() }
         let lock = DispatchSemaphore(value: 1)
-        return try parallelMap(sizes: bytes, jobs: jobs, serial: checkpoint.format == .npz) { k, jobs in
+        return try parallelMap(sizes: bytes, jobs: jobs, serial: !checkpoint.readsTensorsInParallel) { k, jobs in
             let statistics = try TensorStatistics.compute(try checkpoint.reader(for: selected[k]), jobs: jobs)
             lock.wait()
             progress?.tensorDone(bytes: bytes[k])

@@ -37,6 +37,13 @@ public final class Checkpoint: @unchecked Sendable {
         try TensorReader(tensor: tensors[index], location: locations[index])
     }
 
+    /// Whether several of its tensors may be read at once: not for members of one `.npz` archive
+    /// (libzip cannot share an archive between threads), nor with a Fortran-order array (each is
+    /// transposed in memory, up to 256 MiB, so reading several at once would multiply that).
+    public var readsTensorsInParallel: Bool {
+        format != .npz && !tensors.indices.contains { locations[$0].fortranOrder && tensors[$0].shape.count > 1 }
+    }
+
     /// Device/inode of every file read, to refuse writing over an input.
     public var identities: Set<FileIdentity> { Set(files.map(\.identity)) }
 }

@@ -50,7 +50,8 @@ import Testing
 }
 
 /// `parallelMap`: results in index order whatever the order items start in or the number of
-/// lanes, and the error of the lowest index wins (one lane stops there; several run every item).
+/// lanes, and the error of the lowest index wins (one lane stops there; several skip the items
+/// after a failure that have not started).
 @Suite struct ParallelMapTests {
     struct Failure: Error, Equatable { let index: Int }
 
@@ -74,6 +75,31 @@ import Testing
             #expect(error as? Failure == Failure(index: 7))
         }
         #expect(ran.value == (jobs == 1 ? 8 : 40))
+    }
+
+    /// Items in index order (largest first): after item 7 fails, the later items that have not
+    /// started are skipped, and 7's error is still the one reported.
+    @Test func itemsAfterAFailureAreSkipped() {
+        let ran = Counter()
+        do {
+            _ = try parallelMap(sizes: (0..<40).map { 40 - $0 }, jobs: 2) { i, _ -> Int in
+                ran.increment()
+                if i == 7 { throw Failure(index: i) }
+                return i
+            }
+            Issue.record("no error")
+        } catch {
+            #expect(error as? Failure == Failure(index: 7))
+        }
+        #expect(ran.value >= 8 && ran.value <= 10)  // 0...7, plus what the other lane had started
+    }
+
+    /// Fewer items than jobs: each lane gets its share of the jobs.
+    @Test func lanesShareTheJobs() throws {
+        #expect(try parallelMap(sizes: [5, 9], jobs: 8) { _, jobs in jobs } == [4, 4])
+        #expect(try parallelMap(sizes: [5, 9, 1], jobs: 7) { _, jobs in jobs } == [2, 2, 2])
+        #expect(try parallelMap(sizes: [5, 9, 1], jobs: 2) { _, jobs in jobs } == [1, 1, 1])
+        #expect(try parallelMap(sizes: [5, 9], jobs: 8, serial: true) { _, jobs in jobs } == [8, 8])
     }
 
     final class Counter: @unchecked Sendable {

@@ -59,6 +59,21 @@ struct TensorReaderTests {
         }
     }
 
+    /// Tensors that are read whole into memory (Fortran order) or from a shared archive are not
+    /// read side by side.
+    @Test func whichCheckpointsReadTensorsInParallel() throws {
+        let data = (0..<6).flatMap { Bytes.le(Float($0)) }
+        let c = try Bytes.temporaryFile(Bytes.npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", data: data), name: "c.npy")
+        let f = try Bytes.temporaryFile(Bytes.npy("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }", data: data), name: "f.npy")
+        let v = try Bytes.temporaryFile(Bytes.npy("{'descr': '<f4', 'fortran_order': True, 'shape': (6,), }", data: data), name: "v.npy")
+        defer { for path in [c, f, v] { Bytes.removeDirectory(of: path) } }
+        #expect(try CheckpointReader.open(c).readsTensorsInParallel)
+        #expect(try !CheckpointReader.open(f).readsTensorsInParallel)
+        #expect(try CheckpointReader.open(v).readsTensorsInParallel)  // one axis: the same order either way
+        let npz = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../../fixtures/savez.npz").path
+        #expect(try !CheckpointReader.open(npz).readsTensorsInParallel)
+    }
+
     /// A file cut short after it was opened: the piece that reaches past the end is an I/O error,
     /// as a sequential read is; the pieces before it are unaffected.
     @Test func aTruncatedFileFailsInThePieceThatReachesTheEnd() throws {
