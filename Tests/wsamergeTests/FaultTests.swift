@@ -27,19 +27,42 @@ import Testing
     }
 
     /// Starts `arguments`, held by the test hook at `pause` (by default right after its first
-    /// output tensor), and kills it.
-    func killMidWrite(_ arguments: [String], pause: String = "write:5") throws -> Process {
+    /// output tensor); once it is held, runs `during`, then kills it (or, with `kill` false, lets
+    /// it go on) and waits for it to end.
+    @discardableResult
+    func runPaused(_ arguments: [String], pause: String = "write:5", kill killing: Bool = true,
+                   during: () throws -> Void = {}) throws -> Process {
+        let mark = NSTemporaryDirectory() + "wsamerge-pause-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: mark) }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: TestSupport.binary)
         process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(["WSAMERGE_TEST_PAUSE": pause]) { $1 }
+        process.environment = ProcessInfo.processInfo.environment.merging(["WSAMERGE_TEST_PAUSE": pause,
+                                                                          "WSAMERGE_TEST_PAUSE_MARK": mark]) { $1 }
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
-        Thread.sleep(forTimeInterval: 0.5)
-        kill(process.processIdentifier, SIGKILL)
+        let deadline = Date().addingTimeInterval(60)
+        while !FileManager.default.fileExists(atPath: mark) && process.isRunning && Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.01)
+        }
+        #expect(FileManager.default.fileExists(atPath: mark), "the run never reached the pause \(pause)")
+        try during()
+        if killing { kill(process.processIdentifier, SIGKILL) }
         process.waitUntilExit()
         return process
+    }
+
+    /// `runPaused`, killed in the pause.
+    func killMidWrite(_ arguments: [String], pause: String = "write:5") throws -> Process {
+        try runPaused(arguments, pause: pause)
+    }
+
+    /// The names and bytes of every file in `dir`.
+    func snapshot(_ dir: String) throws -> [String: Data] {
+        var files: [String: Data] = [:]
+        for name in try leftovers(dir) { files[name] = try Data(contentsOf: URL(fileURLWithPath: dir + "/" + name)) }
+        return files
     }
 
     @Test func killDuringFuseLeavesNothing() throws {
@@ -81,19 +104,44 @@ import Testing
         let shards = dir + "/shards"
         let first = try TestSupport.wsamerge(["convert", Self.large[0], "--max-shard-size", "10MB", "-o", shards])
         #expect(first.status == 0, "\(first.stderr)")
-        func snapshot() throws -> [String: Data] {
-            var files: [String: Data] = [:]
-            for name in try leftovers(shards) { files[name] = try Data(contentsOf: URL(fileURLWithPath: shards + "/" + name)) }
-            return files
-        }
-        let old = try snapshot()
+        let old = try snapshot(shards)
         #expect(old.count > 2 && old.keys.contains("model.safetensors.index.json"))
         let process = try killMidWrite(["convert", Self.large[0], "--dtype", "F16", "--max-shard-size", "10MB", "--force", "-o", shards],
                                        pause: "sync:5:1")
         #expect(process.terminationReason == .uncaughtSignal)
-        let now = try snapshot()
+        let now = try snapshot(shards)
         #expect(now.keys.sorted() == old.keys.sorted())
         #expect(now == old, "a shard of the killed run was linked in")
+    }
+
+    /// A shard that cannot be linked in part way (here a directory took its name while the run
+    /// synced) fails the run with nothing of it left: with --force the files it had replaced
+    /// come back; in a new directory the shards linked before are removed.
+    @Test func aShardThatCannotBeLinkedUndoesTheOthers() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let shards = dir + "/shards"
+        #expect(try TestSupport.wsamerge(["convert", Self.large[0], "--max-shard-size", "10MB", "-o", shards]).status == 0)
+        let old = try snapshot(shards)
+        // The F16 set: two shards and the index, synced in that order; held after the last sync.
+        let second = shards + "/model-00002-of-00002.safetensors"
+        let forced = try runPaused(["convert", Self.large[0], "--dtype", "F16", "--max-shard-size", "10MB", "--force", "-o", shards],
+                                   pause: "sync:1:2", kill: false) {
+            try FileManager.default.createDirectory(atPath: second, withIntermediateDirectories: false)
+        }
+        #expect(forced.terminationStatus == 73)
+        try FileManager.default.removeItem(atPath: second)
+        #expect(try snapshot(shards) == old, "the failed run changed the earlier checkpoint")
+
+        let fresh = dir + "/fresh"
+        let blocked = fresh + "/model-00002-of-00002.safetensors"
+        let run = try runPaused(["convert", Self.large[0], "--dtype", "F16", "--max-shard-size", "10MB", "-o", fresh],
+                                pause: "sync:1:2", kill: false) {
+            try Data("mine".utf8).write(to: URL(fileURLWithPath: blocked))
+        }
+        #expect(run.terminationStatus == 73)
+        #expect(try leftovers(fresh) == ["model-00002-of-00002.safetensors"])
+        #expect(try String(contentsOfFile: blocked, encoding: .utf8) == "mine")
     }
 
     /// Non-negative Fisher files for `large`.

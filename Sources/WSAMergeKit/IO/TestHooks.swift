@@ -6,7 +6,9 @@ import Glibc
 /// sleeps once at `point` (`open`: after the headers are read, before any tensor data;
 /// `write`: after the first tensor of an output is written, before the output is complete;
 /// `sync`: after an output file is synced, before it is linked into place), and
-/// `point:seconds:skip` passes the point `skip` times first. Without the variable these are no-ops.
+/// `point:seconds:skip` passes the point `skip` times first. When `WSAMERGE_TEST_PAUSE_MARK`
+/// names a path, that file is created as the pause begins, so a test knows when it may act.
+/// Without the variables these are no-ops.
 enum TestHooks {
     private static let request: (point: String, seconds: Double, skip: Int)? = {
         guard let raw = getenv("WSAMERGE_TEST_PAUSE") else { return nil }
@@ -21,6 +23,7 @@ enum TestHooks {
         guard let request, request.point == point else { return }
         arrivals += 1
         guard arrivals == request.skip + 1 else { return }
+        if let mark = getenv("WSAMERGE_TEST_PAUSE_MARK") { close(open(mark, O_CREAT | O_WRONLY, 0o644)) }
         usleep(useconds_t(request.seconds * 1_000_000))
     }
 }

@@ -158,8 +158,38 @@ final class ShardedSafetensorsWriter: CheckpointWriter {
         // a run killed while syncing leaves none of them, not the first shards of the set.
         for writer in shards { try writer.sync() }
         try index?.sync()
-        for writer in shards { try writer.finish() }
-        try index?.commit()
+        // Files of an earlier checkpoint at these names (--force) are kept under hidden names
+        // until the whole set is in place: a link that fails part way puts them back, so a
+        // failed run never leaves new shards beside old ones.
+        let destinations = shards.map(\.destination) + (index.map { [$0.destination] } ?? [])
+        var kept: [(path: String, backup: String)] = []
+        var linked: [String] = []
+        do {
+            for path in destinations where pathKind(path) == .file {
+                let backup = "\(directory)/.\(baseName(of: path)).wsamerge-\(getpid()).old"
+                unlink(backup)
+                guard link(path, backup) == 0 else {
+                    throw WSAMergeError.cannotCreate(file: path, reason: "cannot keep the file it replaces: \(systemError(errno))")
+                }
+                kept.append((path, backup))
+            }
+            for writer in shards {
+                try writer.finish()
+                linked.append(writer.destination)
+            }
+            if let index {
+                try index.commit()
+                linked.append(index.destination)
+            }
+        } catch {
+            for path in linked { unlink(path) }
+            for (path, backup) in kept {
+                rename(backup, path)
+                unlink(backup)  // left when the name still held that same file
+            }
+            throw error
+        }
+        for (_, backup) in kept { unlink(backup) }
         finished = true
         let current = Set(listDirectory(directory).filter(Self.isCheckpointFile))
         let written = Set(shards.map { baseName(of: $0.destination) } + (index == nil ? [] : ["model.safetensors.index.json"]))
