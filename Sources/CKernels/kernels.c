@@ -50,16 +50,41 @@ typedef uint64_t v8lu __attribute__((vector_size(64), aligned(8)));
  * float's upper half is the BF16. Results whose float is subnormal, infinite or NaN are flagged
  * for the careful encoder; a double so small that its float is ±0 (below 2^-149) correctly
  * gives ±0. */
-#define BF16_TOP 0xFFF0000000000000ull
+#define EXPONENT64 0x7FF0000000000000ull
 #define SIGN64 0x8000000000000000ull
+
+/* The float bits of eight doubles x rounded on the FPU with c = ±2^(max(e, emin) + k), where
+ * `scale` = 2^k and `min_exponent` holds the exponent bits of 2^emin (0: no floor). */
+#define round8_bits(x, scale, min_exponent)                                                                       \
+    ({                                                                                                            \
+        v8d x_ = (x);                                                                                             \
+        v8lu e_ = (v8lu)x_ & EXPONENT64;                                                                          \
+        v8lu floor_ = (v8lu)(e_ < (min_exponent));                                                                \
+        e_ = (e_ & ~floor_) | ((min_exponent) & floor_);                                                          \
+        v8d c_ = (v8d)(e_ | ((v8lu)x_ & SIGN64)) * (scale);                                                       \
+        v8d r_ = (v8d)((v8lu)((x_ + c_) - c_) | ((v8lu)x_ & SIGN64));                                              \
+        (v8u) __builtin_convertvector(r_, v8f);                                                                   \
+    })
+
+/* The same for one double. */
+static inline uint32_t round_one_bits(double x, double scale, uint64_t min_exponent) {
+    uint64_t u, e;
+    memcpy(&u, &x, 8);
+    e = u & EXPONENT64;
+    e = (e < min_exponent ? min_exponent : e) | (u & SIGN64);
+    double c;
+    memcpy(&c, &e, 8);
+    c *= scale;
+    float f = (float)((x + c) - c);
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    return bits | ((uint32_t)(u >> 32) & 0x80000000u);
+}
 
 /* Eight doubles x (a v8d) to BF16 at dst; lanes needing the careful encoder set `outside8`. */
 #define encode8_bf16(x, dst, outside8)                                                                            \
     do {                                                                                                          \
-        v8d x_ = (x);                                                                                             \
-        v8d c_ = (v8d)((v8lu)x_ & BF16_TOP) * 0x1p45;                                                             \
-        v8d r_ = (v8d)((v8lu)((x_ + c_) - c_) | ((v8lu)x_ & SIGN64));                                              \
-        v8u bits_ = (v8u)__builtin_convertvector(r_, v8f);                                                        \
+        v8u bits_ = round8_bits((x), 0x1p45, 0ull);                                                               \
         v8u e_ = (bits_ >> 23) & 0xFF;                                                                            \
         (outside8) |= ((e_ == 0) & ((bits_ & 0x7FFFFFFF) != 0)) | (e_ == 0xFF);                                   \
         v8h half_ = __builtin_convertvector(bits_ >> 16, v8h);                                                    \
@@ -67,16 +92,7 @@ typedef uint64_t v8lu __attribute__((vector_size(64), aligned(8)));
     } while (0)
 
 static inline uint16_t encode_bf16_one(double x, uint32_t *outside) {
-    uint64_t u, top;
-    memcpy(&u, &x, 8);
-    top = u & BF16_TOP;
-    double c;
-    memcpy(&c, &top, 8);
-    c *= 0x1p45;
-    float f = (float)((x + c) - c);
-    uint32_t bits;
-    memcpy(&bits, &f, 4);
-    bits |= (uint32_t)(u >> 32) & 0x80000000u;
+    uint32_t bits = round_one_bits(x, 0x1p45, 0);
     uint32_t e = (bits >> 23) & 0xFF;
     *outside |= (e == 0 && (bits & 0x7FFFFFFF) != 0) | (e == 0xFF);
     return (uint16_t)(bits >> 16);
@@ -95,14 +111,7 @@ static inline uint16_t encode_bf16_one(double x, uint32_t *outside) {
 
 #define encode8_f16(x, dst, outside8)                                                                             \
     do {                                                                                                          \
-        v8d x_ = (x);                                                                                             \
-        v8lu e_ = (v8lu)x_ & 0x7FF0000000000000ull;                                                               \
-        v8lu small_ = (v8lu)(e_ < F16_MIN_EXPONENT);                                                              \
-        e_ = (e_ & ~small_) | (F16_MIN_EXPONENT & small_);                                                        \
-        v8d c_ = (v8d)(e_ | ((v8lu)x_ & SIGN64)) * 0x1p42;                                                        \
-        v8d r_ = (v8d)((v8lu)((x_ + c_) - c_) | ((v8lu)x_ & SIGN64));                                              \
-        v8f f_ = __builtin_convertvector(r_, v8f);                                                                \
-        v8u bits_ = (v8u)f_;                                                                                      \
+        v8u bits_ = round8_bits((x), 0x1p42, F16_MIN_EXPONENT);                                                   \
         v8u mag_ = bits_ & 0x7FFFFFFF;                                                                            \
         (outside8) |= mag_ >= F16_HIGH;                                                                           \
         v8u sub_ = __builtin_convertvector((v8f)mag_ * 0x1p24f, v8u);                                             \
@@ -113,17 +122,7 @@ static inline uint16_t encode_bf16_one(double x, uint32_t *outside) {
     } while (0)
 
 static inline uint16_t encode_f16_one(double x, uint32_t *outside) {
-    uint64_t u, e;
-    memcpy(&u, &x, 8);
-    e = u & 0x7FF0000000000000ull;
-    e = (e < F16_MIN_EXPONENT ? F16_MIN_EXPONENT : e) | (u & SIGN64);
-    double c;
-    memcpy(&c, &e, 8);
-    c *= 0x1p42;
-    float f = (float)((x + c) - c);
-    uint32_t bits;
-    memcpy(&bits, &f, 4);
-    bits |= (uint32_t)(u >> 32) & 0x80000000u;
+    uint32_t bits = round_one_bits(x, 0x1p42, F16_MIN_EXPONENT);
     uint32_t mag = bits & 0x7FFFFFFF;
     *outside |= mag >= F16_HIGH;
     float m;

@@ -56,23 +56,31 @@ import Testing
         func merge(fused: Bool) throws -> Data {
             Lockstep.rawKernelsEnabled = fused
             defer { Lockstep.rawKernelsEnabled = true }
-            let out = NSTemporaryDirectory() + "fused-\(UUID().uuidString).safetensors"
-            defer { try? FileManager.default.removeItem(atPath: out) }
-            var request = Merger.Request(inputs: models, strategy: strategy, output: OutputOptions(path: out, layout: .safetensors))
-            request.weights = [0.2, 0.5, 0.3]
-            request.dtype = dtype
-            request.jobs = 2
-            request.settings.fisherPaths = fishers
-            request.settings.fisherEpsilon = dtype == nil ? 0 : 1e-6
-            let report = try Merger.run(request)
+            let (bytes, report) = try Self.merge(models, fishers: fishers, strategy: strategy, dtype: dtype,
+                                                 fisherEpsilon: dtype == nil ? 0 : 1e-6)
             #expect(report.nonFiniteTensors == ["c.weight"])
-            return try Data(contentsOf: URL(fileURLWithPath: out))
+            return bytes
         }
         let fused = try merge(fused: true), decoded = try merge(fused: false)
         // Compared as a Bool: a failing `==` on megabytes would make the test library diff them.
         let same = fused == decoded
         let firstDifference = zip(fused, decoded).enumerated().first { $0.element.0 != $0.element.1 }?.offset
         #expect(same, "outputs differ (\(fused.count) and \(decoded.count) bytes, first at \(firstDifference ?? -1))")
+    }
+
+    /// The bytes and report of merging `models` (weights 0.2, 0.5, 0.3; two jobs) with `strategy`.
+    static func merge(_ models: [String], fishers: [String], strategy: String, dtype: DType?,
+                      fisherEpsilon: Double = 1e-6) throws -> (Data, Merger.Report) {
+        let out = NSTemporaryDirectory() + "merge-\(UUID().uuidString).safetensors"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        var request = Merger.Request(inputs: models, strategy: strategy, output: OutputOptions(path: out, layout: .safetensors))
+        request.weights = [0.2, 0.5, 0.3]
+        request.dtype = dtype
+        request.jobs = 2
+        request.settings.fisherPaths = fishers
+        request.settings.fisherEpsilon = fisherEpsilon
+        let report = try Merger.run(request)
+        return (try Data(contentsOf: URL(fileURLWithPath: out)), report)
     }
 
     /// Blocks the fused kernel cannot finish are flagged, never written wrongly.

@@ -140,15 +140,7 @@ import Testing
                 defer { SIMDLevel.use(previous) }
                 for level in SIMDLevel.allCases where level.rawValue <= SIMDLevel.best.rawValue {
                     SIMDLevel.use(level)
-                    let out = NSTemporaryDirectory() + "simd-\(UUID().uuidString).safetensors"
-                    defer { try? FileManager.default.removeItem(atPath: out) }
-                    var request = Merger.Request(inputs: models, strategy: strategy, output: OutputOptions(path: out, layout: .safetensors))
-                    request.weights = [0.2, 0.5, 0.3]
-                    request.dtype = dtype
-                    request.jobs = 2
-                    request.settings.fisherPaths = fishers
-                    _ = try Merger.run(request)
-                    bytes[level] = try Data(contentsOf: URL(fileURLWithPath: out))
+                    bytes[level] = try RawKernelTests.merge(models, fishers: fishers, strategy: strategy, dtype: dtype).0
                 }
                 let same = Set(bytes.values).count == 1
                 #expect(same, "\(strategy) \(dtype?.rawValue ?? "same dtype"): levels \(bytes.keys.sorted { $0.rawValue < $1.rawValue }) differ")
