@@ -31,6 +31,11 @@ struct WSAMerge: ParsableCommand {
             if code == .success || error is CleanExit { exit(withError: error) }
             var message = fullMessage(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
             if message.hasPrefix("Error: ") { message.removeFirst(7) }
+            // `--fisher F1 … Fn` takes every path up to the next option, so inputs given after it
+            // become Fisher files and the inputs are missing.
+            if message.hasPrefix("Missing expected argument '<inputs>") && CommandLine.arguments.contains("--fisher") {
+                message += " (--fisher takes every path up to the next option: give the inputs before --fisher)"
+            }
             fail(message, code: code == .validationFailure ? 64 : code.rawValue)
         }
     }

@@ -126,7 +126,7 @@ import Testing
         // The F16 set: two shards and the index, synced in that order; held after the last sync.
         let second = shards + "/model-00002-of-00002.safetensors"
         let forced = try runPaused(["convert", Self.large[0], "--dtype", "F16", "--max-shard-size", "10MB", "--force", "-o", shards],
-                                   pause: "sync:1:2", kill: false) {
+                                   pause: "sync:2:2", kill: false) {
             try FileManager.default.createDirectory(atPath: second, withIntermediateDirectories: false)
         }
         #expect(forced.terminationStatus == 73)
@@ -136,7 +136,7 @@ import Testing
         let fresh = dir + "/fresh"
         let blocked = fresh + "/model-00002-of-00002.safetensors"
         let run = try runPaused(["convert", Self.large[0], "--dtype", "F16", "--max-shard-size", "10MB", "-o", fresh],
-                                pause: "sync:1:2", kill: false) {
+                                pause: "sync:2:2", kill: false) {
             try Data("mine".utf8).write(to: URL(fileURLWithPath: blocked))
         }
         #expect(run.terminationStatus == 73)

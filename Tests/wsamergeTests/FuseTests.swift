@@ -100,6 +100,14 @@ import Testing
         #expect(outputs[0] == outputs[3])
     }
 
+    /// Inputs after `--fisher F1 … Fn` are taken as Fisher files: the error says so.
+    @Test func inputsAfterFisherGetAHint() throws {
+        let run = try TestSupport.wsamerge(["fuse", "--strategy", "fisher", "--fisher"] + Self.fisher + Self.f32 + ["-o", "/tmp/never.safetensors"])
+        #expect(run.status == 64)
+        #expect(run.stderr == "wsamerge: error: Missing expected argument '<inputs> ...' (--fisher takes every path up to the next option: give the inputs before --fisher)\n")
+        #expect(!TestSupport.fileExists("/tmp/never.safetensors"))
+    }
+
     @Test func unknownSIMDLevelIsAUsageError() throws {
         let run = try TestSupport.wsamerge(["stats", Self.f32[0]], environment: ["WSAMERGE_SIMD": "sse2"])
         #expect(run.status == 64)
