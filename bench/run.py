@@ -4,7 +4,7 @@
 usage: bench/run.py --bin .build/release/wsamerge [--layers 12] [--rounds 5] [--memory-layers 48]
                     [--workdir /tmp/wsamerge-bench] [--keep]
 
-Generates three synthetic llama-shaped bf16 checkpoints (about 430 MB each at 12 layers, hidden
+Generates three synthetic llama-shaped bf16 checkpoints (about 440 MB each at 12 layers, hidden
 1024, vocab 32000; Gaussian weights whose scale differs per model) plus non-negative Fisher
 files, warms the page cache, then runs every job (wsamerge, the numpy script, and `cat` of the
 same input bytes with and without writing an output of the same size) once per round, rounds

@@ -214,7 +214,7 @@ static int LEVELED(combine)(const wsk_term *terms, size_t count, int mode, doubl
     size_t end = n & ~(size_t)7;
     for (size_t start = 0; start < end; start += TILE) {
         size_t m = end - start < TILE ? end - start : TILE;
-        for (size_t k = 0; k < count; k++) fold_term_dispatch(acc, den, &terms[k], mode, k == 0, target, epsilon, start, m);
+        for (size_t k = 0; k < count; k++) fold_term_dispatch(acc, den, &terms[k], mode, k == 0, epsilon, start, m);
         for (size_t i = 0; i < m; i += 8) {
             v8d y = load8d(acc + i);
             if (mode == WSK_FISHER) {

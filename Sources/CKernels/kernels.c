@@ -305,7 +305,7 @@ static inline __attribute__((always_inline)) void squares_signs_impl(int kind, c
 /* acc (and den) ← the contribution of term t over elements [start, start + m), m a multiple of 8.
  * Always inlined with constant `mode`, `first` and `kind`s, so each use is a tight loop. */
 static inline __attribute__((always_inline)) void fold_term(double *acc, double *den, const wsk_term *t, int mode,
-                                                             int first, int kind, int fisher_kind, double target,
+                                                             int first, int kind, int fisher_kind,
                                                              double epsilon, size_t start, size_t m) {
     for (size_t i = 0; i < m; i += 8) {
         v8d x = load8x(t->x, kind, start + i);
@@ -327,9 +327,9 @@ static inline __attribute__((always_inline)) void fold_term(double *acc, double 
 
 /* fold_term with its run-time choices made constant, one instantiation each. */
 static inline __attribute__((always_inline)) void fold_term_dispatch(double *acc, double *den, const wsk_term *t,
-                                                                      int mode, int first, double target, double epsilon,
+                                                                      int mode, int first, double epsilon,
                                                                       size_t start, size_t m) {
-#define FOLD(mode_, first_, kind_, fkind_) fold_term(acc, den, t, mode_, first_, kind_, fkind_, target, epsilon, start, m)
+#define FOLD(mode_, first_, kind_, fkind_) fold_term(acc, den, t, mode_, first_, kind_, fkind_, epsilon, start, m)
 #define FOLD_FISHER_KIND(mode_, first_, kind_)                                                  \
     do {                                                                                        \
         if (mode_ != WSK_FISHER || t->fisher_kind == WSK_BF16)                                  \

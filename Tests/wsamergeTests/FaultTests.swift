@@ -27,11 +27,12 @@ import Testing
     }
 
     /// Starts `arguments`, held by the test hook at `pause` (by default right after its first
-    /// output tensor); once it is held, runs `during`, then kills it (or, with `kill` false, lets
-    /// it go on) and waits for it to end.
+    /// output tensor; the hook holds it until the marker file goes, at most the pause's seconds);
+    /// once it is held, runs `during`, then kills it (or, with `kill` false, lets it go on) and
+    /// waits for it to end. With `stderr`, the process's standard error is collected there.
     @discardableResult
-    func runPaused(_ arguments: [String], pause: String = "write:5", kill killing: Bool = true,
-                   during: () throws -> Void = {}) throws -> Process {
+    func runPaused(_ arguments: [String], pause: String = "write:60", kill killing: Bool = true,
+                   stderr: UnsafeMutablePointer<String>? = nil, during: () throws -> Void = {}) throws -> Process {
         let mark = NSTemporaryDirectory() + "wsamerge-pause-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: mark) }
         let process = Process()
@@ -39,8 +40,9 @@ import Testing
         process.arguments = arguments
         process.environment = ProcessInfo.processInfo.environment.merging(["WSAMERGE_TEST_PAUSE": pause,
                                                                           "WSAMERGE_TEST_PAUSE_MARK": mark]) { $1 }
+        let err = Pipe()
         process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
+        process.standardError = stderr == nil ? FileHandle.nullDevice : err
         try process.run()
         let deadline = Date().addingTimeInterval(60)
         while !FileManager.default.fileExists(atPath: mark) && process.isRunning && Date() < deadline {
@@ -49,12 +51,14 @@ import Testing
         #expect(FileManager.default.fileExists(atPath: mark), "the run never reached the pause \(pause)")
         try during()
         if killing { kill(process.processIdentifier, SIGKILL) }
+        try? FileManager.default.removeItem(atPath: mark)  // lets a held run go on
+        if let stderr { stderr.pointee = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self) }
         process.waitUntilExit()
         return process
     }
 
     /// `runPaused`, killed in the pause.
-    func killMidWrite(_ arguments: [String], pause: String = "write:5") throws -> Process {
+    func killMidWrite(_ arguments: [String], pause: String = "write:60") throws -> Process {
         try runPaused(arguments, pause: pause)
     }
 
@@ -107,40 +111,43 @@ import Testing
         let old = try snapshot(shards)
         #expect(old.count > 2 && old.keys.contains("model.safetensors.index.json"))
         let process = try killMidWrite(["convert", Self.large[0], "--dtype", "F16", "--max-shard-size", "10MB", "--force", "-o", shards],
-                                       pause: "sync:5:1")
+                                       pause: "sync:60:1")
         #expect(process.terminationReason == .uncaughtSignal)
         let now = try snapshot(shards)
         #expect(now.keys.sorted() == old.keys.sorted())
         #expect(now == old, "a shard of the killed run was linked in")
     }
 
-    /// A shard that cannot be linked in part way (here a directory took its name while the run
-    /// synced) fails the run with nothing of it left: with --force the files it had replaced
-    /// come back; in a new directory the shards linked before are removed.
-    @Test func aShardThatCannotBeLinkedUndoesTheOthers() throws {
+    /// A file of the set that cannot be linked in (here a directory took the index's name while
+    /// the run synced) fails the run with nothing of it left: with --force the shards it had
+    /// already replaced come back; in a new directory the shards linked before are removed.
+    @Test func aFileThatCannotBeLinkedUndoesTheOthers() throws {
         let dir = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(dir) }
+        // An earlier F16 set: two shards and an index, the names the new run writes.
         let shards = dir + "/shards"
-        #expect(try TestSupport.wsamerge(["convert", Self.large[0], "--max-shard-size", "10MB", "-o", shards]).status == 0)
+        let args = ["--dtype", "F16", "--max-shard-size", "10MB"]
+        #expect(try TestSupport.wsamerge(["convert", Self.large[1]] + args + ["-o", shards]).status == 0)
         let old = try snapshot(shards)
-        // The F16 set: two shards and the index, synced in that order; held after the last sync.
-        let second = shards + "/model-00002-of-00002.safetensors"
-        let forced = try runPaused(["convert", Self.large[0], "--dtype", "F16", "--max-shard-size", "10MB", "--force", "-o", shards],
-                                   pause: "sync:2:2", kill: false) {
-            try FileManager.default.createDirectory(atPath: second, withIntermediateDirectories: false)
+        #expect(old.keys.sorted() == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"])
+        let index = shards + "/model.safetensors.index.json", aside = dir + "/index.json"
+        // Held after its last sync (the index's): the index's name becomes a directory.
+        let forced = try runPaused(["convert", Self.large[0]] + args + ["--force", "-o", shards], pause: "sync:60:2", kill: false) {
+            try FileManager.default.moveItem(atPath: index, toPath: aside)
+            try FileManager.default.createDirectory(atPath: index, withIntermediateDirectories: false)
         }
         #expect(forced.terminationStatus == 73)
-        try FileManager.default.removeItem(atPath: second)
-        #expect(try snapshot(shards) == old, "the failed run changed the earlier checkpoint")
+        try FileManager.default.removeItem(atPath: index)
+        try FileManager.default.moveItem(atPath: aside, toPath: index)
+        #expect(try snapshot(shards) == old, "the failed run did not put the earlier shards back")
 
         let fresh = dir + "/fresh"
-        let blocked = fresh + "/model-00002-of-00002.safetensors"
-        let run = try runPaused(["convert", Self.large[0], "--dtype", "F16", "--max-shard-size", "10MB", "-o", fresh],
-                                pause: "sync:2:2", kill: false) {
+        let blocked = fresh + "/model.safetensors.index.json"
+        let run = try runPaused(["convert", Self.large[0]] + args + ["-o", fresh], pause: "sync:60:2", kill: false) {
             try Data("mine".utf8).write(to: URL(fileURLWithPath: blocked))
         }
         #expect(run.terminationStatus == 73)
-        #expect(try leftovers(fresh) == ["model-00002-of-00002.safetensors"])
+        #expect(try leftovers(fresh) == ["model.safetensors.index.json"])
         #expect(try String(contentsOfFile: blocked, encoding: .utf8) == "mine")
     }
 
@@ -167,19 +174,12 @@ import Testing
         let input = dir + "/shrinking.safetensors"
         try FileManager.default.copyItem(atPath: Self.large[0], toPath: input)
         // The test hook holds wsamerge after the header is read; the file shrinks meanwhile.
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: TestSupport.binary)
-        process.arguments = command == "stats" ? ["stats", input]
+        let arguments = command == "stats" ? ["stats", input]
             : ["fuse", "--strategy", "fisher", input] + Self.large.dropFirst() + ["--fisher"] + Self.largeFisher + ["-o", dir + "/out.safetensors"]
-        process.environment = ProcessInfo.processInfo.environment.merging(["WSAMERGE_TEST_PAUSE": "open:0.6"]) { $1 }
-        let err = Pipe()
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = err
-        try process.run()
-        Thread.sleep(forTimeInterval: 0.2)
-        #expect(truncate(input, 1 << 20) == 0)
-        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
+        var message = ""
+        let process = try runPaused(arguments, pause: "open:60", kill: false, stderr: &message) {
+            #expect(truncate(input, 1 << 20) == 0)
+        }
         #expect(process.terminationReason == .exit, "the truncation killed the process")
         #expect(process.terminationStatus == 74, "\(message)")
         #expect(message.hasPrefix("wsamerge: error: \(input): "), "\(message)")

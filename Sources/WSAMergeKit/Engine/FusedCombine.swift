@@ -4,7 +4,8 @@ import CKernels
 /// chunk, combines them in float64 and writes BF16/F16/F32/F64 output, skipping the decoded float64
 /// blocks. It performs the float64 operations of the decoded kernel it stands for, in the same
 /// order, so the output bytes are the same either way; a block it cannot finish (a non-finite
-/// result, a BF16 subnormal, an empty Fisher denominator) is redone by the decoded kernel.
+/// result, a BF16 subnormal, an F16 overflow, an empty Fisher denominator) is redone by the
+/// decoded kernel.
 struct FusedCombine {
     /// What is combined, per input `k`.
     enum Method {

@@ -11,15 +11,15 @@ import Glibc
 public enum Partition {
     /// Elements per block: the unit of exact two-pass statistics and of parallel work.
     public static let blockElements = 4096
-    /// Elements read per chunk (128 blocks: fewer hand-offs between the reader and the workers;
-    /// 256 was slower, the chunks of several inputs no longer fitting in cache).
+    /// Elements read per chunk (128 blocks: fewer places where all the workers meet; 256 was
+    /// slower, the chunks of several inputs no longer fitting in cache).
     public static let chunkElements = blockElements * 128
 }
 
 /// Runs `body(i)` for every `i` in `0..<count` on up to `jobs` threads. Each worker receives its
 /// worker number so it can use its own scratch space. Workers take the next index as they
-/// finish one, so a worker the scheduler pauses (two cores also run the reader and the writer)
-/// does not hold the others up; results do not depend on which worker ran an index.
+/// finish one, so a worker the scheduler pauses (the cores also run the writer thread) does not
+/// hold the others up; results do not depend on which worker ran an index.
 func parallelFor(_ count: Int, jobs: Int, _ body: (_ index: Int, _ worker: Int) -> Void) {
     let workers = Swift.max(1, Swift.min(jobs, count))
     if workers == 1 {

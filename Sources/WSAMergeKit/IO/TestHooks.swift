@@ -7,8 +7,9 @@ import Glibc
 /// `write`: after the first tensor of an output is written, before the output is complete;
 /// `sync`: after an output file is synced, before it is linked into place), and
 /// `point:seconds:skip` passes the point `skip` times first. When `WSAMERGE_TEST_PAUSE_MARK`
-/// names a path, that file is created as the pause begins, so a test knows when it may act.
-/// Without the variables these are no-ops.
+/// names a path, that file is created as the pause begins and the pause lasts until the test
+/// removes it (`seconds` is then only a time limit), so a test acts inside the pause whatever
+/// the load. Without the variables these are no-ops.
 enum TestHooks {
     private static let request: (point: String, seconds: Double, skip: Int)? = {
         guard let raw = getenv("WSAMERGE_TEST_PAUSE") else { return nil }
@@ -23,7 +24,15 @@ enum TestHooks {
         guard let request, request.point == point else { return }
         arrivals += 1
         guard arrivals == request.skip + 1 else { return }
-        if let mark = getenv("WSAMERGE_TEST_PAUSE_MARK") { close(open(mark, O_CREAT | O_WRONLY, 0o644)) }
-        usleep(useconds_t(request.seconds * 1_000_000))
+        guard let mark = getenv("WSAMERGE_TEST_PAUSE_MARK") else {
+            usleep(useconds_t(request.seconds * 1_000_000))
+            return
+        }
+        close(open(mark, O_CREAT | O_WRONLY, 0o644))
+        var waited = 0.0
+        while access(mark, F_OK) == 0 && waited < request.seconds {
+            usleep(10_000)
+            waited += 0.01
+        }
     }
 }

@@ -107,5 +107,20 @@ import Testing
             #expect(combine(x, fisher: empty))  // Fisher denominator 0
             #expect(!combine(x, fisher: x))
         }
+        // F16 output: subnormal results stay on the fast path, overflow does not.
+        #expect(!combine(x, out: Int32(WSK_F16)))
+        var small = x, large = x
+        small[3] = 1e-6
+        large[8] = 70000
+        #expect(!combine(small, out: Int32(WSK_F16)))
+        #expect(combine(large, out: Int32(WSK_F16)) && !combine(large, out: Int32(WSK_F32)))
+        // F16 input, read in place.
+        let halves = x.map { Float16($0).bitPattern }
+        var output = [UInt8](repeating: 0, count: x.count * 2)
+        let redo = halves.withUnsafeBytes { raw in
+            var term = wsk_term(x: raw.baseAddress, fisher: nil, kind: Int32(WSK_F16), fisher_kind: 0, weight: 0.5, mean: 0)
+            return wsk_combine(&term, 1, Int32(WSK_AVERAGE), 0, 0, x.count, Int32(WSK_F16), &output)
+        }
+        #expect(redo == 0 && output == x.flatMap { Bytes.le(Float16($0 / 2).bitPattern) })
     }
 }

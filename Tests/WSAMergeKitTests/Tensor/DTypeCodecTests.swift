@@ -214,8 +214,10 @@ import Testing
     @Test func decodesEveryF16Pattern() {
         let patterns = (0...UInt16.max).map { $0 }
         var out = [Double](repeating: 0, count: patterns.count)
-        wsk_decode_f16(patterns, patterns.count - 3, &out)  // the last 3 through the scalar tail
-        wsk_decode_f16(Array(patterns.suffix(3)), 3, &out[patterns.count - 3])
+        out.withUnsafeMutableBufferPointer { out in
+            wsk_decode_f16(patterns, patterns.count - 3, out.baseAddress!)  // the last 3 through the scalar tail
+            wsk_decode_f16(Array(patterns.suffix(3)), 3, out.baseAddress! + patterns.count - 3)
+        }
         let wrong = patterns.indices.filter { i in
             let want = Double(Float16(bitPattern: patterns[i]))
             return want.isNaN ? !(out[i].isNaN && out[i].sign == want.sign) : out[i].bitPattern != want.bitPattern
