@@ -25,44 +25,17 @@ static void LEVELED(decode_f32)(const void *src, size_t n, double *dst) {
 }
 
 static void LEVELED(decode_f16)(const void *src, size_t n, double *dst) {
-    const unsigned char *s = src;
     size_t end = n & ~(size_t)7, i = 0;
     for (; i < end; i += 8) {
-        v8h h;
-        memcpy(&h, s + 2 * i, 16);
-        v8d x = __builtin_convertvector(f16x8_to_f32(h), v8d);
+        v8d x = load8x(src, WSK_F16, i);
         memcpy(dst + i, &x, 64);
     }
     for (; i < n; i++) dst[i] = load_one(src, WSK_F16, i);
 }
 
-static int LEVELED(encode_f16)(const double *src, size_t n, void *dst) {
-    unsigned char *d = dst;
-    v8i outside8 = {0, 0, 0, 0, 0, 0, 0, 0};
-    size_t end = n & ~(size_t)7, i = 0;
-    for (; i < end; i += 8) encode8_f16(load8d(src + i), d + 2 * i, outside8);
-    uint32_t outside = 0;
-    for (int k = 0; k < 8; k++) outside |= outside8[k] != 0;
-    for (; i < n; i++) {
-        uint16_t half = encode_f16_one(src[i], &outside);
-        memcpy(d + 2 * i, &half, 2);
-    }
-    return outside != 0;
-}
+static int LEVELED(encode_f16)(const double *src, size_t n, void *dst) { return encode_halves(src, n, dst, WSK_F16); }
 
-static int LEVELED(encode_bf16)(const double *src, size_t n, void *dst) {
-    unsigned char *d = dst;
-    v8i outside8 = {0, 0, 0, 0, 0, 0, 0, 0};
-    size_t end = n & ~(size_t)7, i = 0;
-    for (; i < end; i += 8) encode8_bf16(load8d(src + i), d + 2 * i, outside8);
-    uint32_t outside = 0;
-    for (int k = 0; k < 8; k++) outside |= outside8[k] != 0;
-    for (; i < n; i++) {
-        uint16_t half = encode_bf16_one(src[i], &outside);
-        memcpy(d + 2 * i, &half, 2);
-    }
-    return outside != 0;
-}
+static int LEVELED(encode_bf16)(const double *src, size_t n, void *dst) { return encode_halves(src, n, dst, WSK_BF16); }
 
 static void LEVELED(encode_f32)(const double *src, size_t n, void *dst) {
     unsigned char *d = dst;

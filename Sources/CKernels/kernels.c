@@ -162,6 +162,25 @@ static inline float f16_to_f32(uint16_t h) {
     return out;
 }
 
+/* Doubles to BF16 or F16 (`kind`, a constant once inlined), rounded on the FPU, 8 lanes at a time
+ * and then the tail; nonzero when some element needs the careful encoder. */
+static inline __attribute__((always_inline)) int encode_halves(const double *src, size_t n, void *dst, int kind) {
+    unsigned char *d = dst;
+    v8i outside8 = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) {
+        if (kind == WSK_BF16) encode8_bf16(load8d(src + i), d + 2 * i, outside8);
+        else encode8_f16(load8d(src + i), d + 2 * i, outside8);
+    }
+    uint32_t outside = 0;
+    for (int k = 0; k < 8; k++) outside |= outside8[k] != 0;
+    for (; i < n; i++) {
+        uint16_t half = kind == WSK_BF16 ? encode_bf16_one(src[i], &outside) : encode_f16_one(src[i], &outside);
+        memcpy(d + 2 * i, &half, 2);
+    }
+    return outside != 0;
+}
+
 /* ---- Stored elements read in place (the Fisher check, the fused combine) ---- */
 
 /* Eight elements of kind `kind` at element index i of p, as one vector of doubles (exact). */
