@@ -8,10 +8,10 @@ import Dispatch
 /// no float64 copy) and hands back the blocks it cannot finish.
 ///
 /// The workers read the next chunk (in pieces, `TensorReader.reads`) before they take the blocks
-/// of the current one, all from one work counter, so reading, which is copying out of the page cache, is shared by every core
-/// like the arithmetic, with no thread of its own to wait for; a writer thread writes the
-/// previous chunk meanwhile (double-buffered input, triple-buffered output). Memory stays at a
-/// few chunks whatever the tensor size.
+/// of the current one, all from one work counter, so reading (copying out of the page cache) is
+/// shared by every core like the arithmetic, with no thread of its own to wait for; a writer
+/// thread writes the previous chunk meanwhile (double-buffered input, triple-buffered output).
+/// Memory stays at a few chunks whatever the tensor size.
 ///
 /// The partition (see `Partition`) does not depend on `jobs`, per-element results do not
 /// depend on the thread that computed them, and per-block results reach `fold` in block order,
@@ -75,9 +75,9 @@ public struct Lockstep {
         let scratch = (0..<workers * (readers.count + 1)).map { _ in cache.take(byteCount: block * 8) }
         let inputBuffers = (0..<2).map { _ in widths.map { cache.take(byteCount: chunk * $0) } }
         let outputBuffers = (0..<3).map { _ in cache.take(byteCount: chunk * outWidth) }
-        let io = BackgroundIO()
+        let writer = BackgroundWriter()
         defer {
-            io.drain()
+            writer.drain()
             cache.give(scratch + inputBuffers.joined() + outputBuffers)
         }
 
@@ -113,7 +113,7 @@ public struct Lockstep {
             let slot = chunkNumber % 2
             let next = start + n
             let encoded = outputBuffers[chunkNumber % 3]
-            if output != nil { try io.waitUntilWritable(encoded) }
+            if output != nil { try writer.waitUntilWritable(encoded) }
             let raws = inputBuffers[slot]
             let blocks = (n + block - 1) / block
             var results = [T?](repeating: nil, count: blocks)
@@ -144,18 +144,18 @@ public struct Lockstep {
             }
             if let output {
                 let bytes = n * outWidth
-                io.write(encoded) { try output.writer.write(UnsafeRawBufferPointer(encoded.prefix(bytes))) }
+                writer.write(encoded) { try output.writer.write(UnsafeRawBufferPointer(encoded.prefix(bytes))) }
             }
             try fold(results.map { $0! })
             start = next
             chunkNumber += 1
         }
-        try io.finishWrites()
+        try writer.finishWrites()
     }
 }
 
 /// The writer thread of a pass; its first error is rethrown.
-final class BackgroundIO: @unchecked Sendable {
+final class BackgroundWriter: @unchecked Sendable {
     private let writeQueue = DispatchQueue(label: "wsamerge.write")
     private var pending: [ObjectIdentifier: DispatchGroup] = [:]
     private let lock = DispatchSemaphore(value: 1)

@@ -41,7 +41,7 @@ public final class Checkpoint: @unchecked Sendable {
     /// (libzip cannot share an archive between threads), nor with a Fortran-order array (each is
     /// transposed in memory, up to 256 MiB, so reading several at once would multiply that).
     public var readsTensorsInParallel: Bool {
-        format != .npz && !tensors.indices.contains { locations[$0].fortranOrder && tensors[$0].shape.count > 1 }
+        format != .npz && !tensors.indices.contains { locations[$0].transposes(tensors[$0]) }
     }
 
     /// Device/inode of every file read, to refuse writing over an input.
@@ -70,4 +70,7 @@ struct TensorLocation {
     var bigEndian = false
     /// Elements are in Fortran (column-major) order.
     var fortranOrder = false
+
+    /// Whether `tensor`, stored here, must be transposed (in memory) to be read in C order.
+    func transposes(_ tensor: TensorInfo) -> Bool { fortranOrder && tensor.shape.count > 1 && tensor.byteCount > 0 }
 }

@@ -21,7 +21,7 @@ public final class TensorReader {
         case .zipMember(let archive, let index, let skip):
             raw = try archive.openMember(index: index, skip: skip, limit: tensor.byteCount)
         }
-        if location.fortranOrder && tensor.shape.count > 1 && tensor.byteCount > 0 {
+        if location.transposes(tensor) {
             guard tensor.byteCount <= TransposedStream.maxBytes else {
                 throw WSAMergeError.malformed(file: location.path, tensor: tensor.name,
                                               reason: "Fortran-order arrays over \(TransposedStream.maxBytes >> 20) MiB are not supported (save it with numpy.ascontiguousarray)")
