@@ -58,9 +58,9 @@ FUZZ_SECONDS ?= 60
 fuzz: deps
 	bash fuzz/build.sh $(FUZZ_SECONDS)
 
-## The man page, generated from the argument parser (commit the result).
+## The man page, generated from the argument parser (commit the result), dated by the last commit.
 man: deps
-	$(SWIFT) package --disable-sandbox plugin generate-manual --date 2026-11-29 --authors "wsamerge developers"
+	$(SWIFT) package --disable-sandbox plugin generate-manual --date "$$(git log -1 --format=%cs)" --authors "wsamerge developers"
 	python3 man/generate.py .build/plugins/GenerateManual/outputs/wsamerge/wsamerge.1 man/sections.mdoc man/wsamerge.1
 
 clean:

@@ -37,5 +37,5 @@ let package = Package(
         .testTarget(name: "wsamergeTests", dependencies: ["wsamerge"]),
     ],
     // The kernels share read-only buffers across worker threads by design (see Partition).
-    swiftLanguageModes: [.v5]
+    swiftLanguageModes: [.v6]
 )

@@ -1,14 +1,17 @@
 /// Opens any supported checkpoint, recognising the format by content rather than by extension:
-/// `PK\x03\x04` is a `.npz` archive, `\x93NUMPY` an `.npy` array, a JSON object with a
-/// `weight_map` a sharded safetensors index, anything else must be a valid `.safetensors` file.
-/// A directory holds either one `*.safetensors.index.json` or one `model.safetensors`.
+/// a zip archive by its members (`NAME.npy` members: `.npz`), `\x93NUMPY` an `.npy` array, a
+/// JSON object with a `weight_map` a sharded safetensors index, anything else must be a valid
+/// `.safetensors` file. A directory holds either one `*.safetensors.index.json` or one
+/// `model.safetensors`. A new format is one folder under `Formats/` and one line here.
 public enum CheckpointReader {
     public static func open(_ path: String) throws -> Checkpoint {
         if pathKind(path) == .directory { return try openDirectory(path) }
         let file = try ReadableFile(path: path)
         let head = try file.readBytes(at: 0, count: min(64, file.size))
         if head.starts(with: [0x50, 0x4B, 0x03, 0x04]) || head.starts(with: [0x50, 0x4B, 0x05, 0x06]) {
-            return try NumPyReader.openNpz(file)
+            let archive = try ZipArchive(path: file.path)
+            if NumPyReader.isNpz(archive) { return try NumPyReader.openNpz(file, archive: archive) }
+            throw WSAMergeError.malformed(file: path, reason: "a zip archive that is not a checkpoint wsamerge reads (a .npz holds NAME.npy members)")
         }
         if head.starts(with: NpyHeader.magic) {
             return try NumPyReader.openNpy(file)

@@ -54,10 +54,9 @@ import Testing
         let (models, fishers) = try inputs()
         defer { for path in models + fishers { Bytes.removeDirectory(of: path) } }
         func merge(fused: Bool) throws -> Data {
-            Lockstep.rawKernelsEnabled = fused
-            defer { Lockstep.rawKernelsEnabled = true }
-            let (bytes, report) = try Self.merge(models, fishers: fishers, strategy: strategy, dtype: dtype,
-                                                 fisherEpsilon: dtype == nil ? 0 : 1e-6)
+            let (bytes, report) = try Lockstep.$rawKernelsEnabled.withValue(fused) {
+                try Self.merge(models, fishers: fishers, strategy: strategy, dtype: dtype, fisherEpsilon: dtype == nil ? 0 : 1e-6)
+            }
             #expect(report.nonFiniteTensors == ["c.weight"])
             return bytes
         }
@@ -74,11 +73,13 @@ import Testing
         let out = NSTemporaryDirectory() + "merge-\(UUID().uuidString).safetensors"
         defer { try? FileManager.default.removeItem(atPath: out) }
         var request = Merger.Request(inputs: models, strategy: strategy, output: OutputOptions(path: out, layout: .safetensors))
-        request.weights = [0.2, 0.5, 0.3]
+        request.parameters.set("weight", perInput: [0.2, 0.5, 0.3].map { .value(.number($0)) })
         request.dtype = dtype
         request.jobs = 2
-        request.settings.fisherPaths = fishers
-        request.settings.fisherEpsilon = fisherEpsilon
+        if strategy == "fisher" {
+            request.files["fisher"] = fishers
+            request.parameters.set("fisher_epsilon", .value(.number(fisherEpsilon)))
+        }
         let report = try Merger.run(request)
         return (try Data(contentsOf: URL(fileURLWithPath: out)), report)
     }
