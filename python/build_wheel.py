@@ -17,8 +17,9 @@
    manylinux tag its symbol versions allow. The result goes to --dist, replacing older wsamerge
    wheels there.
 
-Zip timestamps come from SOURCE_DATE_EPOCH (default: the last commit's time), so the same
-sources give the same wheel.
+Zip timestamps come from SOURCE_DATE_EPOCH (default: the last commit's time), so rebuilding the
+same commit in the same checkout gives the same wheel, byte for byte (the binary records its
+source paths, so another checkout directory gives another binary).
 """
 
 from __future__ import annotations
