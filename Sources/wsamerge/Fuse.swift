@@ -30,7 +30,7 @@ extension WSAMerge {
         var parameters: [ParameterAssignment] = []
 
         @Option(help: "Seed of the random draws (the parameter 'seed').")
-        var seed: UInt64?
+        var seed: Int?
 
         @Option(help: "Output dtype: keep (each tensor keeps the base's, else the first input's dtype), F64, F32, F16 or BF16.")
         var dtype: MergeDType = .keep

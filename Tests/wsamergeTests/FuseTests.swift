@@ -329,8 +329,17 @@ import Testing
     @Test func strategiesListsTheRegistry() throws {
         let run = try TestSupport.wsamerge(["strategies"])
         let list = try #require(try run.json() as? [[String: Any]])
-        #expect(list.map { $0["identifier"] as? String } == ["average", "fisher", "wsa"])
-        let wsa = try #require(list.last?["parameters"] as? [[String: Any]])
+        let names = list.compactMap { $0["identifier"] as? String }
+        #expect(Array(names.prefix(3)) == ["average", "fisher", "wsa"])
+        for method in ["task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties", "della_linear", "della", "passthrough"] {
+            #expect(names.contains(method), "\(method)")
+        }
+        let ties = try #require(list.first { $0["identifier"] as? String == "ties" })
+        #expect(ties["base"] as? String == "required")
+        let tiesParameters = try #require(ties["parameters"] as? [[String: Any]])
+        #expect(tiesParameters.contains { $0["name"] as? String == "weight" && $0["required"] as? Bool == true })
+        #expect(tiesParameters.contains { $0["name"] as? String == "normalize" && $0["default"] as? Bool == true })
+        let wsa = try #require(list.first { $0["identifier"] as? String == "wsa" }?["parameters"] as? [[String: Any]])
         #expect(wsa.contains { $0["name"] as? String == "scope_fusion" && $0["default"] as? String == "linear"
             && $0["type"] as? String == "choice" && $0["scope"] as? String == "shared" })
         #expect(wsa.contains { $0["name"] as? String == "weight" && $0["scope"] as? String == "per_input" })

@@ -9,8 +9,8 @@ import CKernels
 struct FusedCombine: Sendable {
     /// What is combined, per input `k`.
     enum Method {
-        /// `Σ w_k x_k`.
-        case average(weights: [Double])
+        /// `Σ w_k x_k / divisor`.
+        case average(weights: [Double], divisor: Double)
         /// `Σ (x_k − mean_k) c_k + target`.
         case rescale(c: [Double], means: [Double], target: Double)
         /// `Σ a_k x_k / Σ a_k` with `a_k = c_k (F_k + ε)`; the Fisher values are the inputs after
@@ -35,12 +35,12 @@ struct FusedCombine: Sendable {
         guard !kinds.contains(nil) else { return nil }
         self.outputKind = outputKind
         switch method {
-        case .average(let weights):
+        case .average(let weights, let divisor):
             mode = Int32(WSK_AVERAGE)
             self.weights = weights
             means = [Double](repeating: 0, count: weights.count)
             fisherKinds = []
-            (target, epsilon) = (0, 0)
+            (target, epsilon) = (divisor, 0)
         case .rescale(let c, let means, let target):
             mode = Int32(WSK_RESCALE)
             weights = c

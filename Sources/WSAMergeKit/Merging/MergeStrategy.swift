@@ -99,6 +99,9 @@ public struct TensorMergeResult: Sendable {
 public enum Strategies {
     public static let all: [any MergeStrategy.Type] = [
         AverageStrategy.self, FisherStrategy.self, WSAStrategy.self,
+        TaskVector<TaskArithmetic>.self, TaskVector<TIES>.self, TaskVector<DARELinear>.self, TaskVector<DARETies>.self,
+        TaskVector<Breadcrumbs>.self, TaskVector<BreadcrumbsTies>.self, TaskVector<DELLALinear>.self, TaskVector<DELLA>.self,
+        PassthroughStrategy.self,
     ]
 
     /// The strategy called `name` (or by one of its aliases).
@@ -115,14 +118,17 @@ public enum Strategies {
     public static var json: JSON { .array(all.map { $0.declaration.json }) }
 }
 
-/// A pass that writes `Σ w_k x_k` (the shared fallback of every strategy).
-func weightedAverage(_ readers: [TensorReader], weights: [Double], jobs: Int, output: Lockstep.Output) throws -> Bool {
+/// A pass that writes `Σ w_k x_k / divisor` (the shared fallback of every strategy; a divisor
+/// of 1 divides nothing).
+func weightedAverage(_ readers: [TensorReader], weights: [Double], divisor: Double = 1, jobs: Int,
+                     output: Lockstep.Output) throws -> Bool {
     var nonFinite = false
-    let fused = FusedCombine(.average(weights: weights), inputs: readers.map(\.tensor.dtype), output: output.dtype)
+    let fused = FusedCombine(.average(weights: weights, divisor: divisor), inputs: readers.map(\.tensor.dtype), output: output.dtype)
     try Lockstep.run(readers, jobs: jobs, output: output, raw: fused?.kernel(false), kernel: { inputs, count, out in
         // ((w_0 x_0 + w_1 x_1) + w_2 x_2) + …: the order of a plain running sum.
         wsk_scale(out, inputs[0], weights[0], count)
         for k in 1..<inputs.count { wsk_axpy(out, inputs[k], weights[k], count) }
+        if divisor != 1 { for j in 0..<count { out[j] = out[j] / divisor } }
         return containsNonFinite(out, count)
     }, fold: { flags in if flags.contains(true) { nonFinite = true } })
     return nonFinite

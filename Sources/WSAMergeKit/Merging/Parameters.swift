@@ -204,10 +204,10 @@ public struct ResolvedParameters: Sendable {
         let position = position(of: tensor)
         if let input, let own = settings.perInput.first(where: { $0.name == name })?.settings[input],
            let value = own.value(at: position) {
-            return value
+            return parameter.check(value) ?? value
         }
         if let shared = settings.shared.first(where: { $0.name == name })?.setting, let value = shared.value(at: position) {
-            return value
+            return parameter.check(value) ?? value
         }
         if let value = parameter.defaultValue { return value }
         let whose = input.map { " for input \($0 + 1)" } ?? ""
@@ -216,6 +216,10 @@ public struct ResolvedParameters: Sendable {
 
     public func number(_ name: String, input: Int? = nil, tensor: String) throws -> Double {
         try value(name, input: input, tensor: tensor).number!
+    }
+
+    public func integer(_ name: String, tensor: String) throws -> Int {
+        try value(name, tensor: tensor).integer!
     }
 
     public func bool(_ name: String, tensor: String) throws -> Bool {

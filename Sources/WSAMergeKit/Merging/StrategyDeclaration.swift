@@ -144,7 +144,9 @@ public struct ParameterDeclaration: Sendable {
     func check(_ value: ParameterValue) -> ParameterValue? {
         switch (kind, value) {
         case (.number, .number(let x)) where x.isFinite: return value
-        case (.integer, .number(let x)) where x.isFinite && x.rounded() == x && x.magnitude < 1e15: return value
+        case (.integer, .number(let x)) where x.isFinite && x.rounded() == x && x.magnitude < 0x1p53: return .integer(Int(x))
+        case (.integer, .integer): return value
+        case (.number, .integer(let n)): return .number(Double(n))
         case (.bool, .bool): return value
         case (.string, .string): return value
         case (.choice(let choices), .string(let s)) where choices.contains(s): return value
@@ -167,6 +169,8 @@ public struct ParameterDeclaration: Sendable {
 /// A parameter's value.
 public enum ParameterValue: Sendable, Equatable, CustomStringConvertible {
     case number(Double)
+    /// A whole number given as one (seeds need all 64 bits).
+    case integer(Int)
     case bool(Bool)
     case string(String)
 
@@ -180,19 +184,35 @@ public enum ParameterValue: Sendable, Equatable, CustomStringConvertible {
             default: self = .string(text)
             }
         case .number, .integer:
-            if let x = Double(text.filter { $0 != " " && $0 != "_" }) { self = .number(x) } else { self = .string(text) }
+            let digits = text.filter { $0 != " " && $0 != "_" }
+            if kind == .integer, let n = Int(digits) { self = .integer(n) }
+            else if let x = Double(digits) { self = .number(x) } else { self = .string(text) }
         case .string, .choice:
             self = .string(text)
         }
     }
 
-    public var number: Double? { if case .number(let x) = self { x } else { nil } }
+    public var number: Double? {
+        switch self {
+        case .number(let x): x
+        case .integer(let n): Double(n)
+        default: nil
+        }
+    }
+    public var integer: Int? {
+        switch self {
+        case .integer(let n): n
+        case .number(let x) where x.rounded() == x && x.magnitude < 0x1p53: Int(x)
+        default: nil
+        }
+    }
     public var bool: Bool? { if case .bool(let b) = self { b } else { nil } }
     public var string: String? { if case .string(let s) = self { s } else { nil } }
 
     public var json: JSON {
         switch self {
         case .number(let x): x.rounded() == x && x.magnitude < 1e15 ? .int(Int(x)) : .double(x)
+        case .integer(let n): .int(n)
         case .bool(let b): .bool(b)
         case .string(let s): .string(s)
         }
@@ -201,6 +221,7 @@ public enum ParameterValue: Sendable, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .number(let x): x.rounded() == x && x.magnitude < 1e15 ? String(Int(x)) : "\(x)"
+        case .integer(let n): String(n)
         case .bool(let b): b ? "true" : "false"
         case .string(let s): s
         }

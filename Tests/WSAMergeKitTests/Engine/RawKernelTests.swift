@@ -93,7 +93,7 @@ import Testing
                 (fisher ?? values).withUnsafeBytes { f in
                     var term = wsk_term(x: raw.baseAddress, fisher: f.baseAddress, kind: Int32(WSK_F32), fisher_kind: Int32(WSK_F32),
                                         weight: 1, mean: 0)
-                    return wsk_combine(&term, 1, Int32(fisher == nil ? WSK_AVERAGE : WSK_FISHER), 0, 0, values.count, out, &output) != 0
+                    return wsk_combine(&term, 1, Int32(fisher == nil ? WSK_AVERAGE : WSK_FISHER), 1, 0, values.count, out, &output) != 0
                 }
             }
         }
@@ -120,7 +120,7 @@ import Testing
         var output = [UInt8](repeating: 0, count: x.count * 2)
         let redo = halves.withUnsafeBytes { raw in
             var term = wsk_term(x: raw.baseAddress, fisher: nil, kind: Int32(WSK_F16), fisher_kind: 0, weight: 0.5, mean: 0)
-            return wsk_combine(&term, 1, Int32(WSK_AVERAGE), 0, 0, x.count, Int32(WSK_F16), &output)
+            return wsk_combine(&term, 1, Int32(WSK_AVERAGE), 1, 0, x.count, Int32(WSK_F16), &output)
         }
         #expect(redo == 0 && output == x.flatMap { Bytes.le(Float16($0 / 2).bitPattern) })
     }

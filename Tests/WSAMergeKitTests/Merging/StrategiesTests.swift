@@ -16,7 +16,7 @@ import Testing
             for p in d.parameters {
                 if let value = p.defaultValue { #expect(p.check(value) != nil, "\(d.identifier).\(p.name) default") }
             }
-            #expect(d.inputs.lowerBound >= 1, "\(d.identifier)")
+            #expect(d.inputs.lowerBound >= (d.base == .required ? 0 : 1), "\(d.identifier)")
         }
     }
 

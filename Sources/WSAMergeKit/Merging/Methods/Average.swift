@@ -22,22 +22,23 @@ public struct AverageStrategy: MergeStrategy, TensorMerge {
         for item in context.plan.items where item.action == .merge { _ = try weights(item) }
     }
 
-    /// The weights applied to the sources of `item`.
-    func weights(_ item: MergePlan.Item) throws -> [Double] {
+    /// The weights of the sources of `item`, and what their weighted sum is divided by.
+    func weights(_ item: MergePlan.Item) throws -> (weights: [Double], divisor: Double) {
         let parameters = context.parameters
         let method = parameters.declaration.identifier
         let raw = try item.sources.map { try parameters.number("weight", input: $0.input, tensor: item.name) }
-        guard try parameters.bool("normalize", tensor: item.name) else { return raw }
+        guard try parameters.bool("normalize", tensor: item.name) else { return (raw, 1) }
         let sum = raw.reduce(0, +)
-        guard sum != 0 else {
+        guard sum != 0, sum.isFinite else {
             throw WSAMergeError.hinted(.usage("\(method): the weights sum to 0, so they cannot be normalised (tensor '\(item.name)')"),
                                        .parameter("weight"))
         }
-        return raw.map { $0 / sum }
+        return (raw, sum)
     }
 
     public func merge(_ item: MergePlan.Item, output: Lockstep.Output) throws -> TensorMergeResult {
-        let nonFinite = try weightedAverage(try context.readers(item), weights: try weights(item), jobs: context.jobs, output: output)
+        let (weights, divisor) = try weights(item)
+        let nonFinite = try weightedAverage(try context.readers(item), weights: weights, divisor: divisor, jobs: context.jobs, output: output)
         return TensorMergeResult(method: "average", nonFinite: nonFinite)
     }
 }
