@@ -101,7 +101,8 @@ public enum Strategies {
         AverageStrategy.self, FisherStrategy.self, WSAStrategy.self,
         TaskVector<TaskArithmetic>.self, TaskVector<TIES>.self, TaskVector<DARELinear>.self, TaskVector<DARETies>.self,
         TaskVector<Breadcrumbs>.self, TaskVector<BreadcrumbsTies>.self, TaskVector<DELLALinear>.self, TaskVector<DELLA>.self,
-        PassthroughStrategy.self,
+        PassthroughStrategy.self, SlerpStrategy.self, NuSlerpStrategy.self, MultiSlerpStrategy.self, KarcherStrategy.self,
+        ModelStockStrategy.self, NearSwapStrategy.self,
     ]
 
     /// The strategy called `name` (or by one of its aliases).
