@@ -5,6 +5,8 @@ VENV := .venv
 PYTHON := $(CURDIR)/$(VENV)/bin/python
 BIN := .build/release/wsamerge
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# -O3 kernels in every build (see Package.swift).
+export WSAMERGE_KERNEL_FLAGS := 1
 
 .PHONY: demo test deps venv build release fixtures bench fuzz man clean
 

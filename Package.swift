@@ -1,6 +1,12 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+// The kernels' flags: -O3 in every configuration (so the tests run optimised kernels) and no
+// fused multiply-add (also set by a pragma in kernels.c, so the bits do not depend on it).
+// Unsafe flags are refused in a package used as a dependency, so they apply only when
+// WSAMERGE_KERNEL_FLAGS is set, as the Makefile does; without them release builds use -O2.
+let kernelFlags: [CSetting] = Context.environment["WSAMERGE_KERNEL_FLAGS"] == nil ? [] : [.unsafeFlags(["-O3", "-ffp-contract=off"])]
+
 let package = Package(
     name: "wsamerge",
     products: [
@@ -20,7 +26,7 @@ let package = Package(
         // The hot loops, compiled per instruction-set level (baseline, AVX2, AVX-512) and picked at run time.
         .target(
             name: "CKernels",
-            cSettings: [.unsafeFlags(["-O3", "-ffp-contract=off"])]
+            cSettings: kernelFlags
         ),
         .target(
             name: "WSAMergeKit",

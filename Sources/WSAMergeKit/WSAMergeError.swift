@@ -27,6 +27,8 @@ public enum WSAMergeError: Error, Equatable, Sendable {
         case file(String)
         /// Choose a float output dtype.
         case outputDType
+        /// Remove this leading prefix from the tensor names of the model that has it.
+        case stripPrefix(String)
 
         /// The hint in words, for callers without options of their own.
         public var text: String {
@@ -36,6 +38,7 @@ public enum WSAMergeError: Error, Equatable, Sendable {
             case .parameter(let name): "set parameter '\(name)'"
             case .file(let role): "give the \(role) file(s)"
             case .outputDType: "choose F64, F32, F16 or BF16 as output dtype"
+            case .stripPrefix(let prefix): "the names differ by the prefix '\(prefix)'"
             }
         }
     }

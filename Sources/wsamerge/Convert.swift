@@ -18,7 +18,7 @@ extension WSAMerge {
         @OptionGroup var common: CommonOptions
 
         func run() throws {
-            let checkpoint = try CheckpointReader.open(input)
+            let checkpoint = try common.open([input])[0]
             try Converter.convert(checkpoint, to: try output.options(), dtype: dtype?.dtype, filter: try common.filter(),
                                   jobs: common.workerCount, progress: Progress.forTerminal(label: "convert", quiet: common.quiet))
         }

@@ -120,6 +120,7 @@ extension WSAMerge {
                 return (String(pair[..<eq]), String(pair[pair.index(after: eq)...]))
             }
             request.strict = strict
+            request.stripPrefixes = common.stripPrefixes
             request.jobs = common.workerCount
             return request
         }

@@ -14,7 +14,7 @@ extension WSAMerge {
         func run() throws {
             let filter = try common.filter()
             for path in files {
-                let checkpoint = try CheckpointReader.open(path)
+                let checkpoint = try common.open([path])[0]
                 switch common.format {
                 case .json: emit(CheckpointReports.inspect(checkpoint, filter: filter))
                 case .table: emit(CheckpointReports.inspectTable(checkpoint, filter: filter))

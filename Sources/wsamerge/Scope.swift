@@ -29,7 +29,7 @@ extension WSAMerge {
         @OptionGroup var common: CommonOptions
 
         func run() throws {
-            let checkpoints = try CheckpointReader.open(files)
+            let checkpoints = try common.open(files)
             let raw = weights?.values ?? [Double](repeating: 1, count: checkpoints.count)
             guard raw.count == checkpoints.count else {
                 throw ValidationError("--weights has \(raw.count) values for \(checkpoints.count) models")

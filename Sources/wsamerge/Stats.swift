@@ -18,7 +18,7 @@ extension WSAMerge {
 
         func run() throws {
             let filter = try common.filter()
-            for checkpoint in try CheckpointReader.open(files) {
+            for checkpoint in try common.open(files) {
                 let statistics = try StatisticsRun.measure(checkpoint, filter: filter, jobs: common.workerCount,
                                                            progress: Progress.forTerminal(label: "stats", quiet: common.quiet))
                 switch common.format {

@@ -52,6 +52,7 @@ func describe(_ error: WSAMergeError) -> String {
     case .parameter(let name): option = "see --param \(name)=VALUE"
     case .file(let role): option = "give --\(String(role.map { $0 == "_" ? "-" : $0 })) FILE" + (role == "fisher" ? " once per input, in input order" : "")
     case .outputDType: option = "pass --dtype F64, F32, F16 or BF16"
+    case .stripPrefix(let prefix): option = "the names differ by '\(prefix)': pass --strip-prefix \(prefix)"
     }
     return "\(describe(inner)); \(option)"
 }
@@ -72,6 +73,12 @@ struct CommonOptions: ParsableArguments {
 
     @Option(help: "Worker threads (default: all cores). Results are identical for every value.")
     var jobs: Int?
+
+    @Option(name: .customLong("strip-prefix"), help: "Remove this leading prefix from tensor names, e.g. state_dict. or module. (repeatable).")
+    var stripPrefixes: [String] = []
+
+    /// Opens `paths` with the prefixes stripped.
+    func open(_ paths: [String]) throws -> [Checkpoint] { try CheckpointReader.open(paths, stripping: stripPrefixes) }
 
     func filter() throws -> TensorFilter { try TensorFilter(include: include, exclude: exclude) }
 

@@ -4,7 +4,8 @@ import Testing
 /// `wsamerge convert`: byte-exact copies between formats, dtype changes rounded to nearest
 /// even (checked against numpy, ml_dtypes and an exact reference), sharding, and the output
 /// safety rules (inputs never overwritten, existing outputs only with --force).
-@Suite struct ConvertTests {
+@Suite(.enabled(if: TestSupport.hasPython, "needs the test venv (numpy, safetensors): run make test"))
+struct ConvertTests {
     func convert(_ arguments: [String], sourceLocation: SourceLocation = #_sourceLocation) throws {
         let result = try TestSupport.wsamerge(["convert"] + arguments)
         #expect(result.status == 0, "\(arguments): \(result.stderr)", sourceLocation: sourceLocation)

@@ -4,7 +4,8 @@ import Testing
 /// End-to-end run of `examples/wsa-federated/run.py --quick`: numpy clients trained from one
 /// initialisation, scoped and merged by the binary under test, a second round with and without
 /// the WSA regulariser, and the accuracy table. The quick run takes about a second.
-@Suite struct ExampleTests {
+@Suite(.enabled(if: TestSupport.hasPython, "needs the test venv (numpy, safetensors): run make test"))
+struct ExampleTests {
     static let script = TestSupport.root + "/examples/wsa-federated/run.py"
 
     static let accuracyRows = [

@@ -3,7 +3,8 @@ import Testing
 
 /// Faults around the files: kills, full disks, odd paths. Whatever happens, nothing is left at
 /// `-o` and no temporary file stays behind.
-@Suite(.serialized) struct FaultTests {
+@Suite(.serialized, .enabled(if: TestSupport.hasPython, "needs the test venv (numpy, safetensors): run make test"))
+struct FaultTests {
     /// Three ~24 MB F32 checkpoints, big enough that a merge takes a moment.
     static let large: [String] = {
         let dir = NSTemporaryDirectory() + "wsamerge-fault-inputs"

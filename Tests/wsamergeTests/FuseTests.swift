@@ -4,7 +4,8 @@ import Testing
 /// End-to-end tests of `fuse`: every strategy against the independent numpy float64 reference
 /// (fixtures/reference_merge.py, within 1 ulp of the output dtype), options, plan errors,
 /// determinism and interop.
-@Suite struct FuseTests {
+@Suite(.enabled(if: TestSupport.hasPython, "needs the test venv (numpy, safetensors): run make test"))
+struct FuseTests {
     static let m = TestSupport.fixtures + "/merge"
     static let f32 = [m + "/a.safetensors", m + "/b.safetensors", m + "/c.npz"]
     static let bf16 = [m + "/a_bf16.safetensors", m + "/b_bf16.safetensors", m + "/c_bf16.safetensors"]

@@ -4,7 +4,8 @@ import Testing
 /// Hostile inputs built to exhaust memory or time (zip bombs, headers claiming terabytes, many
 /// tensors sharing one region): each is refused with exit 65 and one stderr line, within a
 /// second, without a large allocation.
-@Suite struct HostileInputTests {
+@Suite(.enabled(if: TestSupport.hasPython, "needs the test venv (numpy, safetensors): run make test"))
+struct HostileInputTests {
     /// Runs `wsamerge stats path` under `/usr/bin/time`, returning the result, seconds and peak RSS in MB.
     func measured(_ path: String) throws -> (TestSupport.Result, Double, Double) {
         let rssFile = path + ".rss"

@@ -4,7 +4,8 @@ import Testing
 /// wsamerge and the Python ecosystem read each other's files: `safetensors.safe_open`,
 /// `safetensors.deserialize` and `numpy.load(allow_pickle=False)` on wsamerge's output, and
 /// wsamerge on what numpy and safetensors write (including shapes the fixtures do not have).
-@Suite struct InteropTests {
+@Suite(.enabled(if: TestSupport.hasPython, "needs the test venv (numpy, safetensors): run make test"))
+struct InteropTests {
     func convert(_ arguments: [String], sourceLocation: SourceLocation = #_sourceLocation) throws {
         let result = try TestSupport.wsamerge(["convert"] + arguments)
         #expect(result.status == 0, "\(arguments): \(result.stderr)", sourceLocation: sourceLocation)

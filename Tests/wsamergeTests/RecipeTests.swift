@@ -10,7 +10,8 @@ import Testing
 /// binary under test first on `PATH` as `wsamerge`, and checks the output against values computed
 /// independently in numpy. Editing a recipe in the README changes what is tested; adding or
 /// removing one fails `readmeListsTheTestedRecipes` until this file follows.
-@Suite struct RecipeTests {
+@Suite(.enabled(if: TestSupport.hasCommand("jq") && TestSupport.hasPython, "needs jq and the test venv: run make test"))
+struct RecipeTests {
     static let ids: Set<String> = ["std-above", "std-ratio-top10", "params-per-dtype", "non-finite", "moved-from-a"]
 
     // MARK: - The recipes

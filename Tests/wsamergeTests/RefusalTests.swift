@@ -4,7 +4,8 @@ import Testing
 /// Hostile and broken inputs, end to end: each refusal class exits 65 (66 for what is missing)
 /// with exactly one stderr line `wsamerge: error: <file>: …`, and a failed convert leaves
 /// nothing at `-o` (nor any temporary) behind.
-@Suite struct RefusalTests {
+@Suite(.enabled(if: TestSupport.hasPython, "needs the test venv (numpy, safetensors): run make test"))
+struct RefusalTests {
     struct Case: CustomStringConvertible, Sendable {
         let name: String
         let bytes: [UInt8]

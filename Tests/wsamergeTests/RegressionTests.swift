@@ -3,7 +3,8 @@ import Testing
 
 /// Inputs that once went wrong (found in review), each checked against what numpy or the
 /// safetensors package reads from the same bytes.
-@Suite struct RegressionTests {
+@Suite(.enabled(if: TestSupport.hasPython, "needs the test venv (numpy, safetensors): run make test"))
+struct RegressionTests {
     static let files: (dir: String, ok: Bool) = {
         let dir = NSTemporaryDirectory() + "wsamerge-regressions-" + UUID().uuidString
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)

@@ -2,7 +2,8 @@ import Foundation
 import Testing
 
 /// End-to-end tests of `scope`, checked against numpy float64.
-@Suite struct ScopeTests {
+@Suite(.enabled(if: TestSupport.hasPython, "needs the test venv (numpy, safetensors): run make test"))
+struct ScopeTests {
     static let models = FuseTests.f32
 
     @Test(arguments: ["linear", "quadratic", "mixture"])

@@ -3,7 +3,8 @@ import Testing
 
 /// `wsamerge stats` end to end: every fixture against the float64 values generate.py recorded,
 /// layer pooling, filters, the table, and independence from `--jobs`.
-@Suite struct StatsTests {
+@Suite(.enabled(if: TestSupport.hasPython, "needs the test venv (numpy, safetensors): run make test"))
+struct StatsTests {
     static let moments = ["mean", "std", "abs_mean", "l2_norm"]
     static let shapeMoments = ["skewness", "excess_kurtosis"]
     static let exact = ["count", "min", "max", "zeros", "nan", "inf"]

@@ -3,7 +3,8 @@ import Testing
 
 /// Progress and colour appear only on a terminal (run under `script`, which gives the command a
 /// pseudo-terminal), never in pipes, with `--quiet`, with `TERM=dumb` or (colour) `NO_COLOR`.
-@Suite struct TerminalTests {
+@Suite(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/script"), "needs util-linux script"))
+struct TerminalTests {
     static let m = TestSupport.fixtures + "/merge"
 
     /// Runs `command` (a shell line) on a pseudo-terminal; returns everything it printed.

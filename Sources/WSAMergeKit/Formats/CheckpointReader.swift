@@ -34,10 +34,10 @@ public enum CheckpointReader {
         return try SafetensorsReader.open(file)
     }
 
-    /// Opens every path, in order.
-    public static func open(_ paths: [String]) throws -> [Checkpoint] {
+    /// Opens every path, in order, with `prefixes` stripped from the tensor names.
+    public static func open(_ paths: [String], stripping prefixes: [String] = []) throws -> [Checkpoint] {
         var result: [Checkpoint] = []
-        for path in paths { result.append(try open(path)) }
+        for path in paths { result.append(try open(path).stripping(prefixes)) }
         TestHooks.pause(at: "open")
         return result
     }

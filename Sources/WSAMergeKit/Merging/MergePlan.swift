@@ -60,6 +60,20 @@ public struct MergePlan: Sendable {
         for checkpoint in models {
             for tensor in checkpoint.tensors where seen.insert(Array(tensor.name.utf8)).inserted { names.append(tensor.name) }
         }
+        if models.count >= 2 {
+            let shared = models.dropFirst().reduce(Set(models[0].tensors.map { Array($0.name.utf8) })) { common, model in
+                common.intersection(model.tensors.map { Array($0.name.utf8) })
+            }
+            if shared.isEmpty, let first = models.first(where: { !$0.tensors.isEmpty }),
+               let other = models.first(where: { $0 !== first && !$0.tensors.isEmpty }) {
+                let example = "'\(first.tensors[0].name)' in \(first.path), '\(other.tensors[0].name)' in \(other.path)"
+                let error = WSAMergeError.malformed(file: other.path, reason: "the models share no tensor name (e.g. \(example)), so nothing would be merged")
+                if let prefix = Self.prefix(explaining: first, other) ?? Self.prefix(explaining: other, first) {
+                    throw WSAMergeError.hinted(error, .stripPrefix(prefix))
+                }
+                throw error
+            }
+        }
         var missingReports: [String] = []
         var items: [Item] = []
         for name in names {
@@ -96,6 +110,25 @@ public struct MergePlan: Sendable {
         }
         guard !items.isEmpty else { throw WSAMergeError.malformed(file: models[0].path, reason: "no tensor to write") }
         self.items = items
+    }
+
+    /// The leading prefix that, removed from `prefixed`'s names, gives names of `plain` (the most
+    /// frequent such prefix among its first 256 names), e.g. `bert.` or `0.auto_model.`.
+    static func prefix(explaining plain: Checkpoint, _ prefixed: Checkpoint) -> String? {
+        let names = Set(plain.tensors.map(\.name))
+        var counts: [String: Int] = [:]
+        for tensor in prefixed.tensors.prefix(256) {
+            let name = tensor.name
+            var index = name.startIndex
+            while let dot = name[index...].firstIndex(of: ".") {
+                index = name.index(after: dot)
+                if names.contains(String(name[index...])) {
+                    counts[String(name[..<index]), default: 0] += 1
+                    break
+                }
+            }
+        }
+        return counts.max { $0.value < $1.value || ($0.value == $1.value && $0.key > $1.key) }?.key
     }
 
     private static func plan(_ number: Int, _ name: String, sources: [(input: Int, index: Int)], base: Int?, inputs: [Checkpoint],

@@ -17,6 +17,8 @@ public struct Merger {
         public var output: OutputOptions
         /// `--metadata k=v` pairs.
         public var extraMetadata: [(String, String)] = []
+        /// Name prefixes removed from the tensors of every model and extra checkpoint.
+        public var stripPrefixes: [String] = []
         public var strict = false
         public var jobs = 1
 
@@ -138,10 +140,11 @@ public struct Merger {
                 if let path = given.first { paths[role.name] = path }
             }
         }
-        let inputs = try CheckpointReader.open(inputPaths)
-        let base = try basePath.map { try CheckpointReader.open($0) }
+        let strip = request.stripPrefixes
+        let inputs = try CheckpointReader.open(inputPaths, stripping: strip)
+        let base = try basePath.map { try CheckpointReader.open($0).stripping(strip) }
         for role in declaration.files where role.scope == .perInput {
-            if let given = request.files[role.name], !given.isEmpty { files[role.name] = try CheckpointReader.open(given) }
+            if let given = request.files[role.name], !given.isEmpty { files[role.name] = try CheckpointReader.open(given, stripping: strip) }
         }
         let parameters = try ResolvedParameters(declaration, settings: request.parameters, inputCount: inputs.count,
                                                 tensorNames: (base ?? inputs[0]).tensors.map(\.name))

@@ -45,3 +45,37 @@ public final class Checkpoint: @unchecked Sendable {
     /// Device/inode of every file read, to refuse writing over an input.
     public var identities: Set<FileIdentity> { Set(files.map(\.identity)) }
 }
+
+extension Checkpoint {
+    /// The same checkpoint with a leading name prefix removed from every tensor that has one of
+    /// `prefixes` (the first that matches), e.g. `state_dict.`, `module.` or `0.auto_model.`.
+    /// Refuses names that the stripping makes collide.
+    public func stripping(_ prefixes: [String]) throws -> Checkpoint {
+        guard !prefixes.isEmpty else { return self }
+        var seen = Set<[UInt8]>()
+        let renamed: [any TensorSource] = try sources.map { source in
+            let name = source.tensor.name
+            var stripped = name
+            if let prefix = prefixes.first(where: { !$0.isEmpty && name.utf8.starts(with: $0.utf8) && name.utf8.count > $0.utf8.count }) {
+                stripped = String(decoding: name.utf8.dropFirst(prefix.utf8.count), as: UTF8.self)
+            }
+            guard seen.insert(Array(stripped.utf8)).inserted else {
+                throw WSAMergeError.malformed(file: path, tensor: name, reason: "removing the prefix gives the name '\(stripped)' a second time")
+            }
+            guard stripped != name else { return source }
+            return RenamedSource(stored: source, tensor: try TensorInfo(name: stripped, dtype: source.tensor.dtype,
+                                                                           shape: source.tensor.shape, file: path))
+        }
+        return Checkpoint(path: path, format: format, metadata: metadata, sources: renamed, files: files)
+    }
+}
+
+/// A source under another tensor name.
+struct RenamedSource: TensorSource {
+    let stored: any TensorSource
+    let tensor: TensorInfo
+
+    var path: String { stored.path }
+    var readsConcurrently: Bool { stored.readsConcurrently }
+    func makeStream() throws -> any ByteStream { try stored.makeStream() }
+}

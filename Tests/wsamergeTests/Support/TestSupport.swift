@@ -19,6 +19,16 @@ enum TestSupport {
     /// The Python with numpy, safetensors and ml_dtypes: `WSAMERGE_PYTHON`, else `.venv`.
     static let python: String = ProcessInfo.processInfo.environment["WSAMERGE_PYTHON"] ?? root + "/.venv/bin/python"
 
+    /// Whether the Python of the tests (numpy, safetensors, ml_dtypes) is there.
+    static let hasPython: Bool = FileManager.default.isExecutableFile(atPath: python)
+
+    /// Whether `command` is on the PATH.
+    static func hasCommand(_ command: String) -> Bool {
+        (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").contains {
+            FileManager.default.isExecutableFile(atPath: "\($0)/\(command)")
+        }
+    }
+
     struct Result {
         let status: Int32
         let stdout: String
