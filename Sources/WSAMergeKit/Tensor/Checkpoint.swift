@@ -10,17 +10,20 @@ public final class Checkpoint: @unchecked Sendable {
     public let tensors: [TensorInfo]
     /// Every file this checkpoint reads (shards, archive).
     public let files: [ReadableFile]
+    /// Values that are not tensors (PyTorch checkpoints: epoch numbers, hyper-parameters, …).
+    public let nonTensors: [NonTensorLeaf]
     private let locations: [TensorLocation]
     private let indexByName: [String: Int]
 
     init(path: String, format: CheckpointFormat, metadata: [String: String], tensors: [TensorInfo],
-         locations: [TensorLocation], files: [ReadableFile]) {
+         locations: [TensorLocation], files: [ReadableFile], nonTensors: [NonTensorLeaf] = []) {
         self.path = path
         self.format = format
         self.metadata = metadata
         self.tensors = tensors
         self.locations = locations
         self.files = files
+        self.nonTensors = nonTensors
         var index: [String: Int] = [:]
         for (i, tensor) in tensors.enumerated() { index[tensor.name] = i }
         self.indexByName = index
@@ -55,6 +58,8 @@ struct TensorLocation {
         case file(ReadableFile, offset: Int)
         /// A member of a zip archive, after the member's first `skip` bytes.
         case zipMember(ZipArchive, index: Int, skip: Int)
+        /// A non-contiguous view of a storage in a plain file (PyTorch), gathered in C order.
+        case strided(StridedView)
     }
 
     let source: Source
@@ -64,6 +69,7 @@ struct TensorLocation {
         switch source {
         case .file(let file, _): file.path
         case .zipMember(let archive, _, _): archive.path
+        case .strided(let view): view.file.path
         }
     }
     /// Elements are big-endian and must be byte-swapped.

@@ -20,6 +20,8 @@ public final class TensorReader {
             raw = FileSliceStream(file: file, offset: offset)
         case .zipMember(let archive, let index, let skip):
             raw = try archive.openMember(index: index, skip: skip, limit: tensor.byteCount)
+        case .strided(let view):
+            raw = view.open()
         }
         if location.transposes(tensor) {
             guard tensor.byteCount <= TransposedStream.maxBytes else {
