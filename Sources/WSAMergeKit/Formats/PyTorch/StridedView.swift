@@ -28,14 +28,19 @@ struct StridedStream: ByteStream {
     static let gapBytes = 4096
 
     let view: StridedView
+    /// The limits above, smaller in tests.
+    let chunkElements: Int
+    let denseSpanBytes: Int
     private var index: [Int]
     private var position: Int
     private var produced = 0
     private var chunk: [UInt8] = []
     private var served = 0
 
-    init(view: StridedView) {
+    init(view: StridedView, chunkElements: Int = Self.chunkElements, denseSpanBytes: Int = Self.denseSpanBytes) {
         self.view = view
+        self.chunkElements = chunkElements
+        self.denseSpanBytes = denseSpanBytes
         index = [Int](repeating: 0, count: view.shape.count)
         position = view.offset
     }
@@ -73,7 +78,7 @@ struct StridedStream: ByteStream {
     }
 
     private mutating func fill() throws {
-        let count = min(Self.chunkElements, view.elementCount - produced)
+        let count = min(chunkElements, view.elementCount - produced)
         guard count > 0 else {
             throw WSAMergeError.io(file: view.file.path, reason: "read past the end of a strided tensor")
         }
@@ -84,7 +89,7 @@ struct StridedStream: ByteStream {
         served = 0
         let low = positions.min()!, high = positions.max()!
         let spanBytes = (high - low + 1) * width
-        if spanBytes <= Self.denseSpanBytes {
+        if spanBytes <= denseSpanBytes {
             let span = try view.file.readBytes(at: view.base + low * width, count: spanBytes)
             span.withUnsafeBytes { from in
                 chunk.withUnsafeMutableBytes { to in
@@ -97,7 +102,7 @@ struct StridedStream: ByteStream {
         }
         // Sparse: visit the elements in storage order and read each run of nearby ones at once.
         let order = positions.indices.sorted { positions[$0] < positions[$1] }
-        let gap = max(1, Self.gapBytes / width), maxRun = max(1, Self.denseSpanBytes / width)
+        let gap = max(1, Self.gapBytes / width), maxRun = max(1, denseSpanBytes / width)
         var scratch: [UInt8] = []
         var r = 0
         while r < count {

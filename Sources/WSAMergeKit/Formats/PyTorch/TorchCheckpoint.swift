@@ -44,7 +44,7 @@ struct TorchCheckpointContents {
         self.file = file
         // Each object is visited about once; shared ones (tied weights) a few times more. A pickle
         // whose references multiply (a memo bomb) runs out of this budget instead of memory.
-        budget = max(1 << 20, 4 * pickle.objects.count)
+        budget = Self.budget(pickle)
         try flatten(pickle.root, name: "", depth: 0, rootName: rootName)
     }
 
@@ -54,8 +54,11 @@ struct TorchCheckpointContents {
 
     private mutating func spend() throws {
         budget -= 1
-        guard budget >= 0 else { throw malformed("the pickle refers to its objects more than \(max(1 << 20, 4 * pickle.objects.count)) times (a memo bomb?)") }
+        guard budget >= 0 else { throw malformed("the pickle refers to its \(pickle.objects.count) objects more than \(Self.budget(pickle)) times (a memo bomb?)") }
     }
+
+    /// Visits allowed: a tensor alone takes about seven objects (call, arguments, storage id, …).
+    private static func budget(_ pickle: Pickle) -> Int { 4 * pickle.objects.count + 10_000 }
 
     private static func join(_ name: String, _ key: String) -> String { name.isEmpty ? key : name + "." + key }
 
