@@ -101,7 +101,13 @@ struct StridedStream: ByteStream {
             return
         }
         // Sparse: visit the elements in storage order and read each run of nearby ones at once.
-        let order = positions.indices.sorted { positions[$0] < positions[$1] }
+        let order: [Int]
+        if high < 1 << 45 && count <= 1 << 18 {
+            // Position and index packed in one integer: a plain sort, no comparison closure.
+            order = positions.enumerated().map { UInt64($0.element) << 18 | UInt64($0.offset) }.sorted().map { Int($0 & 0x3FFFF) }
+        } else {
+            order = positions.indices.sorted { positions[$0] < positions[$1] }
+        }
         let gap = max(1, Self.gapBytes / width), maxRun = max(1, denseSpanBytes / width)
         var scratch: [UInt8] = []
         var r = 0
