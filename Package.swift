@@ -34,8 +34,8 @@ let package = Package(
             ]
         ),
         .testTarget(name: "WSAMergeKitTests", dependencies: ["WSAMergeKit", "CKernels"]),
-        .testTarget(name: "wsamergeTests", dependencies: ["wsamerge"]),
+        .testTarget(name: "wsamergeTests", dependencies: ["wsamerge", "WSAMergeKit"]),
     ],
     // The kernels share read-only buffers across worker threads by design (see Partition).
-    swiftLanguageModes: [.v5]
+    swiftLanguageModes: [.v6]
 )

@@ -123,7 +123,7 @@ def main():
         "numpy average": [PY, "-c", PEER, "average", out] + m,
         "wsamerge fuse average": [BIN, "fuse", "--strategy", "average"] + m + ["-o", out],
         "wsamerge fuse wsa": [BIN, "fuse", "--strategy", "wsa"] + m + ["-o", out],
-        "wsamerge fuse fisher": [BIN, "fuse", "--strategy", "fisher"] + m + ["--fisher"] + f + ["-o", out],
+        "wsamerge fuse fisher": [BIN, "fuse", "--strategy", "fisher"] + m + [a for x in f for a in ("--fisher", x)] + ["-o", out],
     }
     run(jobs["cat 3 inputs"]); run(["sh", "-c", f"cat {' '.join(f)} > /dev/null"])  # warm the page cache
     times = {k: [] for k in jobs}; rss = {k: 0.0 for k in jobs}

@@ -196,6 +196,8 @@ static int LEVELED(combine)(const wsk_term *terms, size_t count, int mode, doubl
                 y = y / q;
             } else if (mode == WSK_RESCALE) {
                 y = y + target;
+            } else {
+                y = y / target;
             }
             bad |= (v8l)all_finite8(y) == 0;
             store8(acc + i, y);

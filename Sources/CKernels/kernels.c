@@ -406,6 +406,8 @@ static inline int combine_one(const wsk_term *terms, size_t count, int mode, dou
         acc = acc / den;
     } else if (mode == WSK_RESCALE) {
         acc = acc + target;
+    } else {
+        acc = acc / target;
     }
     *y = acc;
     return acc - acc == 0; /* finite */

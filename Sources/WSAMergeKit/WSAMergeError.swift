@@ -11,6 +11,34 @@ public enum WSAMergeError: Error, Equatable, Sendable {
     case cannotCreate(file: String, reason: String)
     /// A read or write failed part way (exit 74).
     case io(file: String, reason: String)
+    /// An error with what the user can do about it; the command line words the hint with its
+    /// own option names.
+    indirect case hinted(WSAMergeError, Hint)
+
+    /// What a user can do about an error, named without any command-line spelling.
+    public enum Hint: Sendable, Equatable {
+        /// Merge only the common tensors, or each over the inputs that hold it.
+        case onMissing
+        /// Replace the existing output.
+        case force
+        /// Give (or change) the method's parameter.
+        case parameter(String)
+        /// Give the method's extra file of this role (one per input for a per-input role).
+        case file(String)
+        /// Choose a float output dtype.
+        case outputDType
+
+        /// The hint in words, for callers without options of their own.
+        public var text: String {
+            switch self {
+            case .onMissing: "merge the common tensors only, or their union"
+            case .force: "allow replacing it"
+            case .parameter(let name): "set parameter '\(name)'"
+            case .file(let role): "give the \(role) file(s)"
+            case .outputDType: "choose F64, F32, F16 or BF16 as output dtype"
+            }
+        }
+    }
 
     /// The sysexits code for this error.
     public var exitCode: Int32 {
@@ -20,6 +48,7 @@ public enum WSAMergeError: Error, Equatable, Sendable {
         case .missingInput: 66
         case .cannotCreate: 73
         case .io: 74
+        case .hinted(let error, _): error.exitCode
         }
     }
 
@@ -28,6 +57,7 @@ public enum WSAMergeError: Error, Equatable, Sendable {
         if case .malformed(let file, nil, let reason) = self {
             return .malformed(file: file, tensor: name, reason: reason)
         }
+        if case .hinted(let error, let hint) = self { return .hinted(error.naming(tensor: name), hint) }
         return self
     }
 }
@@ -45,6 +75,8 @@ extension WSAMergeError: CustomStringConvertible {
              .cannotCreate(let file, let reason),
              .io(let file, let reason):
             return "\(file): \(reason)"
+        case .hinted(let error, let hint):
+            return "\(error.description) (\(hint.text))"
         }
     }
 }

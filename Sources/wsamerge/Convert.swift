@@ -13,13 +13,13 @@ extension WSAMerge {
         @OptionGroup var output: OutputArguments
 
         @Option(help: "Re-encode float tensors as F64, F32, F16 or BF16 (round to nearest, ties to even).")
-        var dtype: DType?
+        var dtype: TargetDType?
 
         @OptionGroup var common: CommonOptions
 
         func run() throws {
             let checkpoint = try CheckpointReader.open(input)
-            try Converter.convert(checkpoint, to: try output.options(), dtype: dtype, filter: try common.filter(),
+            try Converter.convert(checkpoint, to: try output.options(), dtype: dtype?.dtype, filter: try common.filter(),
                                   jobs: common.workerCount, progress: Progress.forTerminal(label: "convert", quiet: common.quiet))
         }
     }

@@ -1,53 +1,62 @@
 import ArgumentParser
 import WSAMergeKit
-#if canImport(Glibc)
-import Glibc
-#endif
 
 extension WSAMerge {
     struct Fuse: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Merge checkpoints with a strategy (average, fisher, wsa) and print a JSON report.",
+            abstract: "Merge checkpoints with a strategy and print a JSON report.",
             discussion: """
-                Every input is checked first (tensor names, shapes, dtypes, Fisher files, output path); \
-                nothing is written unless all checks pass, and the output appears only when complete. \
-                All strategies accumulate in float64 and round once to the output dtype.
+                Every input is checked first (tensor names, shapes, dtypes, the base, extra files, parameters, \
+                output path); nothing is written unless all checks pass, and the output appears only when \
+                complete. All strategies accumulate in float64 and round once to the output dtype. \
+                Strategies and their parameters (`wsamerge strategies` lists them as JSON):
+                \(strategyHelp)
                 """)
 
         @Argument(help: "Checkpoints to merge (any mix of formats).")
-        var inputs: [String]
+        var inputs: [String] = []
 
-        @Option(help: "Merge strategy: \(WSAMergeKit.Strategies.all.map { $0.identifier }.joined(separator: ", ")).")
-        var strategy: String = "average"
+        @Option(help: "Merge strategy (see below).")
+        var strategy: StrategyName = StrategyName(argument: "average")!
 
-        @Option(help: "Model weights w1,w2,… (finite, ≥ 0, positive sum; normalised). Default: uniform.")
-        var weights: String?
+        @Option(help: "The base model the inputs were fine-tuned from.")
+        var base: String?
 
-        @Option(help: "Output dtype: keep (each tensor keeps the first input's dtype), F64, F32, F16 or BF16.")
-        var dtype: String = "keep"
+        @Option(help: "Input weights w0,w1,… (the per-input parameter 'weight'). Default: uniform where the method allows.")
+        var weights: WeightList?
+
+        @Option(name: .customLong("param"), help: ArgumentHelp("A strategy parameter: NAME=VALUE, or NAME=v0,v1,… for one value per input (repeatable).",
+                                                               valueName: "name=value"))
+        var parameters: [ParameterAssignment] = []
+
+        @Option(help: "Seed of the random draws (the parameter 'seed').")
+        var seed: Int?
+
+        @Option(help: "Output dtype: keep (each tensor keeps the base's, else the first input's dtype), F64, F32, F16 or BF16.")
+        var dtype: MergeDType = .keep
 
         @Option(name: .customLong("on-missing"), help: "Tensors missing from some inputs: error, intersection or union.")
-        var onMissing: String = "error"
+        var onMissing: OnMissing = .error
 
-        @Option(parsing: .upToNextOption, help: "Fisher checkpoints, one per input (strategy fisher).")
+        @Option(help: "A Fisher checkpoint (strategy fisher): give it once per input, in input order.")
         var fisher: [String] = []
 
-        @Option(name: .customLong("fisher-epsilon"), help: "Added to every Fisher value (default 1e-6).")
-        var fisherEpsilon: Double?
-
-        @Option(name: .customLong("fisher-normalize"), help: "global (c_i = w_i / ‖F_i‖₂, the default) or none (c_i = w_i).")
-        var fisherNormalize: String?
-
-        @Option(name: .customLong("scope-fusion"), help: "WSA fused scope: linear (default), quadratic or mixture.")
-        var scopeFusion: String?
-
-        @Option(name: .customLong("target-scope"), help: "WSA target scopes from a `wsamerge scope -o` file.")
+        @Option(name: .customLong("target-scope"), help: "WSA target scopes from a `wsamerge scope -o` file (strategy wsa).")
         var targetScope: String?
 
-        @Option(name: .customLong("wsa-rescale"), help: "WSA rescale: inputs (default), output or both.")
-        var wsaRescale: String?
+        @Option(name: .customLong("fisher-epsilon"), help: "Same as --param fisher_epsilon=X.")
+        var fisherEpsilon: Double?
 
-        @Option(name: .customLong("wsa-min-rank"), help: "WSA: tensors of lower rank are averaged (default 2).")
+        @Option(name: .customLong("fisher-normalize"), help: "Same as --param fisher_normalize=X.")
+        var fisherNormalize: FisherNormalize?
+
+        @Option(name: .customLong("scope-fusion"), help: "Same as --param scope_fusion=X.")
+        var scopeFusion: ScopeFusion?
+
+        @Option(name: .customLong("wsa-rescale"), help: "Same as --param wsa_rescale=X.")
+        var wsaRescale: WSARescale?
+
+        @Option(name: .customLong("wsa-min-rank"), help: "Same as --param wsa_min_rank=N.")
         var wsaMinRank: Int?
 
         @Option(help: "Extra output metadata key=value (repeatable).")
@@ -63,60 +72,76 @@ extension WSAMerge {
         @OptionGroup var common: CommonOptions
 
         func run() throws {
-            var request = Merger.Request(inputs: inputs, strategy: strategy, output: try output.options())
-            request.weights = try weights.map { try Weights.parse($0) }
-            request.filter = try common.filter()
-            request.onMissing = try choice(onMissing, "--on-missing")
-            request.dtype = dtype == "keep" ? nil : try choice(dtype, "--dtype")
-            try checkStrategyOptions()
-            request.settings.fisherPaths = fisher
-            if let fisherEpsilon { request.settings.fisherEpsilon = fisherEpsilon }
-            if let fisherNormalize { request.settings.fisherNormalize = try choice(fisherNormalize, "--fisher-normalize") }
-            if let scopeFusion { request.settings.scopeFusion = try choice(scopeFusion, "--scope-fusion") }
-            request.settings.targetScopePath = targetScope
-            if let wsaRescale { request.settings.wsaRescale = try choice(wsaRescale, "--wsa-rescale") }
-            if let wsaMinRank { request.settings.wsaMinRank = wsaMinRank }
-            request.extraMetadata = try metadata.map { pair in
-                guard let eq = pair.firstIndex(of: "="), eq != pair.startIndex else {
-                    throw WSAMergeError.usage("--metadata expects key=value, got '\(pair)'")
-                }
-                return (String(pair[..<eq]), String(pair[pair.index(after: eq)...]))
-            }
-            request.strict = strict
-            request.jobs = common.workerCount
+            let request = try makeRequest()
             if dryRun {
-                let (plan, _) = try Merger.plan(request)
-                emit(Merger.dryRunJSON(plan, request: request))
+                let prepared = try Merger.prepare(request)
+                emit(Merger.dryRunJSON(prepared, output: request.output.path))
                 return
             }
             let report = try Merger.run(request, progress: Progress.forTerminal(label: "fuse", quiet: common.quiet))
             warnSummary("have NaN or infinite input values", tensors: report.nonFiniteTensors, quiet: common.quiet)
             warnSummary("fell back from the strategy", tensors: report.fallbacks, quiet: common.quiet)
-            emit(report.json)
-        }
-    }
-}
-
-extension WSAMerge.Fuse {
-    /// Refuses options of another strategy than the one chosen: a Fisher or WSA option given
-    /// with `--strategy average` is almost always a mistake.
-    func checkStrategyOptions() throws {
-        let fisherOnly: [(String, Bool)] = [("--fisher", !fisher.isEmpty), ("--fisher-epsilon", fisherEpsilon != nil),
-                                            ("--fisher-normalize", fisherNormalize != nil)]
-        let wsaOnly: [(String, Bool)] = [("--scope-fusion", scopeFusion != nil), ("--target-scope", targetScope != nil),
-                                         ("--wsa-rescale", wsaRescale != nil), ("--wsa-min-rank", wsaMinRank != nil)]
-        for (owner, options) in [("fisher", fisherOnly), ("wsa", wsaOnly)] where strategy != owner {
-            if let (flag, _) = options.first(where: { $0.1 }) {
-                throw WSAMergeError.usage("\(flag) applies to --strategy \(owner), not \(strategy)")
+            switch common.format {
+            case .json: emit(report.json)
+            case .table: emit(report.table)
             }
         }
+
+        /// The library request the options describe.
+        func makeRequest() throws -> Merger.Request {
+            let declaration = Strategies.named(strategy.name)!.declaration
+            var request = Merger.Request(inputs: inputs, strategy: strategy.name, output: try output.options())
+            request.base = base
+            // Sugar first, so an explicit --param wins.
+            if let weights { try request.parameters.assign("weight", words: weights.words, for: declaration) }
+            let sugar: [(String, String?)] = [
+                ("seed", seed.map { String($0) }),
+                ("fisher_epsilon", fisherEpsilon.map { "\($0)" }),
+                ("fisher_normalize", fisherNormalize?.rawValue),
+                ("scope_fusion", scopeFusion?.rawValue),
+                ("wsa_rescale", wsaRescale?.rawValue),
+                ("wsa_min_rank", wsaMinRank.map { String($0) }),
+            ]
+            for (name, text) in sugar {
+                if let text { try request.parameters.assign(name, words: [text], for: declaration) }
+            }
+            for assignment in parameters {
+                try request.parameters.assign(assignment.name, words: assignment.words, for: declaration)
+            }
+            if !fisher.isEmpty { request.files["fisher"] = fisher }
+            if let targetScope { request.files["target_scope"] = [targetScope] }
+            request.filter = try common.filter()
+            request.onMissing = onMissing
+            request.dtype = dtype.dtype
+            request.extraMetadata = try metadata.map { pair in
+                guard let eq = pair.firstIndex(of: "="), eq != pair.startIndex else {
+                    throw ValidationError("--metadata expects key=value, got '\(pair)'")
+                }
+                return (String(pair[..<eq]), String(pair[pair.index(after: eq)...]))
+            }
+            request.strict = strict
+            request.jobs = common.workerCount
+            return request
+        }
     }
 }
 
-/// Parses an enumerated option value, listing the choices on error.
-func choice<T: RawRepresentable & CaseIterable>(_ text: String, _ flag: String) throws -> T where T.RawValue == String {
-    guard let value = T(rawValue: text) else {
-        throw WSAMergeError.usage("\(flag) '\(text)' is not one of: \(T.allCases.map(\.rawValue).joined(separator: ", "))")
+/// Every strategy with its parameters, for `fuse --help` and the man page.
+let strategyHelp: String = Strategies.all.map { strategy in
+    let d = strategy.declaration
+    var lines = ["\(d.identifier)\(d.aliases.isEmpty ? "" : " (alias \(d.aliases.joined(separator: ", ")))"): \(d.summary)"]
+    switch d.base {
+    case .required: lines.append("  --base required")
+    case .optional: lines.append("  --base optional")
+    case .input: lines.append("  --base, if given, is merged as the first input")
+    case .none: break
     }
-    return value
-}
+    for file in d.files {
+        lines.append("  --\(String(file.name.map { $0 == "_" ? "-" : $0 })) (\(file.scope == .perInput ? "one per input" : "one file")\(file.required ? ", required" : "")): \(file.help)")
+    }
+    for p in d.parameters {
+        let value = p.defaultValue.map { "default \($0)" } ?? "required"
+        lines.append("  \(p.name) (\(p.scope == .perInput ? "per input" : "shared"), \(value)): \(p.help)")
+    }
+    return lines.joined(separator: "\n")
+}.joined(separator: "\n")

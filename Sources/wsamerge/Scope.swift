@@ -2,22 +2,23 @@ import ArgumentParser
 import WSAMergeKit
 
 extension WSAMerge {
-    struct Scope: ParsableCommand {
+    struct ScopeCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "scope",
             abstract: "Compare the models' weight scopes per tensor and fuse them into a target scope.",
             discussion: "With -o, the document is also written to a file: the target a WSA training loop regularises toward, and what `fuse --strategy wsa --target-scope` reads.")
 
         @Argument(help: "Checkpoints to compare.")
         var files: [String]
 
-        @Option(help: "Model weights w1,w2,… (normalised). Default: uniform.")
-        var weights: String?
+        @Option(help: "Model weights w1,w2,… (≥ 0, normalised). Default: uniform.")
+        var weights: WeightList?
 
         @Option(name: .customLong("scope-fusion"), help: "Fusion rule: linear, quadratic or mixture.")
-        var scopeFusion: String = "linear"
+        var scopeFusion: ScopeFusion = .linear
 
         @Option(help: "Row order: storage (default), std_ratio or kl (most divergent first).")
-        var sort: String = "storage"
+        var sort: ScopeComparison.SortKey = .storage
 
         @Option(name: .shortAndLong, help: "Also write the scope document (the fused target) to this file.")
         var output: String?
@@ -29,12 +30,16 @@ extension WSAMerge {
 
         func run() throws {
             let checkpoints = try CheckpointReader.open(files)
-            let w = try Weights.normalized(try weights.map { try Weights.parse($0) }, count: checkpoints.count)
+            let raw = weights?.values ?? [Double](repeating: 1, count: checkpoints.count)
+            guard raw.count == checkpoints.count else {
+                throw ValidationError("--weights has \(raw.count) values for \(checkpoints.count) models")
+            }
+            let w = try Weights.normalized(raw, method: "scope")
             let identities = checkpoints.reduce(into: Set<FileIdentity>()) { $0.formUnion($1.identities) }
             if let output { try OutputFile.precheck(output, force: force, inputs: identities) }
-            var comparison = try ScopeComparison(checkpoints, weights: w, fusion: try choice(scopeFusion, "--scope-fusion"),
+            var comparison = try ScopeComparison(checkpoints, weights: w, fusion: scopeFusion,
                                                  filter: try common.filter(), jobs: common.workerCount)
-            comparison.sort(by: try choice(sort, "--sort"))
+            comparison.sort(by: sort)
             if let output {
                 let file = try OutputFile(destination: output, force: force, inputs: identities)
                 try file.write(comparison.json.text + "\n")

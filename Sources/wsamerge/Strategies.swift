@@ -2,11 +2,13 @@ import ArgumentParser
 import WSAMergeKit
 
 extension WSAMerge {
-    struct Strategies: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List the merge strategies and their options as JSON.")
+    struct StrategiesCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "strategies",
+            abstract: "List the merge strategies with their inputs, files and parameters (type, scope, default) as JSON.")
 
         func run() throws {
-            emit(WSAMergeKit.Strategies.json)
+            emit(Strategies.json)
         }
     }
 }

@@ -16,7 +16,7 @@ struct WSAMerge: ParsableCommand {
             averaging or WSA scope-fused rescale.
             """,
         version: WSAMergeVersion.current,
-        subcommands: [Inspect.self, Stats.self, Scope.self, Fuse.self, Convert.self, Strategies.self]
+        subcommands: [Inspect.self, Stats.self, ScopeCommand.self, Fuse.self, Convert.self, StrategiesCommand.self]
     )
 
     static func main() {
@@ -25,25 +25,35 @@ struct WSAMerge: ParsableCommand {
             var command = try parseAsRoot()
             try command.run()
         } catch let error as WSAMergeError {
-            fail(error.description, code: error.exitCode)
+            fail(describe(error), code: error.exitCode)
         } catch {
             let code = exitCode(for: error)
             if code == .success || error is CleanExit { exit(withError: error) }
             var message = fullMessage(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
             if message.hasPrefix("Error: ") { message.removeFirst(7) }
-            // `--fisher F1 … Fn` takes every path up to the next option, so inputs given after it
-            // become Fisher files and the inputs are missing.
-            if message.hasPrefix("Missing expected argument '<inputs>") && CommandLine.arguments.contains("--fisher") {
-                message += " (--fisher takes every path up to the next option: give the inputs before --fisher)"
-            }
             fail(message, code: code == .validationFailure ? 64 : code.rawValue)
         }
     }
 
     static func fail(_ message: String, code: Int32) -> Never {
-        fputs("wsamerge: \(Terminal.paint("error:", "1;31")) \(message)\n", stderr)
+        StandardError.write("wsamerge: \(Terminal.paint("error:", "1;31")) \(message)\n")
         Glibc.exit(code)
     }
+}
+
+/// A library error in the command line's words: hints name the options that act on them.
+func describe(_ error: WSAMergeError) -> String {
+    guard case .hinted(let inner, let hint) = error else { return error.description }
+    let option: String
+    switch hint {
+    case .onMissing: option = "pass --on-missing intersection or union to merge anyway"
+    case .force: option = "pass --force to replace it"
+    case .parameter("weight"): option = "see --weights"
+    case .parameter(let name): option = "see --param \(name)=VALUE"
+    case .file(let role): option = "give --\(String(role.map { $0 == "_" ? "-" : $0 })) FILE" + (role == "fisher" ? " once per input, in input order" : "")
+    case .outputDType: option = "pass --dtype F64, F32, F16 or BF16"
+    }
+    return "\(describe(inner)); \(option)"
 }
 
 /// Options every reading command shares.
@@ -77,10 +87,6 @@ enum OutputFormat: String, ExpressibleByArgument {
     case json, table
 }
 
-extension DType: ExpressibleByArgument {
-    /// `--dtype` offers the conversion targets only.
-    public static var allValueStrings: [String] { DType.targets.map(\.rawValue) }
-}
 
 /// Colour on stderr: only on a terminal, never with `NO_COLOR` set or `TERM=dumb`.
 enum Terminal {
@@ -96,16 +102,14 @@ func warnSummary(_ what: String, tensors names: [String], quiet: Bool) {
     guard !names.isEmpty, !quiet else { return }
     let shown = names.prefix(5).joined(separator: ", ")
     let more = names.count > 5 ? " and \(names.count - 5) more" : ""
-    fputs("wsamerge: \(Terminal.paint("warning:", "1;33")) \(names.count) tensor(s) \(what): \(shown)\(more)\n", stderr)
+    StandardError.write("wsamerge: \(Terminal.paint("warning:", "1;33")) \(names.count) tensor(s) \(what): \(shown)\(more)\n")
 }
 
 /// Writes one JSON document as a line on stdout.
 func emit(_ json: JSON) {
-    var text = json.text
-    text += "\n"
-    fputs(text, stdout)
+    emit(json.text + "\n")
 }
 
 func emit(_ text: String) {
-    fputs(text, stdout)
+    StandardOutput.write(text)
 }

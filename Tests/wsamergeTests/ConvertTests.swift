@@ -304,10 +304,10 @@ import Testing
         TestSupport.expectRefusal(refused, code: 65, mentions: ["subbyte.safetensors", "'f4'", "F4"])
         #expect(TestSupport.listing(dir).isEmpty)
         let badTarget = try TestSupport.wsamerge(["convert", TestSupport.fixture("basic.safetensors"), "--dtype", "I32", "-o", dir + "/m.safetensors"])
-        TestSupport.expectRefusal(badTarget, code: 64, mentions: ["--dtype I32"])
+        TestSupport.expectRefusal(badTarget, code: 64, mentions: ["'I32' is invalid for '--dtype"])
         for target in ["F8_E4M3", "C64", "F4"] {
             let refused = try TestSupport.wsamerge(["convert", TestSupport.fixture("basic.safetensors"), "--dtype", target, "-o", dir + "/m.safetensors"])
-            TestSupport.expectRefusal(refused, code: 64, mentions: ["--dtype \(target)"])
+            TestSupport.expectRefusal(refused, code: 64, mentions: ["'\(target)' is invalid for '--dtype"])
         }
         let unknown = try TestSupport.wsamerge(["convert", TestSupport.fixture("basic.safetensors"), "--dtype", "f32", "-o", dir + "/m.safetensors"])
         TestSupport.expectRefusal(unknown, code: 64)

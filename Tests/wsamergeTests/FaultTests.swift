@@ -175,7 +175,7 @@ import Testing
         try FileManager.default.copyItem(atPath: Self.large[0], toPath: input)
         // The test hook holds wsamerge after the header is read; the file shrinks meanwhile.
         let arguments = command == "stats" ? ["stats", input]
-            : ["fuse", "--strategy", "fisher", input] + Self.large.dropFirst() + ["--fisher"] + Self.largeFisher + ["-o", dir + "/out.safetensors"]
+            : ["fuse", "--strategy", "fisher", input] + Self.large.dropFirst() + Self.largeFisher.flatMap { ["--fisher", $0] } + ["-o", dir + "/out.safetensors"]
         var message = ""
         let process = try runPaused(arguments, pause: "open:60", kill: false, stderr: &message) {
             #expect(truncate(input, 1 << 20) == 0)

@@ -9,6 +9,8 @@ import Testing
     static let f32 = [m + "/a.safetensors", m + "/b.safetensors", m + "/c.npz"]
     static let bf16 = [m + "/a_bf16.safetensors", m + "/b_bf16.safetensors", m + "/c_bf16.safetensors"]
     static let fisher = [m + "/fisher_a.safetensors", m + "/fisher_b.safetensors", m + "/fisher_c.safetensors"]
+    /// `--fisher F` once per input.
+    static let fisherArgs = fisher.flatMap { ["--fisher", $0] }
 
     /// Runs fuse into a temporary directory, then the reference on the output.
     func fuseMatchesReference(inputs: [String], strategy: String, options: [String] = [],
@@ -17,7 +19,7 @@ import Testing
         defer { TestSupport.remove(dir) }
         let out = dir + "/merged.safetensors"
         var fisherArgs: [String] = []
-        if strategy == "fisher" { fisherArgs = ["--fisher"] + Self.fisher }
+        if strategy == "fisher" { fisherArgs = Self.fisherArgs }
         let run = try TestSupport.wsamerge(["fuse", "--strategy", strategy] + inputs + fisherArgs + options + ["-o", out])
         #expect(run.status == 0, "\(run.stderr)", sourceLocation: sourceLocation)
         let reference = try TestSupport.run(TestSupport.python, [TestSupport.fixtures + "/reference_merge.py", out,
@@ -70,7 +72,7 @@ import Testing
         defer { TestSupport.remove(dir) }
         let a = Self.f32[0]
         var args = ["fuse", "--strategy", strategy, a, a, a, "-o", dir + "/out.safetensors"]
-        if strategy == "fisher" { args += ["--fisher"] + [Self.fisher[0], Self.fisher[1], Self.fisher[2]] }
+        if strategy == "fisher" { args += Self.fisherArgs }
         let run = try TestSupport.wsamerge(args)
         #expect(run.status == 0, "\(run.stderr)")
         let check = try TestSupport.python("""
@@ -82,7 +84,7 @@ import Testing
         #expect(check.status == 0, "\(check.stderr)")
     }
 
-    @Test(arguments: [["--strategy", "wsa"], ["--strategy", "fisher", "--fisher"] + fisher, ["--strategy", "average"]])
+    @Test(arguments: [["--strategy", "wsa"], ["--strategy", "fisher"] + fisherArgs, ["--strategy", "average"]])
     func outputIsByteIdenticalAcrossRunsJobsAndSIMDLevels(strategy: [String]) throws {
         let dir = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(dir) }
@@ -100,14 +102,23 @@ import Testing
         #expect(outputs[0] == outputs[3])
     }
 
-    /// Inputs after `--fisher F1 … Fn` are taken as Fisher files: the error says so.
-    @Test func inputsAfterFisherGetAHint() throws {
+    /// `--fisher` is given once per input, so options and inputs come in any order.
+    @Test func fisherFilesAndInputsInAnyOrder() throws {
         let dir = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(dir) }
-        let run = try TestSupport.wsamerge(["fuse", "--strategy", "fisher", "--fisher"] + Self.fisher + Self.f32 + ["-o", dir + "/out.safetensors"])
-        #expect(run.status == 64)
-        #expect(run.stderr == "wsamerge: error: Missing expected argument '<inputs> ...' (--fisher takes every path up to the next option: give the inputs before --fisher)\n")
-        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty)
+        let orders: [[String]] = [
+            Self.f32 + Self.fisherArgs,
+            Self.fisherArgs + Self.f32,
+            [Self.f32[0], "--fisher", Self.fisher[0], Self.f32[1], "--fisher", Self.fisher[1], Self.f32[2], "--fisher", Self.fisher[2]],
+        ]
+        var outputs: [Data] = []
+        for (k, order) in orders.enumerated() {
+            let out = dir + "/m\(k).safetensors"
+            let run = try TestSupport.wsamerge(["fuse", "--strategy", "fisher"] + order + ["-o", out])
+            #expect(run.status == 0, "\(run.stderr)")
+            outputs.append(try Data(contentsOf: URL(fileURLWithPath: out)))
+        }
+        #expect(outputs[0] == outputs[1] && outputs[0] == outputs[2])
     }
 
     @Test func unknownSIMDLevelIsAUsageError() throws {
@@ -139,10 +150,11 @@ import Testing
             m = safe_open(sys.argv[1], "np").metadata()
             assert m["format"] == "pt", m
             assert m["wsamerge.strategy"] == "wsa" and m["run"] == "7", m
-            assert json.loads(m["wsamerge.inputs"]) == ["a.safetensors", "b.safetensors", "c.npz"], m
+            assert json.loads(m["wsamerge.inputs"]) == sys.argv[2:], m
             assert json.loads(m["wsamerge.weights"]) == [0.25, 0.25, 0.5], m
-            assert m["wsamerge.scope_fusion"] == "linear" and "wsamerge.version" in m, m
-            """, [out])
+            p = json.loads(m["wsamerge.parameters"])
+            assert p["scope_fusion"] == "linear" and p["weight"] == [1, 1, 2] and "wsamerge.version" in m, m
+            """, [out] + Self.f32)
         #expect(check.status == 0, "\(check.stderr)")
     }
 
@@ -232,18 +244,21 @@ import Testing
         let cases: [([String], Int32, [String])] = [
             (["fuse", a, reshaped], 65, ["model.layers.0.attn.weight", "shape"]),
             (["fuse", a, step], 65, ["'step'", "differ"]),
-            (["fuse", "--strategy", "fisher", a, b, "--fisher", Self.fisher[0], negative], 65, ["model.layers.0.mlp.weight", "≥ 0", "found -1"]),
-            (["fuse", "--strategy", "fisher", a, b, "--fisher", notFinite, Self.fisher[1]], 65, ["model.embed.weight", "finite"]),
-            (["fuse", "--strategy", "fisher", a, b, "--fisher", Self.fisher[0]], 64, ["--fisher"]),
+            (["fuse", "--strategy", "fisher", a, b, "--fisher", Self.fisher[0], "--fisher", negative], 65, ["model.layers.0.mlp.weight", "≥ 0", "found -1"]),
+            (["fuse", "--strategy", "fisher", a, b, "--fisher", notFinite, "--fisher", Self.fisher[1]], 65, ["model.embed.weight", "finite"]),
+            (["fuse", "--strategy", "fisher", a, b, "--fisher", Self.fisher[0]], 64, ["1 fisher file(s) for 2 inputs", "--fisher"]),
             (["fuse", "--strategy", "fisher", a, b], 64, ["--fisher"]),
-            (["fuse", a, b, "--weights", "1,-1"], 64, ["--weights"]),
-            (["fuse", a, b, "--weights", "0,0"], 64, ["positive sum"]),
-            (["fuse", a, b, "--weights", "1,2,3"], 64, ["--weights"]),
+            (["fuse", "--strategy", "wsa", a, b, "--weights", "1,-1"], 64, ["non-negative", "--weights"]),
+            (["fuse", a, b, "--weights", "1,-1"], 64, ["sum to 0", "--weights"]),
+            (["fuse", "--strategy", "fisher", a, b, "--weights", "0,0"] + Self.fisherArgs.prefix(4), 64, ["positive sum"]),
+            (["fuse", a, b, "--weights", "1,2,3"], 64, ["3 values for 2 inputs", "--weights"]),
+            (["fuse", a, b, "--param", "nonsense=1"], 64, ["average has no parameter 'nonsense' (its parameters: weight, normalize)"]),
             (["fuse", "--strategy", "median", a, b], 64, ["median"]),
             (["fuse", a, b, "--dtype", "I32"], 64, ["--dtype"]),
             (["fuse", a, dir + "/absent.safetensors"], 66, ["absent.safetensors"]),
-            (["fuse", "--target-scope", dir + "/t.json", a, b], 64, ["--target-scope", "--strategy wsa"]),
-            (["fuse", "--strategy", "wsa", "--fisher-epsilon", "0.1", a, b], 64, ["--fisher-epsilon"]),
+            (["fuse", "--target-scope", dir + "/t.json", a, b], 64, ["average reads no target_scope file"]),
+            (["fuse", "--strategy", "wsa", "--fisher-epsilon", "0.1", a, b], 64, ["wsa has no parameter 'fisher_epsilon'"]),
+            (["fuse", "--strategy", "wsa", "--fisher", a, a, b], 64, ["wsa reads no fisher file"]),
         ]
         for (args, code, mentions) in cases {
             let run = try TestSupport.wsamerge(args + ["-o", out])
@@ -275,7 +290,7 @@ import Testing
         defer { TestSupport.remove(dir) }
         let fisher = dir + "/fa.safetensors"
         try FileManager.default.copyItem(atPath: Self.fisher[0], toPath: fisher)
-        let run = try TestSupport.wsamerge(["fuse", "--strategy", "fisher", Self.f32[0], Self.f32[1], "--fisher", fisher, Self.fisher[1],
+        let run = try TestSupport.wsamerge(["fuse", "--strategy", "fisher", Self.f32[0], Self.f32[1], "--fisher", fisher, "--fisher", Self.fisher[1],
                                             "-o", fisher, "--force"])
         TestSupport.expectRefusal(run, code: 73, mentions: ["one of the inputs"])
         let target = dir + "/t.json"
@@ -307,15 +322,26 @@ import Testing
         #expect(warned.status == 0)
         #expect(warned.stderr.contains("warning") && warned.stderr.contains("model.embed.weight"))
         let strict = try TestSupport.wsamerge(["fuse", "--strict", Self.f32[0], nan, "-o", dir + "/s.safetensors"])
-        TestSupport.expectRefusal(strict, code: 65, mentions: [nan + ": tensor 'model.embed.weight'", "--strict"])
+        TestSupport.expectRefusal(strict, code: 65, mentions: [nan + ": tensor 'model.embed.weight'", "strict mode"])
         #expect(!TestSupport.fileExists(dir + "/s.safetensors"))
     }
 
     @Test func strategiesListsTheRegistry() throws {
         let run = try TestSupport.wsamerge(["strategies"])
         let list = try #require(try run.json() as? [[String: Any]])
-        #expect(list.map { $0["identifier"] as? String } == ["average", "fisher", "wsa"])
-        let wsa = try #require(list.last?["options"] as? [[String: Any]])
-        #expect(wsa.contains { $0["name"] as? String == "--scope-fusion" && $0["default"] as? String == "linear" })
+        let names = list.compactMap { $0["identifier"] as? String }
+        #expect(Array(names.prefix(3)) == ["average", "fisher", "wsa"])
+        for method in ["task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties", "della_linear", "della", "passthrough"] {
+            #expect(names.contains(method), "\(method)")
+        }
+        let ties = try #require(list.first { $0["identifier"] as? String == "ties" })
+        #expect(ties["base"] as? String == "required")
+        let tiesParameters = try #require(ties["parameters"] as? [[String: Any]])
+        #expect(tiesParameters.contains { $0["name"] as? String == "weight" && $0["required"] as? Bool == true })
+        #expect(tiesParameters.contains { $0["name"] as? String == "normalize" && $0["default"] as? Bool == true })
+        let wsa = try #require(list.first { $0["identifier"] as? String == "wsa" }?["parameters"] as? [[String: Any]])
+        #expect(wsa.contains { $0["name"] as? String == "scope_fusion" && $0["default"] as? String == "linear"
+            && $0["type"] as? String == "choice" && $0["scope"] as? String == "shared" })
+        #expect(wsa.contains { $0["name"] as? String == "weight" && $0["scope"] as? String == "per_input" })
     }
 }

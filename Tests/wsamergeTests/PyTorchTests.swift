@@ -6,7 +6,8 @@ import Testing
 /// anything.
 @Suite struct PyTorchTests {
     static let dir = TestSupport.fixture("torch")
-    static let expected: [String: [String: Any]] = {
+    // Parsed once and only read afterwards; JSONSerialization's values are not `Sendable`.
+    nonisolated(unsafe) static let expected: [String: [String: Any]] = {
         guard let data = FileManager.default.contents(atPath: dir + "/expected.json"),
               let root = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return [:] }
         return root["files"] as? [String: [String: Any]] ?? [:]

@@ -9,9 +9,13 @@ client starts from the round-one average and trains again, once with the paper's
 WSA regulariser (λ Σ_l KL(N(μ_l, σ_l²) ‖ N(μ_t, σ_t²)) toward target.json) and
 once without, and the results are merged again.
 
-    python run.py [--wsamerge PATH] [--quick] [--out DIR]
+    python run.py [--wsamerge PATH] [--quick] [--out DIR] [--backend auto|numpy|torch]
 
-Only numpy is needed. Everything is seeded: the same command prints the same table.
+Only numpy is needed. The regulariser comes from the wsamerge Python package (python/ in this
+repository, or the installed wheel): its numpy path (wsamerge.regularizer) by default, and
+wsamerge.torch.WSARegularizer when torch is installed, in which case the clients train in torch
+(autograd, torch.optim.SGD) on the same data, initialisation and batches. Everything is seeded:
+the same command prints the same table.
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+
+# The wsamerge Python package of this checkout (python/), else an installed wheel's.
+if os.path.isdir(os.path.join(ROOT, "python", "wsamerge")):
+    sys.path.insert(0, os.path.join(ROOT, "python"))
+from wsamerge import load_target  # noqa: E402
+from wsamerge.regularizer import scope_kl_and_grad, wsa_penalty  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # Settings (chosen once, before looking at any result)
@@ -133,28 +143,13 @@ def accuracy(params, x, y) -> float:
 
 
 # ---------------------------------------------------------------------------
-# The WSA regulariser: KL(N(μ, σ²) ‖ N(μ_t, σ_t²)) per weight matrix, analytic gradient
+# The WSA regulariser: λ Σ_l KL(N(μ_l, σ_l²) ‖ N(μ_t, σ_t²)) over the weight matrices, from the
+# wsamerge package (wsamerge.regularizer in numpy, wsamerge.torch.WSARegularizer in torch)
 # ---------------------------------------------------------------------------
 
-def scope_kl_and_grad(w: np.ndarray, mu_t: float, sigma_t: float):
-    """KL of the tensor's scope from the target scope and its gradient with respect to w.
-
-    μ = mean(w), σ = std(w) (population). KL = ln(σ_t/σ) + (σ² + (μ−μ_t)²)/(2σ_t²) − ½,
-    ∂KL/∂w_ij = (∂KL/∂μ)/n + (∂KL/∂σ)(w_ij − μ)/(nσ).
-    """
-    w64 = w.astype(np.float64)
-    n = w64.size
-    mu = w64.mean()
-    sigma = max(w64.std(), 1e-12)
-    kl = math.log(sigma_t / sigma) + (sigma ** 2 + (mu - mu_t) ** 2) / (2 * sigma_t ** 2) - 0.5
-    dkl_dmu = (mu - mu_t) / sigma_t ** 2
-    dkl_dsigma = -1.0 / sigma + sigma / sigma_t ** 2
-    grad = dkl_dmu / n + dkl_dsigma * (w64 - mu) / (n * sigma)
-    return kl, grad.astype(w.dtype)
-
-
 def check_regulariser_gradient() -> float:
-    """Central finite differences on a random matrix; returns the largest relative error."""
+    """The analytic gradient of wsamerge.regularizer against central finite differences on a
+    random matrix; returns the largest relative error."""
     rng = np.random.default_rng(7)
     w = rng.normal(0.3, 0.8, size=(5, 4))
     mu_t, sigma_t = -0.1, 0.5
@@ -170,11 +165,18 @@ def check_regulariser_gradient() -> float:
     return worst
 
 
-def load_target(path: str) -> dict[str, tuple[float, float]]:
-    """Fused (μ_t, σ_t) per tensor name, from a `wsamerge scope -o` document."""
-    with open(path) as f:
-        doc = json.load(f)
-    return {t["name"]: (float(t["fused"]["mean"]), float(t["fused"]["std"])) for t in doc["tensors"]}
+def check_torch_regulariser() -> float:
+    """WSARegularizer's autograd gradient against the numpy analytic one; the largest relative error."""
+    import torch
+    from wsamerge.torch import WSARegularizer
+
+    rng = np.random.default_rng(7)
+    model = torch.nn.Linear(4, 5).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.from_numpy(rng.normal(0.3, 0.8, size=(5, 4))))
+    WSARegularizer(model, {"weight": (-0.1, 0.5)}, lam=LAMBDA)().backward()
+    _, g = wsa_penalty({"weight": model.weight.detach().numpy()}, {"weight": (-0.1, 0.5)}, lam=LAMBDA)
+    return float(np.max(np.abs(model.weight.grad.numpy() - g["weight"]) / np.maximum(np.abs(g["weight"]), 1e-8)))
 
 
 # ---------------------------------------------------------------------------
@@ -193,16 +195,53 @@ def train(params, x, y, lr, wd, steps, rng, target=None, lam=0.0):
         idx = order[pos:pos + BATCH]
         pos += BATCH
         _, grads = loss_and_grads(params, x[idx], y[idx])
+        # The regulariser's gradient for the weight matrices (rank >= 2) that have a target scope.
+        reg = wsa_penalty(params, target, lam=lam)[1] if target is not None else {}
         for name, w in params.items():
             g = grads[name]
             if wd:
                 g = g + wd * w
-            if target is not None and w.ndim >= 2 and name in target:
-                mu_t, sigma_t = target[name]
-                if sigma_t > 0:
-                    g = g + lam * scope_kl_and_grad(w, mu_t, sigma_t)[1]
+            if name in reg:
+                g = g + reg[name]
             params[name] = (w - lr * g).astype(np.float32)
     return params
+
+
+def train_torch(params, x, y, lr, wd, steps, rng, target=None, lam=0.0):
+    """`train` in torch: the same model, batches and update (SGD, weight decay added to the
+    gradient), with autograd and, given a target, wsamerge.torch.WSARegularizer in the loss."""
+    import torch
+    from wsamerge.torch import WSARegularizer
+
+    model = torch.nn.Module()
+    model.layers = torch.nn.ModuleList(torch.nn.Linear(SIZES[i], SIZES[i + 1]) for i in range(NUM_LAYERS))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.from_numpy(params[name]))
+    reg = WSARegularizer(model, target, lam=lam) if target is not None else None
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=wd)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    n = x.shape[0]
+    order = rng.permutation(n)
+    pos = 0
+    for _ in range(steps):
+        if pos + BATCH > n:
+            order = rng.permutation(n)
+            pos = 0
+        idx = torch.from_numpy(order[pos:pos + BATCH])
+        pos += BATCH
+        h = x[idx]
+        for i, layer in enumerate(model.layers):
+            h = layer(h)
+            if i < NUM_LAYERS - 1:
+                h = torch.relu(h)
+        loss = torch.nn.functional.cross_entropy(h, y[idx])
+        if reg is not None:
+            loss = loss + reg()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return {name: p.detach().numpy().copy() for name, p in model.named_parameters()}
 
 
 def mean_kl_to_target(params, target) -> float:
@@ -268,8 +307,9 @@ ROWS = [f"client {k} (round 1)" for k in range(len(CLIENTS))] + [
 SCOPE_ROWS = ["round 1", "round 2, no regulariser", "round 2, WSA regulariser"]
 
 
-def run_seed(binary: str, out: str, cfg: dict, seed: int) -> dict:
+def run_seed(binary: str, out: str, cfg: dict, seed: int, backend: str) -> dict:
     """One full two-round experiment; returns the accuracies and scope summaries."""
+    train_fn = train_torch if backend == "torch" else train
     p = lambda name: os.path.join(out, name)  # noqa: E731
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -285,8 +325,8 @@ def run_seed(binary: str, out: str, cfg: dict, seed: int) -> dict:
     # ---- round 1: every client trains from the shared initialisation ----
     r1 = []
     for k, c in enumerate(CLIENTS):
-        params = train(init, *data[k], c["lr"], c["wd"], cfg["round1_steps"],
-                       np.random.default_rng([seed, 1, k]))
+        params = train_fn(init, *data[k], c["lr"], c["wd"], cfg["round1_steps"],
+                          np.random.default_rng([seed, 1, k]))
         r1.append(save(p(f"client{k}.npz"), params))
     scope1 = wsamerge(binary, "scope", *r1, "-o", p("target.json"), "--force")
     wsamerge(binary, "fuse", "--strategy", "average", *r1, "-o", p("avg.npz"), "--force")
@@ -298,9 +338,9 @@ def run_seed(binary: str, out: str, cfg: dict, seed: int) -> dict:
     r2_plain, r2_reg = [], []
     for k, c in enumerate(CLIENTS):
         # Same batches for both runs, so the regulariser is the only difference.
-        plain = train(avg1, *data[k], c["lr"], c["wd"], cfg["round2_steps"], np.random.default_rng([seed, 2, k]))
-        reg = train(avg1, *data[k], c["lr"], c["wd"], cfg["round2_steps"], np.random.default_rng([seed, 2, k]),
-                    target=target, lam=LAMBDA)
+        plain = train_fn(avg1, *data[k], c["lr"], c["wd"], cfg["round2_steps"], np.random.default_rng([seed, 2, k]))
+        reg = train_fn(avg1, *data[k], c["lr"], c["wd"], cfg["round2_steps"], np.random.default_rng([seed, 2, k]),
+                       target=target, lam=LAMBDA)
         r2_plain.append(save(p(f"round2_plain_client{k}.npz"), plain))
         r2_reg.append(save(p(f"round2_wsa_client{k}.npz"), reg))
     scope2_plain = wsamerge(binary, "scope", *r2_plain)
@@ -326,11 +366,20 @@ def run_seed(binary: str, out: str, cfg: dict, seed: int) -> dict:
     return dict(acc=acc, scopes=scopes, client_acc=client_acc, methods=methods)
 
 
-def run_experiment(binary: str, out: str, cfg: dict) -> None:
+def run_experiment(binary: str, out: str, cfg: dict, backend: str) -> None:
     grad_err = check_regulariser_gradient()
     print(f"regulariser gradient vs finite differences: max relative error {grad_err:.1e}")
     if grad_err > 1e-5:
         sys.exit("run.py: the analytic regulariser gradient disagrees with finite differences")
+    if backend == "torch":
+        import torch
+        torch_err = check_torch_regulariser()
+        print(f"WSARegularizer autograd gradient vs the analytic one: max relative error {torch_err:.1e}")
+        if torch_err > 1e-9:
+            sys.exit("run.py: WSARegularizer's gradient disagrees with the analytic one")
+        print(f"backend: torch {torch.__version__} (autograd, torch.optim.SGD; regulariser: wsamerge.torch.WSARegularizer)")
+    else:
+        print("backend: numpy (manual backprop; regulariser: wsamerge.regularizer.wsa_penalty)")
 
     seeds = cfg["seeds"]
     print(f"task: {NUM_CLASSES} classes, each {BLOBS_PER_CLASS} Gaussian blobs in {DIM}-D (noise {NOISE}); "
@@ -345,7 +394,7 @@ def run_experiment(binary: str, out: str, cfg: dict) -> None:
     results = []
     for seed in seeds:
         t0 = time.perf_counter()
-        results.append(run_seed(binary, os.path.join(out, f"seed{seed}"), cfg, seed))
+        results.append(run_seed(binary, os.path.join(out, f"seed{seed}"), cfg, seed, backend))
         print(f"  seed {seed} done ({time.perf_counter() - t0:.1f} s)")
 
     print("\nweight scopes of the four clients (from `wsamerge scope`; mean over the 3 weight matrices"
@@ -385,14 +434,25 @@ def main() -> int:
     ap.add_argument("--wsamerge", help="wsamerge binary (default: the repository's release build, then PATH)")
     ap.add_argument("--quick", action="store_true", help="tiny run (two seeds, a few training steps), for tests")
     ap.add_argument("--out", help="keep all files in this directory (default: a temporary directory, removed)")
+    ap.add_argument("--backend", choices=("auto", "numpy", "torch"), default="auto",
+                    help="train in numpy or in torch (default auto: torch when it is installed)")
     args = ap.parse_args()
 
+    backend = args.backend
+    if backend != "numpy":
+        try:
+            import torch  # noqa: F401
+            backend = "torch"
+        except ImportError:
+            if backend == "torch":
+                sys.exit("run.py: --backend torch: torch is not installed")
+            backend = "numpy"
     cfg = QUICK if args.quick else FULL
     binary = find_wsamerge(args.wsamerge)
     out = args.out or tempfile.mkdtemp(prefix="wsa-federated-")
     started = time.perf_counter()
     try:
-        run_experiment(binary, out, cfg)
+        run_experiment(binary, out, cfg, backend)
     finally:
         if not args.out:
             shutil.rmtree(out, ignore_errors=True)

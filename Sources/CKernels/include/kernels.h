@@ -90,7 +90,7 @@ typedef struct {
 } wsk_term;
 
 /// Combines element i of `count` terms in float64 and writes it to dst as `out_kind`:
-///   WSK_AVERAGE  y = w_0 x_0 + w_1 x_1 + …                    (running sum, left to right)
+///   WSK_AVERAGE  y = (w_0 x_0 + w_1 x_1 + …) / target          (running sum, left to right; target 1: no division)
 ///   WSK_RESCALE  y = ((x_0 − m_0) w_0 + (x_1 − m_1) w_1 + …) + target
 ///   WSK_FISHER   y = (a_0 x_0 + a_1 x_1 + …) / (a_0 + a_1 + …),  a_k = c_k (F_k + epsilon)
 /// These are the operations, in the order, of the decoded kernels (decode, scale/axpy, Fisher

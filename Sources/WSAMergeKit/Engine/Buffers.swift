@@ -1,9 +1,11 @@
-import Dispatch
+import Synchronization
 
 /// The heap buffers the streaming passes use. Each has one owner and is freed in `deinit`, so no
 /// other code allocates or frees raw memory; kernels borrow pointers into them.
 
 /// An owned, aligned byte buffer.
+// @unchecked: passes lend its memory to worker threads that touch disjoint ranges of it, and
+// the owner reads it only after they are joined.
 final class RawBuffer: @unchecked Sendable {
     let base: UnsafeMutableRawPointer
     let byteCount: Int
@@ -30,34 +32,37 @@ final class RawBuffer: @unchecked Sendable {
 /// afresh, every one of their pages is faulted in and zeroed by the kernel on first touch, which
 /// cost more than a tenth of a merge; recycled, they stay mapped and warm in cache. The cache
 /// keeps at most `limit` bytes, so it never holds more than a pass or two needs.
-final class BufferCache: @unchecked Sendable {
+final class BufferCache: Sendable {
     static let shared = BufferCache()
 
-    private var idle: [RawBuffer] = []
-    private var idleBytes = 0
+    private struct Idle {
+        var buffers: [RawBuffer] = []
+        var bytes = 0
+    }
+
+    private let idle = Mutex(Idle())
     private let limit = 64 << 20
-    private let lock = DispatchSemaphore(value: 1)
 
     /// A buffer of at least `byteCount` bytes: the smallest idle one that fits, or a new one.
     func take(byteCount: Int) -> RawBuffer {
-        lock.wait()
-        defer { lock.signal() }
-        var best: Int?
-        for (i, buffer) in idle.enumerated() where buffer.byteCount >= byteCount {
-            if best == nil || buffer.byteCount < idle[best!].byteCount { best = i }
+        idle.withLock { idle in
+            var best: Int?
+            for (i, buffer) in idle.buffers.enumerated() where buffer.byteCount >= byteCount {
+                if best == nil || buffer.byteCount < idle.buffers[best!].byteCount { best = i }
+            }
+            guard let best else { return RawBuffer(byteCount: byteCount) }
+            idle.bytes -= idle.buffers[best].byteCount
+            return idle.buffers.remove(at: best)
         }
-        guard let best else { return RawBuffer(byteCount: byteCount) }
-        idleBytes -= idle[best].byteCount
-        return idle.remove(at: best)
     }
 
     /// Hands buffers back; those over the limit are freed.
     func give(_ buffers: [RawBuffer]) {
-        lock.wait()
-        defer { lock.signal() }
-        for buffer in buffers where idleBytes + buffer.byteCount <= limit {
-            idle.append(buffer)
-            idleBytes += buffer.byteCount
+        idle.withLock { idle in
+            for buffer in buffers where idle.bytes + buffer.byteCount <= limit {
+                idle.buffers.append(buffer)
+                idle.bytes += buffer.byteCount
+            }
         }
     }
 }

@@ -6,11 +6,11 @@ import CKernels
 /// order, so the output bytes are the same either way; a block it cannot finish (a non-finite
 /// result, a BF16 subnormal, an F16 overflow, an empty Fisher denominator) is redone by the
 /// decoded kernel.
-struct FusedCombine {
+struct FusedCombine: Sendable {
     /// What is combined, per input `k`.
     enum Method {
-        /// `Σ w_k x_k`.
-        case average(weights: [Double])
+        /// `Σ w_k x_k / divisor`.
+        case average(weights: [Double], divisor: Double)
         /// `Σ (x_k − mean_k) c_k + target`.
         case rescale(c: [Double], means: [Double], target: Double)
         /// `Σ a_k x_k / Σ a_k` with `a_k = c_k (F_k + ε)`; the Fisher values are the inputs after
@@ -19,52 +19,60 @@ struct FusedCombine {
     }
 
     private let mode: Int32
-    private let terms: [wsk_term]
+    /// Per input term: stored kind, weight, mean (rescale) and the Fisher input's kind.
+    private let kinds: [Int32]
+    private let weights: [Double]
+    private let means: [Double]
+    private let fisherKinds: [Int32]
     private let target: Double
     private let epsilon: Double
     private let outputKind: Int32
-    private let fisher: Bool
 
     /// The fused kernel for these input and output dtypes, or nil when one is not BF16, F16, F32 or F64.
     init?(_ method: Method, inputs: [DType], output: DType) {
         guard let outputKind = output.rawKind else { return nil }
         let kinds = inputs.map(\.rawKind)
         guard !kinds.contains(nil) else { return nil }
-        func term(_ k: Int, weight: Double, mean: Double = 0, fisherKind: Int32 = 0) -> wsk_term {
-            wsk_term(x: nil, fisher: nil, kind: kinds[k]!, fisher_kind: fisherKind, weight: weight, mean: mean)
-        }
         self.outputKind = outputKind
         switch method {
-        case .average(let weights):
+        case .average(let weights, let divisor):
             mode = Int32(WSK_AVERAGE)
-            terms = weights.indices.map { term($0, weight: weights[$0]) }
-            (target, epsilon, fisher) = (0, 0, false)
+            self.weights = weights
+            means = [Double](repeating: 0, count: weights.count)
+            fisherKinds = []
+            (target, epsilon) = (divisor, 0)
         case .rescale(let c, let means, let target):
             mode = Int32(WSK_RESCALE)
-            terms = c.indices.map { term($0, weight: c[$0], mean: means[$0]) }
-            (self.target, epsilon, fisher) = (target, 0, false)
+            weights = c
+            self.means = means
+            fisherKinds = []
+            (self.target, epsilon) = (target, 0)
         case .fisher(let c, let epsilon):
             mode = Int32(WSK_FISHER)
-            terms = c.indices.map { term($0, weight: c[$0], fisherKind: kinds[c.count + $0]!) }
-            (target, self.epsilon, fisher) = (0, epsilon, true)
+            weights = c
+            means = [Double](repeating: 0, count: c.count)
+            fisherKinds = c.indices.map { kinds[c.count + $0]! }
+            (target, self.epsilon) = (0, epsilon)
         }
+        self.kinds = weights.indices.map { kinds[$0]! }
     }
 
     /// The raw kernel of a writing pass whose finished blocks report `result`.
-    func kernel<T>(_ result: T) -> Lockstep.RawKernel<T> {
+    func kernel<T: Sendable>(_ result: T) -> Lockstep.RawKernel<T> {
         { inputs, count, output in run(inputs, count: count, into: output!) ? result : nil }
     }
 
     /// Combines `count` elements; `inputs[k]` points at input `k`'s first element. Returns false
     /// when the block must be redone by the decoded kernel.
     func run(_ inputs: [UnsafeRawPointer], count: Int, into output: UnsafeMutableRawPointer) -> Bool {
-        withUnsafeTemporaryAllocation(of: wsk_term.self, capacity: terms.count) { block in
-            for k in terms.indices {
-                block[k] = terms[k]
-                block[k].x = inputs[k]
-                if fisher { block[k].fisher = inputs[terms.count + k] }
+        let n = kinds.count
+        let fisher = !fisherKinds.isEmpty
+        return withUnsafeTemporaryAllocation(of: wsk_term.self, capacity: n) { block in
+            for k in 0..<n {
+                block[k] = wsk_term(x: inputs[k], fisher: fisher ? inputs[n + k] : nil, kind: kinds[k],
+                                    fisher_kind: fisher ? fisherKinds[k] : 0, weight: weights[k], mean: means[k])
             }
-            return wsk_combine(block.baseAddress!, terms.count, mode, target, epsilon, count, outputKind, output) == 0
+            return wsk_combine(block.baseAddress!, n, mode, target, epsilon, count, outputKind, output) == 0
         }
     }
 }

@@ -1,5 +1,6 @@
 import CKernels
 import Dispatch
+import Synchronization
 
 /// Streams several same-shaped tensors side by side: each chunk of every input is read, then
 /// the chunk's blocks are decoded to float64 and handed to a kernel in parallel; the kernel's
@@ -18,26 +19,33 @@ import Dispatch
 /// so every `--jobs` gives the same bytes.
 public struct Lockstep {
     /// Where a pass's output goes: the dtype to encode and the writer.
-    public struct Output {
+    // @unchecked: the writer is used by one thread at a time, the pass's writer queue (one
+    // write after another) and the caller only once the pass has drained that queue.
+    public struct Output: @unchecked Sendable {
         let dtype: DType
         let writer: any CheckpointWriter
     }
 
     /// A block kernel: `inputs[k]` holds `count` decoded values of input `k`; a writing pass
     /// fills `output` with `count` values. Must be safe to call from several threads.
-    public typealias Kernel<T> = (_ inputs: [UnsafeMutablePointer<Double>], _ count: Int, _ output: UnsafeMutablePointer<Double>) -> T
+    public typealias Kernel<T> = @Sendable (_ inputs: [UnsafeMutablePointer<Double>], _ count: Int, _ output: UnsafeMutablePointer<Double>) -> T
+
+    /// A block kernel that also receives the C-order position of the block's first element
+    /// (for per-element rules such as random draws and tie ranks).
+    public typealias PositionedKernel<T> = @Sendable (_ inputs: [UnsafeMutablePointer<Double>], _ count: Int,
+                                                      _ output: UnsafeMutablePointer<Double>, _ position: Int) -> T
 
     /// A block kernel on the stored bytes: `inputs[k]` points at input `k`'s first element of the
     /// block, and a writing pass writes the encoded output at `output` itself. Returns nil when it
     /// cannot finish the block, which then goes through the decoded `Kernel`. It must give the
     /// same result and bytes as the decoded kernel.
-    public typealias RawKernel<T> = (_ inputs: [UnsafeRawPointer], _ count: Int, _ output: UnsafeMutableRawPointer?) -> T?
+    public typealias RawKernel<T> = @Sendable (_ inputs: [UnsafeRawPointer], _ count: Int, _ output: UnsafeMutableRawPointer?) -> T?
 
     /// A raw kernel that summarises each input's stored block on its own (`summary(elements,
     /// kind, count)`), or nil when some input's dtype is not read in place; a block goes to the
     /// decoded path as soon as one input's summary is nil.
     static func perInput<T>(_ readers: [TensorReader],
-                            _ summary: @escaping (UnsafeRawPointer, Int32, Int) -> T?) -> RawKernel<[T]>? {
+                            _ summary: @escaping @Sendable (UnsafeRawPointer, Int32, Int) -> T?) -> RawKernel<[T]>? {
         let kinds = readers.compactMap(\.tensor.dtype.rawKind)
         guard kinds.count == readers.count else { return nil }
         return { inputs, count, _ in
@@ -54,13 +62,26 @@ public struct Lockstep {
     /// Bytes per read item (a BF16 input's whole chunk; 64 KiB to 256 KiB pieces were slower).
     static let readPieceBytes = 1 << 20
 
-    /// Off, raw kernels are skipped and every block is decoded (tests compare the two paths).
-    nonisolated(unsafe) static var rawKernelsEnabled = true
+    #if DEBUG
+    /// Off, raw kernels are skipped and every block is decoded: tests compare the two paths
+    /// within `$rawKernelsEnabled.withValue(false) { … }`. Release builds have no such switch.
+    @TaskLocal static var rawKernelsEnabled = true
+    #endif
 
     /// With `raw`, each block first goes to the raw kernel; blocks it cannot finish run `kernel`.
-    static func run<T>(_ readers: [TensorReader], jobs: Int, output: Output?, raw: RawKernel<T>? = nil,
-                       kernel: @escaping Kernel<T>, fold: ([T]) throws -> Void) throws {
+    public static func run<T: Sendable>(_ readers: [TensorReader], jobs: Int, output: Output?, raw: RawKernel<T>? = nil,
+                                        kernel: @escaping Kernel<T>, fold: ([T]) throws -> Void) throws {
+        try run(readers, jobs: jobs, output: output, raw: raw, positioned: { inputs, count, out, _ in kernel(inputs, count, out) },
+                fold: fold)
+    }
+
+    /// `run` with a kernel that is told where its block starts. Blocks start at multiples of
+    /// `Partition.blockElements`.
+    public static func run<T: Sendable>(_ readers: [TensorReader], jobs: Int, output: Output?, raw: RawKernel<T>? = nil,
+                                        positioned kernel: @escaping PositionedKernel<T>, fold: ([T]) throws -> Void) throws {
+        #if DEBUG
         let raw = rawKernelsEnabled ? raw : nil
+        #endif
         let count = readers[0].tensor.elementCount
         precondition(readers.allSatisfy { $0.tensor.elementCount == count })
         guard count > 0 else { return }
@@ -82,27 +103,28 @@ public struct Lockstep {
         }
 
         /// The reads of the chunk starting at element `start` into input buffer set `slot`.
-        func reads(_ start: Int, into slot: Int) -> [() throws -> Void] {
+        func reads(_ start: Int, into slot: Int) -> [TensorReader.Read] {
             let n = Swift.min(chunk, count - start)
             return readers.indices.flatMap { k in
-                readers[k].reads(into: inputBuffers[slot][k].prefix(n * widths[k]), pieceBytes: Self.readPieceBytes)
+                readers[k].reads(into: inputBuffers[slot][k], count: n * widths[k], pieceBytes: Self.readPieceBytes)
             }
         }
 
         /// Runs `reads` and then `blocks` calls of `compute`, all on the workers, which take the next
         /// item as they finish one; rethrows the first read error.
-        func run(_ reads: [() throws -> Void], blocks: Int, _ compute: (_ block: Int, _ worker: Int) -> Void) throws {
-            var errors = [Error?](repeating: nil, count: reads.count)
-            errors.withUnsafeMutableBufferPointer { errors in
-                parallelFor(reads.count + blocks, jobs: workers) { i, worker in
-                    if i < reads.count {
-                        do { try reads[i]() } catch { errors[i] = error }
-                    } else {
-                        compute(i - reads.count, worker)
+        func run(_ reads: [TensorReader.Read], blocks: Int, _ compute: @Sendable (_ block: Int, _ worker: Int) -> Void) throws {
+            // The error of the lowest-numbered read, so errors do not depend on timing.
+            let failure = Mutex<(index: Int, error: any Error)?>(nil)
+            parallelFor(reads.count + blocks, jobs: workers) { i, worker in
+                if i < reads.count {
+                    do { try reads[i].run() } catch {
+                        failure.withLock { if $0 == nil || $0!.index > i { $0 = (i, error) } }
                     }
+                } else {
+                    compute(i - reads.count, worker)
                 }
             }
-            if let error = errors.lazy.compactMap({ $0 }).first { throw error }
+            if let (_, error) = failure.withLock({ $0 }) { throw error }
         }
 
         try run(reads(0, into: 0), blocks: 0) { _, _ in }
@@ -110,21 +132,22 @@ public struct Lockstep {
         var chunkNumber = 0
         while start < count {
             let n = Swift.min(chunk, count - start)
+            let chunkStart = start
             let slot = chunkNumber % 2
             let next = start + n
             let encoded = outputBuffers[chunkNumber % 3]
             if output != nil { try writer.waitUntilWritable(encoded) }
             let raws = inputBuffers[slot]
             let blocks = (n + block - 1) / block
-            var results = [T?](repeating: nil, count: blocks)
+            let results = BlockResults<T>(count: blocks)
             // The next chunk is read by the same workers, before the blocks of this one.
-            try results.withUnsafeMutableBufferPointer { out in
+            do {
                 try run(next < count ? reads(next, into: 1 - slot) : [], blocks: blocks) { b, worker in
                     let first = b * block
                     let m = Swift.min(block, n - first)
                     if let raw, let result = raw(raws.indices.map { UnsafeRawPointer(raws[$0].base + first * widths[$0]) }, m,
                                                  output == nil ? nil : encoded.base + first * outWidth) {
-                        out[b] = result
+                        results.set(b, result)
                         return
                     }
                     let base = worker * (dtypes.count + 1)
@@ -136,7 +159,7 @@ public struct Lockstep {
                         inputs.append(values)
                     }
                     let values = scratch[base + dtypes.count].doubles(m)
-                    out[b] = kernel(inputs, m, values)
+                    results.set(b, kernel(inputs, m, values, chunkStart + first))
                     if let output {
                         output.dtype.encode(values, count: m, into: encoded.base + first * outWidth)
                     }
@@ -146,7 +169,7 @@ public struct Lockstep {
                 let bytes = n * outWidth
                 writer.write(encoded) { try output.writer.write(UnsafeRawBufferPointer(encoded.prefix(bytes))) }
             }
-            try fold(results.map { $0! })
+            try fold(results.values)
             start = next
             chunkNumber += 1
         }
@@ -155,45 +178,53 @@ public struct Lockstep {
 }
 
 /// The writer thread of a pass; its first error is rethrown.
-final class BackgroundWriter: @unchecked Sendable {
-    private let writeQueue = DispatchQueue(label: "wsamerge.write")
-    private var pending: [ObjectIdentifier: DispatchGroup] = [:]
-    private let lock = DispatchSemaphore(value: 1)
-    private var writeError: Error?
-
-    /// Runs `body` holding the lock that guards the shared state.
-    private func locked<R>(_ body: () -> R) -> R {
-        lock.wait()
-        defer { lock.signal() }
-        return body()
+final class BackgroundWriter: Sendable {
+    private struct State {
+        var pending: [ObjectIdentifier: DispatchGroup] = [:]
+        var error: (any Error)?
     }
 
+    private let writeQueue = DispatchQueue(label: "wsamerge.write")
+    private let state = Mutex(State())
+
     /// Queues `body`, which writes from `buffer`; the buffer is busy until it has run.
-    func write(_ buffer: RawBuffer, _ body: @escaping () throws -> Void) {
+    func write(_ buffer: RawBuffer, _ body: @escaping @Sendable () throws -> Void) {
         let group = DispatchGroup()
-        locked { pending[ObjectIdentifier(buffer)] = group }
+        state.withLock { $0.pending[ObjectIdentifier(buffer)] = group }
         writeQueue.async(group: group) {
-            guard self.locked({ self.writeError }) == nil else { return }
-            do { try body() } catch { self.locked { self.writeError = error } }
+            guard self.state.withLock({ $0.error }) == nil else { return }
+            do { try body() } catch { self.state.withLock { $0.error = error } }
         }
     }
 
     /// Waits until no queued write still reads from `buffer`.
     func waitUntilWritable(_ buffer: RawBuffer) throws {
-        let group = locked { pending[ObjectIdentifier(buffer)] }
+        let group = state.withLock { $0.pending[ObjectIdentifier(buffer)] }
         group?.wait()
-        if let error = locked({ writeError }) { throw error }
+        if let error = state.withLock({ $0.error }) { throw error }
     }
 
     func finishWrites() throws {
         writeQueue.sync {}
-        if let error = locked({ writeError }) { throw error }
+        if let error = state.withLock({ $0.error }) { throw error }
     }
 
     /// Waits for everything queued (also on an error path, before buffers are freed).
     func drain() {
         writeQueue.sync {}
     }
+}
+
+/// Per-block results of a pass, set by the workers (each block once) and read in block order
+/// after they finish.
+final class BlockResults<T: Sendable>: Sendable {
+    private let slots: Mutex<[T?]>
+
+    init(count: Int) { slots = Mutex([T?](repeating: nil, count: count)) }
+
+    func set(_ block: Int, _ value: T) { slots.withLock { $0[block] = value } }
+
+    var values: [T] { slots.withLock { $0.map { $0! } } }
 }
 
 /// Whether `values` holds a NaN or an infinity (`wsk_nonfinite`).

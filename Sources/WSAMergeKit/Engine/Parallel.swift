@@ -20,20 +20,18 @@ public enum Partition {
 /// worker number so it can use its own scratch space. Workers take the next index as they
 /// finish one, so a worker the scheduler pauses (the cores also run the writer thread) does not
 /// hold the others up; results do not depend on which worker ran an index.
-func parallelFor(_ count: Int, jobs: Int, _ body: (_ index: Int, _ worker: Int) -> Void) {
+func parallelFor(_ count: Int, jobs: Int, _ body: @Sendable (_ index: Int, _ worker: Int) -> Void) {
     let workers = Swift.max(1, Swift.min(jobs, count))
     if workers == 1 {
         for i in 0..<count { body(i, 0) }
         return
     }
     let next = Atomic<Int>(0)
-    withoutActuallyEscaping(body) { body in
-        DispatchQueue.concurrentPerform(iterations: workers) { worker in
-            while true {
-                let i = next.wrappingAdd(1, ordering: .relaxed).oldValue
-                guard i < count else { return }
-                body(i, worker)
-            }
+    DispatchQueue.concurrentPerform(iterations: workers) { worker in
+        while true {
+            let i = next.wrappingAdd(1, ordering: .relaxed).oldValue
+            guard i < count else { return }
+            body(i, worker)
         }
     }
 }
@@ -47,35 +45,32 @@ func parallelFor(_ count: Int, jobs: Int, _ body: (_ index: Int, _ worker: Int) 
 /// `jobs / lanes` (more than 1 when there are fewer items than jobs), and once an item fails the
 /// items of higher index that have not started are skipped. Either way the error of the lowest
 /// index is rethrown, so errors do not depend on timing.
-func parallelMap<T>(sizes: [Int], jobs: Int, serial: Bool = false,
-                    _ body: (_ index: Int, _ jobs: Int) throws -> T) throws -> [T] {
+func parallelMap<T: Sendable>(sizes: [Int], jobs: Int, serial: Bool = false,
+                              _ body: @Sendable (_ index: Int, _ jobs: Int) throws -> T) throws -> [T] {
     let count = sizes.count
     let lanes = serial ? 1 : Swift.max(1, Swift.min(jobs, count))
     guard lanes > 1 else { return try (0..<count).map { try body($0, jobs) } }
     let order = sizes.indices.sorted { sizes[$0] > sizes[$1] }
     let perLane = Swift.max(1, jobs / lanes)
-    var results = [Result<T, Error>?](repeating: nil, count: count)
+    let results = Mutex([Result<T, any Error>?](repeating: nil, count: count))
     let next = Atomic<Int>(0)
     let lowestFailure = Atomic<Int>(Int.max)
-    results.withUnsafeMutableBufferPointer { results in
-        withoutActuallyEscaping(body) { body in
-            DispatchQueue.concurrentPerform(iterations: lanes) { _ in
-                while true {
-                    let k = next.wrappingAdd(1, ordering: .relaxed).oldValue
-                    guard k < count else { return }
-                    let i = order[k]
-                    // An item after a failed one cannot change which error is reported.
-                    guard i < lowestFailure.load(ordering: .relaxed) else { continue }
-                    let result = Result { try body(i, perLane) }
-                    if case .failure = result { lowestFailure.min(i, ordering: .relaxed) }
-                    results[i] = result
-                }
-            }
+    DispatchQueue.concurrentPerform(iterations: lanes) { _ in
+        while true {
+            let k = next.wrappingAdd(1, ordering: .relaxed).oldValue
+            guard k < count else { return }
+            let i = order[k]
+            // An item after a failed one cannot change which error is reported.
+            guard i < lowestFailure.load(ordering: .relaxed) else { continue }
+            let result = Result { try body(i, perLane) }
+            if case .failure = result { lowestFailure.min(i, ordering: .relaxed) }
+            results.withLock { $0[i] = result }
         }
     }
+    let all = results.withLock { $0 }
     let failed = lowestFailure.load(ordering: .relaxed)
-    if failed < count, case .failure(let error) = results[failed]! { throw error }
-    return results.map { try! $0!.get() }
+    if failed < count, case .failure(let error) = all[failed]! { throw error }
+    return try all.map { try $0!.get() }
 }
 
 /// The default `--jobs`: every online core.

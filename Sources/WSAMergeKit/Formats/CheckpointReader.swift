@@ -3,18 +3,22 @@
 /// `\x93NUMPY` an `.npy` array, a JSON object with a `weight_map` a sharded index (safetensors or
 /// PyTorch shards), a raw pickle stream is refused, anything else must be a valid `.safetensors`
 /// file. A directory holds one `*.safetensors.index.json` or a `model.safetensors`, else a
-/// `pytorch_model.bin.index.json` or a `pytorch_model.bin` (safetensors is preferred).
+/// `pytorch_model.bin.index.json` or a `pytorch_model.bin` (safetensors is preferred). A new format is one folder under `Formats/` and
+/// one line here.
 public enum CheckpointReader {
     public static func open(_ path: String) throws -> Checkpoint {
         if pathKind(path) == .directory { return try openDirectory(path) }
         let file = try ReadableFile(path: path)
         let head = try file.readBytes(at: 0, count: min(64, file.size))
         if head.starts(with: [0x50, 0x4B, 0x03, 0x04]) || head.starts(with: [0x50, 0x4B, 0x05, 0x06]) {
-            // A zip whose directory this reader cannot parse goes to libzip, which says why.
+            // By its members: `*/data.pkl` is PyTorch, `NAME.npy` members a `.npz`. A zip whose
+            // directory the stored-zip reader cannot parse goes to libzip, which says why.
             if let zip = try? StoredZip(file), PyTorchReader.isPyTorchArchive(zip) {
                 return try PyTorchReader.open(file, zip: zip)
             }
-            return try NumPyReader.openNpz(file)
+            let archive = try ZipArchive(path: file.path)
+            if NumPyReader.isNpz(archive) { return try NumPyReader.openNpz(file, archive: archive) }
+            throw WSAMergeError.malformed(file: path, reason: "a zip archive that is not a checkpoint wsamerge reads (a .npz holds NAME.npy members, a PyTorch checkpoint a data.pkl)")
         }
         if head.starts(with: NpyHeader.magic) {
             return try NumPyReader.openNpy(file)

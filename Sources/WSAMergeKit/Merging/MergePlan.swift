@@ -7,49 +7,58 @@ import Glibc
 public enum OnMissing: String, CaseIterable, Sendable { case error, intersection, union }
 
 /// Everything `fuse` will do, decided and checked before the first byte is written: which
-/// tensors are merged or copied, from which inputs, into which dtype.
-public struct MergePlan {
-    public struct Item {
-        public enum Action: Equatable {
+/// tensors are merged or copied, from which inputs and base, into which dtype.
+public struct MergePlan: Sendable {
+    public struct Item: Sendable {
+        public enum Action: Equatable, Sendable {
             case merge
-            /// Copied byte for byte from the first input that has it.
+            /// Copied byte for byte from the base, else the first input that has it.
             case copy(reason: String)
         }
 
+        /// The item's position in `MergePlan.items`.
+        public let number: Int
         public let name: String
         /// Output name, dtype and shape.
         public let output: TensorInfo
         /// `(input number, tensor index in that input)` for every input holding the tensor.
         public let sources: [(input: Int, index: Int)]
-        /// The sources' weights, renormalised to sum 1.
-        public let weights: [Double]
+        /// The tensor's index in the base, when the plan has a base.
+        public let base: Int?
         public let action: Action
     }
 
+    /// The models merged, in order (not the base, unless the method merges it as an input).
     public let inputs: [Checkpoint]
-    public let weights: [Double]
+    /// The model the inputs were fine-tuned from (`--base`), for methods that use one.
+    public let base: Checkpoint?
     public let items: [Item]
 
     /// Opens readers of every source of `item`.
-    func readers(_ item: Item) throws -> [TensorReader] {
+    public func readers(_ item: Item) throws -> [TensorReader] {
         try item.sources.map { try inputs[$0.input].reader(for: $0.index) }
     }
 
-    /// Checks the inputs against each other and decides every tensor's fate.
+    /// The base first, then the inputs: every model the plan reads.
+    public var models: [Checkpoint] { (base.map { [$0] } ?? []) + inputs }
+
+    /// Checks the inputs (and the base) against each other and decides every tensor's fate.
+    /// With a base, every merged tensor must be in the base; the output follows the base's order.
     ///
     /// - Parameters:
-    ///   - outputDType: `nil` keeps each tensor's dtype from the first input.
-    ///   - filter: unselected tensors are copied from the first input.
-    public init(inputs: [Checkpoint], weights: [Double], filter: TensorFilter, onMissing: OnMissing,
+    ///   - outputDType: `nil` keeps each tensor's dtype from the base, else the first input.
+    ///   - filter: unselected tensors are copied from the base, else the first input.
+    public init(inputs: [Checkpoint], base: Checkpoint? = nil, filter: TensorFilter, onMissing: OnMissing,
                 outputDType: DType?) throws {
-        guard inputs.count >= 1 else { throw WSAMergeError.usage("fuse needs at least one input") }
+        guard inputs.count >= 1 || base != nil else { throw WSAMergeError.usage("fuse needs at least one input") }
         self.inputs = inputs
-        self.weights = weights
-        // Names: first input's storage order, then names only later inputs have.
+        self.base = base
+        let models = (base.map { [$0] } ?? []) + inputs
+        // Names: the first model's storage order, then names only later models have.
         var names: [String] = []
-        var seen = Set<String>()
-        for checkpoint in inputs {
-            for tensor in checkpoint.tensors where seen.insert(tensor.name).inserted { names.append(tensor.name) }
+        var seen = Set<[UInt8]>()
+        for checkpoint in models {
+            for tensor in checkpoint.tensors where seen.insert(Array(tensor.name.utf8)).inserted { names.append(tensor.name) }
         }
         var missingReports: [String] = []
         var items: [Item] = []
@@ -58,75 +67,83 @@ public struct MergePlan {
             for (k, checkpoint) in inputs.enumerated() {
                 if let i = checkpoint.index(of: name) { sources.append((k, i)) }
             }
-            if sources.count < inputs.count {
+            let baseIndex = base?.index(of: name)
+            let missing = sources.count < inputs.count || (base != nil && baseIndex == nil)
+            if missing {
                 switch onMissing {
                 case .error:
-                    let lacking = inputs.indices.filter { k in !sources.contains { $0.input == k } }.map { inputs[$0].path }
+                    var lacking = inputs.indices.filter { k in !sources.contains { $0.input == k } }.map { inputs[$0].path }
+                    if let base, baseIndex == nil { lacking.insert("the base \(base.path)", at: 0) }
                     missingReports.append("'\(name)' is missing from \(lacking.joined(separator: ", "))")
                     continue
                 case .intersection:
                     continue
                 case .union:
-                    break
+                    // A method with a base merges against it: a tensor the base lacks cannot be.
+                    if let base, baseIndex == nil {
+                        missingReports.append("'\(name)' is missing from the base \(base.path)")
+                        continue
+                    }
                 }
             }
-            items.append(try Self.plan(name, sources: sources, inputs: inputs, weights: weights, filter: filter,
+            items.append(try Self.plan(items.count, name, sources: sources, base: baseIndex, inputs: inputs, baseModel: base, filter: filter,
                                        outputDType: outputDType))
         }
         if !missingReports.isEmpty {
             let shown = missingReports.prefix(5).joined(separator: "; ")
             let more = missingReports.count > 5 ? " (and \(missingReports.count - 5) more)" : ""
-            throw WSAMergeError.malformed(file: inputs[0].path,
-                                          reason: "tensor sets differ: \(shown)\(more); pass --on-missing intersection or union to merge anyway")
+            throw WSAMergeError.hinted(.malformed(file: models[0].path, reason: "tensor sets differ: \(shown)\(more)"), .onMissing)
         }
-        guard !items.isEmpty else { throw WSAMergeError.malformed(file: inputs[0].path, reason: "no tensor to write") }
+        guard !items.isEmpty else { throw WSAMergeError.malformed(file: models[0].path, reason: "no tensor to write") }
         self.items = items
     }
 
-    private static func plan(_ name: String, sources: [(input: Int, index: Int)], inputs: [Checkpoint], weights: [Double],
-                             filter: TensorFilter, outputDType: DType?) throws -> Item {
-        let infos = sources.map { inputs[$0.input].tensors[$0.index] }
+    private static func plan(_ number: Int, _ name: String, sources: [(input: Int, index: Int)], base: Int?, inputs: [Checkpoint],
+                             baseModel: Checkpoint?, filter: TensorFilter, outputDType: DType?) throws -> Item {
+        // Every holder of the tensor: the base first.
+        var holders: [(checkpoint: Checkpoint, index: Int)] = []
+        if let baseModel, let base { holders.append((baseModel, base)) }
+        holders += sources.map { (inputs[$0.input], $0.index) }
+        let infos = holders.map { $0.checkpoint.tensors[$0.index] }
         let first = infos[0]
-        for (source, info) in zip(sources, infos) where info.shape != first.shape {
-            throw WSAMergeError.malformed(file: inputs[source.input].path, tensor: name,
-                                          reason: "shape \(info.shape) differs from \(first.shape) in \(inputs[sources[0].input].path)")
+        let firstPath = holders[0].checkpoint.path
+        for (holder, info) in zip(holders, infos) where info.shape != first.shape {
+            throw WSAMergeError.malformed(file: holder.checkpoint.path, tensor: name,
+                                          reason: "shape \(info.shape) differs from \(first.shape) in \(firstPath)")
         }
-        let sub = sources.map { weights[$0.input] }
-        let total = sub.reduce(0, +)
-        let itemWeights = total > 0 ? sub.map { $0 / total } : [Double](repeating: 1 / Double(sub.count), count: sub.count)
         func copy(_ reason: String) -> Item {
-            Item(name: name, output: first, sources: sources, weights: itemWeights, action: .copy(reason: reason))
+            Item(number: number, name: name, output: first, sources: sources, base: base, action: .copy(reason: reason))
         }
-        if !filter.selects(name) { return copy("excluded by --include/--exclude") }
+        if !filter.selects(name) { return copy("excluded by the tensor filters") }
         let allFloat = infos.allSatisfy { $0.dtype.isFloat && $0.dtype.isDecodable }
-        // A tensor only one input holds (`--on-missing union`, or a single input): float ones
+        // A tensor only one model holds (`--on-missing union`, or a single input): float ones
         // still go through the strategy, so `--dtype` applies; the others are copied.
-        if sources.count == 1 && !allFloat { return copy("only in \(inputs[sources[0].input].path)") }
+        if holders.count == 1 && !allFloat { return copy("only in \(firstPath)") }
         if !allFloat {
             if infos.contains(where: { $0.dtype.isFloat && $0.dtype.isDecodable }) && infos.contains(where: { !$0.dtype.isFloat }) {
-                throw WSAMergeError.malformed(file: inputs[sources[0].input].path, tensor: name,
+                throw WSAMergeError.malformed(file: firstPath, tensor: name,
                                               reason: "dtypes differ between inputs (\(infos.map(\.dtype.rawValue).joined(separator: ", "))): cannot merge an integer tensor with a float one")
             }
-            try requireIdentical(name, sources: sources, inputs: inputs)
+            try requireIdentical(name, holders: holders)
             let kind = first.dtype.isFloat || first.dtype == .C64 ? "not decodable (\(first.dtype.rawValue))" : "integer/bool"
             return copy("\(kind), identical in every input")
         }
         let dtype = outputDType ?? first.dtype
         guard dtype.isEncodable else {
-            throw WSAMergeError.malformed(file: inputs[sources[0].input].path, tensor: name,
-                                          reason: "cannot write merged values as \(dtype.rawValue); pass --dtype F64, F32, F16 or BF16")
+            throw WSAMergeError.hinted(.malformed(file: firstPath, tensor: name, reason: "cannot write merged values as \(dtype.rawValue)"),
+                                       .outputDType)
         }
-        let output = try TensorInfo(name: name, dtype: dtype, shape: first.shape, file: inputs[sources[0].input].path)
-        return Item(name: name, output: output, sources: sources, weights: itemWeights, action: .merge)
+        let output = try TensorInfo(name: name, dtype: dtype, shape: first.shape, file: firstPath)
+        return Item(number: number, name: name, output: output, sources: sources, base: base, action: .merge)
     }
 
     /// Refuses tensors that cannot be merged unless every input holds the same bytes.
-    private static func requireIdentical(_ name: String, sources: [(input: Int, index: Int)], inputs: [Checkpoint]) throws {
-        let infos = sources.map { inputs[$0.input].tensors[$0.index] }
-        let differ = WSAMergeError.malformed(file: inputs[sources[0].input].path, tensor: name,
+    private static func requireIdentical(_ name: String, holders: [(checkpoint: Checkpoint, index: Int)]) throws {
+        let infos = holders.map { $0.checkpoint.tensors[$0.index] }
+        let differ = WSAMergeError.malformed(file: holders[0].checkpoint.path, tensor: name,
                                              reason: "\(infos[0].dtype.rawValue) tensors cannot be merged and differ between inputs")
         guard infos.allSatisfy({ $0.dtype == infos[0].dtype }) else { throw differ }
-        let readers = try sources.map { try inputs[$0.input].reader(for: $0.index) }
+        let readers = try holders.map { try $0.checkpoint.reader(for: $0.index) }
         let chunk = 1 << 20
         let buffers = readers.map { _ in RawBuffer(byteCount: chunk) }
         while readers[0].remaining > 0 {

@@ -1,109 +1,135 @@
 import CKernels
 
-/// A way to merge one tensor from several inputs. Adding a strategy is one new file with a
-/// type conforming to this protocol and one line in `Strategies.all`.
-public protocol MergeStrategy {
-    /// The `--strategy` value.
-    static var identifier: String { get }
-    /// One line for `wsamerge strategies` and `--help`.
-    static var summary: String { get }
-    /// The options this strategy reads, for `wsamerge strategies`.
-    static var options: [StrategyOption] { get }
+/// A merge method. Adding one is one new file in `Methods/` with a type conforming to this
+/// protocol, and one line in `Strategies.all`.
+///
+/// The flow: `init(_:)` checks what the method needs and reads what it must know before
+/// anything is written (it also runs for `--dry-run`); `measured()` runs the read-only passes
+/// over the whole model that are faster done for every tensor side by side (not for
+/// `--dry-run`) and returns the merger; `merge` then writes one tensor at a time.
+public protocol MergeStrategy: Sendable {
+    static var declaration: StrategyDeclaration { get }
 
-    /// Builds the strategy from the command's settings, refusing what it cannot use.
-    init(_ settings: StrategySettings) throws
+    /// Checks the plan and parameters for this method, refusing what it cannot merge.
+    init(_ context: MergeContext) throws
 
-    /// Options in effect, written into the output metadata as `wsamerge.<key>`.
+    /// Runs whole-model read-only passes and returns what merges each tensor.
+    func measured() throws -> any TensorMerge
+
+    /// Provenance written into the output metadata as `wsamerge.<key>`, besides the parameters.
     var provenance: [(String, String)] { get }
+}
 
-    /// Runs once after the plan is checked and before anything is written (e.g. Fisher's pass
-    /// over the Fisher files). Errors here still leave nothing behind.
-    mutating func prepare(_ plan: MergePlan, jobs: Int) throws
-
-    /// Runs once before the first tensor is merged, not for `--dry-run`: read-only passes the
-    /// merge needs for every tensor (e.g. WSA's input scopes), which are faster done for all
-    /// tensors side by side than one tensor at a time between writes.
-    mutating func measure(_ plan: MergePlan, jobs: Int) throws
-
-    /// Merges `item`, streaming its inputs as often as the method needs and sending the output
-    /// values, in order, to `output` exactly once.
-    func merge(_ item: MergePlan.Item, plan: MergePlan, jobs: Int, output: Lockstep.Output) throws -> TensorMergeResult
+/// Merges one tensor: streams its inputs as often as the method needs (read-only passes, then
+/// one writing pass) and sends the output values, in order, to `output` exactly once.
+public protocol TensorMerge: Sendable {
+    func merge(_ item: MergePlan.Item, output: Lockstep.Output) throws -> TensorMergeResult
 }
 
 extension MergeStrategy {
-    public mutating func prepare(_ plan: MergePlan, jobs: Int) throws {}
-    public mutating func measure(_ plan: MergePlan, jobs: Int) throws {}
+    public var provenance: [(String, String)] { [] }
 }
 
-/// An option a strategy reads.
-public struct StrategyOption: Sendable {
-    public let name: String
-    public let defaultValue: String?
-    public let help: String
+extension MergeStrategy where Self: TensorMerge {
+    /// A method without whole-model passes merges with itself.
+    public func measured() throws -> any TensorMerge { self }
+}
+
+/// What a method is given: the checked plan, its parameters, its extra files and the jobs.
+public struct MergeContext: Sendable {
+    public let plan: MergePlan
+    public let parameters: ResolvedParameters
+    /// Per-input checkpoints by file role (`fisher`), in input order.
+    public let files: [String: [Checkpoint]]
+    /// Shared files by role (`target_scope`).
+    public let paths: [String: String]
+    /// Worker threads.
+    public let jobs: Int
+
+    public init(plan: MergePlan, parameters: ResolvedParameters, files: [String: [Checkpoint]] = [:],
+                paths: [String: String] = [:], jobs: Int) {
+        self.plan = plan
+        self.parameters = parameters
+        self.files = files
+        self.paths = paths
+        self.jobs = jobs
+    }
+
+    /// Readers of every input of `item`, in input order (the base not included).
+    public func readers(_ item: MergePlan.Item) throws -> [TensorReader] { try plan.readers(item) }
+
+    /// A reader of the base's tensor of `item`.
+    public func baseReader(_ item: MergePlan.Item) throws -> TensorReader {
+        guard let base = plan.base, let index = item.base else {
+            preconditionFailure("\(parameters.declaration.identifier) reads a base the plan does not hold")
+        }
+        return try base.reader(for: index)
+    }
+
+    /// The per-input `weight` of each source of `item`, normalised to sum 1 over the sources
+    /// (average, fisher, wsa: finite, ≥ 0, positive sum).
+    public func normalizedWeights(_ item: MergePlan.Item) throws -> [Double] {
+        let raw = try item.sources.map { try parameters.number("weight", input: $0.input, tensor: item.name) }
+        return try Weights.normalized(raw, method: parameters.declaration.identifier, tensor: item.name)
+    }
 }
 
 /// What happened to one merged tensor, for the report.
-public struct TensorMergeResult {
+public struct TensorMergeResult: Sendable {
     public var method: String
     public var fused: Scope?
     /// Whether some input value was NaN or infinite.
     public var nonFinite = false
     /// Whether the strategy fell back to another method for this tensor (zero std, no target).
     public var fallback = false
+    /// Method-specific figures for the report (kept fractions, interpolation factors, branches).
+    public var details: [(String, JSON)] = []
 
-    public init(method: String, fused: Scope? = nil, nonFinite: Bool = false, fallback: Bool = false) {
+    public init(method: String, fused: Scope? = nil, nonFinite: Bool = false, fallback: Bool = false,
+                details: [(String, JSON)] = []) {
         self.method = method
         self.fused = fused
         self.nonFinite = nonFinite
         self.fallback = fallback
+        self.details = details
     }
-}
-
-/// Every strategy setting the command line can give; each strategy reads its own.
-public struct StrategySettings {
-    public var fisherPaths: [String] = []
-    public var fisherEpsilon = 1e-6
-    public var fisherNormalize: FisherNormalize = .global
-    public var wsaMinRank = 2
-    public var scopeFusion: ScopeFusion = .linear
-    public var targetScopePath: String?
-    public var wsaRescale: WSARescale = .inputs
-
-    public init() {}
 }
 
 /// The registry: every strategy `fuse` knows, in the order `wsamerge strategies` lists them.
 public enum Strategies {
-    public static let all: [any MergeStrategy.Type] = [AverageStrategy.self, FisherStrategy.self, WSAStrategy.self]
+    public static let all: [any MergeStrategy.Type] = [
+        AverageStrategy.self, FisherStrategy.self, WSAStrategy.self,
+        TaskVector<TaskArithmetic>.self, TaskVector<TIES>.self, TaskVector<DARELinear>.self, TaskVector<DARETies>.self,
+        TaskVector<Breadcrumbs>.self, TaskVector<BreadcrumbsTies>.self, TaskVector<DELLALinear>.self, TaskVector<DELLA>.self,
+        PassthroughStrategy.self, SlerpStrategy.self, NuSlerpStrategy.self, MultiSlerpStrategy.self, KarcherStrategy.self,
+        ModelStockStrategy.self, NearSwapStrategy.self,
+    ]
 
-    public static func named(_ identifier: String) -> (any MergeStrategy.Type)? {
-        all.first { $0.identifier == identifier }
+    /// The strategy called `name` (or by one of its aliases).
+    public static func named(_ name: String) -> (any MergeStrategy.Type)? {
+        all.first { $0.declaration.identifier == name || $0.declaration.aliases.contains(name) }
+    }
+
+    /// Every identifier, then the aliases.
+    public static var names: [String] {
+        all.map { $0.declaration.identifier } + all.flatMap { $0.declaration.aliases }
     }
 
     /// The registry as JSON.
-    public static var json: JSON {
-        .array(all.map { strategy in
-            .object([
-                ("identifier", .string(strategy.identifier)),
-                ("summary", .string(strategy.summary)),
-                ("options", .array(strategy.options.map { option in
-                    .object([("name", .string(option.name)),
-                             ("default", option.defaultValue.map { .string($0) } ?? .null),
-                             ("help", .string(option.help))])
-                })),
-            ])
-        })
-    }
+    public static var json: JSON { .array(all.map { $0.declaration.json }) }
 }
 
-/// A pass that writes `Σ w_k x_k` (the shared fallback of every strategy).
-func weightedAverage(_ readers: [TensorReader], weights: [Double], jobs: Int, output: Lockstep.Output) throws -> Bool {
+/// A pass that writes `Σ w_k x_k / divisor` (the shared fallback of every strategy; a divisor
+/// of 1 divides nothing).
+func weightedAverage(_ readers: [TensorReader], weights: [Double], divisor: Double = 1, jobs: Int,
+                     output: Lockstep.Output) throws -> Bool {
     var nonFinite = false
-    let fused = FusedCombine(.average(weights: weights), inputs: readers.map(\.tensor.dtype), output: output.dtype)
+    let fused = FusedCombine(.average(weights: weights, divisor: divisor), inputs: readers.map(\.tensor.dtype), output: output.dtype)
     try Lockstep.run(readers, jobs: jobs, output: output, raw: fused?.kernel(false), kernel: { inputs, count, out in
         // ((w_0 x_0 + w_1 x_1) + w_2 x_2) + …: the order of a plain running sum.
         wsk_scale(out, inputs[0], weights[0], count)
         for k in 1..<inputs.count { wsk_axpy(out, inputs[k], weights[k], count) }
+        if divisor != 1 { for j in 0..<count { out[j] = out[j] / divisor } }
         return containsNonFinite(out, count)
     }, fold: { flags in if flags.contains(true) { nonFinite = true } })
     return nonFinite

@@ -1,13 +1,18 @@
 /// `fuse`: checks everything, then streams every tensor through the strategy into the writer.
 public struct Merger {
-    public struct Request {
+    public struct Request: Sendable {
         public var inputs: [String]
-        public var weights: [Double]?
+        /// `--base`: the model the inputs were fine-tuned from.
+        public var base: String?
+        /// The strategy's identifier or alias.
         public var strategy: String
-        public var settings = StrategySettings()
+        public var parameters = ParameterSettings()
+        /// Extra files by role: per-input roles (`fisher`) list one path per input, shared roles
+        /// (`target_scope`) one path.
+        public var files: [String: [String]] = [:]
         public var filter = TensorFilter.all
         public var onMissing = OnMissing.error
-        /// `nil` keeps each tensor's dtype from the first input.
+        /// `nil` keeps each tensor's dtype from the base, else the first input.
         public var dtype: DType?
         public var output: OutputOptions
         /// `--metadata k=v` pairs.
@@ -23,8 +28,8 @@ public struct Merger {
     }
 
     public struct Report {
-        public let plan: MergePlan
-        public let strategy: String
+        public let prepared: Prepared
+        public var plan: MergePlan { prepared.plan }
         public let output: String
         public let results: [TensorMergeResult?]
         public let metadata: [String: String]
@@ -36,8 +41,22 @@ public struct Merger {
             zip(plan.items, results).compactMap { item, result in result?.fallback == true ? item.name : nil }
         }
 
+        /// Name, dtype and method of every tensor, for `--format table`.
+        public var table: String {
+            var table = Table(headers: ["name", "dtype", "method"], numericColumns: [])
+            for (item, result) in zip(plan.items, results) {
+                let method: String
+                switch item.action {
+                case .copy(let reason): method = "copy: \(reason)"
+                case .merge: method = result?.method ?? "merge"
+                }
+                table.add([item.name, item.output.dtype.rawValue, method])
+            }
+            return table.text
+        }
+
         public var json: JSON {
-            .object(Merger.reportHeader(plan, strategy: strategy, output: output) + [
+            .object(Merger.reportHeader(prepared, output: output) + [
                 ("tensors", .array(zip(plan.items, results).map { item, result in
                     var fields: [(String, JSON)] = [("name", .string(item.name)), ("dtype", .string(item.output.dtype.rawValue))]
                     switch item.action {
@@ -45,59 +64,128 @@ public struct Merger {
                     case .merge: fields.append(("method", .string(result?.method ?? "merge")))
                     }
                     if let fused = result?.fused { fields.append(("fused", fused.json)) }
+                    fields += result?.details ?? []
                     return .object(fields)
                 })),
             ])
         }
     }
 
-    /// Checks every input (and Fisher file) and the output, without writing: the `--dry-run` plan.
-    public static func plan(_ request: Request) throws -> (MergePlan, any MergeStrategy) {
-        guard let strategyType = Strategies.named(request.strategy) else {
-            let known = Strategies.all.map { $0.identifier }.joined(separator: ", ")
-            throw WSAMergeError.usage("unknown strategy '\(request.strategy)' (known: \(known))")
+    /// A checked merge: the plan, the strategy prepared on it, and its context.
+    public struct Prepared: Sendable {
+        public let plan: MergePlan
+        public let strategy: any MergeStrategy
+        public let context: MergeContext
+    }
+
+    /// Checks every input, the base, every extra file and the output, without writing: the
+    /// `--dry-run` plan.
+    ///
+    /// - Parameter strategy: a strategy type outside the registry (else `request.strategy` names one).
+    public static func prepare(_ request: Request, strategy: (any MergeStrategy.Type)? = nil) throws -> Prepared {
+        guard let strategyType = strategy ?? Strategies.named(request.strategy) else {
+            throw WSAMergeError.usage("unknown strategy '\(request.strategy)' (known: \(Strategies.names.joined(separator: ", ")))")
         }
+        let declaration = strategyType.declaration
+        let method = declaration.identifier
         if let dtype = request.dtype, !DType.targets.contains(dtype) {
-            throw WSAMergeError.usage("--dtype \(dtype.rawValue) is not a float type wsamerge can write (use F64, F32, F16 or BF16)")
+            throw WSAMergeError.hinted(.usage("cannot write merged values as \(dtype.rawValue)"), .outputDType)
         }
-        let inputs = try CheckpointReader.open(request.inputs)
-        let weights = try Weights.normalized(request.weights, count: inputs.count)
-        var strategy = try strategyType.init(request.settings)
-        try request.output.precheck(inputs: identities(request, inputs))
-        let plan = try MergePlan(inputs: inputs, weights: weights, filter: request.filter, onMissing: request.onMissing,
+        // Roles: the base, the inputs, the extra files.
+        var inputPaths = request.inputs
+        var basePath = request.base
+        switch declaration.base {
+        case .required where basePath == nil:
+            throw WSAMergeError.usage("\(method) needs a base model (the model the inputs were fine-tuned from)")
+        case .none where basePath != nil:
+            throw WSAMergeError.usage("\(method) takes no base model")
+        case .input:
+            if let path = basePath { inputPaths.insert(path, at: 0) }
+            basePath = nil
+        default:
+            break
+        }
+        guard declaration.inputs.contains(inputPaths.count) else {
+            let range = declaration.inputs
+            let wanted = range.upperBound == Int.max ? "at least \(range.lowerBound)"
+                : range.lowerBound == range.upperBound ? "exactly \(range.lowerBound)" : "\(range.lowerBound) to \(range.upperBound)"
+            let besides = declaration.base == .required || declaration.base == .optional ? " besides the base" : ""
+            throw WSAMergeError.usage("\(method) merges \(wanted) model(s)\(besides); got \(inputPaths.count)")
+        }
+        for (role, paths) in request.files where !declaration.files.contains(where: { $0.name == role }) || paths.isEmpty {
+            if paths.isEmpty { continue }
+            throw WSAMergeError.usage("\(method) reads no \(role) file" + (declaration.files.isEmpty ? ""
+                : " (it reads: \(declaration.files.map(\.name).joined(separator: ", ")))"))
+        }
+        var files: [String: [Checkpoint]] = [:]
+        var paths: [String: String] = [:]
+        for role in declaration.files {
+            let given = request.files[role.name] ?? []
+            switch role.scope {
+            case .perInput:
+                guard !given.isEmpty || !role.required else {
+                    throw WSAMergeError.hinted(.usage("\(method) needs one \(role.name) file per input"), .file(role.name))
+                }
+                guard given.isEmpty || given.count == inputPaths.count else {
+                    throw WSAMergeError.hinted(.usage("\(method): \(given.count) \(role.name) file(s) for \(inputPaths.count) inputs"),
+                                               .file(role.name))
+                }
+            case .shared:
+                guard !given.isEmpty || !role.required else {
+                    throw WSAMergeError.hinted(.usage("\(method) needs a \(role.name) file"), .file(role.name))
+                }
+                guard given.count <= 1 else { throw WSAMergeError.usage("\(method) reads one \(role.name) file") }
+                if let path = given.first { paths[role.name] = path }
+            }
+        }
+        let inputs = try CheckpointReader.open(inputPaths)
+        let base = try basePath.map { try CheckpointReader.open($0) }
+        for role in declaration.files where role.scope == .perInput {
+            if let given = request.files[role.name], !given.isEmpty { files[role.name] = try CheckpointReader.open(given) }
+        }
+        let parameters = try ResolvedParameters(declaration, settings: request.parameters, inputCount: inputs.count,
+                                                tensorNames: (base ?? inputs[0]).tensors.map(\.name))
+        try request.output.precheck(inputs: identities(models: (base.map { [$0] } ?? []) + inputs, files: files, paths: paths))
+        let plan = try MergePlan(inputs: inputs, base: base, filter: request.filter, onMissing: request.onMissing,
                                  outputDType: request.dtype)
-        try strategy.prepare(plan, jobs: request.jobs)
-        return (plan, strategy)
+        let context = MergeContext(plan: plan, parameters: parameters, files: files, paths: paths, jobs: request.jobs)
+        return Prepared(plan: plan, strategy: try strategyType.init(context), context: context)
     }
 
     /// Runs the merge and puts the output in place; nothing appears at `-o` unless it succeeds.
-    public static func run(_ request: Request, progress: Progress? = nil) throws -> Report {
-        var (plan, strategy) = try plan(request)
-        try strategy.measure(plan, jobs: request.jobs)
-        let metadata = outputMetadata(request, plan: plan, strategy: strategy)
+    public static func run(_ request: Request, strategy: (any MergeStrategy.Type)? = nil, progress: Progress? = nil) throws -> Report {
+        let prepared = try prepare(request, strategy: strategy)
+        let plan = prepared.plan
+        let merger = try prepared.strategy.measured()
+        let metadata = outputMetadata(request, prepared: prepared)
         let writer = try makeWriter(request.output, tensors: plan.items.map(\.output), metadata: metadata,
-                                    inputs: identities(request, plan.inputs))
+                                    inputs: identities(models: plan.models, files: prepared.context.files, paths: prepared.context.paths))
         progress?.start(tensors: plan.items.count, bytes: plan.items.reduce(0) { $0 + $1.output.byteCount })
         var results: [TensorMergeResult?] = []
         var nonFinite: [String] = []
         for item in plan.items {
             switch item.action {
             case .copy:
-                let source = item.sources[0]
-                try Converter.copy(try plan.inputs[source.input].reader(for: source.index), to: writer)
+                if let base = plan.base, let index = item.base {
+                    try Converter.copy(try base.reader(for: index), to: writer)
+                } else {
+                    let source = item.sources[0]
+                    try Converter.copy(try plan.inputs[source.input].reader(for: source.index), to: writer)
+                }
                 results.append(nil)
             case .merge:
-                let result = try strategy.merge(item, plan: plan, jobs: request.jobs,
-                                                output: Lockstep.Output(dtype: item.output.dtype, writer: writer))
+                let result = try merger.merge(item, output: Lockstep.Output(dtype: item.output.dtype, writer: writer))
                 if result.nonFinite {
                     if request.strict {
                         // Find the input that holds them (only on this error path).
-                        var culprit = plan.inputs[item.sources[0].input].path
-                        for source in item.sources {
-                            let m = try TensorStatistics.compute(try plan.inputs[source.input].reader(for: source.index), jobs: request.jobs).moments
-                            if let m, m.nan + m.inf > 0 { culprit = plan.inputs[source.input].path; break }
+                        var holders = item.sources.map { (plan.inputs[$0.input], $0.index) }
+                        if let base = plan.base, let index = item.base { holders.insert((base, index), at: 0) }
+                        var culprit = holders[0].0.path
+                        for (checkpoint, index) in holders {
+                            let m = try TensorStatistics.compute(try checkpoint.reader(for: index), jobs: request.jobs).moments
+                            if let m, m.nan + m.inf > 0 { culprit = checkpoint.path; break }
                         }
-                        throw WSAMergeError.malformed(file: culprit, tensor: item.name, reason: "NaN or infinite values (--strict)")
+                        throw WSAMergeError.malformed(file: culprit, tensor: item.name, reason: "NaN or infinite values (refused in strict mode)")
                     }
                     nonFinite.append(item.name)
                 }
@@ -107,48 +195,73 @@ public struct Merger {
         }
         try writer.finish()
         progress?.finish()
-        return Report(plan: plan, strategy: request.strategy, output: request.output.path, results: results,
-                      metadata: metadata, nonFiniteTensors: nonFinite)
+        return Report(prepared: prepared, output: request.output.path, results: results, metadata: metadata,
+                      nonFiniteTensors: nonFinite)
     }
 
-    /// Every file the merge reads — models, Fisher files, the target scope — which `-o` may not name.
-    static func identities(_ request: Request, _ inputs: [Checkpoint]) -> Set<FileIdentity> {
-        var result = inputs.reduce(into: Set<FileIdentity>()) { $0.formUnion($1.identities) }
-        for path in request.settings.fisherPaths + [request.settings.targetScopePath].compactMap({ $0 }) {
+    /// Every file the merge reads — models, base, Fisher files, the target scope — which `-o` may not name.
+    static func identities(models: [Checkpoint], files: [String: [Checkpoint]], paths: [String: String]) -> Set<FileIdentity> {
+        var result = (models + files.values.joined()).reduce(into: Set<FileIdentity>()) { $0.formUnion($1.identities) }
+        for path in paths.values {
             if let identity = FileIdentity(path: path) { result.insert(identity) }
         }
         return result
     }
 
-    /// The first input's metadata plus provenance: `wsamerge.version`, `.strategy`, `.inputs`,
-    /// `.weights`, the strategy's options, then `--metadata` pairs.
-    static func outputMetadata(_ request: Request, plan: MergePlan, strategy: any MergeStrategy) -> [String: String] {
-        var metadata = plan.inputs[0].metadata
+    /// The first model's metadata plus provenance: `wsamerge.version`, `.strategy`, `.inputs`
+    /// (as given), `.base`, `.weights`, `.parameters` (every parameter in effect), the
+    /// strategy's own keys, `.dtype`, then `--metadata` pairs.
+    static func outputMetadata(_ request: Request, prepared: Prepared) -> [String: String] {
+        let plan = prepared.plan
+        var metadata = plan.models[0].metadata
         metadata["wsamerge.version"] = WSAMergeVersion.current
-        metadata["wsamerge.strategy"] = request.strategy
-        metadata["wsamerge.inputs"] = JSON.array(plan.inputs.map { .string(baseName(of: $0.path)) }).text
-        metadata["wsamerge.weights"] = JSON.array(plan.weights.map { .double($0) }).text
-        for (key, value) in strategy.provenance { metadata["wsamerge.\(key)"] = value }
+        metadata["wsamerge.strategy"] = prepared.context.parameters.declaration.identifier
+        metadata["wsamerge.inputs"] = JSON.array(plan.inputs.map { .string($0.path) }).text
+        if let base = plan.base { metadata["wsamerge.base"] = base.path }
+        if let weights = reportWeights(prepared) { metadata["wsamerge.weights"] = weights.text }
+        metadata["wsamerge.parameters"] = prepared.context.parameters.json.text
+        for (role, files) in prepared.context.files { metadata["wsamerge.\(role)"] = JSON.array(files.map { .string($0.path) }).text }
+        for (role, path) in prepared.context.paths { metadata["wsamerge.\(role)"] = path }
+        for (key, value) in prepared.strategy.provenance { metadata["wsamerge.\(key)"] = value }
         if let dtype = request.dtype { metadata["wsamerge.dtype"] = dtype.rawValue }
         for (key, value) in request.extraMetadata { metadata[key] = value }
         return metadata
     }
 
+    /// The merge-wide weights for the report: normalised for the methods that normalise them
+    /// (average, fisher, wsa), as given otherwise; nil when the method has none or they vary by tensor.
+    static func reportWeights(_ prepared: Prepared) -> JSON? {
+        let parameters = prepared.context.parameters
+        guard parameters.declaration.parameter("weight") != nil, let item = prepared.plan.items.first else { return nil }
+        let given = parameters.settings.perInput.first { $0.name == "weight" }?.settings ?? []
+        let shared = parameters.settings.shared.first { $0.name == "weight" }?.setting
+        guard (given.compactMap { $0 } + [shared].compactMap { $0 }).allSatisfy(\.isConstant) else { return nil }
+        let raw = (0..<parameters.inputCount).map { try? parameters.number("weight", input: $0, tensor: item.name) }
+        guard raw.allSatisfy({ $0 != nil }) else { return nil }
+        let weights = parameters.declaration.normalizesWeights
+            ? ((try? Weights.normalized(raw.map { $0! }, method: parameters.declaration.identifier, tensor: item.name)) ?? raw.map { $0! })
+            : raw.map { $0! }
+        return .array(weights.map { .double($0) })
+    }
+
     /// The fields the report and the dry-run plan share.
-    static func reportHeader(_ plan: MergePlan, strategy: String, output: String) -> [(String, JSON)] {
-        [
+    static func reportHeader(_ prepared: Prepared, output: String) -> [(String, JSON)] {
+        var fields: [(String, JSON)] = [
             ("output", .string(output)),
-            ("strategy", .string(strategy)),
-            ("inputs", .array(plan.inputs.map { .string($0.path) })),
-            ("weights", .array(plan.weights.map { .double($0) })),
-            ("tensor_count", .int(plan.items.count)),
+            ("strategy", .string(prepared.context.parameters.declaration.identifier)),
+            ("inputs", .array(prepared.plan.inputs.map { .string($0.path) })),
         ]
+        if let base = prepared.plan.base { fields.append(("base", .string(base.path))) }
+        if let weights = reportWeights(prepared) { fields.append(("weights", weights)) }
+        fields.append(("parameters", prepared.context.parameters.json))
+        fields.append(("tensor_count", .int(prepared.plan.items.count)))
+        return fields
     }
 
     /// The `--dry-run` document: what would be written, tensor by tensor.
-    public static func dryRunJSON(_ plan: MergePlan, request: Request) -> JSON {
-        .object([("dry_run", .bool(true))] + reportHeader(plan, strategy: request.strategy, output: request.output.path) + [
-            ("tensors", .array(plan.items.map { item in
+    public static func dryRunJSON(_ prepared: Prepared, output: String) -> JSON {
+        .object([("dry_run", .bool(true))] + reportHeader(prepared, output: output) + [
+            ("tensors", .array(prepared.plan.items.map { item in
                 var action: String
                 switch item.action {
                 case .merge: action = "merge"
@@ -157,7 +270,7 @@ public struct Merger {
                 return .object([
                     ("name", .string(item.name)), ("dtype", .string(item.output.dtype.rawValue)),
                     ("shape", .array(item.output.shape.map { .int($0) })), ("action", .string(action)),
-                    ("inputs", .int(item.sources.count)),
+                    ("inputs", .int(item.sources.count + (item.base == nil ? 0 : 1))),
                 ])
             })),
         ])

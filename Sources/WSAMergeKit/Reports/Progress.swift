@@ -1,16 +1,21 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Synchronization
 
 /// One progress line on stderr, redrawn in place: tensors done / total, bytes, rate, ETA.
 /// Shown only when stderr is a terminal, `TERM` is not `dumb` and `--quiet` was not given.
-public final class Progress {
-    private var totalTensors = 0
-    private var totalBytes = 0
-    private var doneTensors = 0
-    private var doneBytes = 0
-    private var started = 0.0
-    private var lastDraw = 0.0
+public final class Progress: Sendable {
+    private struct State {
+        var totalTensors = 0
+        var totalBytes = 0
+        var doneTensors = 0
+        var doneBytes = 0
+        var started = 0.0
+        var lastDraw = 0.0
+    }
+
+    private let state = Mutex(State())
     private let label: String
 
     /// A progress line for `label`, or `nil` when it should not be shown.
@@ -22,31 +27,36 @@ public final class Progress {
     init(label: String) { self.label = label }
 
     func start(tensors: Int, bytes: Int) {
-        totalTensors = tensors
-        totalBytes = bytes
-        started = now()
-    }
-
-    func tensorDone(bytes: Int) {
-        doneTensors += 1
-        doneBytes += bytes
         let t = now()
-        if t - lastDraw >= 0.1 || doneTensors == totalTensors {
-            lastDraw = t
-            draw(elapsed: t - started)
+        state.withLock { state in
+            state.totalTensors = tensors
+            state.totalBytes = bytes
+            state.started = t
         }
     }
 
-    func finish() {
-        fputs("\r\u{1B}[K", stderr)
+    /// Counts a finished tensor; safe to call from any thread.
+    func tensorDone(bytes: Int) {
+        let t = now()
+        let line: String? = state.withLock { state in
+            state.doneTensors += 1
+            state.doneBytes += bytes
+            guard t - state.lastDraw >= 0.1 || state.doneTensors == state.totalTensors else { return nil }
+            state.lastDraw = t
+            return describe(state, elapsed: t - state.started)
+        }
+        if let line { StandardError.write("\r\u{1B}[K" + line) }
     }
 
-    private func draw(elapsed: Double) {
-        let rate = elapsed > 0 ? Double(doneBytes) / elapsed : 0
-        let eta = rate > 0 ? Double(totalBytes - doneBytes) / rate : 0
-        let line = "\(label): \(doneTensors)/\(totalTensors) tensors, \(formatBytes(doneBytes)) of \(formatBytes(totalBytes)), "
+    func finish() {
+        StandardError.write("\r\u{1B}[K")
+    }
+
+    private func describe(_ state: State, elapsed: Double) -> String {
+        let rate = elapsed > 0 ? Double(state.doneBytes) / elapsed : 0
+        let eta = rate > 0 ? Double(state.totalBytes - state.doneBytes) / rate : 0
+        return "\(label): \(state.doneTensors)/\(state.totalTensors) tensors, \(formatBytes(state.doneBytes)) of \(formatBytes(state.totalBytes)), "
             + "\(formatBytes(Int(rate)))/s, ETA \(Int(eta.rounded()))s"
-        fputs("\r\u{1B}[K" + line, stderr)
     }
 
     private func now() -> Double {
@@ -67,6 +77,34 @@ public enum StandardError {
 
     /// Colour is on for an interactive stderr unless `NO_COLOR` is set.
     public static let colour: Bool = isInteractive && getenv("NO_COLOR") == nil
+
+    /// Writes `text` to file descriptor 2 (unbuffered, so lines from several threads never mix).
+    public static func write(_ text: String) {
+        _ = writeAll(text, to: 2)
+    }
+}
+
+/// The report stream.
+public enum StandardOutput {
+    /// Writes `text` to file descriptor 1 (one document at a time, unbuffered).
+    public static func write(_ text: String) {
+        _ = writeAll(text, to: 1)
+    }
+}
+
+/// Writes all of `text` to `descriptor`, retrying after signals; false when a write fails.
+func writeAll(_ text: String, to descriptor: Int32) -> Bool {
+    var text = text
+    return text.withUTF8 { bytes in
+        var done = 0
+        while done < bytes.count {
+            let n = Glibc.write(descriptor, bytes.baseAddress! + done, bytes.count - done)
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return false }
+            done += n
+        }
+        return true
+    }
 }
 
 /// `1.2 GB`-style sizes (powers of 1000).

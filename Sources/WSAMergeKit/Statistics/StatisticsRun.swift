@@ -1,5 +1,3 @@
-import Dispatch
-
 /// Measures a checkpoint's tensors.
 public enum StatisticsRun {
     /// Statistics of every tensor `filter` selects, in storage order; whole tensors are measured
@@ -10,12 +8,9 @@ public enum StatisticsRun {
         let bytes = selected.map { checkpoint.tensors[$0].byteCount }
         progress?.start(tensors: selected.count, bytes: bytes.reduce(0, +))
         defer { progress?.finish() }
-        let lock = DispatchSemaphore(value: 1)
         return try parallelMap(sizes: bytes, jobs: jobs, serial: !checkpoint.readsTensorsInParallel) { k, jobs in
             let statistics = try TensorStatistics.compute(try checkpoint.reader(for: selected[k]), jobs: jobs)
-            lock.wait()
             progress?.tensorDone(bytes: bytes[k])
-            lock.signal()
             return statistics
         }
     }

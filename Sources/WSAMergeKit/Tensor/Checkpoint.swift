@@ -1,5 +1,6 @@
 /// A checkpoint: an ordered list of tensors plus string metadata. Headers only: tensor data stays
-/// in the files and is streamed through a `TensorReader` when asked for.
+/// in the files, and each tensor's `TensorSource` streams it when asked.
+// @unchecked: immutable after init; its sources are `Sendable` and `ReadableFile` is.
 public final class Checkpoint: @unchecked Sendable {
     /// The path the user named (file, index or directory).
     public let path: String
@@ -8,75 +9,42 @@ public final class Checkpoint: @unchecked Sendable {
     public let metadata: [String: String]
     /// Tensors in storage order.
     public let tensors: [TensorInfo]
+    /// Where each tensor's bytes come from, in the order of `tensors`.
+    public let sources: [any TensorSource]
     /// Every file this checkpoint reads (shards, archive).
     public let files: [ReadableFile]
     /// Values that are not tensors (PyTorch checkpoints: epoch numbers, hyper-parameters, …).
     public let nonTensors: [NonTensorLeaf]
-    private let locations: [TensorLocation]
-    private let indexByName: [String: Int]
+    private let indexByName: [[UInt8]: Int]
 
-    init(path: String, format: CheckpointFormat, metadata: [String: String], tensors: [TensorInfo],
-         locations: [TensorLocation], files: [ReadableFile], nonTensors: [NonTensorLeaf] = []) {
+    public init(path: String, format: CheckpointFormat, metadata: [String: String], sources: [any TensorSource],
+                files: [ReadableFile], nonTensors: [NonTensorLeaf] = []) {
+        self.nonTensors = nonTensors
         self.path = path
         self.format = format
         self.metadata = metadata
-        self.tensors = tensors
-        self.locations = locations
+        self.sources = sources
+        self.tensors = sources.map(\.tensor)
         self.files = files
-        self.nonTensors = nonTensors
-        var index: [String: Int] = [:]
-        for (i, tensor) in tensors.enumerated() { index[tensor.name] = i }
+        var index: [[UInt8]: Int] = [:]
+        for (i, tensor) in tensors.enumerated() { index[Array(tensor.name.utf8)] = i }
         self.indexByName = index
     }
 
-    /// The position of the tensor called `name`.
-    public func index(of name: String) -> Int? { indexByName[name] }
+    /// The position of the tensor called `name` (names compare byte for byte, as safetensors does).
+    public func index(of name: String) -> Int? { indexByName[Array(name.utf8)] }
 
     /// Total number of elements over all tensors.
     public var parameterCount: Int { tensors.reduce(0) { $0 &+ $1.elementCount } }
 
     /// A reader of tensor `index`'s bytes: C order, little-endian, from the start.
     public func reader(for index: Int) throws -> TensorReader {
-        try TensorReader(tensor: tensors[index], location: locations[index])
+        try TensorReader(sources[index])
     }
 
-    /// Whether several of its tensors may be read at once: not for members of one `.npz` archive
-    /// (libzip cannot share an archive between threads), nor with a Fortran-order array (each is
-    /// transposed in memory, up to 256 MiB, so reading several at once would multiply that).
-    public var readsTensorsInParallel: Bool {
-        format != .npz && !tensors.indices.contains { locations[$0].transposes(tensors[$0]) }
-    }
+    /// Whether several of its tensors may be read at once (see `TensorSource.readsConcurrently`).
+    public var readsTensorsInParallel: Bool { sources.allSatisfy(\.readsConcurrently) }
 
     /// Device/inode of every file read, to refuse writing over an input.
     public var identities: Set<FileIdentity> { Set(files.map(\.identity)) }
-}
-
-/// Where a tensor's stored bytes are and how they are laid out.
-struct TensorLocation {
-    enum Source {
-        /// A byte range of a plain file.
-        case file(ReadableFile, offset: Int)
-        /// A member of a zip archive, after the member's first `skip` bytes.
-        case zipMember(ZipArchive, index: Int, skip: Int)
-        /// A non-contiguous view of a storage in a plain file (PyTorch), gathered in C order.
-        case strided(StridedView)
-    }
-
-    let source: Source
-
-    /// The file the tensor is read from, for messages.
-    var path: String {
-        switch source {
-        case .file(let file, _): file.path
-        case .zipMember(let archive, _, _): archive.path
-        case .strided(let view): view.file.path
-        }
-    }
-    /// Elements are big-endian and must be byte-swapped.
-    var bigEndian = false
-    /// Elements are in Fortran (column-major) order.
-    var fortranOrder = false
-
-    /// Whether `tensor`, stored here, must be transposed (in memory) to be read in C order.
-    func transposes(_ tensor: TensorInfo) -> Bool { fortranOrder && tensor.shape.count > 1 && tensor.byteCount > 0 }
 }

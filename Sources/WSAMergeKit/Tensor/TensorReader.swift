@@ -1,36 +1,22 @@
 /// Streams one tensor's bytes front to back in C order and little-endian byte order, whatever
 /// the file stored: plain slices are read with bounded `pread`s, big-endian elements are swapped
 /// in the caller's buffer, and Fortran-ordered arrays (rare) are transposed once in memory.
-public final class TensorReader {
+// @unchecked: a reader is advanced by one thread at a time; `Lockstep` runs each of a chunk's
+// reads once and joins them before it asks for the next chunk's.
+public final class TensorReader: @unchecked Sendable {
+    /// One read of a chunk, which may run on any thread (see `reads`).
+    public struct Read: Sendable {
+        let run: @Sendable () throws -> Void
+    }
+
     public let tensor: TensorInfo
     private var stream: any ByteStream
-    private let bigEndian: Bool
-    private let swapWidth: Int
     /// Bytes handed out so far.
     public private(set) var position = 0
 
-    init(tensor: TensorInfo, location: TensorLocation) throws {
-        self.tensor = tensor
-        self.bigEndian = location.bigEndian && (tensor.dtype.byteWidth ?? 1) > 1
-        // C64 is two float32s: each part is swapped on its own.
-        swapWidth = tensor.dtype == .C64 ? 4 : (tensor.dtype.byteWidth ?? 1)
-        var raw: any ByteStream
-        switch location.source {
-        case .file(let file, let offset):
-            raw = FileSliceStream(file: file, offset: offset)
-        case .zipMember(let archive, let index, let skip):
-            raw = try archive.openMember(index: index, skip: skip, limit: tensor.byteCount)
-        case .strided(let view):
-            raw = view.open()
-        }
-        if location.transposes(tensor) {
-            guard tensor.byteCount <= TransposedStream.maxBytes else {
-                throw WSAMergeError.malformed(file: location.path, tensor: tensor.name,
-                                              reason: "Fortran-order arrays over \(TransposedStream.maxBytes >> 20) MiB are not supported (save it with numpy.ascontiguousarray)")
-            }
-            raw = try TransposedStream(fortranOrdered: raw, tensor: tensor)
-        }
-        stream = raw
+    init(_ source: any TensorSource) throws {
+        tensor = source.tensor
+        stream = try source.makeStream()
     }
 
     /// Bytes not read yet.
@@ -47,38 +33,40 @@ public final class TensorReader {
         } catch let error as WSAMergeError {
             throw error.naming(tensor: tensor.name)
         }
-        if bigEndian { swapBytes(buffer, width: swapWidth) }
         position += buffer.count
     }
 
-    /// The next `buffer.count` bytes as reads that may run side by side on different threads:
-    /// pieces of about `pieceBytes` (whole elements, in any order) for a slice of a plain file,
-    /// where the position moves past them now; one read for other sources (archive members,
-    /// transposed arrays), which only stream in order, and which moves the position when it runs.
-    /// Each read must run once, and all of one call's reads before the next call's.
+    /// The next `count` bytes, into the start of `buffer`, as reads that may run side by side
+    /// on different threads: pieces of about `pieceBytes` (whole elements, in any order) for a
+    /// slice of a plain file, where the position moves past them now; one read for other sources
+    /// (archive members, transposed arrays), which only stream in order, and which moves the
+    /// position when it runs. Each read must run once, and all of one call's reads before the
+    /// next call's.
     ///
-    /// - Precondition: `buffer.count <= remaining`.
-    public func reads(into buffer: UnsafeMutableRawBufferPointer, pieceBytes: Int) -> [() throws -> Void] {
-        precondition(buffer.count <= remaining, "read past the end of a tensor")
-        guard buffer.count > 0 else { return [] }
+    /// - Precondition: `count <= remaining`, `count <= buffer.byteCount`.
+    func reads(into buffer: RawBuffer, count: Int, pieceBytes: Int) -> [Read] {
+        precondition(count <= remaining && count <= buffer.byteCount, "read past the end of a tensor")
+        guard count > 0 else { return [] }
         guard var slice = stream as? FileSliceStream else {
-            return [{ [self] in try self.read(into: buffer) }]
+            return [Read { [self] in try self.read(into: buffer.prefix(count)) }]
         }
-        let width = swapWidth, bigEndian = bigEndian, name = tensor.name, file = slice.file
-        let piece = Swift.max(width, pieceBytes / width * width)
+        let width = slice.swapWidth, name = tensor.name, file = slice.file
+        let element = Swift.max(1, tensor.dtype.byteWidth ?? 1)
+        let piece = Swift.max(element, pieceBytes / element * element)
         let start = slice.offset
-        slice.offset += buffer.count
+        slice.offset += count
         stream = slice
-        position += buffer.count
-        return stride(from: 0, to: buffer.count, by: piece).map { from in
-            let part = UnsafeMutableRawBufferPointer(rebasing: buffer[from..<Swift.min(buffer.count, from + piece)])
-            return {
+        position += count
+        return stride(from: 0, to: count, by: piece).map { from in
+            let length = Swift.min(count, from + piece) - from
+            return Read {
+                let part = UnsafeMutableRawBufferPointer(start: buffer.base + from, count: length)
                 do {
                     try file.read(into: part, at: start + from)
                 } catch let error as WSAMergeError {
                     throw error.naming(tensor: name)
                 }
-                if bigEndian { swapBytes(part, width: width) }
+                if width > 1 { swapBytes(part, width: width) }
             }
         }
     }
@@ -91,19 +79,16 @@ public final class TensorReader {
     }
 }
 
-/// A source of consecutive bytes.
-protocol ByteStream {
-    /// Fills `buffer` completely with the next bytes.
-    mutating func read(into buffer: UnsafeMutableRawBufferPointer) throws
-}
-
-/// Consecutive bytes of a file from `offset` on.
+/// Consecutive bytes of a file from `offset` on, byte-swapped in units of `swapWidth` when that
+/// is more than 1.
 struct FileSliceStream: ByteStream {
     let file: ReadableFile
     var offset: Int
+    var swapWidth = 0
 
     mutating func read(into buffer: UnsafeMutableRawBufferPointer) throws {
         try file.read(into: buffer, at: offset)
+        if swapWidth > 1 { swapBytes(buffer, width: swapWidth) }
         offset += buffer.count
     }
 }

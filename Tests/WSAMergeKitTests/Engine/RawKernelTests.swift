@@ -54,10 +54,9 @@ import Testing
         let (models, fishers) = try inputs()
         defer { for path in models + fishers { Bytes.removeDirectory(of: path) } }
         func merge(fused: Bool) throws -> Data {
-            Lockstep.rawKernelsEnabled = fused
-            defer { Lockstep.rawKernelsEnabled = true }
-            let (bytes, report) = try Self.merge(models, fishers: fishers, strategy: strategy, dtype: dtype,
-                                                 fisherEpsilon: dtype == nil ? 0 : 1e-6)
+            let (bytes, report) = try Lockstep.$rawKernelsEnabled.withValue(fused) {
+                try Self.merge(models, fishers: fishers, strategy: strategy, dtype: dtype, fisherEpsilon: dtype == nil ? 0 : 1e-6)
+            }
             #expect(report.nonFiniteTensors == ["c.weight"])
             return bytes
         }
@@ -74,11 +73,13 @@ import Testing
         let out = NSTemporaryDirectory() + "merge-\(UUID().uuidString).safetensors"
         defer { try? FileManager.default.removeItem(atPath: out) }
         var request = Merger.Request(inputs: models, strategy: strategy, output: OutputOptions(path: out, layout: .safetensors))
-        request.weights = [0.2, 0.5, 0.3]
+        request.parameters.set("weight", perInput: [0.2, 0.5, 0.3].map { .value(.number($0)) })
         request.dtype = dtype
         request.jobs = 2
-        request.settings.fisherPaths = fishers
-        request.settings.fisherEpsilon = fisherEpsilon
+        if strategy == "fisher" {
+            request.files["fisher"] = fishers
+            request.parameters.set("fisher_epsilon", .value(.number(fisherEpsilon)))
+        }
         let report = try Merger.run(request)
         return (try Data(contentsOf: URL(fileURLWithPath: out)), report)
     }
@@ -92,7 +93,7 @@ import Testing
                 (fisher ?? values).withUnsafeBytes { f in
                     var term = wsk_term(x: raw.baseAddress, fisher: f.baseAddress, kind: Int32(WSK_F32), fisher_kind: Int32(WSK_F32),
                                         weight: 1, mean: 0)
-                    return wsk_combine(&term, 1, Int32(fisher == nil ? WSK_AVERAGE : WSK_FISHER), 0, 0, values.count, out, &output) != 0
+                    return wsk_combine(&term, 1, Int32(fisher == nil ? WSK_AVERAGE : WSK_FISHER), 1, 0, values.count, out, &output) != 0
                 }
             }
         }
@@ -119,7 +120,7 @@ import Testing
         var output = [UInt8](repeating: 0, count: x.count * 2)
         let redo = halves.withUnsafeBytes { raw in
             var term = wsk_term(x: raw.baseAddress, fisher: nil, kind: Int32(WSK_F16), fisher_kind: 0, weight: 0.5, mean: 0)
-            return wsk_combine(&term, 1, Int32(WSK_AVERAGE), 0, 0, x.count, Int32(WSK_F16), &output)
+            return wsk_combine(&term, 1, Int32(WSK_AVERAGE), 1, 0, x.count, Int32(WSK_F16), &output)
         }
         #expect(redo == 0 && output == x.flatMap { Bytes.le(Float16($0 / 2).bitPattern) })
     }

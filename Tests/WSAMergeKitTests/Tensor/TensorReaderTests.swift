@@ -22,17 +22,14 @@ struct TensorReaderTests {
         let expected = (0..<1000).flatMap { Bytes.le(Double($0) * 1.5) }
         for path in paths {
             let reader = try CheckpointReader.open(path).reader(for: 0)
-            var bytes = [UInt8](repeating: 0, count: 8000)
-            try bytes.withUnsafeMutableBytes { buffer in
-                // Two calls (3,000 bytes, then the rest), each run back to front.
-                let first = reader.reads(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<3000]), pieceBytes: pieceBytes)
-                let piece = max(8, pieceBytes / 8 * 8)
-                #expect(first.count == (3000 + piece - 1) / piece)
-                for read in first.reversed() { try read() }
-                for read in reader.reads(into: UnsafeMutableRawBufferPointer(rebasing: buffer[3000...]), pieceBytes: pieceBytes).reversed() {
-                    try read()
-                }
-            }
+            // Two calls (3,000 bytes, then the rest), each run back to front.
+            let head = RawBuffer(byteCount: 3000), tail = RawBuffer(byteCount: 5000)
+            let first = reader.reads(into: head, count: 3000, pieceBytes: pieceBytes)
+            let piece = max(8, pieceBytes / 8 * 8)
+            #expect(first.count == (3000 + piece - 1) / piece)
+            for read in first.reversed() { try read.run() }
+            for read in reader.reads(into: tail, count: 5000, pieceBytes: pieceBytes).reversed() { try read.run() }
+            let bytes = Array(UnsafeRawBufferPointer(head.prefix(3000))) + Array(UnsafeRawBufferPointer(tail.prefix(5000)))
             #expect(bytes == expected, "\(path)")
             #expect(reader.remaining == 0)
         }
@@ -46,15 +43,14 @@ struct TensorReaderTests {
         for index in checkpoint.tensors.indices where checkpoint.tensors[index].byteCount >= 16 {
             let expected = try checkpoint.reader(for: index).readAll()
             let reader = try checkpoint.reader(for: index)
-            var bytes = [UInt8](repeating: 0, count: expected.count)
-            try bytes.withUnsafeMutableBytes { buffer in
-                let half = expected.count / 2 / 8 * 8
-                let first = reader.reads(into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<half]), pieceBytes: 8)
-                #expect(first.count == 1 && reader.position == 0)
-                try first[0]()
-                #expect(reader.position == half)
-                for read in reader.reads(into: UnsafeMutableRawBufferPointer(rebasing: buffer[half...]), pieceBytes: 8) { try read() }
-            }
+            let half = expected.count / 2 / 8 * 8
+            let head = RawBuffer(byteCount: half), tail = RawBuffer(byteCount: expected.count - half)
+            let first = reader.reads(into: head, count: half, pieceBytes: 8)
+            #expect(first.count == 1 && reader.position == 0)
+            try first[0].run()
+            #expect(reader.position == half)
+            for read in reader.reads(into: tail, count: expected.count - half, pieceBytes: 8) { try read.run() }
+            let bytes = Array(UnsafeRawBufferPointer(head.prefix(half))) + Array(UnsafeRawBufferPointer(tail.prefix(expected.count - half)))
             #expect(bytes == expected, "\(checkpoint.tensors[index].name)")
         }
     }
@@ -83,12 +79,10 @@ struct TensorReaderTests {
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: paths[1]))
         try handle.truncate(atOffset: try handle.seekToEnd() - 100)
         try handle.close()
-        var bytes = [UInt8](repeating: 0, count: 8000)
-        try bytes.withUnsafeMutableBytes { buffer in
-            let reads = reader.reads(into: buffer, pieceBytes: 4000)
-            try reads[0]()
-            let error = #expect(throws: WSAMergeError.self) { try reads[1]() }
-            #expect(error?.exitCode == 74 && error?.description.contains("truncated while reading") == true)
-        }
+        let buffer = RawBuffer(byteCount: 8000)
+        let reads = reader.reads(into: buffer, count: 8000, pieceBytes: 4000)
+        try reads[0].run()
+        let error = #expect(throws: WSAMergeError.self) { try reads[1].run() }
+        #expect(error?.exitCode == 74 && error?.description.contains("truncated while reading") == true)
     }
 }

@@ -8,7 +8,8 @@ extension TestSupport {
     static func fixture(_ relative: String) -> String { fixtures + "/" + relative }
 
     /// `fixtures/expected_stats.json`: `files` → relative path → `{format, metadata, tensors: [...]}`.
-    static let expectedStats: [String: [String: Any]] = {
+    // Parsed once and only read afterwards; JSONSerialization's values are not `Sendable`.
+    nonisolated(unsafe) static let expectedStats: [String: [String: Any]] = {
         guard let data = FileManager.default.contents(atPath: fixtures + "/expected_stats.json"),
               let root = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
               let files = root["files"] as? [String: [String: Any]] else { return [:] }

@@ -16,17 +16,18 @@ enum NumPyReader {
             throw WSAMergeError.malformed(file: file.path, tensor: name,
                              reason: "data is truncated: \(file.size - offset) bytes present, shape \(info.shape) needs \(info.byteCount)")
         }
-        var location = TensorLocation(source: .file(file, offset: offset))
-        location.bigEndian = header.bigEndian
-        location.fortranOrder = header.fortranOrder
-        return Checkpoint(path: file.path, format: .npy, metadata: [:], tensors: [info], locations: [location], files: [file])
+        let stored = FileSlice(tensor: info, file: file, offset: offset, bigEndian: header.bigEndian)
+        return Checkpoint(path: file.path, format: .npy, metadata: [:], sources: [inCOrder(stored, header)], files: [file])
+    }
+
+    /// Whether a zip archive is a `.npz`: it holds `.npy` members (an empty archive is an empty `.npz`).
+    static func isNpz(_ archive: ZipArchive) -> Bool {
+        archive.members.isEmpty || archive.members.contains { $0.name.hasSuffix(".npy") }
     }
 
     /// A `.npz` archive: every member `NAME.npy` becomes tensor `NAME`, in archive order.
-    static func openNpz(_ file: ReadableFile) throws -> Checkpoint {
-        let archive = try ZipArchive(path: file.path)
-        var tensors: [TensorInfo] = []
-        var locations: [TensorLocation] = []
+    static func openNpz(_ file: ReadableFile, archive: ZipArchive) throws -> Checkpoint {
+        var sources: [any TensorSource] = []
         var seen = Set<String>()
         var totalBytes = 0
         for member in archive.members {
@@ -54,12 +55,14 @@ enum NumPyReader {
                 throw WSAMergeError.malformed(file: file.path, tensor: name, reason: "the archive's arrays add up to more bytes than can be addressed")
             }
             totalBytes = sum
-            var location = TensorLocation(source: .zipMember(archive, index: member.index, skip: offset))
-            location.bigEndian = header.bigEndian
-            location.fortranOrder = header.fortranOrder
-            tensors.append(info)
-            locations.append(location)
+            let stored = ZipMember(tensor: info, archive: archive, index: member.index, skip: offset, bigEndian: header.bigEndian)
+            sources.append(inCOrder(stored, header))
         }
-        return Checkpoint(path: file.path, format: .npz, metadata: [:], tensors: tensors, locations: locations, files: [file])
+        return Checkpoint(path: file.path, format: .npz, metadata: [:], sources: sources, files: [file])
+    }
+
+    /// `stored`, served in C order when the header says it is in Fortran order.
+    private static func inCOrder(_ stored: any TensorSource, _ header: NpyHeader) -> any TensorSource {
+        header.fortranOrder && stored.tensor.shape.count > 1 && stored.tensor.byteCount > 0 ? FortranOrder(stored) : stored
     }
 }

@@ -2,10 +2,12 @@
 import Glibc
 #endif
 import CZip
+import Synchronization
 
 /// A zip archive opened read-only through libzip (with its consistency checks on), listing its
-/// members and streaming one member at a time in bounded reads.
-final class ZipArchive: @unchecked Sendable {
+/// members and streaming one member at a time in bounded reads. libzip cannot use one archive
+/// from two threads at once, so every call into it holds the archive's lock.
+final class ZipArchive: Sendable {
     struct Member {
         let index: Int
         let name: String
@@ -15,7 +17,9 @@ final class ZipArchive: @unchecked Sendable {
 
     let path: String
     let members: [Member]
-    private let archive: OpaquePointer
+    private let lock = Mutex(())
+    // nonisolated(unsafe): libzip's handle is only ever used while `lock` is held (`withLock`).
+    private nonisolated(unsafe) let archive: OpaquePointer
 
     init(path: String) throws {
         self.path = path
@@ -23,7 +27,6 @@ final class ZipArchive: @unchecked Sendable {
         guard let archive = zip_open(path, ZIP_RDONLY | ZIP_CHECKCONS, &code) else {
             throw WSAMergeError.malformed(file: path, reason: "not a readable zip archive: \(ZipArchive.describe(code: code))")
         }
-        self.archive = archive
         let count = zip_get_num_entries(archive, 0)
         var members: [Member] = []
         for i in 0..<max(0, Int(count)) {
@@ -41,17 +44,24 @@ final class ZipArchive: @unchecked Sendable {
             members.append(Member(index: i, name: name, size: size))
         }
         self.members = members
+        self.archive = archive
     }
 
     deinit { zip_discard(archive) }
 
+    /// Runs `body` with libzip's handle, holding the archive's lock.
+    func withLock<R>(_ body: (OpaquePointer) throws -> R) rethrows -> R {
+        try lock.withLock { _ in try body(archive) }
+    }
+
     /// Opens member `index`, discards its first `skip` bytes and yields at most `limit` more.
     func openMember(index: Int, skip: Int, limit: Int) throws -> ZipMemberStream {
         let member = members[index]
-        guard let file = zip_fopen_index(archive, zip_uint64_t(index), 0) else {
-            throw WSAMergeError.malformed(file: path, reason: "zip member '\(member.name)' cannot be opened: \(ZipArchive.lastError(archive))")
+        let file = withLock { zip_fopen_index($0, zip_uint64_t(index), 0) }
+        guard let file else {
+            throw WSAMergeError.malformed(file: path, reason: "zip member '\(member.name)' cannot be opened: \(withLock { ZipArchive.lastError($0) })")
         }
-        var stream = ZipMemberStream(owner: ZipFileHandle(file), archive: self, member: member, remaining: skip + limit,
+        var stream = ZipMemberStream(owner: ZipFileHandle(file, archive: self), archive: self, member: member, remaining: skip + limit,
                                      readsToEnd: skip + limit == member.size)
         if skip > 0 {
             var discard = [UInt8](repeating: 0, count: skip)
@@ -81,15 +91,19 @@ final class ZipArchive: @unchecked Sendable {
     }
 
     fileprivate func error(_ file: OpaquePointer) -> String {
-        String(cString: zip_file_strerror(file))
+        withLock { _ in String(cString: zip_file_strerror(file)) }
     }
 }
 
-/// Owns a libzip member handle.
+/// Owns a libzip member handle, used and closed under its archive's lock.
 final class ZipFileHandle {
     let file: OpaquePointer
-    init(_ file: OpaquePointer) { self.file = file }
-    deinit { zip_fclose(file) }
+    let archive: ZipArchive
+    init(_ file: OpaquePointer, archive: ZipArchive) {
+        self.file = file
+        self.archive = archive
+    }
+    deinit { archive.withLock { _ in _ = zip_fclose(file) } }
 }
 
 /// Consecutive bytes of one zip member, inflated in bounded reads straight into the caller's
@@ -108,7 +122,7 @@ struct ZipMemberStream: ByteStream {
         precondition(buffer.count <= remaining)
         var done = 0
         while done < buffer.count {
-            let n = zip_fread(owner.file, buffer.baseAddress! + done, zip_uint64_t(buffer.count - done))
+            let n = archive.withLock { _ in zip_fread(owner.file, buffer.baseAddress! + done, zip_uint64_t(buffer.count - done)) }
             if n < 0 {
                 throw WSAMergeError.malformed(file: archive.path, reason: "zip member '\(member.name)' is corrupt: \(archive.error(owner.file))")
             }
@@ -125,12 +139,40 @@ struct ZipMemberStream: ByteStream {
     /// member inflates past the size the archive declares.
     private func checkEnd() throws {
         var probe: UInt8 = 0
-        let n = zip_fread(owner.file, &probe, 1)
+        let n = archive.withLock { _ in zip_fread(owner.file, &probe, 1) }
         if n < 0 {
             throw WSAMergeError.malformed(file: archive.path, reason: "zip member '\(member.name)' is corrupt: \(archive.error(owner.file))")
         }
         if n > 0 {
             throw WSAMergeError.malformed(file: archive.path, reason: "zip member '\(member.name)' inflates past its declared size of \(member.size) bytes")
         }
+    }
+}
+
+/// A tensor stored as a `.npy` member of a zip archive, after the member's `skip` header bytes.
+struct ZipMember: TensorSource {
+    let tensor: TensorInfo
+    let archive: ZipArchive
+    let index: Int
+    let skip: Int
+    /// Element width to byte-swap (big-endian data), or 0.
+    let swapWidth: Int
+
+    init(tensor: TensorInfo, archive: ZipArchive, index: Int, skip: Int, bigEndian: Bool) {
+        self.tensor = tensor
+        self.archive = archive
+        self.index = index
+        self.skip = skip
+        swapWidth = bigEndian ? tensor.dtype.swapWidth : 0
+    }
+
+    var path: String { archive.path }
+    /// One member at a time: the archive's lock would make parallel reads wait anyway, and a
+    /// member streams only in order.
+    var readsConcurrently: Bool { false }
+
+    func makeStream() throws -> any ByteStream {
+        let stream = try archive.openMember(index: index, skip: skip, limit: tensor.byteCount)
+        return swapWidth > 1 ? SwappedStream(stored: stream, width: swapWidth) : stream
     }
 }

@@ -17,6 +17,21 @@ struct StridedView: Sendable {
     func open() -> StridedStream { StridedStream(view: self) }
 }
 
+/// A non-contiguous view of a PyTorch storage, served in C order.
+struct StridedSource: TensorSource {
+    let tensor: TensorInfo
+    let view: StridedView
+    /// Element width to byte-swap (big-endian data), or 0.
+    let swapWidth: Int
+
+    var path: String { view.file.path }
+    var readsConcurrently: Bool { true }
+
+    func makeStream() throws -> any ByteStream {
+        swapWidth > 1 ? SwappedStream(stored: view.open(), width: swapWidth) : view.open()
+    }
+}
+
 /// Serves a `StridedView`'s bytes in C order. Each chunk of up to `chunkElements` output elements
 /// is gathered either from one read of the storage span it touches (when that span is small or
 /// dense) or from reads of the runs of nearby elements, in storage order.

@@ -283,13 +283,12 @@ enum PyTorchReader {
 
     /// Opens a zip that holds a `data.pkl` member.
     static func open(_ file: ReadableFile, zip: StoredZip) throws -> Checkpoint {
-        let (tensors, locations, nonTensors) = try read(file, zip: zip)
-        return Checkpoint(path: file.path, format: .pytorch, metadata: [:], tensors: tensors, locations: locations,
-                          files: [file], nonTensors: nonTensors)
+        let (sources, nonTensors) = try read(file, zip: zip)
+        return Checkpoint(path: file.path, format: .pytorch, metadata: [:], sources: sources, files: [file], nonTensors: nonTensors)
     }
 
-    /// Tensors (in the pickle's order), their locations and the non-tensor leaves of one archive.
-    static func read(_ file: ReadableFile, zip: StoredZip) throws -> ([TensorInfo], [TensorLocation], [NonTensorLeaf]) {
+    /// Tensors (in the pickle's order) with where their bytes are, and the non-tensor leaves of one archive.
+    static func read(_ file: ReadableFile, zip: StoredZip) throws -> ([any TensorSource], [NonTensorLeaf]) {
         let path = file.path
         var byName: [String: StoredZip.Member] = [:]
         for member in zip.members {
@@ -318,8 +317,7 @@ enum PyTorchReader {
         if let dot = stem.lastIndex(of: "."), dot != stem.startIndex { stem = String(stem[..<dot]) }
         let contents = try TorchCheckpointContents(pickle: pickle, file: path, rootName: stem)
 
-        var infos: [TensorInfo] = []
-        var locations: [TensorLocation] = []
+        var sources: [any TensorSource] = []
         var seen = Set<String>()
         var storageStart: [String: Int] = [:]
         for entry in contents.tensors {
@@ -340,24 +338,21 @@ enum PyTorchReader {
             guard !overflow, declared == member.size else {
                 throw WSAMergeError.malformed(file: path, tensor: name, reason: "its storage '\(printable(entry.storageKey))' holds \(member.size) bytes, but the pickle declares \(entry.storageElements) elements of \(entry.storageElementBytes) bytes")
             }
-            let location = try locate(entry, info: info, file: file, storageStart: start, storageBytes: member.size)
-            var located = location
-            located.bigEndian = bigEndian
-            infos.append(info)
-            locations.append(located)
+            sources.append(try locate(entry, info: info, file: file, storageStart: start, storageBytes: member.size, bigEndian: bigEndian))
         }
-        return (infos, locations, contents.nonTensors)
+        return (sources, contents.nonTensors)
     }
 
     /// Checks that the view lies inside its storage (checked arithmetic) and says where its bytes are:
     /// a plain file slice when it is C-contiguous, a strided view otherwise.
-    static func locate(_ entry: TorchTensorEntry, info: TensorInfo, file: ReadableFile, storageStart: Int, storageBytes: Int) throws -> TensorLocation {
+    static func locate(_ entry: TorchTensorEntry, info: TensorInfo, file: ReadableFile, storageStart: Int, storageBytes: Int,
+                       bigEndian: Bool = false) throws -> any TensorSource {
         let path = file.path, name = entry.name
         guard let width = entry.dtype.byteWidth else {
             throw WSAMergeError.malformed(file: path, tensor: name, reason: "sub-byte dtype \(entry.dtype.rawValue) in a PyTorch checkpoint")
         }
         if info.elementCount == 0 {
-            return TensorLocation(source: .file(file, offset: storageStart))
+            return FileSlice(tensor: info, file: file, offset: storageStart)
         }
         // The last element the view touches: offset + Σ (size − 1) · stride.
         var last = entry.storageOffset
@@ -381,10 +376,11 @@ enum PyTorchReader {
             expected *= size
         }
         if contiguous {
-            return TensorLocation(source: .file(file, offset: storageStart + entry.storageOffset * width))
+            return FileSlice(tensor: info, file: file, offset: storageStart + entry.storageOffset * width, bigEndian: bigEndian)
         }
-        return TensorLocation(source: .strided(StridedView(file: file, base: storageStart, width: width, shape: entry.shape,
-                                                           strides: entry.strides, offset: entry.storageOffset)))
+        return StridedSource(tensor: info, view: StridedView(file: file, base: storageStart, width: width, shape: entry.shape,
+                                                             strides: entry.strides, offset: entry.storageOffset),
+                             swapWidth: bigEndian ? info.dtype.swapWidth : 0)
     }
 
     /// A sharded checkpoint from its `pytorch_model.bin.index.json`: every shard is a PyTorch
@@ -410,8 +406,7 @@ enum PyTorchReader {
             for (key, value) in pairs { if case .string(let s) = value { metadata[key] = s } }
         }
         let directory = parentDirectory(of: path)
-        var tensors: [TensorInfo] = []
-        var locations: [TensorLocation] = []
+        var sources: [any TensorSource] = []
         var nonTensors: [NonTensorLeaf] = []
         var files: [ReadableFile] = [index]
         var seen = Set<String>()
@@ -421,11 +416,11 @@ enum PyTorchReader {
             guard isPyTorchArchive(archive) else {
                 throw WSAMergeError.malformed(file: file.path, reason: "shard is not a PyTorch checkpoint (no data.pkl member)")
             }
-            let (infos, locs, leaves) = try read(file, zip: archive)
+            let (shardSources, leaves) = try read(file, zip: archive)
             files.append(file)
             nonTensors += leaves
-            for (info, location) in zip(infos, locs) {
-                let name = info.name
+            for source in shardSources {
+                let name = source.tensor.name
                 guard shardOf[name] == shard else {
                     throw WSAMergeError.malformed(file: file.path, tensor: name,
                                                   reason: shardOf[name] == nil ? "not listed in the index's weight_map" : "the index maps it to '\(shardOf[name]!)'")
@@ -433,15 +428,13 @@ enum PyTorchReader {
                 guard seen.insert(name).inserted else {
                     throw WSAMergeError.malformed(file: file.path, tensor: name, reason: "duplicate tensor name across shards")
                 }
-                tensors.append(info)
-                locations.append(location)
+                sources.append(source)
             }
         }
         for (tensor, shard) in shardOf.sorted(by: { $0.key < $1.key }) where !seen.contains(tensor) {
             throw WSAMergeError.malformed(file: directory + "/" + shard, tensor: tensor, reason: "listed in the index but missing from its shard")
         }
         metadata["total_size"] = nil
-        return Checkpoint(path: path, format: .shardedPyTorch, metadata: metadata, tensors: tensors,
-                          locations: locations, files: files, nonTensors: nonTensors)
+        return Checkpoint(path: path, format: .shardedPyTorch, metadata: metadata, sources: sources, files: files, nonTensors: nonTensors)
     }
 }

@@ -15,8 +15,7 @@ enum SafetensorsReader {
         let header = try header(of: file)
         return Checkpoint(
             path: file.path, format: .safetensors, metadata: header.metadata,
-            tensors: header.entries.map(\.info),
-            locations: header.entries.map { TensorLocation(source: .file(file, offset: header.dataStart + $0.begin)) },
+            sources: header.entries.map { FileSlice(tensor: $0.info, file: file, offset: header.dataStart + $0.begin) },
             files: [file])
     }
 
@@ -43,8 +42,7 @@ enum SafetensorsReader {
             for (key, value) in pairs { if case .string(let s) = value { metadata[key] = s } }
         }
         let directory = parentDirectory(of: path)
-        var tensors: [TensorInfo] = []
-        var locations: [TensorLocation] = []
+        var sources: [any TensorSource] = []
         var files: [ReadableFile] = [index]
         var seen = Set<String>()
         for shard in Set(shardOf.values).sorted() {
@@ -61,15 +59,13 @@ enum SafetensorsReader {
                 guard seen.insert(name).inserted else {
                     throw WSAMergeError.malformed(file: file.path, tensor: name, reason: "duplicate tensor name across shards")
                 }
-                tensors.append(entry.info)
-                locations.append(TensorLocation(source: .file(file, offset: header.dataStart + entry.begin)))
+                sources.append(FileSlice(tensor: entry.info, file: file, offset: header.dataStart + entry.begin))
             }
         }
         for (tensor, shard) in shardOf.sorted(by: { $0.key < $1.key }) where !seen.contains(tensor) {
             throw WSAMergeError.malformed(file: directory + "/" + shard, tensor: tensor, reason: "listed in the index but missing from its shard")
         }
         metadata["total_size"] = nil
-        return Checkpoint(path: path, format: .shardedSafetensors, metadata: metadata, tensors: tensors,
-                          locations: locations, files: files)
+        return Checkpoint(path: path, format: .shardedSafetensors, metadata: metadata, sources: sources, files: files)
     }
 }

@@ -81,13 +81,13 @@ enum PyTorchFixtures {
         let path = try Bytes.temporaryFile([UInt8](repeating: 0, count: 64))
         defer { Bytes.removeDirectory(of: path) }
         let file = try ReadableFile(path: path)
-        func locate(_ e: TorchTensorEntry) throws -> TensorLocation {
+        func locate(_ e: TorchTensorEntry) throws -> any TensorSource {
             try PyTorchReader.locate(e, info: TensorInfo(name: "w", dtype: e.dtype, shape: e.shape, file: path), file: file, storageStart: 0, storageBytes: 64)
         }
         // Contiguous views are file slices at the offset; others are strided.
-        if case .file(_, let offset) = try locate(entry(shape: [2, 3], strides: [3, 1], offset: 10)).source { #expect(offset == 40) } else { Issue.record("not a slice") }
-        if case .strided = try locate(entry(shape: [4, 4], strides: [1, 4], offset: 0)).source {} else { Issue.record("not strided") }
-        if case .file = try locate(entry(shape: [1, 16], strides: [999, 1], offset: 0)).source {} else { Issue.record("size-1 stride matters") }
+        if let slice = try locate(entry(shape: [2, 3], strides: [3, 1], offset: 10)) as? FileSlice { #expect(slice.offset == 40) } else { Issue.record("not a slice") }
+        if !(try locate(entry(shape: [4, 4], strides: [1, 4], offset: 0)) is StridedSource) { Issue.record("not strided") }
+        if !(try locate(entry(shape: [1, 16], strides: [999, 1], offset: 0)) is FileSlice) { Issue.record("size-1 stride matters") }
         _ = try locate(entry(shape: [0, 5], strides: [5, 1], offset: 1000))   // empty: touches nothing
         expectMalformed("reaches past its storage") { _ = try locate(entry(shape: [17], strides: [1], offset: 0)) }
         expectMalformed("reaches past its storage") { _ = try locate(entry(shape: [4, 4], strides: [4, 1], offset: 1)) }

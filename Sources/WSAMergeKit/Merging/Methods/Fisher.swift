@@ -13,47 +13,43 @@ public enum FisherNormalize: String, CaseIterable, Sendable {
 /// out = Σ c_i (F_i + ε) x_i / Σ c_i (F_i + ε)
 /// ```
 /// `ε` (`--fisher-epsilon`) is added to every element; `c_i` follows `--fisher-normalize`.
-public struct FisherStrategy: MergeStrategy {
-    public static let identifier = "fisher"
-    public static let summary = "Fisher-weighted average: out = Σ c_i (F_i + ε) x_i / Σ c_i (F_i + ε)."
-    public static let options: [StrategyOption] = [
-        StrategyOption(name: "--fisher", defaultValue: nil, help: "One Fisher checkpoint per input (same tensor names and shapes, values ≥ 0)."),
-        StrategyOption(name: "--fisher-epsilon", defaultValue: "1e-06", help: "Added to every Fisher value."),
-        StrategyOption(name: "--fisher-normalize", defaultValue: "global", help: "global: c_i = w_i / ‖F_i‖₂ over all merged tensors; none: c_i = w_i."),
-    ]
+public struct FisherStrategy: MergeStrategy, TensorMerge {
+    public static let declaration = StrategyDeclaration(
+        identifier: "fisher",
+        summary: "Fisher-weighted average: out = Σ c_i (F_i + ε) x_i / Σ c_i (F_i + ε).",
+        base: .none,
+        files: [FileRole(name: "fisher", scope: .perInput, required: true,
+                         help: "One Fisher checkpoint per input (same tensor names and shapes, values ≥ 0).")],
+        parameters: [
+            ParameterDeclaration("weight", .number, .perInput, default: .number(1), help: "The input's weight w_i (≥ 0; normalised to sum 1)."),
+            ParameterDeclaration("fisher_epsilon", .number, .shared, default: .number(1e-6), help: "ε, added to every Fisher value (≥ 0)."),
+            ParameterDeclaration("fisher_normalize", .choice(FisherNormalize.allCases.map(\.rawValue)), .shared,
+                                 default: .string("global"), help: "global: c_i = w_i / ‖F_i‖₂ over all merged tensors; none: c_i = w_i."),
+        ],
+        normalizesWeights: true)
 
+    let context: MergeContext
     let fisher: [Checkpoint]
-    let epsilon: Double
-    let normalize: FisherNormalize
     /// `c_i / w_i` per input: `1 / ‖F_i‖₂` or 1.
-    private(set) var scale: [Double] = []
-
-    public init(_ settings: StrategySettings) throws {
-        guard !settings.fisherPaths.isEmpty else {
-            throw WSAMergeError.usage("--strategy fisher needs --fisher F_1 … F_n, one Fisher checkpoint per input")
-        }
-        guard settings.fisherEpsilon.isFinite, settings.fisherEpsilon >= 0 else {
-            throw WSAMergeError.usage("--fisher-epsilon must be finite and non-negative")
-        }
-        fisher = try CheckpointReader.open(settings.fisherPaths)
-        epsilon = settings.fisherEpsilon
-        normalize = settings.fisherNormalize
-    }
-
-    public var provenance: [(String, String)] {
-        [("fisher", JSON.array(fisher.map { .string(baseName(of: $0.path)) }).text), ("fisher_epsilon", "\(epsilon)"),
-         ("fisher_normalize", normalize.rawValue)]
-    }
+    let scale: [Double]
+    /// Where each merged tensor's Fisher values are, per source, by item number.
+    let locations: [Int: [Int]]
 
     /// Checks every Fisher tensor the merge needs (present, same shape, finite, ≥ 0) and
     /// computes each model's global norm, streaming the Fisher files once.
-    public mutating func prepare(_ plan: MergePlan, jobs: Int) throws {
-        guard fisher.count == plan.inputs.count else {
-            throw WSAMergeError.usage("--fisher has \(fisher.count) checkpoints for \(plan.inputs.count) inputs")
+    public init(_ context: MergeContext) throws {
+        self.context = context
+        let parameters = context.parameters
+        let fisher = context.files["fisher"] ?? []
+        self.fisher = fisher
+        let items = context.plan.items.filter { $0.action == .merge }
+        for item in items {
+            _ = try context.normalizedWeights(item)
+            let epsilon = try parameters.number("fisher_epsilon", tensor: item.name)
+            guard epsilon >= 0 else { throw WSAMergeError.usage("fisher: fisher_epsilon must be ≥ 0 (got \(epsilon))") }
         }
         var sums = [Double](repeating: 0, count: fisher.count)
         // Every Fisher tensor the merge needs is there, shaped like the model's and decodable.
-        let items = plan.items.filter { $0.action == .merge }
         var locations: [[(file: Checkpoint, index: Int)]] = []
         for item in items {
             locations.append(try item.sources.map { source in
@@ -74,9 +70,10 @@ public struct FisherStrategy: MergeStrategy {
         }
         // One lockstep pass over each tensor's Fisher values of every input; several tensors side
         // by side (unless a checkpoint cannot be read that way: `readsTensorsInParallel`).
-        let checks = try parallelMap(sizes: items.map(\.output.byteCount), jobs: jobs,
+        let toCheck = locations
+        let checks = try parallelMap(sizes: items.map(\.output.byteCount), jobs: context.jobs,
                                      serial: fisher.contains { !$0.readsTensorsInParallel }) { k, jobs in
-            try Self.check(locations[k].map { try $0.file.reader(for: $0.index) }, jobs: jobs)
+            try Self.check(toCheck[k].map { try $0.file.reader(for: $0.index) }, jobs: jobs)
         }
         // Validated and summed in tensor order, so the norms are the same for every `--jobs`.
         for (item, (sources, tensorChecks)) in zip(items, zip(locations, checks)) {
@@ -90,7 +87,9 @@ public struct FisherStrategy: MergeStrategy {
             }
             for (source, check) in zip(item.sources, tensorChecks) { sums[source.input] += check.squares }
         }
-        scale = sums.map { normalize == .global && $0 > 0 ? 1 / $0.squareRoot() : 1 }
+        let global = try items.first.map { try parameters.string("fisher_normalize", tensor: $0.name) == FisherNormalize.global.rawValue } ?? true
+        scale = sums.map { global && $0 > 0 ? 1 / $0.squareRoot() : 1 }
+        self.locations = Dictionary(uniqueKeysWithValues: zip(items.map(\.number), locations.map { $0.map(\.index) }))
     }
 
     /// Σ F², the minimum and finiteness of each reader's Fisher values, in one lockstep pass.
@@ -105,15 +104,16 @@ public struct FisherStrategy: MergeStrategy {
         return checks
     }
 
-    public func merge(_ item: MergePlan.Item, plan: MergePlan, jobs: Int, output: Lockstep.Output) throws -> TensorMergeResult {
-        var readers = try plan.readers(item)
-        for source in item.sources {
-            readers.append(try fisher[source.input].reader(for: fisher[source.input].index(of: item.name)!))
+    public func merge(_ item: MergePlan.Item, output: Lockstep.Output) throws -> TensorMergeResult {
+        var readers = try context.readers(item)
+        for (source, index) in zip(item.sources, locations[item.number] ?? []) {
+            readers.append(try fisher[source.input].reader(for: index))
         }
-        let c = zip(item.sources, item.weights).map { source, w in w * scale[source.input] }
+        let weights = try context.normalizedWeights(item)
+        let c = zip(item.sources, weights).map { source, w in w * scale[source.input] }
         let n = item.sources.count
-        let epsilon = self.epsilon
-        let weights = item.weights
+        let epsilon = try context.parameters.number("fisher_epsilon", tensor: item.name)
+        let jobs = context.jobs
         var nonFinite = false
         let fused = FusedCombine(.fisher(c: c, epsilon: epsilon), inputs: readers.map(\.tensor.dtype), output: output.dtype)
         try Lockstep.run(readers, jobs: jobs, output: output, raw: fused?.kernel(false), kernel: { inputs, count, out in
@@ -139,7 +139,7 @@ public struct FisherStrategy: MergeStrategy {
 
 /// What the Fisher check pass needs of a block: Σ F², the minimum, and whether any value is NaN
 /// or infinite. Folded in block order, so the norm is the same for every `--jobs`.
-struct FisherCheck {
+struct FisherCheck: Sendable {
     var squares = 0.0
     var minimum = Double.infinity
     var nonFinite = false

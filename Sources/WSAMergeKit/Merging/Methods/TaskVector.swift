@@ -1,0 +1,467 @@
+/// The task-vector family (mergekit's `task_arithmetic`, `ties`, `dare_linear`, `dare_ties`,
+/// `breadcrumbs`, `breadcrumbs_ties`, `della_linear`, `della`): one pipeline over the task vectors
+/// `δ_i = x_i − b` of the inputs against the base, per output tensor:
+/// ```
+/// d_i = sparsify(δ_i)        D_i = w_i · d_i
+/// electing methods:  S = Σ D_i,  s = +1 where S ≥ 0 else −1,  keep_i = sign(D_i) == s
+///                    mixed = Σ keep_i D_i,  divisor = Σ keep_i w_i (1 where exactly 0)
+/// others:            mixed = Σ D_i,  divisor = Σ w_i (1 where |Σ w_i| < 1e-8)
+/// out = b + λ · (normalize ? mixed / divisor : mixed)
+/// ```
+/// Each method is a `TaskVectorKind`: which sparsifier, whether it elects signs, its defaults.
+public struct TaskVector<Kind: TaskVectorKind>: MergeStrategy, TensorMerge {
+    public static var declaration: StrategyDeclaration {
+        var parameters = [
+            ParameterDeclaration("weight", .number, .perInput, default: nil, help: "The task vector's weight w_i (any sign; a negative weight flips its vote)."),
+            ParameterDeclaration("density", .number, .perInput, default: .number(1),
+                                 help: Kind.sparsifier == .none ? "Accepted for mergekit recipes; unused." : "Fraction of the task vector kept."),
+        ]
+        if Kind.sparsifier == .outliers {
+            parameters.append(ParameterDeclaration("gamma", .number, .perInput, default: .number(0.01), help: "Fraction of the largest |δ| removed as outliers."))
+        }
+        if Kind.sparsifier == .rankedRandom {
+            parameters.append(ParameterDeclaration("epsilon", .number, .perInput, default: .number(0.15),
+                                                   help: "Keep probabilities span density ± epsilon by magnitude rank in each row."))
+        }
+        parameters.append(ParameterDeclaration("lambda", .number, .shared, default: .number(1), help: "Scale of the merged task vector."))
+        parameters.append(ParameterDeclaration("normalize", .bool, .shared, default: .bool(Kind.normalize), help: "Divide by the sum of the (elected) weights."))
+        if let rescale = Kind.rescale {
+            parameters.append(ParameterDeclaration("rescale", .bool, .shared, default: .bool(rescale),
+                                                   help: "Multiply kept values by ‖δ‖₁ / ‖kept‖₁ (unless either is < 1e-7)."))
+        }
+        if Kind.sparsifier == .random || Kind.sparsifier == .rankedRandom {
+            parameters.append(ParameterDeclaration("seed", .integer, .shared, default: .number(0), help: "Seed of the random draws."))
+        }
+        parameters.append(ParameterDeclaration("int8_mask", .bool, .shared, default: .bool(false), help: "Accepted for mergekit recipes; no numeric effect."))
+        return StrategyDeclaration(identifier: Kind.identifier, summary: Kind.summary, base: .required, inputs: 0...Int.max,
+                                   parameters: parameters)
+    }
+
+    let context: MergeContext
+
+    /// Checks every merged tensor's parameters before anything is read in bulk.
+    public init(_ context: MergeContext) throws {
+        self.context = context
+        for item in context.plan.items where item.action == .merge {
+            _ = try settings(item)
+        }
+    }
+
+    /// The parameters of one tensor, per source (the inputs that hold it).
+    struct Settings {
+        var weights: [Double] = []
+        var densities: [Double] = []
+        var gammas: [Double] = []
+        var epsilons: [Double] = []
+        var lambda = 1.0
+        var normalize = false
+        var rescale = false
+        var seed: UInt64 = 0
+    }
+
+    func settings(_ item: MergePlan.Item) throws -> Settings {
+        let p = context.parameters, name = item.name
+        var s = Settings()
+        for source in item.sources {
+            s.weights.append(try p.number("weight", input: source.input, tensor: name))
+            s.densities.append(try p.number("density", input: source.input, tensor: name))
+            if Kind.sparsifier == .outliers { s.gammas.append(try p.number("gamma", input: source.input, tensor: name)) }
+            if Kind.sparsifier == .rankedRandom { s.epsilons.append(try p.number("epsilon", input: source.input, tensor: name)) }
+        }
+        s.lambda = try p.number("lambda", tensor: name)
+        s.normalize = try p.bool("normalize", tensor: name)
+        if Kind.rescale != nil { s.rescale = try p.bool("rescale", tensor: name) }
+        if Kind.sparsifier == .random || Kind.sparsifier == .rankedRandom {
+            let seed = try p.integer("seed", tensor: name)
+            guard seed >= 0 else { throw WSAMergeError.usage("\(Kind.identifier): seed must be a whole number from 0 to 2^63 − 1") }
+            s.seed = UInt64(seed)
+        }
+        if Kind.sparsifier == .rankedRandom {
+            for (density, epsilon) in zip(s.densities, s.epsilons) where density > 0 && density < 1 {
+                guard density - epsilon > 0, density + epsilon < 1 else {
+                    throw WSAMergeError.malformed(file: context.plan.base?.path ?? "", tensor: name,
+                                                  reason: "\(Kind.identifier) needs 0 < density − epsilon and density + epsilon < 1 (density \(density), epsilon \(epsilon))")
+                }
+            }
+        }
+        return s
+    }
+
+    public func merge(_ item: MergePlan.Item, output: Lockstep.Output) throws -> TensorMergeResult {
+        let s = try settings(item)
+        let n = item.sources.count
+        let count = item.output.elementCount
+        let combiner = Combiner(weights: s.weights, electsSigns: Kind.electsSigns, normalize: s.normalize, lambda: s.lambda)
+        if Kind.sparsifier == .rankedRandom {
+            return try RankedRandom(item: item, settings: s, context: context).merge(combiner: combiner, output: output,
+                                                                                        electsSigns: Kind.electsSigns)
+        }
+        // Read-only passes: each input's kept set (and rescale factor).
+        let rules = try (0..<n).map { try keepRule(item, input: $0, settings: s) }
+        let readers = try context.readers(item) + [try context.baseReader(item)]
+        var tally = Tally(inputs: n)
+        try Lockstep.run(readers, jobs: context.jobs, output: output, positioned: { inputs, count, out, position in
+            var block = Tally(inputs: n)
+            let b = UnsafePointer(inputs[n])
+            for k in 0..<n {
+                // d_k = kept δ_k · scale_k, in place of the decoded input.
+                let x = inputs[k]
+                var rule = rules[k].cursor(at: position)
+                for j in 0..<count {
+                    let delta = x[j] - b[j]
+                    if rule.keeps(delta, magnitude: Swift.abs(delta), at: position + j) {
+                        x[j] = delta * rules[k].scale
+                        block.kept[k] += 1
+                    } else {
+                        x[j] = 0
+                    }
+                }
+            }
+            block.add(combiner.apply(trimmed: Array(inputs[0..<n]), base: b, count: count, into: out))
+            return block
+        }, fold: { blocks in for block in blocks { tally.add(block) } })
+        return TensorMergeResult(method: Kind.identifier, nonFinite: tally.nonFinite, details: tally.details(count: count, electsSigns: Kind.electsSigns))
+    }
+
+    /// Input `k`'s sparsifier for `item`, from read-only passes over `|δ_k|`.
+    func keepRule(_ item: MergePlan.Item, input k: Int, settings s: Settings) throws -> KeepRule {
+        let count = item.output.elementCount
+        let density = s.densities[k]
+        let pass = deltaPass(item, input: k)
+        var rule = KeepRule()
+        switch Kind.sparsifier {
+        case .none, .rankedRandom:
+            return rule
+        case .magnitude:
+            if density >= 1 { return rule }
+            if density <= 0 || count == 0 { rule.window = RankWindow.none; return rule }
+            rule.window = try RankWindow.largest(Swift.max(1, Int(density * Double(count))), of: pass)
+        case .outliers:
+            if density >= 1 { return rule }
+            let t = Swift.max(0, Int(density * Double(count)))
+            let top = Swift.max(0, Int(s.gammas[k] * Double(count)))
+            let bottom = Swift.max(0, count - t - top)
+            rule.window = try RankWindow.positions(bottom, Swift.min(count, bottom + t), of: pass)
+        case .random:
+            if density >= 1 { return rule }
+            rule.draws = (Draws(seed: s.seed, name: item.name, input: item.sources[k].input), density)
+            if s.rescale {
+                let draws = rule.draws!
+                var total = 0.0, kept = 0.0
+                try pass.run({ keys, count, position in
+                    var sums = (0.0, 0.0)
+                    for j in 0..<count {
+                        sums.0 += keys[j]
+                        if draws.0.u(position + j) < draws.1 { sums.1 += keys[j] }
+                    }
+                    return [sums.0, sums.1]
+                }, fold: { blocks in for b in blocks { total += b[0]; kept += b[1] } })
+                rule.scale = Self.rescale(total: total, kept: kept)
+            }
+            return rule
+        }
+        if rule.window!.needsCensus || s.rescale {
+            let sums = try rule.window!.census(pass)
+            if s.rescale { rule.scale = Self.rescale(total: sums.total, kept: sums.kept) }
+        }
+        return rule
+    }
+
+    /// `‖δ‖₁ / ‖kept‖₁`, or 1 when either is below 1e-7.
+    static func rescale(total: Double, kept: Double) -> Double {
+        total < 1e-7 || kept < 1e-7 ? 1 : total / kept
+    }
+
+    /// The key pass `|x_k − b|` over `item`.
+    func deltaPass(_ item: MergePlan.Item, input k: Int) -> KeyPass {
+        let plan = context.plan, source = item.sources[k], base = item.base!
+        return KeyPass(readers: { [try plan.inputs[source.input].reader(for: source.index), try plan.base!.reader(for: base)] },
+                       count: item.output.elementCount, jobs: context.jobs, keys: { inputs, count, keys, _ in
+            for j in 0..<count { keys[j] = Swift.abs(inputs[0][j] - inputs[1][j]) }
+        })
+    }
+}
+
+/// One member of the task-vector family.
+public protocol TaskVectorKind: Sendable {
+    static var identifier: String { get }
+    static var summary: String { get }
+    static var sparsifier: Sparsifier { get }
+    static var electsSigns: Bool { get }
+    static var normalize: Bool { get }
+    /// The `rescale` default, or nil when the method has no such parameter.
+    static var rescale: Bool? { get }
+}
+
+/// How a task vector is trimmed before it is weighted.
+public enum Sparsifier: Sendable {
+    /// Kept whole.
+    case none
+    /// The `k = max(1, ⌊density·N⌋)` largest |δ| (ties: earliest in C order).
+    case magnitude
+    /// Breadcrumbs: sorted positions `bottom … bottom+t−1` of |δ| ascending, `t = ⌊density·N⌋`,
+    /// `bottom = max(0, N − t − ⌊gamma·N⌋)`.
+    case outliers
+    /// DARE: element j kept iff `u_j < density`.
+    case random
+    /// DELLA: kept iff `u_j < p_j`, `p` rising with the magnitude rank within the row.
+    case rankedRandom
+}
+
+public enum TaskArithmetic: TaskVectorKind {
+    public static let identifier = "task_arithmetic", sparsifier = Sparsifier.none, electsSigns = false, normalize = false
+    public static let rescale: Bool? = nil
+    public static let summary = "Task arithmetic: out = b + λ Σ w_i (x_i − b)."
+}
+
+public enum TIES: TaskVectorKind {
+    public static let identifier = "ties", sparsifier = Sparsifier.magnitude, electsSigns = true, normalize = true
+    public static let rescale: Bool? = false
+    public static let summary = "TIES: keep each task vector's largest |δ|, elect signs, average the agreeing values."
+}
+
+public enum DARELinear: TaskVectorKind {
+    public static let identifier = "dare_linear", sparsifier = Sparsifier.random, electsSigns = false, normalize = false
+    public static let rescale: Bool? = true
+    public static let summary = "DARE: drop task-vector elements at random (keep probability density), rescale, add."
+}
+
+public enum DARETies: TaskVectorKind {
+    public static let identifier = "dare_ties", sparsifier = Sparsifier.random, electsSigns = true, normalize = false
+    public static let rescale: Bool? = true
+    public static let summary = "DARE with TIES's sign election."
+}
+
+public enum Breadcrumbs: TaskVectorKind {
+    public static let identifier = "breadcrumbs", sparsifier = Sparsifier.outliers, electsSigns = false, normalize = false
+    public static let rescale: Bool? = false
+    public static let summary = "Model Breadcrumbs: drop the smallest and the largest |δ| (outliers), add the rest."
+}
+
+public enum BreadcrumbsTies: TaskVectorKind {
+    public static let identifier = "breadcrumbs_ties", sparsifier = Sparsifier.outliers, electsSigns = true, normalize = false
+    public static let rescale: Bool? = false
+    public static let summary = "Model Breadcrumbs with TIES's sign election."
+}
+
+public enum DELLALinear: TaskVectorKind {
+    public static let identifier = "della_linear", sparsifier = Sparsifier.rankedRandom, electsSigns = false, normalize = false
+    public static let rescale: Bool? = true
+    public static let summary = "DELLA: drop at random with probabilities ranked by magnitude in each row, rescale, add."
+}
+
+public enum DELLA: TaskVectorKind {
+    public static let identifier = "della", sparsifier = Sparsifier.rankedRandom, electsSigns = true, normalize = true
+    public static let rescale: Bool? = true
+    public static let summary = "DELLA with TIES's sign election."
+}
+
+/// Which elements of one input's task vector are kept, and the factor they are scaled by.
+struct KeepRule: Sendable {
+    /// Kept by rank of |δ| (magnitude, outliers); nil with no window.
+    var window: RankWindow?
+    /// Kept by random draw: `u_j < density`.
+    var draws: (Draws, Double)?
+    var scale = 1.0
+
+    func cursor(at position: Int) -> Cursor { Cursor(window: window?.cursor(at: position), draws: draws) }
+
+    struct Cursor {
+        var window: RankWindow.Cursor?
+        let draws: (Draws, Double)?
+
+        @inline(__always)
+        mutating func keeps(_ delta: Double, magnitude: Double, at j: Int) -> Bool {
+            if window != nil { return window!.keeps(magnitude) }
+            if let (draws, density) = draws { return draws.u(j) < density }
+            return true
+        }
+    }
+}
+
+/// Elects signs, sums and normalises the weighted, trimmed task vectors of a block.
+struct Combiner: Sendable {
+    let weights: [Double]
+    let electsSigns: Bool
+    let normalize: Bool
+    let lambda: Double
+
+    /// `out[j] = b[j] + λ·mixed[j]` from the trimmed task vectors `d_k` (unweighted).
+    func apply(trimmed d: [UnsafeMutablePointer<Double>], base b: UnsafePointer<Double>, count: Int,
+               into out: UnsafeMutablePointer<Double>) -> Tally {
+        var tally = Tally(inputs: 0)
+        let n = d.count
+        let weightSum = weights.reduce(0, +)
+        let plainDivisor = Swift.abs(weightSum) < 1e-8 ? 1 : weightSum
+        for j in 0..<count {
+            var mixed = 0.0, divisor = plainDivisor
+            if electsSigns {
+                var sum = 0.0
+                for k in 0..<n { sum += weights[k] * d[k][j] }
+                let positive = sum >= 0
+                var dropped = false
+                divisor = 0
+                for k in 0..<n {
+                    let v = weights[k] * d[k][j]
+                    if v == 0 { continue }
+                    if (v > 0) == positive {
+                        mixed += v
+                        divisor += weights[k]
+                    } else {
+                        dropped = true
+                    }
+                }
+                if dropped { tally.dropped += 1 }
+                if divisor == 0 { divisor = 1 }
+            } else {
+                for k in 0..<n { mixed += weights[k] * d[k][j] }
+            }
+            if normalize { mixed /= divisor }
+            let y = b[j] + lambda * mixed
+            out[j] = y
+            if !y.isFinite { tally.nonFinite = true }
+        }
+        return tally
+    }
+}
+
+/// What a merge pass counts for the report.
+struct Tally: Sendable {
+    var kept: [Int]
+    var dropped = 0
+    var nonFinite = false
+
+    init(inputs: Int) { kept = [Int](repeating: 0, count: inputs) }
+
+    mutating func add(_ other: Tally) {
+        for k in other.kept.indices { kept[k] += other.kept[k] }
+        dropped += other.dropped
+        nonFinite = nonFinite || other.nonFinite
+    }
+
+    func details(count: Int, electsSigns: Bool) -> [(String, JSON)] {
+        let n = Double(Swift.max(count, 1))
+        var fields: [(String, JSON)] = [("kept", .array(kept.map { .double(Double($0) / n) }))]
+        if electsSigns { fields.append(("sign_dropped", .double(Double(dropped) / n))) }
+        return fields
+    }
+}
+
+/// DELLA's ranked random sparsifier, row by row: ranks run along axis 1 (a row of a matrix; a
+/// 1-D tensor is one row; for rank ≥ 3 the fibres along axis 1), so each slab `x[a, …]` is held
+/// at a time: `p = density − ε + 2ε·(rank − 1)/(L − 1)` (rank 1 = smallest |δ|, ties in C order;
+/// `density − ε` when L = 1), kept iff `u_j < p_j` with j the element's C-order index.
+struct RankedRandom {
+    let item: MergePlan.Item
+    let settings: TaskVector<DELLA>.Settings
+    let context: MergeContext
+    /// Slabs, row length L (axis 1) and the stride between a fibre's elements.
+    let slabs: Int, length: Int, stride: Int
+
+    init<K>(item: MergePlan.Item, settings: TaskVector<K>.Settings, context: MergeContext) {
+        self.item = item
+        self.settings = TaskVector<DELLA>.Settings(weights: settings.weights, densities: settings.densities, gammas: settings.gammas,
+                                                   epsilons: settings.epsilons, lambda: settings.lambda, normalize: settings.normalize,
+                                                   rescale: settings.rescale, seed: settings.seed)
+        self.context = context
+        let shape = item.output.shape
+        switch shape.count {
+        case 0: (slabs, length, stride) = (1, 1, 1)
+        case 1: (slabs, length, stride) = (1, shape[0], 1)
+        default: (slabs, length, stride) = (shape[0], shape[1], shape[2...].reduce(1, *))
+        }
+    }
+
+    var slabElements: Int { length * stride }
+
+    /// Marks in `keep` which elements of input `k`'s slab `a` are kept, from its task vector `delta`.
+    func mask(_ delta: UnsafePointer<Double>, input k: Int, slab a: Int, keep: inout [Bool], order: inout [Int]) {
+        let density = settings.densities[k], epsilon = settings.epsilons[k]
+        let count = slabElements
+        if density >= 1 { for j in 0..<count { keep[j] = true }; return }
+        if density <= 0 { for j in 0..<count { keep[j] = false }; return }
+        let draws = Draws(seed: settings.seed, name: item.name, input: item.sources[k].input)
+        let first = a * count
+        for r in 0..<stride {
+            // Rank the fibre by |δ|, ties by position (a stable sort).
+            for b in 0..<length { order[b] = b }
+            order[0..<length].sort { i, j in
+                let x = Swift.abs(delta[i * stride + r]), y = Swift.abs(delta[j * stride + r])
+                return x < y || (x == y && i < j)
+            }
+            for (rank, b) in order[0..<length].enumerated() {
+                let p = length == 1 ? density - epsilon : density - epsilon + 2 * epsilon * Double(rank) / Double(length - 1)
+                let j = b * stride + r
+                keep[j] = draws.u(first + j) < p
+            }
+        }
+    }
+
+    /// Streams the slabs of `readers` (decoded), calling `body(values, slab)` for each.
+    func slabs(_ readers: [TensorReader], _ body: ([UnsafeMutablePointer<Double>], Int) throws -> Void) throws {
+        let count = slabElements
+        let raw = readers.map { RawBuffer(byteCount: count * ($0.tensor.dtype.byteWidth ?? 1)) }
+        let values = readers.map { _ in RawBuffer(byteCount: count * 8) }
+        for a in 0..<slabs {
+            var decoded: [UnsafeMutablePointer<Double>] = []
+            for (k, reader) in readers.enumerated() {
+                let bytes = raw[k].prefix(count * (reader.tensor.dtype.byteWidth ?? 1))
+                try reader.read(into: bytes)
+                let v = values[k].doubles(count)
+                reader.tensor.dtype.decode(bytes.baseAddress!, count: count, into: v)
+                decoded.append(v)
+            }
+            try body(decoded, a)
+        }
+    }
+
+    func merge(combiner: Combiner, output: Lockstep.Output, electsSigns: Bool) throws -> TensorMergeResult {
+        let n = item.sources.count
+        var keep = [Bool](repeating: false, count: slabElements)
+        var order = [Int](repeating: 0, count: length)
+        // Read-only pass per input: ‖δ‖₁ and ‖kept‖₁ for the rescale.
+        var scales = [Double](repeating: 1, count: n)
+        if settings.rescale {
+            for k in 0..<n where settings.densities[k] < 1 {
+                var total = 0.0, kept = 0.0
+                let readers = [try context.plan.inputs[item.sources[k].input].reader(for: item.sources[k].index), try context.baseReader(item)]
+                try slabs(readers) { values, a in
+                    let x = values[0], b = values[1]
+                    for j in 0..<slabElements { x[j] = x[j] - b[j] }
+                    mask(x, input: k, slab: a, keep: &keep, order: &order)
+                    for j in 0..<slabElements {
+                        total += Swift.abs(x[j])
+                        if keep[j] { kept += Swift.abs(x[j]) }
+                    }
+                }
+                scales[k] = TaskVector<DELLA>.rescale(total: total, kept: kept)
+            }
+        }
+        // The writing pass, slab by slab.
+        var tally = Tally(inputs: n)
+        let out = RawBuffer(byteCount: slabElements * 8)
+        let encoded = RawBuffer(byteCount: slabElements * (output.dtype.byteWidth ?? 8))
+        try slabs(try context.readers(item) + [try context.baseReader(item)]) { values, a in
+            let b = UnsafePointer(values[n])
+            for k in 0..<n {
+                let x = values[k]
+                for j in 0..<slabElements { x[j] = x[j] - b[j] }
+                mask(x, input: k, slab: a, keep: &keep, order: &order)
+                for j in 0..<slabElements {
+                    if keep[j] {
+                        x[j] *= scales[k]
+                        tally.kept[k] += 1
+                    } else {
+                        x[j] = 0
+                    }
+                }
+            }
+            let y = out.doubles(slabElements)
+            tally.add(combiner.apply(trimmed: Array(values[0..<n]), base: b, count: slabElements, into: y))
+            output.dtype.encode(y, count: slabElements, into: encoded.base)
+            try output.writer.write(UnsafeRawBufferPointer(encoded.prefix(slabElements * (output.dtype.byteWidth ?? 8))))
+        }
+        return TensorMergeResult(method: item.output.elementCount == 0 ? "copy (empty)" : (electsSigns ? DELLA.identifier : DELLALinear.identifier),
+                                 nonFinite: tally.nonFinite, details: tally.details(count: item.output.elementCount, electsSigns: electsSigns))
+    }
+}

@@ -1,0 +1,267 @@
+/// How one parameter's value is given: a plain value, a gradient over the layers, or a list of
+/// tensor-name filters (recipes nest them).
+public indirect enum ParameterSetting: Sendable, Equatable {
+    case value(ParameterValue)
+    /// Numbers interpolated piecewise-linearly over the tensor's layer position `t` ∈ [0, 1]:
+    /// ```
+    /// x = t·(len − 1),  i = ⌊x⌋,  f = x − i,  value = v[i]·(1 − f) + v[i+1]·f   (v[len−1] at t = 1)
+    /// ```
+    case gradient([Double])
+    /// The first entry whose filter is a substring of the tensor's name; an entry without a
+    /// filter matches every tensor (the fallback).
+    case filtered([FilteredSetting])
+
+    /// The value for the tensor at `position`, or nil when no filter matches.
+    func value(at position: TensorPosition) -> ParameterValue? {
+        switch self {
+        case .value(let value):
+            return value
+        case .gradient(let values):
+            guard let last = values.last else { return nil }
+            guard values.count > 1 else { return .number(last) }
+            let x = Swift.min(Swift.max(position.t, 0), 1) * Double(values.count - 1)
+            let i = Int(x.rounded(.down))
+            if i >= values.count - 1 { return .number(last) }
+            let f = x - Double(i)
+            return .number(values[i] * (1 - f) + values[i + 1] * f)
+        case .filtered(let entries):
+            for entry in entries where entry.filter.map({ position.name.utf8.contains(substring: $0.utf8) }) ?? true {
+                return entry.setting.value(at: position)
+            }
+            return nil
+        }
+    }
+
+    /// Every plain value the setting can produce (gradient entries as numbers), for type checks.
+    var leaves: [ParameterValue] {
+        switch self {
+        case .value(let value): [value]
+        case .gradient(let values): values.map { .number($0) }
+        case .filtered(let entries): entries.flatMap(\.setting.leaves)
+        }
+    }
+
+    /// Whether the value is the same for every tensor.
+    public var isConstant: Bool { if case .value = self { true } else { false } }
+
+    /// The setting as JSON (provenance and reports): a value, a list of numbers, or
+    /// `[{"filter": …, "value": …}]`.
+    public var json: JSON {
+        switch self {
+        case .value(let value): value.json
+        case .gradient(let values): .array(values.map { .double($0) })
+        case .filtered(let entries):
+            .array(entries.map { entry in
+                .object((entry.filter.map { [("filter", JSON.string($0))] } ?? []) + [("value", entry.setting.json)])
+            })
+        }
+    }
+}
+
+/// One entry of a filtered setting.
+public struct FilteredSetting: Sendable, Equatable {
+    /// A substring of the tensor name; `nil` matches every tensor.
+    public var filter: String?
+    public var setting: ParameterSetting
+
+    public init(filter: String?, setting: ParameterSetting) {
+        self.filter = filter
+        self.setting = setting
+    }
+}
+
+/// Where a tensor sits in the model, for settings that vary by tensor.
+public struct TensorPosition: Sendable, Equatable {
+    public let name: String
+    /// `i/(L−1)` for the i-th of the model's L layers (1 when there is one layer); 0 for tensors
+    /// outside the layers (embeddings, final norm, head), as mergekit evaluates gradients.
+    public let t: Double
+
+    public init(name: String, t: Double) {
+        self.name = name
+        self.t = t
+    }
+}
+
+/// The parameter values a user gave, before they are checked against a method.
+public struct ParameterSettings: Sendable, Equatable {
+    /// Settings for the whole merge (for a per-input parameter: every input's value).
+    public var shared: [(name: String, setting: ParameterSetting)] = []
+    /// Settings of per-input parameters by input (inputs besides the base, in order); `nil`
+    /// where an input has none of its own. They take precedence over `shared`.
+    public var perInput: [(name: String, settings: [ParameterSetting?])] = []
+
+    public init() {}
+
+    /// Sets `name` for the whole merge, replacing an earlier setting.
+    public mutating func set(_ name: String, _ setting: ParameterSetting) {
+        shared.removeAll { $0.name == name }
+        shared.append((name, setting))
+    }
+
+    /// Sets `name` input by input, replacing an earlier setting.
+    public mutating func set(_ name: String, perInput settings: [ParameterSetting?]) {
+        perInput.removeAll { $0.name == name }
+        perInput.append((name, settings))
+    }
+
+    /// Sets `name` from command-line words: one word for the whole merge, or one word per input
+    /// for a per-input parameter. Words are read as the declared type wants them.
+    public mutating func assign(_ name: String, words: [String], for declaration: StrategyDeclaration) throws {
+        let method = declaration.identifier
+        guard let parameter = declaration.parameter(name) else {
+            let known = declaration.parameters.map(\.name)
+            throw WSAMergeError.usage(known.isEmpty ? "\(method) takes no parameters (got '\(name)')"
+                                                    : "\(method) has no parameter '\(name)' (its parameters: \(known.joined(separator: ", ")))")
+        }
+        let values = words.map { ParameterSetting.value(ParameterValue(parsing: $0, as: parameter.kind)) }
+        if values.count == 1 {
+            set(name, values[0])
+        } else {
+            guard parameter.scope == .perInput else {
+                throw WSAMergeError.usage("\(method): parameter '\(name)' is shared by all inputs; give it one value")
+            }
+            set(name, perInput: values)
+        }
+    }
+
+    /// Every parameter name given, in order.
+    public var names: [String] { shared.map(\.name) + perInput.map(\.name).filter { name in !shared.contains { $0.name == name } } }
+
+    public static func == (a: ParameterSettings, b: ParameterSettings) -> Bool {
+        a.shared.map(\.name) == b.shared.map(\.name) && a.shared.map(\.setting) == b.shared.map(\.setting)
+            && a.perInput.map(\.name) == b.perInput.map(\.name) && a.perInput.map(\.settings) == b.perInput.map(\.settings)
+    }
+}
+
+/// A method's parameters checked against its declaration, answering "what is parameter P of
+/// input i for tensor T?" with precedence per input > whole merge > the method's default.
+public struct ResolvedParameters: Sendable {
+    public let declaration: StrategyDeclaration
+    public let settings: ParameterSettings
+    /// Inputs besides the base.
+    public let inputCount: Int
+    /// Position `t` of each layer index, from the plan's tensor names.
+    private let layerPositions: [Int: Double]
+
+    /// Checks every setting against the declaration: unknown names, scope, per-input counts and
+    /// the type of every value.
+    public init(_ declaration: StrategyDeclaration, settings: ParameterSettings, inputCount: Int,
+                tensorNames: [String] = []) throws {
+        let method = declaration.identifier
+        func unknown(_ name: String) -> WSAMergeError {
+            let known = declaration.parameters.map(\.name)
+            return .usage(known.isEmpty ? "\(method) takes no parameters (got '\(name)')"
+                                        : "\(method) has no parameter '\(name)' (its parameters: \(known.joined(separator: ", ")))")
+        }
+        func check(_ parameter: ParameterDeclaration, _ setting: ParameterSetting) throws {
+            for leaf in setting.leaves where parameter.check(leaf) == nil {
+                throw WSAMergeError.usage("\(method): parameter '\(parameter.name)' expects \(parameter.expectation), got '\(leaf)'")
+            }
+        }
+        for (name, setting) in settings.shared {
+            guard let parameter = declaration.parameter(name) else { throw unknown(name) }
+            try check(parameter, setting)
+        }
+        for (name, perInput) in settings.perInput {
+            guard let parameter = declaration.parameter(name) else { throw unknown(name) }
+            guard parameter.scope == .perInput else {
+                throw WSAMergeError.usage("\(method): parameter '\(name)' is shared by all inputs; give it one value")
+            }
+            guard perInput.count == inputCount else {
+                throw WSAMergeError.hinted(.usage("\(method): parameter '\(name)' has \(perInput.count) values for \(inputCount) inputs"),
+                                           .parameter(name))
+            }
+            for setting in perInput.compactMap({ $0 }) { try check(parameter, setting) }
+        }
+        self.declaration = declaration
+        self.settings = settings
+        self.inputCount = inputCount
+        let layers = Set(tensorNames.compactMap { LayerGroups.layerIndex(of: $0) }).sorted()
+        var positions: [Int: Double] = [:]
+        for (rank, layer) in layers.enumerated() {
+            positions[layer] = layers.count > 1 ? Double(rank) / Double(layers.count - 1) : 1
+        }
+        layerPositions = positions
+    }
+
+    /// The position of the tensor called `name`.
+    public func position(of name: String) -> TensorPosition {
+        TensorPosition(name: name, t: LayerGroups.layerIndex(of: name).flatMap { layerPositions[$0] } ?? 0)
+    }
+
+    /// Whether the user gave `name` at all.
+    public func isGiven(_ name: String) -> Bool {
+        settings.shared.contains { $0.name == name } || settings.perInput.contains { $0.name == name }
+    }
+
+    /// Parameter `name` (of `input`, for a per-input parameter) for the tensor called `tensor`.
+    public func value(_ name: String, input: Int? = nil, tensor: String) throws -> ParameterValue {
+        let method = declaration.identifier
+        guard let parameter = declaration.parameter(name) else {
+            preconditionFailure("\(method) reads parameter '\(name)' it does not declare")
+        }
+        let position = position(of: tensor)
+        if let input, let own = settings.perInput.first(where: { $0.name == name })?.settings[input],
+           let value = own.value(at: position) {
+            return parameter.check(value) ?? value
+        }
+        if let shared = settings.shared.first(where: { $0.name == name })?.setting, let value = shared.value(at: position) {
+            return parameter.check(value) ?? value
+        }
+        if let value = parameter.defaultValue { return value }
+        let whose = input.map { " for input \($0 + 1)" } ?? ""
+        throw WSAMergeError.hinted(.usage("\(method) needs parameter '\(name)'\(whose) (tensor '\(tensor)')"), .parameter(name))
+    }
+
+    public func number(_ name: String, input: Int? = nil, tensor: String) throws -> Double {
+        try value(name, input: input, tensor: tensor).number!
+    }
+
+    public func integer(_ name: String, tensor: String) throws -> Int {
+        try value(name, tensor: tensor).integer!
+    }
+
+    public func bool(_ name: String, tensor: String) throws -> Bool {
+        try value(name, tensor: tensor).bool!
+    }
+
+    public func string(_ name: String, tensor: String) throws -> String {
+        try value(name, tensor: tensor).string!
+    }
+
+    /// A per-input number for every input, in input order.
+    public func numbers(_ name: String, tensor: String) throws -> [Double] {
+        try (0..<inputCount).map { try number(name, input: $0, tensor: tensor) }
+    }
+
+    /// The settings as JSON, for provenance and the report: every given parameter, then the
+    /// defaults of the others.
+    public var json: JSON {
+        var fields: [(String, JSON)] = []
+        for parameter in declaration.parameters {
+            if let own = settings.perInput.first(where: { $0.name == parameter.name }) {
+                let shared = settings.shared.first { $0.name == parameter.name }?.setting
+                fields.append((parameter.name, .array(own.settings.map { ($0 ?? shared)?.json ?? parameter.defaultValue?.json ?? .null })))
+            } else if let shared = settings.shared.first(where: { $0.name == parameter.name }) {
+                fields.append((parameter.name, shared.setting.json))
+            } else if let value = parameter.defaultValue {
+                fields.append((parameter.name, value.json))
+            }
+        }
+        return .object(fields)
+    }
+}
+
+extension Collection where Element == UInt8 {
+    /// Whether `needle` occurs in these bytes (names are compared byte for byte, as safetensors does).
+    func contains<C: Collection>(substring needle: C) -> Bool where C.Element == UInt8 {
+        guard !needle.isEmpty else { return true }
+        let hay = Array(self), pin = Array(needle)
+        guard pin.count <= hay.count else { return false }
+        for start in 0...(hay.count - pin.count) where hay[start] == pin[0] {
+            if hay[start..<(start + pin.count)].elementsEqual(pin) { return true }
+        }
+        return false
+    }
+}

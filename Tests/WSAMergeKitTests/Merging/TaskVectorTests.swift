@@ -1,0 +1,51 @@
+import Foundation
+import Testing
+@testable import WSAMergeKit
+
+/// The task-vector pipeline's guarantees beyond the reference cases (`MethodTests`): the same
+/// bytes for every `--jobs`, and the radix selection for tensors over the in-memory limit gives
+/// the same bytes as the in-memory path.
+@Suite struct TaskVectorTests {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent().path
+    static let methods = root + "/fixtures/methods"
+
+    func merge(_ strategy: String, _ parameters: [(String, [String])], jobs: Int) throws -> Data {
+        let out = NSTemporaryDirectory() + "tv-\(UUID().uuidString).safetensors"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        var request = Merger.Request(inputs: ["ft0", "ft1", "ft2"].map { Self.methods + "/\($0)_bf16.safetensors" }, strategy: strategy,
+                                     output: OutputOptions(path: out, layout: .safetensors))
+        request.base = Self.methods + "/base_bf16.safetensors"
+        request.jobs = jobs
+        let declaration = try #require(Strategies.named(strategy)).declaration
+        try request.parameters.assign("weight", words: ["1", "0.5", "-0.25"], for: declaration)
+        for (name, words) in parameters { try request.parameters.assign(name, words: words, for: declaration) }
+        _ = try Merger.run(request)
+        return try Data(contentsOf: URL(fileURLWithPath: out))
+    }
+
+    static let cases: [(String, [(String, [String])])] = [
+        ("ties", [("density", ["0.3", "0.5", "0.7"])]),
+        ("dare_ties", [("density", ["0.5"])]),
+        ("breadcrumbs_ties", [("density", ["0.6"]), ("gamma", ["0.1"])]),
+        ("della", [("density", ["0.5"])]),
+        ("ties", [("density", ["0.4"]), ("rescale", ["true"])]),
+    ]
+
+    @Test(arguments: cases.indices)
+    func sameBytesForEveryJobs(_ index: Int) throws {
+        let (strategy, parameters) = Self.cases[index]
+        let one = try merge(strategy, parameters, jobs: 1)
+        for jobs in [2, 4] { #expect(try merge(strategy, parameters, jobs: jobs) == one, "\(strategy) --jobs \(jobs)") }
+    }
+
+    @Test(arguments: cases.indices)
+    func radixSelectionMatchesInMemory(_ index: Int) throws {
+        let (strategy, parameters) = Self.cases[index]
+        let inMemory = try merge(strategy, parameters, jobs: 2)
+        for limit in [1, 7, 64] {
+            let radix = try Selection.$limitOverride.withValue(limit) { try merge(strategy, parameters, jobs: 2) }
+            #expect(radix == inMemory, "\(strategy) with a selection limit of \(limit)")
+        }
+    }
+}

@@ -1,0 +1,48 @@
+import Foundation
+import Testing
+@testable import WSAMergeKit
+
+/// `Selection` against sorting, on keys with many ties, with and without radix passes.
+@Suite struct SelectionTests {
+    /// A key pass over one F64 tensor of `values` (keys are the values themselves, ≥ 0).
+    func pass(_ values: [Double]) throws -> (KeyPass, String) {
+        let dir = NSTemporaryDirectory() + "sel-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let path = dir + "/k.safetensors"
+        let header = "{\"k\":{\"dtype\":\"F64\",\"shape\":[\(values.count)],\"data_offsets\":[0,\(values.count * 8)]}}"
+        var bytes = withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian) { Array($0) } + Array(header.utf8)
+        for v in values { bytes += withUnsafeBytes(of: v.bitPattern.littleEndian) { Array($0) } }
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        let checkpoint = try CheckpointReader.open(path)
+        return (KeyPass(readers: { [try checkpoint.reader(for: 0)] }, count: values.count, jobs: 2, keys: { inputs, count, keys, _ in
+            keys.update(from: inputs[0], count: count)
+        }), dir)
+    }
+
+    @Test(arguments: [1 << 30, 50, 3])
+    func ranksMatchSorting(limit: Int) throws {
+        var g = SystemRandomNumberGenerator()
+        // Quantised magnitudes: many exact ties, zeros, one infinity.
+        var values = (0..<10_000).map { _ in Double(Int.random(in: 0..<300, using: &g)) * 0.125 }
+        values[17] = .infinity
+        let (keys, dir) = try pass(values)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let sorted = values.sorted()
+        try Selection.$limitOverride.withValue(limit) {
+            for position in [0, 1, 4999, 9998, 9999] {
+                let rank = try Selection.rank(at: position, of: keys)
+                #expect(rank.value == sorted[position])
+                #expect(rank.less == sorted.firstIndex(of: sorted[position])!)
+                #expect(rank.equal == sorted.filter { $0 == sorted[position] }.count)
+            }
+            // The k largest, ties at the cut-off earliest first: exactly k kept.
+            var window = try RankWindow.largest(1234, of: keys)
+            _ = try window.census(keys)
+            var cursor = window.cursor(at: 0)
+            let kept = values.indices.filter { cursor.keeps(values[$0]) }
+            #expect(kept.count == 1234)
+            let order = values.indices.sorted { values[$0] > values[$1] || (values[$0] == values[$1] && $0 < $1) }
+            #expect(Set(kept) == Set(order.prefix(1234)))
+        }
+    }
+}
