@@ -10,11 +10,12 @@ export WSAMERGE_KERNEL_FLAGS := 1
 
 .PHONY: demo test deps venv build release fixtures bench fuzz man clean
 
-## System packages: libzip and zlib headers (for .npz), jq (for the tested recipes).
+## System packages: libzip and zlib headers (for .npz), jq (for the tested recipes), strace (the
+## test that no process is started by a hostile pickle).
 deps:
-	@if ! pkg-config --exists libzip zlib 2>/dev/null || ! command -v jq >/dev/null; then \
-	  echo "installing libzip-dev zlib1g-dev jq pkg-config"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libzip-dev zlib1g-dev jq pkg-config >/dev/null; \
+	@if ! pkg-config --exists libzip zlib 2>/dev/null || ! command -v jq >/dev/null || ! command -v strace >/dev/null; then \
+	  echo "installing libzip-dev zlib1g-dev jq pkg-config strace"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libzip-dev zlib1g-dev jq pkg-config strace >/dev/null; \
 	fi
 
 ## Python environment for fixtures, interop tests and benchmarks (numpy, safetensors, ml_dtypes).
@@ -34,6 +35,8 @@ release: deps
 fixtures: venv
 	$(PYTHON) fixtures/generate.py fixtures
 	$(PYTHON) fixtures/generate_merge.py fixtures/merge
+	$(PYTHON) fixtures/torch/generate_hostile.py fixtures/torch/hostile
+	@echo "fixtures/torch/generate_torch.py needs torch: run it by hand (see its docstring)"
 
 demo: release
 	@set -e; out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; \
@@ -55,7 +58,7 @@ test: deps venv
 bench: release venv
 	$(PYTHON) bench/run.py --bin $(BIN) $(BENCH_ARGS)
 
-## libFuzzer targets (safetensors header, .npy header, .npz reader), FUZZ_SECONDS each.
+## libFuzzer targets (safetensors header, .npy header, .npz reader, pickle reader), FUZZ_SECONDS each.
 FUZZ_SECONDS ?= 60
 fuzz: deps
 	bash fuzz/build.sh $(FUZZ_SECONDS)

@@ -16,7 +16,7 @@ for c in Sources/CKernels/*.c; do
   "$clang" -c -O2 -ffp-contract=off -fsanitize=address,fuzzer-no-link -I Sources/CKernels/include "$c" -o "$o"
   kernels+=("$o")
 done
-for target in ${FUZZ_TARGETS:-SafetensorsHeaderFuzz NpyHeaderFuzz NpzReaderFuzz}; do
+for target in ${FUZZ_TARGETS:-SafetensorsHeaderFuzz NpyHeaderFuzz NpzReaderFuzz PickleFuzz}; do
   bin=$out/$target
   rm -f "$bin"
   swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name WSAMergeKit \
@@ -28,6 +28,13 @@ for target in ${FUZZ_TARGETS:-SafetensorsHeaderFuzz NpyHeaderFuzz NpzReaderFuzz}
     SafetensorsHeaderFuzz) cp fixtures/*.safetensors fixtures/sharded/*.safetensors "$corpus"/ ;;
     NpyHeaderFuzz) cp fixtures/npy/*.npy "$corpus"/ ;;
     NpzReaderFuzz) cp fixtures/*.npz fixtures/merge/*.npz "$corpus"/ ;;
+    # The data.pkl of every torch fixture and hostile file.
+    PickleFuzz) python3 -c 'import sys, zipfile, os
+for i, p in enumerate(sys.argv[2:]):
+    with zipfile.ZipFile(p) as z:
+        for n in z.namelist():
+            if n.endswith("data.pkl"): open(os.path.join(sys.argv[1], "%d.pkl" % i), "wb").write(z.read(n))
+' "$corpus" $(find fixtures/torch -name '*.pt' -o -name '*.pth' -o -name '*.ckpt' -o -name '*.bin' | grep -v -e compressed -e refused/legacy) ;;
   esac
   if [ -d "fuzz/regressions/$target" ]; then
     "$bin" -runs=0 fuzz/regressions/$target/* >/dev/null 2>&1 || { echo "$target: a regression input crashes"; exit 1; }

@@ -233,7 +233,7 @@ struct FaultTests {
         let cases: [(String, Int32, String)] = [
             (fifo, 66, "not a regular file"),
             (dir + "/dangling.safetensors", 66, "dangling"),
-            (dir + "/empty", 66, "neither"),
+            (dir + "/empty", 66, "holds none of"),
             (dir + "/absent.safetensors", 66, "no such file"),
         ]
         for (path, code, text) in cases {

@@ -1,20 +1,30 @@
 /// Opens any supported checkpoint, recognising the format by content rather than by extension:
-/// a zip archive by its members (`NAME.npy` members: `.npz`), `\x93NUMPY` an `.npy` array, a
-/// JSON object with a `weight_map` a sharded safetensors index, anything else must be a valid
-/// `.safetensors` file. A directory holds either one `*.safetensors.index.json` or one
-/// `model.safetensors`. A new format is one folder under `Formats/` and one line here.
+/// a zip with a `data.pkl` member is a PyTorch checkpoint, another `PK\x03\x04` a `.npz` archive,
+/// `\x93NUMPY` an `.npy` array, a JSON object with a `weight_map` a sharded index (safetensors or
+/// PyTorch shards), a raw pickle stream is refused, anything else must be a valid `.safetensors`
+/// file. A directory holds one `*.safetensors.index.json` or a `model.safetensors`, else a
+/// `pytorch_model.bin.index.json` or a `pytorch_model.bin` (safetensors is preferred). A new format is one folder under `Formats/` and
+/// one line here.
 public enum CheckpointReader {
     public static func open(_ path: String) throws -> Checkpoint {
         if pathKind(path) == .directory { return try openDirectory(path) }
         let file = try ReadableFile(path: path)
         let head = try file.readBytes(at: 0, count: min(64, file.size))
         if head.starts(with: [0x50, 0x4B, 0x03, 0x04]) || head.starts(with: [0x50, 0x4B, 0x05, 0x06]) {
+            // By its members: `*/data.pkl` is PyTorch, `NAME.npy` members a `.npz`. A zip whose
+            // directory the stored-zip reader cannot parse goes to libzip, which says why.
+            if let zip = try? StoredZip(file), PyTorchReader.isPyTorchArchive(zip) {
+                return try PyTorchReader.open(file, zip: zip)
+            }
             let archive = try ZipArchive(path: file.path)
             if NumPyReader.isNpz(archive) { return try NumPyReader.openNpz(file, archive: archive) }
-            throw WSAMergeError.malformed(file: path, reason: "a zip archive that is not a checkpoint wsamerge reads (a .npz holds NAME.npy members)")
+            throw WSAMergeError.malformed(file: path, reason: "a zip archive that is not a checkpoint wsamerge reads (a .npz holds NAME.npy members, a PyTorch checkpoint a data.pkl)")
         }
         if head.starts(with: NpyHeader.magic) {
             return try NumPyReader.openNpy(file)
+        }
+        if !Self.looksLikeSafetensors(head, size: file.size), let refusal = PyTorchReader.rawPickleRefusal(head, path: path) {
+            throw refusal
         }
         if head.starts(with: Array("version https://git-lfs".utf8)) {
             throw WSAMergeError.malformed(file: path, reason: "this is a git-lfs pointer file, not the checkpoint (run 'git lfs pull')")
@@ -66,7 +76,20 @@ public enum CheckpointReader {
         } catch {
             throw WSAMergeError.malformed(file: file.path, reason: "index is not valid JSON: \(error)")
         }
+        if Self.indexNamesPyTorchShards(json, directory: parentDirectory(of: file.path)) {
+            return try PyTorchReader.openSharded(index: file, json: json)
+        }
         return try SafetensorsReader.openSharded(index: file, json: json)
+    }
+
+    /// Whether the first shard an index names (in name order) is a zip archive (PyTorch shards).
+    private static func indexNamesPyTorchShards(_ json: JSON, directory: String) -> Bool {
+        guard case .object(let weightMap)? = json["weight_map"] else { return false }
+        let shards = weightMap.compactMap { if case .string(let s) = $0.1 { s } else { nil } }
+        guard let first = shards.min(), !first.hasPrefix("/"), !first.split(separator: "/").contains(".."),
+              let file = try? ReadableFile(path: directory + "/" + first), file.size >= 4,
+              let head = try? file.readBytes(at: 0, count: 4) else { return false }
+        return head == [0x50, 0x4B, 0x03, 0x04]
     }
 
     private static func openDirectory(_ path: String) throws -> Checkpoint {
@@ -77,6 +100,8 @@ public enum CheckpointReader {
             throw WSAMergeError.malformed(file: path, reason: "directory holds several index files: \(indexes.joined(separator: ", "))")
         }
         if entries.contains("model.safetensors") { return try open(path + "/model.safetensors") }
-        throw WSAMergeError.missingInput(file: path, reason: "directory holds neither a *.safetensors.index.json nor a model.safetensors")
+        if entries.contains("pytorch_model.bin.index.json") { return try open(path + "/pytorch_model.bin.index.json") }
+        if entries.contains("pytorch_model.bin") { return try open(path + "/pytorch_model.bin") }
+        throw WSAMergeError.missingInput(file: path, reason: "directory holds none of *.safetensors.index.json, model.safetensors, pytorch_model.bin.index.json, pytorch_model.bin")
     }
 }

@@ -15,12 +15,19 @@ public enum CheckpointReports {
         [("name", .string(tensor.name)), ("dtype", .string(tensor.dtype.rawValue)), ("shape", .array(tensor.shape.map { .int($0) }))]
     }
 
-    /// `inspect`: the table of contents (headers only).
+    /// `inspect`: the table of contents (headers only). PyTorch inputs also list the values that
+    /// are not tensors: `"non_tensors": [{"name": "epoch", "value": "3"}, …]`.
     public static func inspect(_ checkpoint: Checkpoint, filter: TensorFilter) -> JSON {
         let tensors = checkpoint.tensors.filter { filter.selects($0.name) }
-        return .object(header(checkpoint, tensors: tensors) + [
+        var members = header(checkpoint, tensors: tensors) + [
             ("tensors", .array(tensors.map { .object(describe($0) + [("bytes", .int($0.byteCount))]) })),
-        ])
+        ]
+        if checkpoint.format == .pytorch || checkpoint.format == .shardedPyTorch {
+            members.append(("non_tensors", .array(checkpoint.nonTensors.filter { filter.selects($0.name) }.map {
+                .object([("name", .string($0.name)), ("value", .string($0.value))])
+            })))
+        }
+        return .object(members)
     }
 
     public static func inspectTable(_ checkpoint: Checkpoint, filter: TensorFilter) -> String {
@@ -30,7 +37,14 @@ public enum CheckpointReports {
             table.add([shortenMiddle(tensor.name), tensor.dtype.rawValue, shapeText(tensor.shape), formatBytes(tensor.byteCount)])
             total += tensor.byteCount
         }
-        return "\(checkpoint.path) (\(checkpoint.format.rawValue)): \(table.rows.count) tensors, \(formatBytes(total))\n" + table.text
+        var text = "\(checkpoint.path) (\(checkpoint.format.rawValue)): \(table.rows.count) tensors, \(formatBytes(total))\n" + table.text
+        let leaves = checkpoint.nonTensors.filter { filter.selects($0.name) }
+        if !leaves.isEmpty {
+            var values = Table(headers: ["non-tensor", "value"], numericColumns: [])
+            for leaf in leaves { values.add([shortenMiddle(leaf.name), leaf.value]) }
+            text += "\n" + values.text
+        }
+        return text
     }
 
     /// The statistics fields of one tensor, as SPEC lists them.

@@ -13,10 +13,13 @@ public final class Checkpoint: @unchecked Sendable {
     public let sources: [any TensorSource]
     /// Every file this checkpoint reads (shards, archive).
     public let files: [ReadableFile]
+    /// Values that are not tensors (PyTorch checkpoints: epoch numbers, hyper-parameters, …).
+    public let nonTensors: [NonTensorLeaf]
     private let indexByName: [[UInt8]: Int]
 
     public init(path: String, format: CheckpointFormat, metadata: [String: String], sources: [any TensorSource],
-                files: [ReadableFile]) {
+                files: [ReadableFile], nonTensors: [NonTensorLeaf] = []) {
+        self.nonTensors = nonTensors
         self.path = path
         self.format = format
         self.metadata = metadata

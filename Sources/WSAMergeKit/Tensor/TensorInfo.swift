@@ -32,4 +32,6 @@ public enum CheckpointFormat: String, Sendable {
     case shardedSafetensors = "safetensors-sharded"
     case npy
     case npz
+    case pytorch
+    case shardedPyTorch = "pytorch-sharded"
 }
