@@ -102,6 +102,7 @@ public enum Strategies {
         TaskVector<TaskArithmetic>.self, TaskVector<TIES>.self, TaskVector<DARELinear>.self, TaskVector<DARETies>.self,
         TaskVector<Breadcrumbs>.self, TaskVector<BreadcrumbsTies>.self, TaskVector<DELLALinear>.self, TaskVector<DELLA>.self,
         PassthroughStrategy.self,
+        SCEStrategy.self, ArceeFusionStrategy.self, RAMStrategy.self, RAMPlusTLStrategy.self,
     ]
 
     /// The strategy called `name` (or by one of its aliases).
