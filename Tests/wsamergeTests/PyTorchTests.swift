@@ -4,7 +4,8 @@ import Testing
 /// PyTorch checkpoints end to end: `inspect`, `stats`, `convert` of the torch-written fixtures
 /// against their safetensors twins, directories, and the hostile pickles, refused without running
 /// anything.
-@Suite struct PyTorchTests {
+@Suite(.enabled(if: TestSupport.hasPython, "needs the test venv (numpy, safetensors): run make test"))
+struct PyTorchTests {
     static let dir = TestSupport.fixture("torch")
     // Parsed once and only read afterwards; JSONSerialization's values are not `Sendable`.
     nonisolated(unsafe) static let expected: [String: [String: Any]] = {

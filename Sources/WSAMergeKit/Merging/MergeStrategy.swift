@@ -103,6 +103,7 @@ public enum Strategies {
         TaskVector<Breadcrumbs>.self, TaskVector<BreadcrumbsTies>.self, TaskVector<DELLALinear>.self, TaskVector<DELLA>.self,
         PassthroughStrategy.self, SlerpStrategy.self, NuSlerpStrategy.self, MultiSlerpStrategy.self, KarcherStrategy.self,
         ModelStockStrategy.self, NearSwapStrategy.self,
+        SCEStrategy.self, ArceeFusionStrategy.self, RAMStrategy.self, RAMPlusTLStrategy.self,
     ]
 
     /// The strategy called `name` (or by one of its aliases).

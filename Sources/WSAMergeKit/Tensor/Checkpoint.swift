@@ -69,7 +69,7 @@ extension Checkpoint {
             return RenamedSource(stored: source, tensor: try TensorInfo(name: stripped, dtype: source.tensor.dtype,
                                                                            shape: source.tensor.shape, file: path))
         }
-        return Checkpoint(path: path, format: format, metadata: metadata, sources: renamed, files: files)
+        return Checkpoint(path: path, format: format, metadata: metadata, sources: renamed, files: files, nonTensors: nonTensors)
     }
 }
 

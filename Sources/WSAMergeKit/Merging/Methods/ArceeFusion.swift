@@ -1,0 +1,176 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Arcee Fusion (mergekit's `arcee_fusion`): take the other model's value only where it differs
+/// from the base most, per tensor with the base `b` and the other model `c`:
+/// ```
+/// per row (last axis; a 1-D tensor is one row):
+///     p = softmax(c) + 1e-8,  q = softmax(b) + 1e-8,  KL_row = Σ p log(p/q)
+/// imp = |c − b| · KL_row
+/// q1, median, q3 = sorted imp at ⌊q·(N − 1)⌋ for q = 0.25, 0.5, 0.75 (exact, any size)
+/// out = b + (c − b)·[imp ≥ median + 1.5 (q3 − q1)]
+/// ```
+/// Read-only passes: the rows' KL (a group of whole rows at a time; one double kept per row),
+/// then the exact quantiles of `Selection` over the importances.
+public struct ArceeFusionStrategy: MergeStrategy, TensorMerge {
+    public static let declaration = StrategyDeclaration(
+        identifier: "arcee_fusion",
+        summary: "Arcee Fusion: take the other model's values where |c − b| times the row's softmax KL is an upper outlier.",
+        base: .required, inputs: 1...1, parameters: [])
+
+    let context: MergeContext
+
+    public init(_ context: MergeContext) throws { self.context = context }
+
+    /// An element's importance, the same expression in every pass.
+    @inline(__always)
+    static func importance(_ c: Double, _ b: Double, _ kl: Double) -> Double { Swift.abs(c - b) * kl }
+
+    /// The KL of a one-element row: p = q = 1 + 1e-8, so exactly 0 (NaN when c or b is not finite).
+    @inline(__always)
+    static func singleDivergence(_ c: Double, _ b: Double) -> Double { 0 * ((c - c) + (b - b)) }
+
+    /// `Σ p log(p/q)` with `p = softmax(c) + 1e-8`, `q = softmax(b) + 1e-8` over one row (softmax
+    /// with the row's maximum subtracted; sums in order).
+    static func divergence(_ c: UnsafePointer<Double>, _ b: UnsafePointer<Double>, _ length: Int) -> Double {
+        var mc = -Double.infinity, mb = -Double.infinity
+        for j in 0..<length {
+            if c[j].isNaN || c[j] > mc { mc = c[j] }
+            if b[j].isNaN || b[j] > mb { mb = b[j] }
+        }
+        var zc = 0.0, zb = 0.0
+        for j in 0..<length {
+            zc += exp(c[j] - mc)
+            zb += exp(b[j] - mb)
+        }
+        var kl = 0.0
+        for j in 0..<length {
+            let p = exp(c[j] - mc) / zc + 1e-8
+            let q = exp(b[j] - mb) / zb + 1e-8
+            kl += p * log(p / q)
+        }
+        return kl
+    }
+
+    public func merge(_ item: MergePlan.Item, output: Lockstep.Output) throws -> TensorMergeResult {
+        let count = item.output.elementCount
+        guard count > 0 else { return TensorMergeResult(method: "arcee_fusion") }
+        let length = item.output.shape.last ?? 1
+        let (kl, negatives) = try rowDivergences(item, length: length)
+        @Sendable func rowKL(_ c: Double, _ b: Double, _ index: Int) -> Double {
+            length == 1 ? Self.singleDivergence(c, b) : kl[index / length]
+        }
+
+        // The quantiles of imp, exact. Selection orders non-negative keys; a row's KL can round to
+        // slightly below 0, so the negative importances (counted with the KLs) are ranked apart.
+        let context = self.context
+        let readers: @Sendable () throws -> [TensorReader] = { try context.readers(item) + [try context.baseReader(item)] }
+        var cache: [Int: Double] = [:]
+        func quantile(_ q: Double) throws -> Double {
+            let position = Int(q * Double(count - 1))
+            if let value = cache[position] { return value }
+            let value: Double
+            if position < negatives {
+                let pass = KeyPass(readers: readers, count: count, jobs: context.jobs, keys: { inputs, count, keys, start in
+                    for j in 0..<count {
+                        let imp = Self.importance(inputs[0][j], inputs[1][j], rowKL(inputs[0][j], inputs[1][j], start + j))
+                        keys[j] = imp < 0 ? -imp : .infinity
+                    }
+                })
+                value = -(try Selection.rank(at: negatives - 1 - position, of: pass).value)
+            } else {
+                let pass = KeyPass(readers: readers, count: count, jobs: context.jobs, keys: { inputs, count, keys, start in
+                    for j in 0..<count {
+                        let imp = Self.importance(inputs[0][j], inputs[1][j], rowKL(inputs[0][j], inputs[1][j], start + j))
+                        keys[j] = imp.isNaN ? .nan : (imp > 0 ? imp : 0)
+                    }
+                })
+                value = try Selection.rank(at: position, of: pass).value
+            }
+            cache[position] = value
+            return value
+        }
+        let q1 = try quantile(0.25), median = try quantile(0.5), q3 = try quantile(0.75)
+        let threshold = median + 1.5 * (q3 - q1)
+
+        // The writing pass.
+        struct Block: Sendable { var kept = 0, moved = 0, nonFinite = false }
+        var kept = 0, moved = 0, nonFinite = false
+        try Lockstep.run(try readers(), jobs: context.jobs, output: output, positioned: { inputs, count, out, start in
+            var block = Block()
+            let c = inputs[0], b = inputs[1]
+            for j in 0..<count {
+                let keep = Self.importance(c[j], b[j], rowKL(c[j], b[j], start + j)) >= threshold
+                let y = b[j] + (c[j] - b[j]) * (keep ? 1 : 0)
+                out[j] = y
+                if c[j] != b[j] {
+                    block.moved += 1
+                    if keep { block.kept += 1 }
+                }
+                if !y.isFinite { block.nonFinite = true }
+            }
+            return block
+        }, fold: { blocks in
+            for block in blocks {
+                kept += block.kept
+                moved += block.moved
+                nonFinite = nonFinite || block.nonFinite
+            }
+        })
+        let n = Double(count)
+        return TensorMergeResult(method: "arcee_fusion", nonFinite: nonFinite,
+                                 details: [("kept", .double(Double(kept) / n)), ("moved", .double(Double(moved) / n)),
+                                           ("threshold", .double(threshold))])
+    }
+
+    /// The KL of every row (none when rows have one element: see `singleDivergence`) and how many
+    /// importances are below 0, reading groups of whole rows and working the rows side by side.
+    func rowDivergences(_ item: MergePlan.Item, length: Int) throws -> (kl: [Double], negatives: Int) {
+        let count = item.output.elementCount
+        guard length > 1 else {
+            // imp = |c − b|·(±0 or NaN) is never below 0.
+            return ([], 0)
+        }
+        let rows = count / length
+        let readers = try context.readers(item) + [try context.baseReader(item)]
+        let groupRows = Swift.max(1, Swift.min(rows, Partition.chunkElements / length))
+        let raw = readers.map { RawBuffer(byteCount: groupRows * length * ($0.tensor.dtype.byteWidth ?? 1)) }
+        let values = readers.map { _ in RawBuffer(byteCount: groupRows * length * 8) }
+        let results = RawBuffer(byteCount: groupRows * 8)
+        // Rows per task: about a block's worth of elements.
+        let taskRows = Swift.max(1, Partition.blockElements / length)
+        var kl = [Double](repeating: 0, count: rows)
+        var negatives = 0
+        var row = 0
+        while row < rows {
+            let m = Swift.min(groupRows, rows - row), elements = m * length
+            for (k, reader) in readers.enumerated() {
+                let bytes = raw[k].prefix(elements * (reader.tensor.dtype.byteWidth ?? 1))
+                try reader.read(into: bytes)
+                reader.tensor.dtype.decode(bytes.baseAddress!, count: elements, into: values[k].doubles(elements))
+            }
+            let tasks = (m + taskRows - 1) / taskRows
+            let counts = BlockResults<Int>(count: tasks)
+            let (cBuffer, bBuffer) = (values[0], values[1])
+            parallelFor(tasks, jobs: context.jobs) { t, _ in
+                let c = cBuffer.doubles(elements), b = bBuffer.doubles(elements), out = results.doubles(m)
+                var below = 0
+                for r in (t * taskRows)..<Swift.min(m, (t + 1) * taskRows) {
+                    let first = r * length
+                    let divergence = Self.divergence(c + first, b + first, length)
+                    out[r] = divergence
+                    for j in first..<(first + length) where Self.importance(c[j], b[j], divergence) < 0 { below += 1 }
+                }
+                counts.set(t, below)
+            }
+            let out = results.doubles(m)
+            for r in 0..<m { kl[row + r] = out[r] }
+            for below in counts.values { negatives += below }
+            row += m
+        }
+        return (kl, negatives)
+    }
+}
