@@ -34,10 +34,10 @@ public struct RecipeOutputFiles {
             return
         }
         guard let directory else {
-            throw WSAMergeError.usage("tokenizer_source: base copies the base model's tokenizer files beside the weights, so the output must be a directory")
+            throw WSAMergeError.usage("the base model's tokenizer and config files go beside the weights, so the output must be a directory")
         }
         guard pathKind(tokenizerSource) == .directory else {
-            throw WSAMergeError.usage("tokenizer_source: base needs base_model to be a model directory ('\(tokenizerSource)' is not a directory)")
+            throw WSAMergeError.usage("the tokenizer files come from the base model's directory, and '\(tokenizerSource)' is not a directory")
         }
         var found: [(String, String)] = []
         Self.collect(tokenizerSource, root: Self.allowedRoot(tokenizerSource), prefix: "", into: &found)

@@ -22,10 +22,23 @@ public struct RecipeDocument: Sendable {
 
     /// `file:line: path: message` as a usage error (the line of `path`, else of its nearest parent).
     public func error(_ path: String, _ message: String) -> WSAMergeError {
+        .usage("\(location(path)): \(path.isEmpty ? "" : path + ": ")\(message)")
+    }
+
+    /// `error` located at `path`, keeping its kind (a missing model stays a missing input).
+    public func error(_ path: String, wrapping error: WSAMergeError) -> WSAMergeError {
+        switch error {
+        case .missingInput(let file, let reason): .missingInput(file: "\(location(path)): \(path)", reason: "'\(file)': \(reason)")
+        case .usage(let message): self.error(path, message)
+        default: error
+        }
+    }
+
+    /// `file:line` of `path`'s line, else of its nearest parent's; `file` when none is known.
+    func location(_ path: String) -> String {
         var key = path
         while lines[key] == nil, let cut = key.lastIndex(where: { $0 == "." || $0 == "[" }) { key = String(key[..<cut]) }
-        let line = lines[key].map { ":\($0)" } ?? ""
-        return .usage("\(file)\(line): \(path.isEmpty ? "" : path + ": ")\(message)")
+        return file + (lines[key].map { ":\($0)" } ?? "")
     }
 }
 

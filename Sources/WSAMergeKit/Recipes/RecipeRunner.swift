@@ -30,7 +30,7 @@ public enum RecipeRunner {
         let declaration = strategy.declaration
         func resolve(_ reference: String, _ path: String) throws -> String {
             do { return try resolver.resolve(reference) } catch let error as WSAMergeError {
-                throw document.error(path, error.description)
+                throw document.error(path, wrapping: error)
             }
         }
         var request = Merger.Request(inputs: [], strategy: recipe.mergeMethod, output: output)
@@ -94,7 +94,7 @@ public enum RecipeRunner {
         var source: String?
         if document.recipe.tokenizerSource != nil, let base = document.recipe.baseModel {
             do { source = try resolver.resolve(base) } catch let error as WSAMergeError {
-                throw document.error("base_model", error.description)
+                throw document.error("base_model", wrapping: error)
             }
         }
         do { return try RecipeOutputFiles(request, tokenizerSource: source) } catch WSAMergeError.usage(let message) {
@@ -113,7 +113,10 @@ public enum RecipeRunner {
             let resolved = try resolve(source.model, "\(path).model")
             let checkpoint: Checkpoint
             if let known = opened[resolved] { checkpoint = known } else {
-                checkpoint = try CheckpointReader.open(resolved)
+                do { checkpoint = try CheckpointReader.open(resolved) } catch let error as WSAMergeError {
+                    if case .missingInput = error { throw document.error("\(path).model", wrapping: error) }
+                    throw error
+                }
                 opened[resolved] = checkpoint
             }
             let layers = LayerStack.layers(of: checkpoint)
@@ -219,7 +222,8 @@ extension Recipe {
                 files.append(File(role.name, paths[0]))
             }
         }
-        outDType = request.dtype
+        // mergekit's `dtype` is the output dtype when no `out_dtype` is given.
+        dtype = request.dtype
         onMissing = request.onMissing == .error ? nil : request.onMissing
         metadata = request.extraMetadata.map { MetadataEntry($0.0, $0.1) }
     }
