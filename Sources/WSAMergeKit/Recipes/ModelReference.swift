@@ -41,6 +41,10 @@ public struct ModelResolver: Sendable {
     ///
     /// - Throws: `.missingInput` for a Hugging Face id that is not in the cache.
     public func resolve(_ reference: String) throws -> String {
+        if pathKind(reference) == .missing, let plus = reference.firstIndex(of: "+"), plus != reference.startIndex,
+           pathKind(String(reference[..<plus])) != .missing || Self.isHubID(String(reference[..<plus])) {
+            throw WSAMergeError.usage("'\(reference)': LoRA references (model+lora) are not supported; merge the adapter into the model first")
+        }
         if pathKind(reference) != .missing || !Self.isHubID(reference) { return reference }
         let parts = reference.split(separator: "@", maxSplits: 1).map(String.init)
         let id = parts[0], revision = parts.count > 1 ? parts[1] : "main"
