@@ -15,6 +15,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        // YAML (merge recipes): parsed into nodes with line marks, then validated into typed values.
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
     ],
     targets: [
         // libzip (reading .npz) and zlib (deflate + CRC-32 when writing .npz).
@@ -30,7 +32,7 @@ let package = Package(
         ),
         .target(
             name: "WSAMergeKit",
-            dependencies: ["CZip", "CKernels"]
+            dependencies: ["CZip", "CKernels", .product(name: "Yams", package: "Yams")]
         ),
         .executableTarget(
             name: "wsamerge",

@@ -16,8 +16,15 @@ extension WSAMerge {
         @Argument(help: "Checkpoints to merge (any mix of formats).")
         var inputs: [String] = []
 
-        @Option(help: "Merge strategy (see below).")
-        var strategy: StrategyName = StrategyName(argument: "average")!
+        @Option(help: ArgumentHelp("Merge as a mergekit-format YAML recipe says (- reads it from stdin); it gives the models, method and parameters.",
+                                   valueName: "file.yml"))
+        var recipe: String?
+
+        @Flag(name: .customLong("print-recipe"), help: "Print the merge as a recipe (YAML) instead of merging: replaying it with --recipe gives the same bytes.")
+        var printRecipe = false
+
+        @Option(help: "Merge strategy (see below; default: average).")
+        var strategy: StrategyName?
 
         @Option(help: "The base model the inputs were fine-tuned from.")
         var base: String?
@@ -72,13 +79,33 @@ extension WSAMerge {
         @OptionGroup var common: CommonOptions
 
         func run() throws {
-            let request = try makeRequest()
+            var request: Merger.Request
+            let files: RecipeOutputFiles
+            if let recipe {
+                try checkRecipeAlone()
+                let document = try RecipeParser.load(recipe)
+                if printRecipe { return emit(document.recipe.render()) }
+                request = try RecipeRunner.request(document, output: try output.options())
+                request.strict = strict
+                request.jobs = common.workerCount
+                files = try RecipeRunner.outputFiles(document, request: request)
+            } else {
+                request = try makeRequest()
+                var recipe = try Recipe(request)
+                recipe.include = common.include
+                recipe.exclude = common.exclude
+                if printRecipe { return emit(recipe.render()) }
+                request.recipe = recipe.render()
+                files = try RecipeOutputFiles(request, tokenizerSource: nil)
+            }
+            let strategyType = RecipeRunner.strategy(named: request.strategy)
             if dryRun {
-                let prepared = try Merger.prepare(request)
+                let prepared = try Merger.prepare(request, strategy: strategyType)
                 emit(Merger.dryRunJSON(prepared, output: request.output.path))
                 return
             }
-            let report = try Merger.run(request, progress: Progress.forTerminal(label: "fuse", quiet: common.quiet))
+            let report = try Merger.run(request, strategy: strategyType, progress: Progress.forTerminal(label: "fuse", quiet: common.quiet))
+            try files.write()
             warnSummary("have NaN or infinite input values", tensors: report.nonFiniteTensors, quiet: common.quiet)
             warnSummary("fell back from the strategy", tensors: report.fallbacks, quiet: common.quiet)
             switch common.format {
@@ -87,8 +114,26 @@ extension WSAMerge {
             }
         }
 
+        /// A recipe gives the merge: options that would say it again are refused, not mixed in.
+        func checkRecipeAlone() throws {
+            let given: [(String, Bool)] = [
+                ("inputs", !inputs.isEmpty), ("--strategy", strategy != nil), ("--base", base != nil),
+                ("--weights", weights != nil), ("--param", !parameters.isEmpty), ("--seed", seed != nil),
+                ("--dtype", dtype != .keep), ("--on-missing", onMissing != .error), ("--fisher", !fisher.isEmpty),
+                ("--target-scope", targetScope != nil), ("--fisher-epsilon", fisherEpsilon != nil),
+                ("--fisher-normalize", fisherNormalize != nil), ("--scope-fusion", scopeFusion != nil),
+                ("--wsa-rescale", wsaRescale != nil), ("--wsa-min-rank", wsaMinRank != nil),
+                ("--metadata", !metadata.isEmpty), ("--include", !common.include.isEmpty), ("--exclude", !common.exclude.isEmpty),
+            ]
+            let clashing = given.filter(\.1).map(\.0)
+            if !clashing.isEmpty {
+                throw ValidationError("--recipe gives the models, method and parameters; drop \(clashing.joined(separator: ", ")) or put it in the recipe (inputs under models, out_dtype, parameters, include, exclude, on_missing, metadata)")
+            }
+        }
+
         /// The library request the options describe.
         func makeRequest() throws -> Merger.Request {
+            let strategy = strategy ?? StrategyName(argument: "average")!
             let declaration = Strategies.named(strategy.name)!.declaration
             var request = Merger.Request(inputs: inputs, strategy: strategy.name, output: try output.options())
             request.base = base

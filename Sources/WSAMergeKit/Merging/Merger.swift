@@ -21,6 +21,15 @@ public struct Merger {
         public var stripPrefixes: [String] = []
         public var strict = false
         public var jobs = 1
+        /// Inputs already opened (a recipe's stacked layer slices), merged instead of opening
+        /// `inputs`, which then only names them; the same for the base.
+        public var opened: [Checkpoint]?
+        public var openedBase: Checkpoint?
+        /// Position `t` of each layer index for gradients, when not the model's own layer order
+        /// (a recipe's slices are evaluated slice by slice).
+        public var layerPositions: [Int: Double]?
+        /// The merge as a recipe (normalised YAML), recorded as `wsamerge.recipe`.
+        public var recipe: String?
 
         public init(inputs: [String], strategy: String, output: OutputOptions) {
             self.inputs = inputs
@@ -141,13 +150,13 @@ public struct Merger {
             }
         }
         let strip = request.stripPrefixes
-        let inputs = try CheckpointReader.open(inputPaths, stripping: strip)
-        let base = try basePath.map { try CheckpointReader.open($0).stripping(strip) }
+        let inputs = try request.opened ?? CheckpointReader.open(inputPaths, stripping: strip)
+        let base = try request.openedBase ?? basePath.map { try CheckpointReader.open($0).stripping(strip) }
         for role in declaration.files where role.scope == .perInput {
             if let given = request.files[role.name], !given.isEmpty { files[role.name] = try CheckpointReader.open(given, stripping: strip) }
         }
         let parameters = try ResolvedParameters(declaration, settings: request.parameters, inputCount: inputs.count,
-                                                tensorNames: (base ?? inputs[0]).tensors.map(\.name))
+                                                tensorNames: (base ?? inputs[0]).tensors.map(\.name), layerPositions: request.layerPositions)
         try request.output.precheck(inputs: identities(models: (base.map { [$0] } ?? []) + inputs, files: files, paths: paths))
         let plan = try MergePlan(inputs: inputs, base: base, filter: request.filter, onMissing: request.onMissing,
                                  outputDType: request.dtype)
@@ -213,7 +222,7 @@ public struct Merger {
 
     /// The first model's metadata plus provenance: `wsamerge.version`, `.strategy`, `.inputs`
     /// (as given), `.base`, `.weights`, `.parameters` (every parameter in effect), the
-    /// strategy's own keys, `.dtype`, then `--metadata` pairs.
+    /// strategy's own keys, `.dtype`, `.recipe`, then `--metadata` pairs.
     static func outputMetadata(_ request: Request, prepared: Prepared) -> [String: String] {
         let plan = prepared.plan
         var metadata = plan.models[0].metadata
@@ -227,6 +236,7 @@ public struct Merger {
         for (role, path) in prepared.context.paths { metadata["wsamerge.\(role)"] = path }
         for (key, value) in prepared.strategy.provenance { metadata["wsamerge.\(key)"] = value }
         if let dtype = request.dtype { metadata["wsamerge.dtype"] = dtype.rawValue }
+        if let recipe = request.recipe { metadata["wsamerge.recipe"] = recipe }
         for (key, value) in request.extraMetadata { metadata[key] = value }
         return metadata
     }

@@ -145,9 +145,9 @@ public struct ResolvedParameters: Sendable {
     private let layerPositions: [Int: Double]
 
     /// Checks every setting against the declaration: unknown names, scope, per-input counts and
-    /// the type of every value.
+    /// the type of every value. `layerPositions` replaces the positions read from `tensorNames`.
     public init(_ declaration: StrategyDeclaration, settings: ParameterSettings, inputCount: Int,
-                tensorNames: [String] = []) throws {
+                tensorNames: [String] = [], layerPositions: [Int: Double]? = nil) throws {
         let method = declaration.identifier
         func unknown(_ name: String) -> WSAMergeError {
             let known = declaration.parameters.map(\.name)
@@ -182,7 +182,7 @@ public struct ResolvedParameters: Sendable {
         for (rank, layer) in layers.enumerated() {
             positions[layer] = layers.count > 1 ? Double(rank) / Double(layers.count - 1) : 1
         }
-        layerPositions = positions
+        self.layerPositions = layerPositions ?? positions
     }
 
     /// The position of the tensor called `name`.

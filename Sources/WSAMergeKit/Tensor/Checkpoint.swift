@@ -66,19 +66,24 @@ extension Checkpoint {
                 throw WSAMergeError.malformed(file: path, tensor: name, reason: "removing the prefix gives the name '\(stripped)' a second time")
             }
             guard stripped != name else { return source }
-            return RenamedSource(stored: source, tensor: try TensorInfo(name: stripped, dtype: source.tensor.dtype,
+            return RenamedSource(source, tensor: try TensorInfo(name: stripped, dtype: source.tensor.dtype,
                                                                            shape: source.tensor.shape, file: path))
         }
         return Checkpoint(path: path, format: format, metadata: metadata, sources: renamed, files: files, nonTensors: nonTensors)
     }
 }
 
-/// A source under another tensor name.
+/// Another source's bytes under a new tensor name.
 struct RenamedSource: TensorSource {
-    let stored: any TensorSource
+    let original: any TensorSource
     let tensor: TensorInfo
 
-    var path: String { stored.path }
-    var readsConcurrently: Bool { stored.readsConcurrently }
-    func makeStream() throws -> any ByteStream { try stored.makeStream() }
+    init(_ original: any TensorSource, tensor: TensorInfo) {
+        self.original = original
+        self.tensor = tensor
+    }
+
+    var path: String { original.path }
+    var readsConcurrently: Bool { original.readsConcurrently }
+    func makeStream() throws -> any ByteStream { try original.makeStream() }
 }

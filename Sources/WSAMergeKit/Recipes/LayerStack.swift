@@ -1,0 +1,112 @@
+/// A checkpoint assembled from layer ranges of other checkpoints, without copying anything:
+/// its sources are the originals' `TensorSource`s under new names. Used for a recipe's
+/// `slices`: stacked by `passthrough` (the "frankenmerge"), or one per source position for
+/// the other methods.
+///
+/// The rule: the output's layers are the slices' ranges in order, renumbered from 0
+/// (`model.layers.N.` → the new index; the same for `h.N`, `blocks.N`, `layer.N`); each layer's
+/// tensors are its source model's, in that model's storage order. Tensors outside the layers
+/// (embeddings, final norm, head) come from the first slice's model and keep their places
+/// around the layers.
+public enum LayerStack {
+    public struct Part: Sendable {
+        public let checkpoint: Checkpoint
+        public let layers: Range<Int>
+
+        public init(_ checkpoint: Checkpoint, layers: Range<Int>) {
+            self.checkpoint = checkpoint
+            self.layers = layers
+        }
+    }
+
+    /// The layer indices a checkpoint's tensor names hold, ascending.
+    public static func layers(of checkpoint: Checkpoint) -> [Int] {
+        Set(checkpoint.tensors.compactMap { LayerGroups.layerIndex(of: $0.name) }).sorted()
+    }
+
+    /// The stacked checkpoint, named `path` in messages and provenance. Every part's range must
+    /// hold only layers its checkpoint has.
+    public static func stack(_ parts: [Part], path: String) throws -> Checkpoint {
+        precondition(!parts.isEmpty)
+        var layerSources: [any TensorSource] = []
+        var next = 0
+        for part in parts {
+            let byLayer = Dictionary(grouping: part.checkpoint.sources.indices.filter { LayerGroups.layerIndex(of: part.checkpoint.tensors[$0].name) != nil },
+                                     by: { LayerGroups.layerIndex(of: part.checkpoint.tensors[$0].name)! })
+            for layer in part.layers {
+                guard let indices = byLayer[layer] else {
+                    throw WSAMergeError.usage("\(part.checkpoint.path) has no layer \(layer)")
+                }
+                for i in indices {
+                    let original = part.checkpoint.sources[i]
+                    let name = renaming(original.tensor.name, layer: next)
+                    layerSources.append(RenamedSource(original, tensor: try TensorInfo(name: name, dtype: original.tensor.dtype,
+                                                                                       shape: original.tensor.shape, file: original.path)))
+                }
+                next += 1
+            }
+        }
+        var sources: [any TensorSource] = []
+        var placed = false
+        let first = parts[0].checkpoint
+        for source in first.sources {
+            if LayerGroups.layerIndex(of: source.tensor.name) == nil {
+                sources.append(source)
+            } else if !placed {
+                sources += layerSources
+                placed = true
+            }
+        }
+        if !placed { sources += layerSources }
+        var files: [ReadableFile] = []
+        var seen = Set<FileIdentity>()
+        for part in parts {
+            for file in part.checkpoint.files where seen.insert(file.identity).inserted { files.append(file) }
+        }
+        return Checkpoint(path: path, format: first.format, metadata: first.metadata, sources: sources, files: files)
+    }
+
+    /// Position `t` of each output layer for gradients: `i/(L−1)` for the i-th of a slice's L
+    /// layers (1 for a one-layer slice), as mergekit evaluates them slice by slice.
+    public static func positions(_ lengths: [Int]) -> [Int: Double] {
+        var result: [Int: Double] = [:]
+        var next = 0
+        for length in lengths {
+            for i in 0..<length {
+                result[next] = length > 1 ? Double(i) / Double(length - 1) : 1
+                next += 1
+            }
+        }
+        return result
+    }
+
+    /// `name` with its layer index (the one `LayerGroups.layerIndex` reads) replaced by `layer`.
+    static func renaming(_ name: String, layer: Int) -> String {
+        var parts = name.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+        for i in parts.indices.dropLast() where ["layers", "layer", "h", "blocks"].contains(parts[i]) {
+            if let n = Int(parts[i + 1]), n >= 0 {
+                parts[i + 1] = String(layer)
+                return parts.joined(separator: ".")
+            }
+        }
+        return name
+    }
+}
+
+
+/// `passthrough` for stacked slices while the registry has no `passthrough` of its own: the
+/// one input's values, unchanged.
+struct StackedLayers: MergeStrategy, TensorMerge {
+    static let declaration = StrategyDeclaration(
+        identifier: "passthrough", summary: "The one input unchanged (layer stacking with slices).",
+        base: .none, inputs: 1...1, parameters: [])
+
+    let context: MergeContext
+
+    init(_ context: MergeContext) throws { self.context = context }
+
+    func merge(_ item: MergePlan.Item, output: Lockstep.Output) throws -> TensorMergeResult {
+        let nonFinite = try weightedAverage(try context.readers(item), weights: [1], jobs: context.jobs, output: output)
+        return TensorMergeResult(method: "passthrough", nonFinite: nonFinite)
+    }
+}

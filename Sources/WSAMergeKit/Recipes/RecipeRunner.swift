@@ -1,0 +1,230 @@
+/// Turns a recipe into a `Merger.Request` and a request back into a recipe, so a recipe and
+/// the equivalent command line give the same merge and the same bytes.
+public enum RecipeRunner {
+    /// The strategy a recipe's `merge_method` names: the registry's, else wsamerge's layer
+    /// stacking for `passthrough`.
+    public static func strategy(named name: String) -> (any MergeStrategy.Type)? {
+        Strategies.named(name) ?? (name == StackedLayers.declaration.identifier ? StackedLayers.self : nil)
+    }
+
+    /// Every `merge_method` a recipe may name.
+    public static var methodNames: [String] {
+        var names = Strategies.names
+        if !names.contains(StackedLayers.declaration.identifier) { names.append(StackedLayers.declaration.identifier) }
+        return names
+    }
+
+    /// Whether the recipe stacks layer ranges into a deeper model (`passthrough` with slices).
+    public static func stacks(_ recipe: Recipe) -> Bool {
+        !recipe.slices.isEmpty && strategy(named: recipe.mergeMethod)?.declaration.identifier == StackedLayers.declaration.identifier
+    }
+
+    /// The merge the recipe describes, written to `output`. Model references are resolved (a
+    /// Hugging Face id to its cached snapshot); slices are assembled into stacked checkpoints.
+    public static func request(_ document: RecipeDocument, output: OutputOptions,
+                               resolver: ModelResolver = .environment) throws -> Merger.Request {
+        let recipe = document.recipe
+        guard let strategy = strategy(named: recipe.mergeMethod) else {
+            throw document.error("merge_method", "unknown method '\(recipe.mergeMethod)'")
+        }
+        let declaration = strategy.declaration
+        func resolve(_ reference: String, _ path: String) throws -> String {
+            do { return try resolver.resolve(reference) } catch let error as WSAMergeError {
+                throw document.error(path, wrapping: error)
+            }
+        }
+        var request = Merger.Request(inputs: [], strategy: recipe.mergeMethod, output: output)
+        if recipe.slices.isEmpty {
+            var models = recipe.models
+            var offset = 0
+            switch declaration.base {
+            case .input:
+                if let base = recipe.baseModel, !models.contains(where: { $0.model == base }) {
+                    request.base = try resolve(base, "base_model")
+                    offset = 1
+                }
+            case .required, .optional:
+                if let base = recipe.baseModel {
+                    request.base = try resolve(base, "base_model")
+                    models.removeAll { $0.model == base }
+                }
+            case .none:
+                break
+            }
+            let indices = recipe.models.indices.filter { recipe.models[$0].model != recipe.baseModel || declaration.base == .input || declaration.base == .none }
+            request.inputs = try indices.map { try resolve(recipe.models[$0].model, "models[\($0)].model") }
+            var names: [String] = []
+            for model in models { for setting in model.parameters where !names.contains(setting.name) { names.append(setting.name) } }
+            for name in names {
+                let settings: [ParameterSetting?] = Array(repeating: nil, count: offset)
+                    + models.map { model in model.parameters.first { $0.name == name }?.setting }
+                request.parameters.set(name, perInput: settings)
+            }
+            for role in declaration.files where role.scope == .perInput {
+                let paths = models.compactMap { model in model.files.first { $0.role == role.name }?.path }
+                if !paths.isEmpty {
+                    guard paths.count == models.count else {
+                        throw document.error("models", "give '\(role.name)' for every model or for none")
+                    }
+                    request.files[role.name] = paths
+                }
+            }
+        } else {
+            try assembleSlices(document, declaration: declaration, into: &request, resolve: resolve)
+        }
+        for setting in recipe.parameters { request.parameters.set(setting.name, setting.setting) }
+        for file in recipe.files { request.files[file.role] = [file.path] }
+        for (key, patterns) in [("include", recipe.include), ("exclude", recipe.exclude)] {
+            for pattern in patterns where (try? Regex(pattern)) == nil {
+                throw document.error(key, "'\(pattern)' is not a valid regular expression")
+            }
+        }
+        request.filter = try TensorFilter(include: recipe.include, exclude: recipe.exclude)
+        request.onMissing = recipe.onMissing ?? .error
+        request.dtype = recipe.outputDType
+        request.extraMetadata = recipe.metadata.map { ($0.key, $0.value) }
+        request.recipe = recipe.render()
+        return request
+    }
+
+    /// The files written beside a directory output: the recipe, and the base's tokenizer and
+    /// config files when the recipe asks for them (checked now, written after the merge).
+    public static func outputFiles(_ document: RecipeDocument, request: Merger.Request,
+                                   resolver: ModelResolver = .environment) throws -> RecipeOutputFiles {
+        var source: String?
+        if document.recipe.tokenizerSource != nil, let base = document.recipe.baseModel {
+            do { source = try resolver.resolve(base) } catch let error as WSAMergeError {
+                throw document.error("base_model", wrapping: error)
+            }
+        }
+        do { return try RecipeOutputFiles(request, tokenizerSource: source) } catch WSAMergeError.usage(let message) {
+            throw document.error("tokenizer_source", message)
+        }
+    }
+
+    /// Slices: stacked into one model for `passthrough`; for the other methods, input k is the
+    /// stack of every slice's k-th source (the base's sources, when the method has a base, stack
+    /// into the base), so each slice's layers merge with the layers beside them.
+    static func assembleSlices(_ document: RecipeDocument, declaration: StrategyDeclaration, into request: inout Merger.Request,
+                               resolve: (String, String) throws -> String) throws {
+        let recipe = document.recipe
+        var opened: [String: Checkpoint] = [:]
+        func open(_ source: Recipe.Source, _ path: String) throws -> LayerStack.Part {
+            let resolved = try resolve(source.model, "\(path).model")
+            let checkpoint: Checkpoint
+            if let known = opened[resolved] { checkpoint = known } else {
+                do { checkpoint = try CheckpointReader.open(resolved) } catch let error as WSAMergeError {
+                    if case .missingInput = error { throw document.error("\(path).model", wrapping: error) }
+                    throw error
+                }
+                opened[resolved] = checkpoint
+            }
+            let layers = LayerStack.layers(of: checkpoint)
+            if !source.layerRange.allSatisfy({ layers.contains($0) }) {
+                let held = layers.isEmpty ? "no numbered layers (layers.N, h.N, blocks.N)"
+                    : layers == Array(0..<layers.count) ? "layers 0 to \(layers.count - 1)" : "layers \(layers.map(String.init).joined(separator: ", "))"
+                throw document.error("\(path).layer_range",
+                                     "[\(source.layerRange.lowerBound), \(source.layerRange.upperBound)] is not within '\(source.model)', which has \(held)")
+            }
+            return LayerStack.Part(checkpoint, layers: source.layerRange)
+        }
+        func name(_ parts: [(Recipe.Source)]) -> String {
+            parts.map { "\($0.model)[\($0.layerRange.lowerBound):\($0.layerRange.upperBound)]" }.joined(separator: " + ")
+        }
+        if let role = declaration.files.first(where: { $0.scope == .perInput && $0.required }) {
+            throw document.error("slices", "\(declaration.identifier) reads a \(role.name) file per model, which slices cannot give; use models")
+        }
+        if stacks(recipe) {
+            for (i, slice) in recipe.slices.enumerated() where slice.sources.count != 1 {
+                throw document.error("slices[\(i)].sources", "passthrough takes one source per slice (got \(slice.sources.count))")
+            }
+            let sources = recipe.slices.map { $0.sources[0] }
+            let parts = try sources.enumerated().map { i, source in try open(source, "slices[\(i)].sources[0]") }
+            let stacked = try LayerStack.stack(parts, path: name(sources))
+            request.opened = [stacked]
+            request.inputs = [stacked.path]
+            request.layerPositions = LayerStack.positions(sources.map(\.layerRange.count))
+            return
+        }
+        let usesBase = declaration.base == .required || declaration.base == .optional
+        var baseSources: [(Recipe.Source, String)] = []
+        var inputSources: [[(Recipe.Source, String)]] = []
+        for (i, slice) in recipe.slices.enumerated() {
+            var others: [(Recipe.Source, String)] = []
+            var base: (Recipe.Source, String)?
+            for (j, source) in slice.sources.enumerated() {
+                let path = "slices[\(i)].sources[\(j)]"
+                if usesBase, base == nil, source.model == recipe.baseModel { base = (source, path) } else { others.append((source, path)) }
+            }
+            if usesBase, recipe.baseModel != nil {
+                guard let base else { throw document.error("slices[\(i)].sources", "no source of this slice is the base_model '\(recipe.baseModel!)'") }
+                baseSources.append(base)
+            }
+            if i > 0, others.count != inputSources.count {
+                throw document.error("slices[\(i)].sources", "every slice merges the same number of models (slice 0 has \(inputSources.count), this one \(others.count))")
+            }
+            if i == 0 { inputSources = others.map { [$0] } } else { for k in others.indices { inputSources[k].append(others[k]) } }
+        }
+        var inputs: [Checkpoint] = []
+        for column in inputSources {
+            let parts = try column.map { try open($0.0, $0.1) }
+            inputs.append(try LayerStack.stack(parts, path: name(column.map(\.0))))
+        }
+        if !baseSources.isEmpty {
+            let base = try LayerStack.stack(try baseSources.map { try open($0.0, $0.1) }, path: name(baseSources.map(\.0)))
+            request.openedBase = base
+            request.base = base.path
+        }
+        request.opened = inputs
+        request.inputs = inputs.map(\.path)
+        request.layerPositions = LayerStack.positions(recipe.slices.map { $0.sources[0].layerRange.count })
+    }
+}
+
+extension Recipe {
+    /// The recipe equivalent to a command-line request (inputs, base, method, parameters,
+    /// files, dtype, missing tensors, metadata). Tensor selection patterns are the caller's to
+    /// add (`include`, `exclude`): the request holds them compiled.
+    public init(_ request: Merger.Request) throws {
+        guard let strategy = RecipeRunner.strategy(named: request.strategy) else {
+            throw WSAMergeError.usage("unknown strategy '\(request.strategy)' (known: \(Strategies.names.joined(separator: ", ")))")
+        }
+        let declaration = strategy.declaration
+        self.init(mergeMethod: request.strategy)
+        baseModel = request.base
+        var inputs = request.inputs
+        if declaration.base == .input, let base = request.base { inputs.insert(base, at: 0) }
+        models = inputs.map { Model($0) }
+        for (name, settings) in request.parameters.perInput {
+            guard settings.count == models.count else {
+                throw WSAMergeError.hinted(.usage("\(declaration.identifier): parameter '\(name)' has \(settings.count) values for \(models.count) inputs"),
+                                           .parameter(name))
+            }
+            for (i, setting) in settings.enumerated() {
+                if let setting { models[i].parameters.append(Setting(name, setting)) }
+            }
+        }
+        parameters = request.parameters.shared.map { Setting($0.name, $0.setting) }
+        // mergekit's linear has no default weight: write the command line's uniform one.
+        if declaration.identifier == AverageStrategy.declaration.identifier, !request.parameters.names.contains("weight") {
+            parameters.insert(Setting("weight", .value(.number(1))), at: 0)
+        }
+        for role in declaration.files {
+            guard let paths = request.files[role.name], !paths.isEmpty else { continue }
+            switch role.scope {
+            case .perInput:
+                guard paths.count == models.count else {
+                    throw WSAMergeError.hinted(.usage("\(declaration.identifier): \(paths.count) \(role.name) file(s) for \(models.count) inputs"),
+                                               .file(role.name))
+                }
+                for (i, path) in paths.enumerated() { models[i].files.append(File(role.name, path)) }
+            case .shared:
+                files.append(File(role.name, paths[0]))
+            }
+        }
+        // mergekit's `dtype` is the output dtype when no `out_dtype` is given.
+        dtype = request.dtype
+        onMissing = request.onMissing == .error ? nil : request.onMissing
+        metadata = request.extraMetadata.map { MetadataEntry($0.0, $0.1) }
+    }
+}

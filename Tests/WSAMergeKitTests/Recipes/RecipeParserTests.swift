@@ -1,0 +1,134 @@
+import Foundation
+import Testing
+@testable import WSAMergeKit
+
+@Suite("Recipe parsing and rendering")
+struct RecipeParserTests {
+    static let ties = """
+        models:
+          - model: a
+            parameters:
+              weight: 1.0
+          - model: b
+            parameters:
+              weight: [0, 0.3, 0.7, 1] # weight gradient
+          - model: c
+            parameters:
+              weight:
+                - filter: mlp
+                  value: 0.5
+                - value: 0
+        merge_method: average
+        base_model: a
+        parameters:
+          normalize: yes
+        dtype: bfloat16
+        out_dtype: float32
+        """
+
+    @Test("values, gradients and filter lists become typed settings")
+    func typedSettings() throws {
+        let document = try RecipeParser.parse(Self.ties, file: "r.yml")
+        let recipe = document.recipe
+        #expect(recipe.mergeMethod == "average" && recipe.baseModel == "a")
+        #expect(recipe.models.map(\.model) == ["a", "b", "c"])
+        #expect(recipe.models[0].parameters == [Recipe.Setting("weight", .value(.number(1)))])
+        #expect(recipe.models[1].parameters == [Recipe.Setting("weight", .gradient([0, 0.3, 0.7, 1]))])
+        #expect(recipe.models[2].parameters == [Recipe.Setting("weight", .filtered([
+            FilteredSetting(filter: "mlp", setting: .value(.number(0.5))), FilteredSetting(filter: nil, setting: .value(.number(0))),
+        ]))])
+        #expect(recipe.parameters == [Recipe.Setting("normalize", .value(.bool(true)))])
+        #expect(recipe.dtype == .BF16 && recipe.outDType == .F32 && recipe.outputDType == .F32)
+        #expect(document.lines["models[1].parameters.weight"] == 7)
+    }
+
+    @Test("render() reads back to an equal recipe, and renders the same text again")
+    func roundTrip() throws {
+        var recipe = try RecipeParser.parse(Self.ties, file: "r.yml").recipe
+        recipe.models[1].model = "dir with space/true"
+        recipe.metadata = [Recipe.MetadataEntry("note", "1.5"), Recipe.MetadataEntry("quote", "say \"hi\"\\n")]
+        recipe.include = ["layers\\.[0-9]+\\."]
+        recipe.onMissing = .union
+        recipe.parameters.append(Recipe.Setting("weight", .gradient([1e-6, 0.1, 1e20])))
+        let text = recipe.render()
+        let again = try RecipeParser.parse(text, file: "r.yml").recipe
+        #expect(again == recipe)
+        #expect(again.render() == text)
+        #expect(text.contains("model: \"dir with space/true\""))
+        #expect(text.contains("weight: [1.0e-06, 0.1, 1.0e+20]"))
+    }
+
+    @Test("numbers and strings are written in a form every YAML reader reads back")
+    func spellings() {
+        #expect(YAMLText.number(1) == "1")
+        #expect(YAMLText.number(0.3) == "0.3")
+        #expect(YAMLText.number(-2.5) == "-2.5")
+        #expect(YAMLText.number(1e-7) == "1.0e-07")
+        for text in ["true", "No", "null", "~", "1", "0.5", "1e3", ".inf", "2024-01-01", "-x", "", "a b", "a:b", "#c"] {
+            #expect(!YAMLText.plain(text), "\(text)")
+        }
+        for text in ["model.safetensors", "./m/a", "/abs/path", "org/name", "Llama-3-8B", "7B-model", "ties"] {
+            #expect(YAMLText.plain(text), "\(text)")
+        }
+    }
+
+    @Test("errors name the file, the line and the key")
+    func errors() throws {
+        func message(_ yaml: String) -> String {
+            do { _ = try RecipeParser.parse(yaml, file: "r.yml"); return "" } catch { return "\(error)" }
+        }
+        #expect(message("merge_method: average\nmodels:\n  - model: a\n    parameters:\n      weight: high\n")
+            == "r.yml:5: models[0].parameters.weight: expected a number or a list, got \"high\"")
+        #expect(message("merge_method: nope\nmodels: [{model: a}]\n").hasPrefix("r.yml:1: merge_method: unknown method 'nope' (supported: average"))
+        #expect(message("models: [{model: a}]\n").hasPrefix("r.yml:1: merge_method is missing"))
+        #expect(message("").hasPrefix("r.yml: the recipe is empty"))
+        #expect(message("- a\n- b\n").hasPrefix("r.yml:1: a recipe is a mapping"))
+        let document = RecipeDocument(recipe: Recipe(mergeMethod: "average"), file: "r.yml", lines: ["slices[1]": 9])
+        #expect(document.error("slices[1].sources[0].layer_range", "bad").description == "r.yml:9: slices[1].sources[0].layer_range: bad")
+    }
+
+    @Test("a command-line request becomes the recipe that gives it back")
+    func requestRoundTrip() throws {
+        var request = Merger.Request(inputs: ["b.safetensors", "c.safetensors"], strategy: "linear",
+                                     output: OutputOptions(path: "out.safetensors", layout: .safetensors))
+        request.base = "a.safetensors"
+        try request.parameters.assign("weight", words: ["1", "2", "0.5"], for: AverageStrategy.declaration)
+        try request.parameters.assign("normalize", words: ["false"], for: AverageStrategy.declaration)
+        request.dtype = .F16
+        request.extraMetadata = [("run", "7")]
+        let recipe = try Recipe(request)
+        let document = try RecipeParser.parse(recipe.render(), file: "r.yml")
+        #expect(document.recipe == recipe)
+        let replayed = try RecipeRunner.request(document, output: request.output, resolver: ModelResolver(hub: nil))
+        #expect(replayed.inputs == ["a.safetensors", "b.safetensors", "c.safetensors"] && replayed.base == nil)
+        #expect(replayed.parameters.perInput.first?.settings == [.value(.number(1)), .value(.number(2)), .value(.number(0.5))])
+        #expect(replayed.parameters.shared.first?.setting == .value(.bool(false)))
+        #expect(replayed.dtype == .F16 && replayed.extraMetadata.first! == ("run", "7"))
+    }
+
+    @Test("layer names are renumbered where the layer index is read, and slice positions restart per slice")
+    func stacking() {
+        #expect(LayerStack.renaming("model.layers.12.mlp.up_proj.weight", layer: 3) == "model.layers.3.mlp.up_proj.weight")
+        #expect(LayerStack.renaming("transformer.h.0.attn.weight", layer: 7) == "transformer.h.7.attn.weight")
+        #expect(LayerStack.renaming("model.norm.weight", layer: 1) == "model.norm.weight")
+        #expect(LayerStack.positions([3, 1, 2]) == [0: 0, 1: 0.5, 2: 1, 3: 1, 4: 0, 5: 1])
+    }
+
+    @Test("Hugging Face ids resolve to the cached snapshot of refs/main, or of a revision")
+    func huggingFaceCache() throws {
+        let hub = NSTemporaryDirectory() + "wsamerge-hub-" + UUID().uuidString
+        defer { try? FileManager.default.removeItem(atPath: hub) }
+        let repo = hub + "/models--org--name"
+        for snapshot in ["aaa", "bbb"] {
+            try FileManager.default.createDirectory(atPath: repo + "/snapshots/" + snapshot, withIntermediateDirectories: true)
+        }
+        try FileManager.default.createDirectory(atPath: repo + "/refs", withIntermediateDirectories: true)
+        try "bbb\n".write(toFile: repo + "/refs/main", atomically: true, encoding: .utf8)
+        let resolver = ModelResolver(hub: hub)
+        #expect(try resolver.resolve("org/name") == repo + "/snapshots/bbb")
+        #expect(try resolver.resolve("org/name@aaa") == repo + "/snapshots/aaa")
+        #expect(throws: WSAMergeError.self) { try resolver.resolve("org/other") }
+        #expect(try resolver.resolve("./not/an-id") == "./not/an-id")
+        #expect(ModelResolver.isHubID("meta-llama/Llama-3.1-8B") && !ModelResolver.isHubID("a/b/c") && !ModelResolver.isHubID("../x"))
+    }
+}

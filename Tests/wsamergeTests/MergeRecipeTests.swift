@@ -1,0 +1,512 @@
+import Foundation
+import Testing
+
+/// `fuse --recipe`: mergekit's example recipes rewritten with fixture paths give the same bytes
+/// as the equivalent command line, or for gradients and slices a numpy reference; `--print-recipe`
+/// replays byte for byte; every mistake in a recipe names its line.
+@Suite("Merge recipes (mergekit YAML)")
+struct MergeRecipeTests {
+    static let dir = TestSupport.fixtures + "/recipes"
+    static func m(_ k: Int) -> String { dir + "/m\(k).safetensors" }
+
+    /// The strategies the binary has (methods landing on main light up their tests).
+    static let strategies: Set<String> = {
+        guard let result = try? TestSupport.wsamerge(["strategies"]),
+              let list = try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [[String: Any]] else { return [] }
+        return Set(list.compactMap { $0["identifier"] as? String })
+    }()
+
+    /// Writes `text` with `{M0}` … `{M3}` and `{DIR}` replaced by fixture paths.
+    static func recipe(_ text: String, in tmp: String, name: String = "recipe.yml") throws -> String {
+        var text = text.replacingOccurrences(of: "{DIR}", with: dir)
+        for k in 0..<4 { text = text.replacingOccurrences(of: "{M\(k)}", with: m(k)) }
+        let path = tmp + "/" + name
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    static func fuse(_ arguments: [String], sourceLocation: SourceLocation = #_sourceLocation) throws -> TestSupport.Result {
+        let result = try TestSupport.wsamerge(["fuse", "--quiet"] + arguments)
+        #expect(result.status == 0, "fuse \(arguments): \(result.stderr)", sourceLocation: sourceLocation)
+        return result
+    }
+
+    static func metadata(_ path: String) throws -> [String: String] {
+        let out = try TestSupport.pythonOK("meta, _, _ = st_raw(sys.argv[1]); print(json.dumps(meta))", [path])
+        return (try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: String]) ?? [:]
+    }
+
+    // MARK: Same bytes as the command line
+
+    @Test("mergekit's linear example (three weights) gives the bytes of the equivalent flags")
+    func linearThreeWeights() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        let recipe = try Self.recipe("""
+            models:
+              - model: {M1}
+                parameters:
+                  weight: 1.0
+              - model: {M2}
+                parameters:
+                  weight: 0.3
+              - model: {M3}
+                parameters:
+                  weight: 0.5
+            merge_method: linear
+            dtype: float16
+            """, in: tmp)
+        try Self.fuse(["--recipe", recipe, "-o", tmp + "/recipe.safetensors"])
+        let flags = [Self.m(1), Self.m(2), Self.m(3), "--strategy", "linear", "--weights", "1.0,0.3,0.5", "--dtype", "F16"]
+        try Self.fuse(flags + ["-o", tmp + "/flags.safetensors"])
+        let a = TestSupport.read(tmp + "/recipe.safetensors"), b = TestSupport.read(tmp + "/flags.safetensors")
+        #expect(a != nil && a == b)
+        let printed = try Self.fuse(flags + ["-o", tmp + "/unused.safetensors", "--print-recipe"]).stdout
+        #expect(try Self.metadata(tmp + "/recipe.safetensors")["wsamerge.recipe"] == printed)
+        #expect(!TestSupport.fileExists(tmp + "/unused.safetensors"))
+    }
+
+    @Test("--print-recipe, then --recipe, gives byte-identical output (average with base, filters, metadata, dtype; directory output)")
+    func printRecipeRoundTrip() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        let flags = [Self.m(1), Self.m(2), "--base", Self.m(0), "--strategy", "linear", "--weights", "2,1,0.25",
+                     "--param", "normalize=false", "--exclude", "lm_head", "--include", "layers\\.[0-2]\\.|embed",
+                     "--metadata", "run=7", "--dtype", "BF16"]
+        let printed = try Self.fuse(flags + ["-o", tmp + "/a/", "--print-recipe"]).stdout
+        #expect(printed.contains("base_model: ") && printed.contains("exclude: [\"lm_head\"]") && printed.contains("dtype: bfloat16"))
+        try Self.fuse(flags + ["-o", tmp + "/a/"])
+        let recipe = tmp + "/printed.yml"
+        try printed.write(toFile: recipe, atomically: true, encoding: .utf8)
+        try Self.fuse(["--recipe", recipe, "-o", tmp + "/b/"])
+        let a = TestSupport.read(tmp + "/a/model.safetensors"), b = TestSupport.read(tmp + "/b/model.safetensors")
+        #expect(a != nil && a == b)
+        #expect(TestSupport.read(tmp + "/a/wsamerge_recipe.yml") == Array(printed.utf8))
+        #expect(TestSupport.read(tmp + "/b/wsamerge_recipe.yml") == Array(printed.utf8))
+        // The recipe's own --print-recipe is the same normalised text.
+        #expect(try Self.fuse(["--recipe", recipe, "-o", tmp + "/c/", "--print-recipe"]).stdout == printed)
+        // From standard input too.
+        let piped = try TestSupport.run(TestSupport.binary, ["fuse", "--quiet", "--recipe", "-", "-o", tmp + "/d.safetensors"], stdin: printed)
+        #expect(piped.status == 0, "\(piped.stderr)")
+    }
+
+    @Test("fisher and wsa recipes replay byte for byte (per-model fisher files, shared parameters)")
+    func fisherAndWSARoundTrip() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        let merge = TestSupport.fixtures + "/merge/"
+        let runs: [[String]] = [
+            [merge + "a.safetensors", merge + "b.safetensors", "--strategy", "fisher", "--fisher", merge + "fisher_a.safetensors",
+             "--fisher", merge + "fisher_b.safetensors", "--fisher-epsilon", "1e-05", "--weights", "1,3"],
+            [merge + "a.safetensors", merge + "b.safetensors", "--strategy", "wsa", "--scope-fusion", "quadratic", "--weights", "0.7,0.3"],
+        ]
+        for (i, flags) in runs.enumerated() {
+            let printed = try Self.fuse(flags + ["-o", tmp + "/x.safetensors", "--print-recipe"]).stdout
+            try Self.fuse(flags + ["-o", tmp + "/flags\(i).safetensors"])
+            let recipe = tmp + "/r\(i).yml"
+            try printed.write(toFile: recipe, atomically: true, encoding: .utf8)
+            try Self.fuse(["--recipe", recipe, "-o", tmp + "/recipe\(i).safetensors"])
+            let a = TestSupport.read(tmp + "/flags\(i).safetensors"), b = TestSupport.read(tmp + "/recipe\(i).safetensors")
+            #expect(a != nil && a == b, "\(flags[3]): \(printed)")
+        }
+    }
+
+    // MARK: Gradients, filters and slices against numpy
+
+    /// numpy helpers: the layer position t and mergekit's gradient and filter rules.
+    static let gradientPrelude = #"""
+    import re
+    def layer_of(name):
+        parts = name.split(".")
+        for i, p in enumerate(parts[:-1]):
+            if p in ("layers", "layer", "h", "blocks") and parts[i + 1].isdigit():
+                return int(parts[i + 1])
+        return None
+    def grad(v, t):
+        if not isinstance(v, list): return float(v)
+        if len(v) == 1: return float(v[0])
+        x = min(max(t, 0.0), 1.0) * (len(v) - 1); i = int(np.floor(x))
+        if i >= len(v) - 1: return float(v[-1])
+        f = x - i
+        return v[i] * (1 - f) + v[i + 1] * f
+    def setting(s, name, t):
+        if isinstance(s, list) and s and isinstance(s[0], dict):
+            for e in s:
+                if "filter" not in e or e["filter"] in name: return setting(e["value"], name, t)
+            return None
+        return grad(s, t)
+
+    """#
+
+    @Test("linear with weight gradients and a filter list matches numpy applying the per-layer weights")
+    func linearGradients() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        let recipe = try Self.recipe("""
+            merge_method: linear
+            models:
+              - model: {M1}
+                parameters:
+                  weight: [1, 0.5, 0]
+              - model: {M2}
+                parameters:
+                  weight:
+                    - filter: self_attn
+                      value: [0, 1]
+                    - filter: mlp
+                      value: 0.25
+                    - value: 1
+              - model: {M3}
+            parameters:
+              weight: 0.5
+            """, in: tmp)
+        try Self.fuse(["--recipe", recipe, "-o", tmp + "/out.safetensors"])
+        try TestSupport.pythonOK(Self.gradientPrelude + #"""
+        ms = [st_arrays(p) for p in sys.argv[1:4]]
+        out = st_arrays(sys.argv[4])
+        W = [[1, 0.5, 0], [{"filter": "self_attn", "value": [0, 1]}, {"filter": "mlp", "value": 0.25}, {"value": 1}], 0.5]
+        L = 4
+        assert list(out) == list(ms[0]), (list(out), list(ms[0]))
+        for name in out:
+            layer = layer_of(name); t = layer / (L - 1) if layer is not None else 0.0
+            w = [setting(s, name, t) for s in W]
+            # METHODS.md linear: Σ w_i x_i / Σ w_i with the weights as given.
+            acc = w[0] * ms[0][name].astype(np.float64)
+            for k in (1, 2): acc = acc + w[k] * ms[k][name].astype(np.float64)
+            acc = acc / (w[0] + w[1] + w[2])
+            assert out[name].dtype == np.float32 and out[name].tobytes() == acc.astype(np.float32).tobytes(), name
+        """#, [Self.m(1), Self.m(2), Self.m(3), tmp + "/out.safetensors"])
+    }
+
+    @Test("passthrough slices stack layer ranges into a deeper model (mergekit's frankenmerge example)")
+    func passthroughStacking() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        let recipe = try Self.recipe("""
+            slices:
+              - sources:
+                - model: {M1}
+                  layer_range: [0, 3]
+              - sources:
+                - model: {M2}
+                  layer_range: [1, 4]
+            merge_method: passthrough
+            dtype: float16
+            """, in: tmp)
+        try Self.fuse(["--recipe", recipe, "-o", tmp + "/out/"])
+        try TestSupport.pythonOK(Self.gradientPrelude + #"""
+        a, b = st_arrays(sys.argv[1]), st_arrays(sys.argv[2])
+        out = st_arrays(sys.argv[3])
+        expected = {}
+        for name, v in a.items():
+            if layer_of(name) is None: expected[name] = v
+        plan = [(a, 0), (a, 1), (a, 2), (b, 1), (b, 2), (b, 3)]
+        for new, (src, old) in enumerate(plan):
+            for name, v in src.items():
+                if layer_of(name) == old:
+                    expected[re.sub(r"layers\.\d+\.", f"layers.{new}.", name, count=1)] = v
+        assert sorted(out) == sorted(expected), (sorted(out), sorted(expected))
+        for name, v in expected.items():
+            assert out[name].dtype == np.float16 and out[name].tobytes() == v.astype(np.float16).tobytes(), name
+        meta, _, _ = st_raw(sys.argv[3])
+        assert meta["wsamerge.strategy"] == "passthrough" and "layer_range: [1, 4]" in meta["wsamerge.recipe"], meta
+        """#, [Self.m(1), Self.m(2), tmp + "/out"])
+        #expect(TestSupport.fileExists(tmp + "/out/wsamerge_recipe.yml"))
+    }
+
+    @Test("slices with linear merge each slice's sources, gradients evaluated slice by slice")
+    func slicesWithLinear() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        let recipe = try Self.recipe("""
+            merge_method: linear
+            slices:
+              - sources:
+                  - model: {M1}
+                    layer_range: [0, 2]
+                  - model: {M2}
+                    layer_range: [0, 2]
+              - sources:
+                  - model: {M1}
+                    layer_range: [2, 4]
+                  - model: {M3}
+                    layer_range: [2, 4]
+            parameters:
+              weight: [1, 3]
+              normalize: false
+            """, in: tmp)
+        try Self.fuse(["--recipe", recipe, "-o", tmp + "/out.safetensors"])
+        try TestSupport.pythonOK(Self.gradientPrelude + #"""
+        m1, m2, m3 = (st_arrays(p) for p in sys.argv[1:4])
+        out = st_arrays(sys.argv[4])
+        assert sorted(out) == sorted(m1)
+        for name in out:
+            layer = layer_of(name)
+            if layer is None: t, other = 0.0, m2
+            else: t, other = float(layer % 2), (m2 if layer < 2 else m3)
+            w = grad([1, 3], t)
+            acc = w * m1[name].astype(np.float64) + w * other[name].astype(np.float64)
+            assert out[name].tobytes() == acc.astype(np.float32).tobytes(), name
+        """#, [Self.m(1), Self.m(2), Self.m(3), tmp + "/out.safetensors"])
+    }
+
+    @Test("mergekit's ties example (density and weight gradients, a filter list) matches the numpy reference",
+          .enabled(if: MergeRecipeTests.strategies.contains("ties")))
+    func tiesExample() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        let recipe = try Self.recipe("""
+            models:
+              - model: {M1}
+                parameters:
+                  density: [1, 0.7, 0.1] # density gradient
+                  weight: 1.0
+              - model: {M2}
+                parameters:
+                  density: 0.5
+                  weight: [0, 0.3, 0.7, 1] # weight gradient
+              - model: {M3}
+                parameters:
+                  density: 0.33
+                  weight:
+                    - filter: mlp
+                      value: 0.5
+                    - value: 0
+            merge_method: ties
+            base_model: {M0}
+            parameters:
+              normalize: true
+              int8_mask: true
+            dtype: float32
+            """, in: tmp)
+        try Self.fuse(["--recipe", recipe, "-o", tmp + "/out.safetensors"])
+        try TestSupport.pythonOK(Self.gradientPrelude + #"""
+        sys.path.insert(0, sys.argv[6])
+        import reference_methods as R
+        base = st_arrays(sys.argv[1]); xs = [st_arrays(p) for p in sys.argv[2:5]]
+        out = st_arrays(sys.argv[5])
+        D = [[1, 0.7, 0.1], 0.5, 0.33]
+        W = [1.0, [0, 0.3, 0.7, 1], [{"filter": "mlp", "value": 0.5}, {"value": 0}]]
+        for name in out:
+            layer = layer_of(name); t = layer / 3 if layer is not None else 0.0
+            per = {"weight": [setting(s, name, t) for s in W], "density": [setting(s, name, t) for s in D]}
+            shared = {"normalize": True, "lambda": 1.0, "int8_mask": True, "rescale": False}
+            ref, _ = R.METHODS["ties"](name, base[name].astype(np.float64), [x[name].astype(np.float64) for x in xs], per, shared, 0)
+            assert np.allclose(out[name].astype(np.float64), ref, rtol=1e-6, atol=1e-7), (name, out[name], ref)
+        """#, [Self.m(0), Self.m(1), Self.m(2), Self.m(3), tmp + "/out.safetensors", TestSupport.fixtures + "/methods"])
+    }
+
+    @Test("ties without gradients: the recipe gives the bytes of the equivalent flags",
+          .enabled(if: MergeRecipeTests.strategies.contains("ties")))
+    func tiesFlags() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        let recipe = try Self.recipe("""
+            merge_method: ties
+            base_model: {M0}
+            models:
+              - model: {M0}
+              - model: {M1}
+                parameters:
+                  weight: 1
+                  density: 0.5
+              - model: {M2}
+                parameters:
+                  weight: 0.5
+                  density: 0.7
+            parameters:
+              normalize: true
+            """, in: tmp)
+        try Self.fuse(["--recipe", recipe, "-o", tmp + "/recipe.safetensors"])
+        try Self.fuse(["--base", Self.m(0), Self.m(1), Self.m(2), "--strategy", "ties", "--weights", "1,0.5",
+                       "--param", "density=0.5,0.7", "--param", "normalize=true", "-o", tmp + "/flags.safetensors"])
+        let a = try Self.metadata(tmp + "/recipe.safetensors"), b = try Self.metadata(tmp + "/flags.safetensors")
+        #expect(a.filter { $0.key != "wsamerge.recipe" } == b.filter { $0.key != "wsamerge.recipe" })
+        let same = try TestSupport.pythonOK("""
+            a, b = st_arrays(sys.argv[1]), st_arrays(sys.argv[2])
+            print(list(a) == list(b) and all(a[k].tobytes() == b[k].tobytes() for k in a))
+            """, [tmp + "/recipe.safetensors", tmp + "/flags.safetensors"])
+        #expect(same.hasPrefix("True"))
+    }
+
+    @Test("mergekit's gradient slerp example (self_attn and mlp filters, a fallback) matches the numpy reference",
+          .enabled(if: MergeRecipeTests.strategies.contains("slerp")))
+    func slerpGradients() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        let recipe = try Self.recipe("""
+            slices:
+              - sources:
+                  - model: {M0}
+                    layer_range: [0, 4]
+                  - model: {M1}
+                    layer_range: [0, 4]
+            merge_method: slerp
+            base_model: {M0}
+            parameters:
+              t:
+                - filter: self_attn
+                  value: [0, 0.5, 0.3, 0.7, 1]
+                - filter: mlp
+                  value: [1, 0.5, 0.7, 0.3, 0]
+                - value: 0.5 # fallback for rest of tensors
+            dtype: float32
+            """, in: tmp)
+        try Self.fuse(["--recipe", recipe, "-o", tmp + "/out.safetensors"])
+        try TestSupport.pythonOK(Self.gradientPrelude + #"""
+        sys.path.insert(0, sys.argv[4])
+        import reference_methods as R
+        a, c = st_arrays(sys.argv[1]), st_arrays(sys.argv[2])
+        out = st_arrays(sys.argv[3])
+        T = [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]}, {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]}, {"value": 0.5}]
+        assert sorted(out) == sorted(a)
+        for name in out:
+            layer = layer_of(name); t = layer / 3 if layer is not None else 0.0
+            ref, _ = R.METHODS["slerp"](name, a[name].astype(np.float64), [c[name].astype(np.float64)], {}, {"t": setting(T, name, t)}, 0)
+            assert np.allclose(out[name].astype(np.float64), ref, rtol=1e-6, atol=1e-7), (name, out[name], ref)
+        """#, [Self.m(0), Self.m(1), tmp + "/out.safetensors", TestSupport.fixtures + "/methods"])
+    }
+
+    // MARK: Model directories and references
+
+    @Test("tokenizer_source: base copies the base directory's config and tokenizer files beside the weights")
+    func tokenizerSource() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        let recipe = try Self.recipe("""
+            merge_method: linear
+            base_model: {DIR}/basedir
+            models:
+              - model: {DIR}/basedir
+                parameters: {weight: 1}
+              - model: {M1}
+                parameters: {weight: 3}
+            tokenizer_source: base
+            """, in: tmp)
+        try Self.fuse(["--recipe", recipe, "-o", tmp + "/out/"])
+        #expect(TestSupport.listing(tmp + "/out") == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "wsamerge_recipe.yml"])
+        #expect(TestSupport.read(tmp + "/out/tokenizer.json") == TestSupport.read(Self.dir + "/basedir/tokenizer.json"))
+        // A single-file output has nowhere to put them.
+        let refused = try TestSupport.wsamerge(["fuse", "--recipe", recipe, "-o", tmp + "/out.safetensors"])
+        TestSupport.expectRefusal(refused, code: 64, mentions: [recipe + ":8: tokenizer_source: ", "must be a directory"])
+        #expect(!TestSupport.fileExists(tmp + "/out.safetensors"))
+    }
+
+    @Test("a Hugging Face id resolves to its snapshot in the local cache; one not there is refused")
+    func huggingFaceCache() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        let repo = tmp + "/hub/models--tiny-org--tiny-model"
+        try FileManager.default.createDirectory(atPath: repo + "/snapshots/0123abcd", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: repo + "/refs", withIntermediateDirectories: true)
+        try "0123abcd".write(toFile: repo + "/refs/main", atomically: true, encoding: .utf8)
+        try FileManager.default.copyItem(atPath: Self.m(1), toPath: repo + "/snapshots/0123abcd/model.safetensors")
+        let recipe = try Self.recipe("""
+            merge_method: linear
+            models:
+              - model: tiny-org/tiny-model
+                parameters: {weight: 1}
+              - model: {M2}
+                parameters: {weight: 1}
+              - model: tiny-org/missing-model
+                parameters: {weight: 1}
+            """, in: tmp)
+        let environment = ["HF_HUB_CACHE": tmp + "/hub"]
+        let refused = try TestSupport.wsamerge(["fuse", "--recipe", recipe, "-o", tmp + "/out.safetensors"], environment: environment)
+        TestSupport.expectRefusal(refused, code: 66, mentions: [recipe + ":7: models[2].model", "tiny-org/missing-model", "reads local files only"])
+        let two = try Self.recipe("""
+            merge_method: linear
+            models:
+              - model: tiny-org/tiny-model
+                parameters: {weight: 1}
+              - model: {M2}
+                parameters: {weight: 1}
+            """, in: tmp, name: "two.yml")
+        let result = try TestSupport.wsamerge(["fuse", "--quiet", "--recipe", two, "-o", tmp + "/out.safetensors"], environment: environment)
+        #expect(result.status == 0, "\(result.stderr)")
+        let meta = try Self.metadata(tmp + "/out.safetensors")
+        #expect(meta["wsamerge.inputs"]?.contains("snapshots/0123abcd") == true)
+        #expect(meta["wsamerge.recipe"]?.contains("model: tiny-org/tiny-model") == true)
+    }
+
+    // MARK: Refusals
+
+    struct Mistake: CustomTestStringConvertible, Sendable {
+        let what: String
+        let yaml: String
+        let line: Int
+        let mentions: [String]
+        var testDescription: String { what }
+    }
+
+    static let mistakes: [Mistake] = [
+        Mistake(what: "a word for a number", yaml: """
+            merge_method: linear
+            models:
+              - model: {M1}
+                parameters:
+                  weight: 1
+              - model: {M2}
+                parameters:
+                  weight: high
+            """, line: 8, mentions: ["models[1].parameters.weight: expected a number or a list, got \"high\""]),
+        Mistake(what: "an unknown key", yaml: "merge_method: linear\nmodles:\n  - model: {M1}\n", line: 2,
+                mentions: ["unknown key 'modles'", "supported: merge_method, base_model, models"]),
+        Mistake(what: "an unknown method", yaml: "models:\n  - model: {M1}\nmerge_method: tiess\n", line: 3,
+                mentions: ["merge_method: unknown method 'tiess'", "supported: average"]),
+        Mistake(what: "an unknown parameter", yaml: "merge_method: linear\nmodels:\n  - model: {M1}\n    parameters:\n      weight: 1\n      densty: 0.5\n",
+                line: 6, mentions: ["models[0].parameters.densty", "has no parameter 'densty'", "weight, normalize"]),
+        Mistake(what: "a shared parameter given per model", yaml: "merge_method: linear\nmodels:\n  - model: {M1}\n    parameters:\n      weight: 1\n      normalize: false\n",
+                line: 6, mentions: ["models[0].parameters.normalize", "top-level parameters"]),
+        Mistake(what: "broken YAML", yaml: "merge_method: linear\nmodels:\n  - model: {M1}\n   - model: {M2}\n", line: 4, mentions: ["not valid YAML"]),
+        Mistake(what: "a reversed layer range", yaml: "merge_method: passthrough\nslices:\n  - sources:\n      - model: {M1}\n        layer_range: [3, 1]\n",
+                line: 5, mentions: ["slices[0].sources[0].layer_range", "0 ≤ first < end"]),
+        Mistake(what: "a layer range past the model", yaml: "merge_method: passthrough\nslices:\n  - sources:\n      - model: {M1}\n        layer_range: [0, 2]\n  - sources:\n      - model: {M2}\n        layer_range: [2, 9]\n",
+                line: 8, mentions: ["slices[1].sources[0].layer_range: [2, 9] is not within", "layers 0 to 3"]),
+        Mistake(what: "an entry without model", yaml: "merge_method: linear\nmodels:\n  - model: {M1}\n    parameters: {weight: 1}\n  - parameters: {weight: 1}\n",
+                line: 5, mentions: ["models[1]: the entry has no 'model'"]),
+        Mistake(what: "an unknown dtype", yaml: "merge_method: linear\nmodels:\n  - model: {M1}\n    parameters: {weight: 1}\ndtype: float8\n",
+                line: 5, mentions: ["dtype: unknown dtype 'float8'", "bfloat16"]),
+        Mistake(what: "a tokenizer union", yaml: "merge_method: linear\nbase_model: {M1}\nmodels:\n  - model: {M1}\n    parameters: {weight: 1}\ntokenizer_source: union\n",
+                line: 6, mentions: ["tokenizer_source: only 'base' is supported"]),
+        Mistake(what: "models and slices", yaml: "merge_method: passthrough\nmodels:\n  - model: {M1}\nslices:\n  - sources:\n      - model: {M1}\n        layer_range: [0, 1]\n",
+                line: 4, mentions: ["either models or slices"]),
+        Mistake(what: "a filter entry without value", yaml: "merge_method: linear\nmodels:\n  - model: {M1}\n    parameters:\n      weight:\n        - filter: mlp\n        - value: 1\n",
+                line: 6, mentions: ["models[0].parameters.weight[0]: the entry has no 'value'"]),
+        Mistake(what: "a gradient for a bool", yaml: "merge_method: linear\nmodels:\n  - model: {M1}\n    parameters: {weight: 1}\nparameters:\n  normalize: [1, 0]\n",
+                line: 6, mentions: ["parameters.normalize: expected true or false"]),
+        Mistake(what: "a linear model without weight", yaml: "merge_method: linear\nmodels:\n  - model: {M1}\n    parameters: {weight: 1}\n  - model: {M2}\n",
+                line: 5, mentions: ["models[1]: linear needs a weight for every model"]),
+        Mistake(what: "a duplicate key", yaml: "merge_method: linear\nmodels:\n  - model: {M1}\n    parameters: {weight: 1}\nmerge_method: linear\n",
+                line: 1, mentions: ["duplicate key 'merge_method'"]),
+        Mistake(what: "parameters per slice", yaml: "merge_method: passthrough\nslices:\n  - sources:\n      - model: {M1}\n        layer_range: [0, 1]\n    parameters: {scale: 1}\n",
+                line: 6, mentions: ["slices[0].parameters: parameters per slice are not supported"]),
+        Mistake(what: "a misspelt key in a model entry", yaml: "merge_method: linear\nmodels:\n  - model: {M1}\n    weigth: 1\n",
+                line: 4, mentions: ["models[0].weigth: unknown key 'weigth'", "model, parameters"]),
+        Mistake(what: "a method without its base", yaml: "merge_method: wsa\nbase_model: {M0}\nmodels:\n  - model: {M1}\n",
+                line: 2, mentions: ["base_model: wsa takes no base model"]),
+        Mistake(what: "a quoted number", yaml: "merge_method: linear\nmodels:\n  - model: {M1}\n    parameters:\n      weight: \"1\"\n",
+                line: 5, mentions: ["expected a number or a list, got \"1\""]),
+    ]
+
+    @Test("every mistake in a recipe is refused with its line and key", arguments: mistakes)
+    func refusals(_ mistake: Mistake) throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        let recipe = try Self.recipe(mistake.yaml, in: tmp)
+        let result = try TestSupport.wsamerge(["fuse", "--recipe", recipe, "-o", tmp + "/out.safetensors"])
+        TestSupport.expectRefusal(result, code: 64, mentions: ["\(recipe):\(mistake.line): "] + mistake.mentions)
+        #expect(!TestSupport.fileExists(tmp + "/out.safetensors"))
+    }
+
+    @Test("a recipe is not mixed with inputs or merge options")
+    func recipeAlone() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        let recipe = try Self.recipe("merge_method: linear\nmodels:\n  - model: {M1}\n    parameters: {weight: 1}\n", in: tmp)
+        let result = try TestSupport.wsamerge(["fuse", "--recipe", recipe, Self.m(2), "--strategy", "wsa", "-o", tmp + "/out.safetensors"])
+        TestSupport.expectRefusal(result, code: 64, mentions: ["--recipe", "inputs, --strategy"])
+        let missing = try TestSupport.wsamerge(["fuse", "--recipe", tmp + "/nope.yml", "-o", tmp + "/out.safetensors"])
+        TestSupport.expectRefusal(missing, code: 66, mentions: ["nope.yml"])
+    }
+}
