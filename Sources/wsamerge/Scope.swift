@@ -31,6 +31,10 @@ extension WSAMerge {
 
         @OptionGroup var common: CommonOptions
 
+        func validate() throws {
+            if let plot, plot == output { throw ValidationError("--plot and -o name the same file") }
+        }
+
         func run() throws {
             let checkpoints = try CheckpointReader.open(files)
             let raw = weights?.values ?? [Double](repeating: 1, count: checkpoints.count)
