@@ -54,11 +54,27 @@ struct DifferenceSums: Sendable {
     }
 
     /// One block: `inputs[0]` the reference, `inputs[j]` model j; `sameDType[j - 1]` whether
-    /// model j stores the reference's dtype (then `changed` compares bit patterns).
+    /// model j stores the reference's dtype (then `changed` compares bit patterns). Each sum runs
+    /// over the block's elements in order, skipping the non-finite ones.
     static func block(_ inputs: [UnsafeMutablePointer<Double>], count: Int, sameDType: [Bool]) -> DifferenceSums {
         var sums = DifferenceSums(models: inputs.count)
         sums.count = count
         let a = inputs[0]
+        for k in inputs.indices { sums.scopes[k] = ScopeMoments(values: inputs[k], count: count) }
+        // Which elements count: nil when all of them do.
+        var finite: [Bool]?
+        if inputs.contains(where: { containsNonFinite($0, count) }) {
+            let mask = (0..<count).map { e in inputs.allSatisfy { $0[e].isFinite } }
+            sums.nonfinite = mask.lazy.filter { !$0 }.count
+            finite = mask
+        }
+        var aa = 0.0
+        if let finite {
+            for e in 0..<count where finite[e] { aa += a[e] * a[e] }
+        } else {
+            for e in 0..<count { aa += a[e] * a[e] }
+        }
+        sums.referenceSquares = aa
         for j in 1..<inputs.count {
             let x = inputs[j]
             var changed = 0, ambiguous = 0
@@ -69,38 +85,26 @@ struct DifferenceSums: Sendable {
             } else {
                 for e in 0..<count where !(a[e] == x[e] || (a[e].isNaN && x[e].isNaN)) { changed += 1 }
             }
+            var xx = 0.0, ax = 0.0, dd = 0.0, largest = -Double.infinity
+            @inline(__always) func add(_ e: Int) {
+                let av = a[e], xv = x[e], d = xv - av
+                xx += xv * xv
+                ax += av * xv
+                dd += d * d
+                largest = Swift.max(largest, d.magnitude)
+            }
+            if let finite {
+                for e in 0..<count where finite[e] { add(e) }
+            } else {
+                for e in 0..<count { add(e) }
+            }
             sums.changed[j - 1] = changed
             sums.ambiguous[j - 1] = ambiguous
+            sums.squares[j - 1] = xx
+            sums.dots[j - 1] = ax
+            sums.differenceSquares[j - 1] = dd
+            sums.maxAbs[j - 1] = largest
         }
-        for k in inputs.indices { sums.scopes[k] = ScopeMoments(values: inputs[k], count: count) }
-        let m = inputs.count - 1
-        var aa = 0.0, nonfinite = 0
-        var xx = [Double](repeating: 0, count: m), ax = xx, dd = xx
-        var largest = [Double](repeating: -.infinity, count: m)
-        for e in 0..<count {
-            var finite = a[e].isFinite
-            for j in 1..<inputs.count where !inputs[j][e].isFinite { finite = false }
-            guard finite else {
-                nonfinite += 1
-                continue
-            }
-            let av = a[e]
-            aa += av * av
-            for j in 0..<m {
-                let x = inputs[j + 1][e]
-                let d = x - av
-                xx[j] += x * x
-                ax[j] += av * x
-                dd[j] += d * d
-                largest[j] = Swift.max(largest[j], d.magnitude)
-            }
-        }
-        sums.nonfinite = nonfinite
-        sums.referenceSquares = aa
-        sums.squares = xx
-        sums.dots = ax
-        sums.differenceSquares = dd
-        sums.maxAbs = largest
         return sums
     }
 
@@ -213,44 +217,61 @@ struct TaskVectorSums: Sendable {
         return total
     }
 
+    /// One block starting at C-order `position`: each input's memberships (its cursor sees every
+    /// key in order), then each sum over the block's jointly finite elements in order.
     static func block(_ inputs: [UnsafeMutablePointer<Double>], count: Int, windows: [RankWindow], position: Int) -> TaskVectorSums {
         let n = inputs.count - 1
         var sums = TaskVectorSums(inputs: n)
         sums.count = count
-        var cursors = windows.map { $0.cursor(at: position) }
-        var delta = [Double](repeating: 0, count: n)
-        var member = [Bool](repeating: false, count: n)
         let b = inputs[0]
-        for e in 0..<count {
-            var finite = b[e].isFinite
-            for i in 0..<n {
-                let x = inputs[i + 1][e]
-                if !x.isFinite { finite = false }
-                // Every cursor sees every key in C order, whatever the element.
-                member[i] = cursors[i].keeps(key(b[e], x))
-            }
-            guard finite else {
-                sums.nonfinite += 1
-                continue
-            }
-            sums.baseSquares += b[e] * b[e]
-            var positive = false, negative = false
-            for i in 0..<n {
-                let d = inputs[i + 1][e] - b[e]
-                delta[i] = d
-                if d > 0 { positive = true } else if d < 0 { negative = true }
-                member[i] = member[i] && d != 0
-                if member[i] { sums.members[i] += 1 }
-            }
-            if positive && negative { sums.conflicts += 1 }
-            for i in 0..<n {
-                sums.gram[i * n + i] += delta[i] * delta[i]
-                for j in (i + 1)..<Swift.max(i + 1, n) {
-                    sums.gram[i * n + j] += delta[i] * delta[j]
-                    if member[i] && member[j] { sums.intersections[i * n + j] += 1 }
+        var finite = [Bool](repeating: true, count: count)
+        if inputs.contains(where: { containsNonFinite($0, count) }) {
+            for e in 0..<count { finite[e] = inputs.allSatisfy { $0[e].isFinite } }
+            sums.nonfinite = finite.lazy.filter { !$0 }.count
+        }
+        // Per input: δ (0 where not jointly finite) and membership (1 when in the top set).
+        withUnsafeTemporaryAllocation(of: Double.self, capacity: n * count) { deltas in
+            withUnsafeTemporaryAllocation(of: UInt8.self, capacity: n * count) { members in
+                withUnsafeTemporaryAllocation(of: UInt8.self, capacity: count) { signs in
+                    signs.initialize(repeating: 0)
+                    for i in 0..<n {
+                        let x = inputs[i + 1]
+                        let delta = deltas.baseAddress! + i * count, member = members.baseAddress! + i * count
+                        var cursor = windows[i].cursor(at: position)
+                        var kept = 0
+                        for e in 0..<count {
+                            let d = finite[e] ? x[e] - b[e] : 0
+                            // Every key goes through the cursor, in C order.
+                            let inSet: UInt8 = cursor.keeps(key(b[e], x[e])) && d != 0 ? 1 : 0
+                            delta[e] = d
+                            member[e] = inSet
+                            kept += Int(inSet)
+                            signs[e] |= (d > 0 ? 1 : 0) | (d < 0 ? 2 : 0)
+                        }
+                        sums.members[i] = kept
+                    }
+                    var conflicts = 0
+                    for e in 0..<count where signs[e] == 3 { conflicts += 1 }
+                    sums.conflicts = conflicts
+                }
+                for i in 0..<n {
+                    for j in i..<n {
+                        let p = deltas.baseAddress! + i * count, q = deltas.baseAddress! + j * count
+                        var g = 0.0
+                        for e in 0..<count { g += p[e] * q[e] }
+                        sums.gram[i * n + j] = g
+                        guard j > i else { continue }
+                        let u = members.baseAddress! + i * count, v = members.baseAddress! + j * count
+                        var both = 0
+                        for e in 0..<count { both += Int(u[e] & v[e]) }
+                        sums.intersections[i * n + j] = both
+                    }
                 }
             }
         }
+        var bb = 0.0
+        for e in 0..<count where finite[e] { bb += b[e] * b[e] }
+        sums.baseSquares = bb
         return sums
     }
 }
