@@ -6,9 +6,9 @@ extension WSAMerge {
         static let configuration = CommandConfiguration(
             abstract: "How checkpoints differ per tensor and per layer; with --base, their task vectors' sizes, overlaps and sign conflicts.",
             discussion: """
-                Without --base, every model is compared with the first: cosine, rel_l2 = ‖X − A‖/‖A‖, max_abs_diff and \
-                changed elements. With --base, on the task vectors δ = X − BASE: norm, rel_norm = ‖δ‖/‖BASE‖, pairwise cosine, \
-                sign_conflict (the fraction of elements whose nonzero δ disagree in sign) and overlap_top (Jaccard overlap of \
+                Without --base, every model is compared with the first: cosine, rel_l2 = ||X - A||/||A||, max_abs_diff and \
+                changed elements. With --base, on the task vectors d = X - BASE: norm, rel_norm = ||d||/||BASE||, pairwise cosine, \
+                sign_conflict (the fraction of elements whose nonzero d disagree in sign) and overlap_top (Jaccard overlap of \
                 the top --density magnitudes). Float64, the same for every --jobs.
                 """)
 
