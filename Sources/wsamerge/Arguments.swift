@@ -78,6 +78,7 @@ extension ScopeFusion: ExpressibleByArgument {}
 extension FisherNormalize: ExpressibleByArgument {}
 extension WSARescale: ExpressibleByArgument {}
 extension ScopeComparison.SortKey: ExpressibleByArgument {}
+extension Comparison.SortKey: ExpressibleByArgument {}
 
 extension StringProtocol {
     var trimmingSpaces: String { String(drop { $0 == " " }.reversed().drop { $0 == " " }.reversed()) }

@@ -23,10 +23,17 @@ extension WSAMerge {
         @Option(name: .shortAndLong, help: "Also write the scope document (the fused target) to this file.")
         var output: String?
 
-        @Flag(help: "Replace an existing -o file.")
+        @Option(help: "Also draw each model's std per layer, with the fused target dashed, as an SVG file.")
+        var plot: String?
+
+        @Flag(help: "Replace an existing -o or --plot file.")
         var force = false
 
         @OptionGroup var common: CommonOptions
+
+        func validate() throws {
+            if let plot, plot == output { throw ValidationError("--plot and -o name the same file") }
+        }
 
         func run() throws {
             let checkpoints = try common.open(files)
@@ -37,14 +44,12 @@ extension WSAMerge {
             let w = try Weights.normalized(raw, method: "scope")
             let identities = checkpoints.reduce(into: Set<FileIdentity>()) { $0.formUnion($1.identities) }
             if let output { try OutputFile.precheck(output, force: force, inputs: identities) }
+            if let plot { try OutputFile.precheck(plot, force: force, inputs: identities) }
             var comparison = try ScopeComparison(checkpoints, weights: w, fusion: scopeFusion,
                                                  filter: try common.filter(), jobs: common.workerCount)
             comparison.sort(by: sort)
-            if let output {
-                let file = try OutputFile(destination: output, force: force, inputs: identities)
-                try file.write(comparison.json.text + "\n")
-                try file.commit()
-            }
+            if let output { try writeText(comparison.json.text + "\n", to: output, force: force, inputs: identities) }
+            if let plot { try writeText(Figures.scope(comparison).svg, to: plot, force: force, inputs: identities) }
             switch common.format {
             case .json: emit(comparison.json)
             case .table: emit(comparison.table)

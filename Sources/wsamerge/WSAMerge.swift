@@ -16,7 +16,7 @@ struct WSAMerge: ParsableCommand {
             averaging or WSA scope-fused rescale.
             """,
         version: WSAMergeVersion.current,
-        subcommands: [Inspect.self, Stats.self, ScopeCommand.self, Fuse.self, Convert.self, StrategiesCommand.self]
+        subcommands: [Inspect.self, Stats.self, ScopeCommand.self, Fuse.self, Convert.self, StrategiesCommand.self, Compare.self]
     )
 
     static func main() {

@@ -121,6 +121,19 @@ public enum LayerGroups {
         return nil
     }
 
+    /// The tensor family of `name` (its layer index replaced by `*`, e.g. `model.layers.*.mlp.weight`)
+    /// and that index, found as `layerIndex` finds it; nil for a tensor outside the layers.
+    public static func family(of name: String) -> (family: String, layer: Int)? {
+        var parts = name.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+        for i in parts.indices.dropLast() where ["layers", "layer", "h", "blocks"].contains(parts[i]) {
+            if let n = Int(parts[i + 1]), n >= 0 {
+                parts[i + 1] = "*"
+                return (parts.joined(separator: "."), n)
+            }
+        }
+        return nil
+    }
+
     /// Groups in ascending layer order; moments merged exactly, never re-read.
     public static func pool(_ statistics: [TensorStatistics]) -> [Group] {
         var groups: [Int: Group] = [:]
