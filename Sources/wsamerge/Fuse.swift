@@ -75,12 +75,18 @@ extension WSAMerge {
         @Flag(help: "Refuse NaN or infinite input values instead of warning.")
         var strict = false
 
+        @Option(name: .customLong("copy-files-from"), help: "A directory output gets this model directory's config, tokenizer and other non-weight files (default: the base's, else the first input's, when it is a model directory).")
+        var copyFilesFrom: String?
+
+        @Flag(name: .customLong("no-copy-files"), help: "A directory output gets the weights and the recipe only.")
+        var noCopyFiles = false
+
         @OptionGroup var output: OutputArguments
         @OptionGroup var common: CommonOptions
 
         func run() throws {
             var request: Merger.Request
-            let files: RecipeOutputFiles
+            let files: ModelDirectoryOutput
             if let recipe {
                 try checkRecipeAlone()
                 let document = try RecipeParser.load(recipe)
@@ -88,7 +94,9 @@ extension WSAMerge {
                 request = try RecipeRunner.request(document, output: try output.options())
                 request.strict = strict
                 request.jobs = common.workerCount
-                files = try RecipeRunner.outputFiles(document, request: request)
+                files = document.recipe.tokenizerSource == nil
+                    ? try ModelDirectoryOutput(request, source: ModelDirectoryOutput.source(for: request, explicit: copyFilesFrom, disabled: noCopyFiles))
+                    : try RecipeRunner.outputFiles(document, request: request)
             } else {
                 request = try makeRequest()
                 var recipe = try Recipe(request)
@@ -96,7 +104,8 @@ extension WSAMerge {
                 recipe.exclude = common.exclude
                 if printRecipe { return emit(recipe.render()) }
                 request.recipe = recipe.render()
-                files = try RecipeOutputFiles(request, tokenizerSource: nil)
+                files = try ModelDirectoryOutput(request, source: ModelDirectoryOutput.source(for: request, explicit: copyFilesFrom,
+                                                                                             disabled: noCopyFiles))
             }
             let strategyType = RecipeRunner.strategy(named: request.strategy)
             if dryRun {
@@ -105,7 +114,7 @@ extension WSAMerge {
                 return
             }
             let report = try Merger.run(request, strategy: strategyType, progress: Progress.forTerminal(label: "fuse", quiet: common.quiet))
-            try files.write()
+            try files.write(report: report)
             warnSummary("have NaN or infinite input values", tensors: report.nonFiniteTensors, quiet: common.quiet)
             warnSummary("fell back from the strategy", tensors: report.fallbacks, quiet: common.quiet)
             switch common.format {

@@ -384,7 +384,7 @@ struct MergeRecipeTests {
             tokenizer_source: base
             """, in: tmp)
         try Self.fuse(["--recipe", recipe, "-o", tmp + "/out/"])
-        #expect(TestSupport.listing(tmp + "/out") == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "wsamerge_recipe.yml"])
+        #expect(TestSupport.listing(tmp + "/out") == ["README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "wsamerge_recipe.yml"])
         #expect(TestSupport.read(tmp + "/out/tokenizer.json") == TestSupport.read(Self.dir + "/basedir/tokenizer.json"))
         // A single-file output has nowhere to put them.
         let refused = try TestSupport.wsamerge(["fuse", "--recipe", recipe, "-o", tmp + "/out.safetensors"])

@@ -87,6 +87,9 @@ public struct Merger {
         public let plan: MergePlan
         public let strategy: any MergeStrategy
         public let context: MergeContext
+        /// The inputs and the base as the user named them (a directory, not its weights file).
+        public let inputNames: [String]
+        public let baseName: String?
     }
 
     /// Checks every input, the base, every extra file and the output, without writing: the
@@ -161,7 +164,7 @@ public struct Merger {
         let plan = try MergePlan(inputs: inputs, base: base, filter: request.filter, onMissing: request.onMissing,
                                  outputDType: request.dtype)
         let context = MergeContext(plan: plan, parameters: parameters, files: files, paths: paths, jobs: request.jobs)
-        return Prepared(plan: plan, strategy: try strategyType.init(context), context: context)
+        return Prepared(plan: plan, strategy: try strategyType.init(context), context: context, inputNames: inputPaths, baseName: basePath)
     }
 
     /// Runs the merge and puts the output in place; nothing appears at `-o` unless it succeeds.
@@ -228,8 +231,8 @@ public struct Merger {
         var metadata = plan.models[0].metadata
         metadata["wsamerge.version"] = WSAMergeVersion.current
         metadata["wsamerge.strategy"] = prepared.context.parameters.declaration.identifier
-        metadata["wsamerge.inputs"] = JSON.array(plan.inputs.map { .string($0.path) }).text
-        if let base = plan.base { metadata["wsamerge.base"] = base.path }
+        metadata["wsamerge.inputs"] = JSON.array(prepared.inputNames.map { .string($0) }).text
+        if let base = prepared.baseName { metadata["wsamerge.base"] = base }
         if let weights = reportWeights(prepared) { metadata["wsamerge.weights"] = weights.text }
         metadata["wsamerge.parameters"] = prepared.context.parameters.json.text
         for (role, files) in prepared.context.files { metadata["wsamerge.\(role)"] = JSON.array(files.map { .string($0.path) }).text }
@@ -262,9 +265,9 @@ public struct Merger {
         var fields: [(String, JSON)] = [
             ("output", .string(output)),
             ("strategy", .string(prepared.context.parameters.declaration.identifier)),
-            ("inputs", .array(prepared.plan.inputs.map { .string($0.path) })),
+            ("inputs", .array(prepared.inputNames.map { .string($0) })),
         ]
-        if let base = prepared.plan.base { fields.append(("base", .string(base.path))) }
+        if let base = prepared.baseName { fields.append(("base", .string(base))) }
         if let weights = reportWeights(prepared) { fields.append(("weights", weights)) }
         fields.append(("parameters", prepared.context.parameters.json))
         fields.append(("tensor_count", .int(prepared.plan.items.count)))

@@ -90,14 +90,14 @@ public enum RecipeRunner {
     /// The files written beside a directory output: the recipe, and the base's tokenizer and
     /// config files when the recipe asks for them (checked now, written after the merge).
     public static func outputFiles(_ document: RecipeDocument, request: Merger.Request,
-                                   resolver: ModelResolver = .environment) throws -> RecipeOutputFiles {
+                                   resolver: ModelResolver = .environment) throws -> ModelDirectoryOutput {
         var source: String?
         if document.recipe.tokenizerSource != nil, let base = document.recipe.baseModel {
             do { source = try resolver.resolve(base) } catch let error as WSAMergeError {
                 throw document.error("base_model", wrapping: error)
             }
         }
-        do { return try RecipeOutputFiles(request, tokenizerSource: source) } catch WSAMergeError.usage(let message) {
+        do { return try ModelDirectoryOutput(request, source: source) } catch WSAMergeError.usage(let message) {
             throw document.error("tokenizer_source", message)
         }
     }

@@ -382,12 +382,15 @@ struct RankedRandom {
         if density <= 0 { for j in 0..<count { keep[j] = false }; return }
         let draws = Draws(seed: settings.seed, name: item.name, input: item.sources[k].input)
         let first = a * count
+        var keys = [Double](repeating: 0, count: length)
         for r in 0..<stride {
             // Rank the fibre by |δ|, ties by position (a stable sort).
-            for b in 0..<length { order[b] = b }
-            order[0..<length].sort { i, j in
-                let x = Swift.abs(delta[i * stride + r]), y = Swift.abs(delta[j * stride + r])
-                return x < y || (x == y && i < j)
+            for b in 0..<length {
+                order[b] = b
+                keys[b] = Swift.abs(delta[b * stride + r])
+            }
+            keys.withUnsafeBufferPointer { keys in
+                order[0..<length].sort { i, j in keys[i] < keys[j] || (keys[i] == keys[j] && i < j) }
             }
             for (rank, b) in order[0..<length].enumerated() {
                 let p = length == 1 ? density - epsilon : density - epsilon + 2 * epsilon * Double(rank) / Double(length - 1)

@@ -1,0 +1,213 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// What makes a directory output a loadable Hugging Face model directory, written beside the
+/// weights: the merge's recipe (`wsamerge_recipe.yml`), every non-weight file of a source model
+/// directory (config, generation config, tokenizer files, `modules.json`, sub-module configs such
+/// as `1_Pooling/config.json`, chat templates…; regular files only, recursively, never through a
+/// link out of the directory), `config.json`'s `torch_dtype`/`dtype` rewritten to the output dtype,
+/// and a `README.md` model card. Checked before the merge, written after the weights.
+public struct ModelDirectoryOutput {
+    public static let recipeName = "wsamerge_recipe.yml"
+
+    /// The output directory, or nil when the output is a single file.
+    public let directory: String?
+    public let recipe: String
+    /// The model directory whose files are copied, if any.
+    public let source: String?
+    /// Files to copy: source path, path relative to the output directory.
+    public let copies: [(source: String, name: String)]
+    /// The output dtype when it is not the inputs' own (`config.json` is rewritten to it).
+    let dtype: DType?
+    let force: Bool
+
+    /// The model directory whose files a directory output gets: `explicit` (`--copy-files-from`),
+    /// else the base when it is a directory, else the first input when it is; nil when `disabled`
+    /// or the output is a single file.
+    public static func source(for request: Merger.Request, explicit: String?, disabled: Bool) -> String? {
+        guard !disabled, case .sharded = request.output.layout else { return nil }
+        if let explicit { return explicit }
+        return ([request.base].compactMap { $0 } + request.inputs.prefix(1)).first { pathKind($0) == .directory }
+    }
+
+    /// Plans the files for `request` (whose `recipe` is set), copying from the model directory
+    /// `source` when given.
+    public init(_ request: Merger.Request, source tokenizerSource: String?) throws {
+        recipe = request.recipe ?? ""
+        source = tokenizerSource
+        dtype = request.dtype
+        force = request.output.force
+        if case .sharded = request.output.layout {
+            var dir = request.output.path
+            while dir.count > 1 && dir.hasSuffix("/") { dir.removeLast() }
+            directory = dir
+        } else {
+            directory = nil
+        }
+        guard let tokenizerSource else {
+            copies = []
+            return
+        }
+        guard let directory else {
+            throw WSAMergeError.usage("a model's tokenizer and config files go beside the weights, so the output must be a directory")
+        }
+        guard pathKind(tokenizerSource) == .directory else {
+            throw WSAMergeError.usage("the config and tokenizer files come from a model directory, and '\(tokenizerSource)' is not a directory")
+        }
+        var found: [(String, String)] = []
+        Self.collect(tokenizerSource, root: Self.allowedRoot(tokenizerSource), prefix: "", into: &found)
+        copies = found
+        if !force {
+            for (_, name) in copies where pathKind(directory + "/" + name) != .missing {
+                throw WSAMergeError.hinted(.cannotCreate(file: directory + "/" + name, reason: "already exists"), .force)
+            }
+        }
+    }
+
+    /// Writes the recipe, the copies and the model card into the output directory (nothing for
+    /// a file output).
+    public func write(report: Merger.Report? = nil) throws {
+        guard let directory else { return }
+        let recipeFile = try OutputFile(destination: directory + "/" + Self.recipeName, force: true, inputs: [], directIO: false)
+        try recipeFile.write(recipe)
+        try recipeFile.commit()
+        for (source, name) in copies {
+            if name == "config.json", let dtype {
+                let input = try ReadableFile(path: source)
+                let text = String(decoding: try input.readBytes(at: 0, count: input.size), as: UTF8.self)
+                let output = try OutputFile(destination: directory + "/" + name, force: force, inputs: [input.identity], directIO: false)
+                try output.write(Self.config(text, dtype: dtype))
+                try output.commit()
+                continue
+            }
+            var parent = ""
+            for part in name.split(separator: "/").dropLast() {
+                parent += "/" + part
+                try makeDirectory(directory + parent)
+            }
+            let input = try ReadableFile(path: source)
+            let output = try OutputFile(destination: directory + "/" + name, force: force, inputs: [input.identity], directIO: false)
+            var offset = 0
+            while offset < input.size {
+                let count = min(1 << 20, input.size - offset)
+                try output.write(try input.readBytes(at: offset, count: count))
+                offset += count
+            }
+            try output.commit()
+        }
+        if source != nil, let report {
+            let card = try OutputFile(destination: directory + "/README.md", force: true, inputs: [], directIO: false)
+            try card.write(Self.modelCard(report, recipe: recipe, source: source!))
+            try card.commit()
+        }
+    }
+
+    /// The model card: what was merged, how, and with which wsamerge.
+    static func modelCard(_ report: Merger.Report, recipe: String, source: String) -> String {
+        let prepared = report.prepared, plan = prepared.plan
+        let method = prepared.context.parameters.declaration.identifier
+        var lines = ["---", "tags:", "- merge", "- wsamerge", "---", "", "# Merged model", "",
+                     "This model was merged with [wsamerge](https://pypi.org/project/wsamerge/) \(WSAMergeVersion.current) using the `\(method)` method.", ""]
+        if let base = prepared.baseName { lines += ["Base model: `\(base)`", ""] }
+        lines += ["Models merged:", ""] + prepared.inputNames.map { "- `\($0)`" } + [""]
+        if let weights = Merger.reportWeights(prepared) { lines += ["Weights: `\(weights.text)`", ""] }
+        lines += ["Parameters: `\(prepared.context.parameters.json.text)`", ""]
+        lines += ["Configuration and tokenizer files were copied from `\(source)`.", ""]
+        var counts: [String: Int] = [:]
+        var order: [String] = []
+        for (item, result) in zip(plan.items, report.results) {
+            var key: String
+            switch item.action {
+            case .copy(let reason): key = "copied (\(reason))"
+            case .merge: key = result?.method ?? method
+            }
+            if counts[key] == nil { order.append(key) }
+            counts[key, default: 0] += 1
+        }
+        lines += ["| tensors | what happened |", "|---|---|"] + order.map { "| \(counts[$0]!) | \($0) |" } + [""]
+        let scopes = zip(plan.items, report.results).compactMap { item, result in result?.fused.map { (item.name, $0) } }
+        if !scopes.isEmpty {
+            let stds = scopes.map(\.1.std)
+            lines += ["Fused weight scopes: \(scopes.count) tensors, std from \(stds.min()!) to \(stds.max()!).", ""]
+        }
+        lines += ["## Recipe", "", "Replay it with `wsamerge fuse --recipe wsamerge_recipe.yml -o OUT/`:", "", "```yaml", recipe.trimmingSuffix("\n"), "```", ""]
+        return lines.joined(separator: "\n")
+    }
+
+    /// `config.json` with every `"torch_dtype"` / `"dtype"` float value replaced by `dtype`'s torch
+    /// name; the rest of the text (keys, order, spacing) is left as it was.
+    static func config(_ text: String, dtype: DType) -> String {
+        let names = [DType.F32: "float32", .F16: "float16", .BF16: "bfloat16", .F64: "float64"]
+        guard let name = names[dtype] else { return text }
+        var result = text
+        for key in ["torch_dtype", "dtype"] {
+            for old in names.values where old != name {
+                for spacing in [": ", ":"] {
+                    result = result.replacingAll("\"\(key)\"\(spacing)\"\(old)\"", with: "\"\(key)\"\(spacing)\"\(name)\"")
+                }
+            }
+        }
+        return result
+    }
+
+    /// Weight files and indexes, and the model card, are not copied.
+    static func isWeightFile(_ name: String) -> Bool {
+        let lower = name.lowercased()
+        let extensions = [".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".npz", ".npy"]
+        return extensions.contains { lower.hasSuffix($0) } || lower.hasSuffix(".index.json") || lower == "readme.md"
+            || lower == recipeName || lower.hasPrefix(".") || lower == "wsamerge_recipe.yml"
+    }
+
+    /// Links may point within the model directory, or, for a Hugging Face cache snapshot,
+    /// within the model's cache folder (where the blobs are).
+    static func allowedRoot(_ directory: String) -> String {
+        let real = realPath(directory) ?? directory
+        let parts = real.split(separator: "/", omittingEmptySubsequences: false)
+        if parts.count >= 3, parts[parts.count - 2] == "snapshots", parts[parts.count - 3].hasPrefix("models--") {
+            return parts.dropLast(2).joined(separator: "/")
+        }
+        return real
+    }
+
+    static func collect(_ directory: String, root: String, prefix: String, into found: inout [(String, String)]) {
+        for entry in listDirectory(directory) where !isWeightFile(entry) {
+            let path = directory + "/" + entry
+            guard let real = realPath(path), real == root || real.hasPrefix(root + "/") else { continue }
+            switch pathKind(path) {
+            case .file: found.append((path, prefix + entry))
+            case .directory: collect(path, root: root, prefix: prefix + entry + "/", into: &found)
+            default: break
+            }
+        }
+    }
+}
+
+func realPath(_ path: String) -> String? {
+    guard let resolved = realpath(path, nil) else { return nil }
+    defer { free(resolved) }
+    return String(cString: resolved)
+}
+
+extension String {
+    func trimmingSuffix(_ suffix: Character) -> String {
+        var text = self
+        while text.last == suffix { text.removeLast() }
+        return text
+    }
+
+    /// Every occurrence of `target` replaced by `replacement`.
+    func replacingAll(_ target: String, with replacement: String) -> String {
+        guard !target.isEmpty else { return self }
+        var result = ""
+        var rest = self[...]
+        while let range = rest.range(of: target) {
+            result += rest[..<range.lowerBound]
+            result += replacement
+            rest = rest[range.upperBound...]
+        }
+        return result + rest
+    }
+}

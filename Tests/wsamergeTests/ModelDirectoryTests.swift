@@ -1,0 +1,131 @@
+import Foundation
+import Testing
+
+/// Model directories in and out: a merge of model directories into a directory is itself a
+/// loadable model directory (config, tokenizer and sub-module files copied, `config.json`'s dtype
+/// kept in step, a model card), names are compared after `--strip-prefix`, and models that
+/// share no tensor name are refused with the prefix that explains it.
+@Suite(.enabled(if: TestSupport.hasPython, "needs the test venv (numpy, safetensors): run make test"))
+struct ModelDirectoryTests {
+    static let methods = TestSupport.fixtures + "/methods"
+
+    /// A model directory holding `weights` as `model.safetensors` and the usual non-weight files.
+    func modelDirectory(_ root: String, _ name: String, weights: String) throws -> String {
+        let dir = root + "/" + name
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: dir + "/1_Pooling", withIntermediateDirectories: true)
+        try fm.copyItem(atPath: weights, toPath: dir + "/model.safetensors")
+        try #"{"architectures": ["LlamaForCausalLM"], "hidden_size": 12,  "torch_dtype": "float32", "vocab_size": 6}"#
+            .write(toFile: dir + "/config.json", atomically: true, encoding: .utf8)
+        try #"{"version": "1.0", "model": {"type": "BPE"}}"#.write(toFile: dir + "/tokenizer.json", atomically: true, encoding: .utf8)
+        try #"[{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]"#
+            .write(toFile: dir + "/modules.json", atomically: true, encoding: .utf8)
+        try #"{"pooling_mode_mean_tokens": true}"#.write(toFile: dir + "/1_Pooling/config.json", atomically: true, encoding: .utf8)
+        try "# \(name)\n".write(toFile: dir + "/README.md", atomically: true, encoding: .utf8)
+        try "weights".write(toFile: dir + "/pytorch_model.bin.index.json", atomically: true, encoding: .utf8)
+        return dir
+    }
+
+    func listing(_ dir: String) -> [String] {
+        (FileManager.default.enumerator(atPath: dir)?.allObjects as? [String] ?? []).filter {
+            var isDirectory: ObjCBool = false
+            return FileManager.default.fileExists(atPath: dir + "/" + $0, isDirectory: &isDirectory) && !isDirectory.boolValue
+        }.sorted()
+    }
+
+    @Test func mergedDirectoryIsAModelDirectory() throws {
+        let root = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(root) }
+        let base = try modelDirectory(root, "base", weights: Self.methods + "/base.safetensors")
+        let a = try modelDirectory(root, "a", weights: Self.methods + "/ft0.safetensors")
+        let b = try modelDirectory(root, "b", weights: Self.methods + "/ft1.safetensors")
+        let out = root + "/merged/"
+        let run = try TestSupport.wsamerge(["fuse", "--strategy", "ties", "--base", base, a, b, "--weights", "1,1",
+                                            "--param", "density=0.5", "--dtype", "BF16", "-o", out])
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(listing(out) == ["1_Pooling/config.json", "README.md", "config.json", "model.safetensors", "modules.json",
+                                  "tokenizer.json", "wsamerge_recipe.yml"])
+        let config = try String(contentsOfFile: out + "/config.json", encoding: .utf8)
+        #expect(config == #"{"architectures": ["LlamaForCausalLM"], "hidden_size": 12,  "torch_dtype": "bfloat16", "vocab_size": 6}"#)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: out + "/tokenizer.json")) == Data(contentsOf: URL(fileURLWithPath: base + "/tokenizer.json")))
+        let card = try String(contentsOfFile: out + "/README.md", encoding: .utf8)
+        for text in ["`ties`", "`\(a)`", "`\(b)`", "Base model: `\(base)`", "density", "merge_method: ties"] {
+            #expect(card.contains(text), "model card lacks \(text)")
+        }
+        // Provenance records the inputs as given (the directories).
+        let check = try TestSupport.python("""
+            import sys, json; from safetensors import safe_open
+            m = safe_open(sys.argv[1] + "/model.safetensors", "np").metadata()
+            assert json.loads(m["wsamerge.inputs"]) == sys.argv[2:4], m["wsamerge.inputs"]
+            assert m["wsamerge.base"] == sys.argv[4], m
+            """, [out, a, b, base])
+        #expect(check.status == 0, "\(check.stderr)")
+    }
+
+    @Test func copyingCanBeTurnedOffOrRedirected() throws {
+        let root = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(root) }
+        let a = try modelDirectory(root, "a", weights: Self.methods + "/ft0.safetensors")
+        let other = try modelDirectory(root, "other", weights: Self.methods + "/ft2.safetensors")
+        try #"{"torch_dtype": "float16"}"#.write(toFile: other + "/config.json", atomically: true, encoding: .utf8)
+        let plain = try TestSupport.wsamerge(["fuse", a, Self.methods + "/ft1.safetensors", "--no-copy-files", "-o", root + "/plain/"])
+        #expect(plain.status == 0, "\(plain.stderr)")
+        #expect(listing(root + "/plain") == ["model.safetensors", "wsamerge_recipe.yml"])
+        let redirected = try TestSupport.wsamerge(["fuse", a, Self.methods + "/ft1.safetensors", "--copy-files-from", other,
+                                                   "-o", root + "/redirected/"])
+        #expect(redirected.status == 0, "\(redirected.stderr)")
+        // No --dtype: the dtype is kept, and so is config.json.
+        #expect(try String(contentsOfFile: root + "/redirected/config.json", encoding: .utf8) == #"{"torch_dtype": "float16"}"#)
+    }
+
+    /// transformers is not in the test venv; install it there to run this check (see README).
+    static let hasTransformers = TestSupport.hasPython
+        && (try? TestSupport.run(TestSupport.python, ["-c", "import transformers"]).status) == 0
+
+    @Test(.enabled(if: hasTransformers, "transformers is not installed in the test venv"))
+    func loadsWithTransformersWhenInstalled() throws {
+        let root = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(root) }
+        let made = try TestSupport.python("""
+            import sys, transformers
+            c = transformers.BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+            for k in range(2):
+                transformers.BertModel(c).save_pretrained(sys.argv[1] + f"/m{k}")
+            """, [root])
+        #expect(made.status == 0, "\(made.stderr)")
+        let run = try TestSupport.wsamerge(["fuse", root + "/m0", root + "/m1", "--dtype", "F16", "-o", root + "/merged/"])
+        #expect(run.status == 0, "\(run.stderr)")
+        let load = try TestSupport.python("""
+            import sys, transformers
+            m = transformers.AutoModel.from_pretrained(sys.argv[1])
+            assert str(m.dtype) == "torch.float16", m.dtype
+            """, [root + "/merged"])
+        #expect(load.status == 0, "\(load.stderr)")
+    }
+
+    @Test func prefixesAreStrippedOrNamed() throws {
+        let root = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(root) }
+        let prefixed = root + "/bert.safetensors"
+        let made = try TestSupport.python("""
+            import sys; from safetensors.numpy import load_file, save_file
+            t = load_file(sys.argv[1]); save_file({"bert." + k: v for k, v in t.items()}, sys.argv[2], metadata={"format": "pt"})
+            """, [Self.methods + "/ft1.safetensors", prefixed])
+        #expect(made.status == 0, "\(made.stderr)")
+        let union = try TestSupport.wsamerge(["fuse", Self.methods + "/ft0.safetensors", prefixed, "--on-missing", "union", "-o", root + "/u.safetensors"])
+        TestSupport.expectRefusal(union, code: 65, mentions: ["share no tensor name", "--strip-prefix bert."])
+        #expect(!TestSupport.fileExists(root + "/u.safetensors"))
+        let stripped = try TestSupport.wsamerge(["fuse", Self.methods + "/ft0.safetensors", prefixed, "--strip-prefix", "bert.",
+                                                 "-o", root + "/s.safetensors"])
+        #expect(stripped.status == 0, "\(stripped.stderr)")
+        let same = try TestSupport.wsamerge(["fuse", Self.methods + "/ft0.safetensors", Self.methods + "/ft1.safetensors", "-o", root + "/t.safetensors"])
+        #expect(same.status == 0)
+        let stats = try TestSupport.wsamerge(["stats", "--strip-prefix", "bert.", prefixed])
+        #expect(stats.stdout.contains("\"name\":\"model.norm.weight\"") && !stats.stdout.contains("\"name\":\"bert."))
+        func tensors(_ path: String) throws -> Data {
+            let document = try #require(try TestSupport.wsamerge(["stats", path]).json() as? [String: Any])
+            return try JSONSerialization.data(withJSONObject: document["tensors"] ?? [], options: .sortedKeys)
+        }
+        #expect(try tensors(root + "/s.safetensors") == tensors(root + "/t.safetensors"))
+    }
+}
