@@ -31,6 +31,9 @@ public enum Selection {
         public let value: Double
         public let less: Int
         public let equal: Int
+        /// How many keys equal to `value` precede each block (`Partition.blockElements`), when
+        /// the selection saw them in C order (it does unless 64 bits of radix passes found it).
+        public var equalBefore: [Int]? = nil
     }
 
     /// Candidates held in memory at most (8 bytes each).
@@ -64,20 +67,35 @@ public enum Selection {
             let (matchPrefix, bits) = (prefix, prefixBits)
             @Sendable func matches(_ key: UInt64) -> Bool { bits == 0 || key >> shift == matchPrefix }
             if candidates <= limit {
+                // The candidates in C order, and how many each block holds.
                 var held: [UInt64] = []
+                var perBlock: [Int] = []
                 held.reserveCapacity(candidates)
                 try pass.run({ keys, count, _ in
                     var part: [UInt64] = []
                     for j in 0..<count where matches(keys[j].bitPattern) { part.append(keys[j].bitPattern) }
                     return part
-                }, fold: { blocks in for part in blocks { held += part } })
+                }, fold: { blocks in
+                    for part in blocks {
+                        held += part
+                        perBlock.append(part.count)
+                    }
+                })
                 let target = position - below
-                let value = quickselect(&held, target)
+                var scratch = held
+                let value = quickselect(&scratch, target)
                 var less = below, equal = 0
-                for key in held {
-                    if key < value { less += 1 } else if key == value { equal += 1 }
+                var equalBefore = [0]
+                equalBefore.reserveCapacity(perBlock.count + 1)
+                var offset = 0
+                for count in perBlock {
+                    for key in held[offset..<(offset + count)] {
+                        if key < value { less += 1 } else if key == value { equal += 1 }
+                    }
+                    offset += count
+                    equalBefore.append(equal)
                 }
-                return Rank(value: Double(bitPattern: value), less: less, equal: equal)
+                return Rank(value: Double(bitPattern: value), less: less, equal: equal, equalBefore: equalBefore)
             }
             let digitShift = UInt64(48 - prefixBits)
             var histogram = [Int](repeating: 0, count: 1 << 16)
@@ -151,7 +169,8 @@ struct RankWindow: Sendable {
         guard k > 0 else { return .none }
         let cut = try Selection.rank(at: pass.count - k, of: pass)
         let above = pass.count - cut.less - cut.equal
-        return RankWindow(lower: cut.value, upper: .infinity, bands: [Band(value: cut.value, ranks: 0..<(k - above))])
+        return RankWindow(lower: cut.value, upper: .infinity,
+                          bands: [Band(value: cut.value, ranks: 0..<(k - above), before: cut.equalBefore ?? [])])
     }
 
     /// Ascending positions `from ..< to` of a stable ascending sort (equal keys in C order).
@@ -160,15 +179,17 @@ struct RankWindow: Sendable {
         let low = try Selection.rank(at: from, of: pass)
         let high = try Selection.rank(at: to - 1, of: pass)
         if low.value == high.value {
-            return RankWindow(lower: low.value, upper: low.value, bands: [Band(value: low.value, ranks: (from - low.less)..<(to - low.less))])
+            return RankWindow(lower: low.value, upper: low.value,
+                              bands: [Band(value: low.value, ranks: (from - low.less)..<(to - low.less), before: low.equalBefore ?? [])])
         }
         return RankWindow(lower: low.value, upper: high.value,
-                          bands: [Band(value: low.value, ranks: (from - low.less)..<low.equal),
-                                  Band(value: high.value, ranks: 0..<(to - high.less))])
+                          bands: [Band(value: low.value, ranks: (from - low.less)..<low.equal, before: low.equalBefore ?? []),
+                                  Band(value: high.value, ranks: 0..<(to - high.less), before: high.equalBefore ?? [])])
     }
 
-    /// Whether the window needs tie ranks (a band keeps only some of its keys).
-    var needsCensus: Bool { bands.contains { $0.ranks.count > 0 } }
+    /// Whether the window needs a census pass for tie ranks: a band keeps some of its keys and
+    /// the selection did not already count them block by block.
+    var needsCensus: Bool { bands.contains { $0.ranks.count > 0 && $0.before.isEmpty } }
 
     /// Counts, in one pass, the keys equal to each band's value before every block, and sums
     /// `‖keys‖₁` and the kept keys (in block order, so the sums do not depend on `--jobs`).
