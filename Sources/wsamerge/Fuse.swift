@@ -102,6 +102,7 @@ extension WSAMerge {
                 var recipe = try Recipe(request)
                 recipe.include = common.include
                 recipe.exclude = common.exclude
+                recipe.stripPrefix = common.stripPrefixes
                 if printRecipe { return emit(recipe.render()) }
                 request.recipe = recipe.render()
                 files = try ModelDirectoryOutput(request, source: ModelDirectoryOutput.source(for: request, explicit: copyFilesFrom,
@@ -133,10 +134,11 @@ extension WSAMerge {
                 ("--fisher-normalize", fisherNormalize != nil), ("--scope-fusion", scopeFusion != nil),
                 ("--wsa-rescale", wsaRescale != nil), ("--wsa-min-rank", wsaMinRank != nil),
                 ("--metadata", !metadata.isEmpty), ("--include", !common.include.isEmpty), ("--exclude", !common.exclude.isEmpty),
+                ("--strip-prefix", !common.stripPrefixes.isEmpty),
             ]
             let clashing = given.filter(\.1).map(\.0)
             if !clashing.isEmpty {
-                throw ValidationError("--recipe gives the models, method and parameters; drop \(clashing.joined(separator: ", ")) or put it in the recipe (inputs under models, out_dtype, parameters, include, exclude, on_missing, metadata)")
+                throw ValidationError("--recipe gives the models, method and parameters; drop \(clashing.joined(separator: ", ")) or put it in the recipe (inputs under models, out_dtype, parameters, include, exclude, on_missing, strip_prefix, metadata)")
             }
         }
 

@@ -118,6 +118,15 @@ struct ModelDirectoryTests {
         let stripped = try TestSupport.wsamerge(["fuse", Self.methods + "/ft0.safetensors", prefixed, "--strip-prefix", "bert.",
                                                  "-o", root + "/s.safetensors"])
         #expect(stripped.status == 0, "\(stripped.stderr)")
+        // The recorded recipe replays the stripped merge.
+        let recipe = try TestSupport.wsamerge(["fuse", Self.methods + "/ft0.safetensors", prefixed, "--strip-prefix", "bert.",
+                                               "--print-recipe", "-o", root + "/unused.safetensors"])
+        #expect(recipe.stdout.contains("strip_prefix: [bert.]") || recipe.stdout.contains("strip_prefix: ['bert.']")
+                || recipe.stdout.contains("strip_prefix: [\"bert.\"]"), "\(recipe.stdout)")
+        try recipe.stdout.write(toFile: root + "/r.yml", atomically: true, encoding: .utf8)
+        let replay = try TestSupport.wsamerge(["fuse", "--recipe", root + "/r.yml", "-o", root + "/r.safetensors"])
+        #expect(replay.status == 0, "\(replay.stderr)")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: root + "/r.safetensors")) == Data(contentsOf: URL(fileURLWithPath: root + "/s.safetensors")))
         let same = try TestSupport.wsamerge(["fuse", Self.methods + "/ft0.safetensors", Self.methods + "/ft1.safetensors", "-o", root + "/t.safetensors"])
         #expect(same.status == 0)
         let stats = try TestSupport.wsamerge(["stats", "--strip-prefix", "bert.", prefixed])

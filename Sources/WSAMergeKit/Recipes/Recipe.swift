@@ -99,6 +99,8 @@ public struct Recipe: Sendable, Equatable {
     public var include: [String] = []
     public var exclude: [String] = []
     public var onMissing: OnMissing?
+    /// Name prefixes removed from every model's tensors (`--strip-prefix`).
+    public var stripPrefix: [String] = []
     public var metadata: [MetadataEntry] = []
 
     public init(mergeMethod: String) { self.mergeMethod = mergeMethod }
@@ -108,7 +110,7 @@ public struct Recipe: Sendable, Equatable {
 
     /// The top-level keys, in the order `render()` writes them.
     public static let keys = ["merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
-                              "tokenizer_source", "include", "exclude", "on_missing", "metadata"]
+                              "tokenizer_source", "include", "exclude", "on_missing", "strip_prefix", "metadata"]
 
     /// mergekit's dtype names (`torch.float16` …) and wsamerge's (`F16` …).
     public static func dtype(named name: String) -> DType? {
@@ -200,6 +202,7 @@ public struct Recipe: Sendable, Equatable {
         if !include.isEmpty { line(0, "include: " + YAMLText.list(include)) }
         if !exclude.isEmpty { line(0, "exclude: " + YAMLText.list(exclude)) }
         if let onMissing { line(0, "on_missing: " + onMissing.rawValue) }
+        if !stripPrefix.isEmpty { line(0, "strip_prefix: " + YAMLText.list(stripPrefix)) }
         if !metadata.isEmpty {
             line(0, "metadata:")
             for entry in metadata { line(2, YAMLText.scalar(entry.key) + ": " + YAMLText.scalar(entry.value)) }

@@ -227,6 +227,7 @@ public enum RecipeParser {
                     recipe.tokenizerSource = source
                 case "include": recipe.include = try strings(node, key)
                 case "exclude": recipe.exclude = try strings(node, key)
+                case "strip_prefix": recipe.stripPrefix = try strings(node, key)
                 case "on_missing":
                     let text = try string(node, key)
                     guard let value = OnMissing(rawValue: text) else {

@@ -81,6 +81,7 @@ public enum RecipeRunner {
         }
         request.filter = try TensorFilter(include: recipe.include, exclude: recipe.exclude)
         request.onMissing = recipe.onMissing ?? .error
+        request.stripPrefixes = recipe.stripPrefix
         request.dtype = recipe.outputDType
         request.extraMetadata = recipe.metadata.map { ($0.key, $0.value) }
         request.recipe = recipe.render()
@@ -225,6 +226,7 @@ extension Recipe {
         // mergekit's `dtype` is the output dtype when no `out_dtype` is given.
         dtype = request.dtype
         onMissing = request.onMissing == .error ? nil : request.onMissing
+        stripPrefix = request.stripPrefixes
         metadata = request.extraMetadata.map { MetadataEntry($0.0, $0.1) }
     }
 }
