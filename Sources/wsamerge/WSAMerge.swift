@@ -20,6 +20,7 @@ struct WSAMerge: ParsableCommand {
     )
 
     static func main() {
+        CleanupOnSignal.install()
         do {
             try SIMDLevel.checkEnvironment()
             var command = try parseAsRoot()
@@ -40,8 +41,10 @@ struct WSAMerge: ParsableCommand {
         }
     }
 
+    /// One line on stderr (control characters in names escaped, so a name cannot end the line,
+    /// forge another or reach the terminal), then exit.
     static func fail(_ message: String, code: Int32) -> Never {
-        fputs("wsamerge: \(Terminal.paint("error:", "1;31")) \(message)\n", stderr)
+        writeAll("wsamerge: \(Terminal.paint("error:", "1;31")) \(escapeControlCharacters(message))\n", to: stderr)
         Glibc.exit(code)
     }
 }
@@ -96,16 +99,31 @@ func warnSummary(_ what: String, tensors names: [String], quiet: Bool) {
     guard !names.isEmpty, !quiet else { return }
     let shown = names.prefix(5).joined(separator: ", ")
     let more = names.count > 5 ? " and \(names.count - 5) more" : ""
-    fputs("wsamerge: \(Terminal.paint("warning:", "1;33")) \(names.count) tensor(s) \(what): \(shown)\(more)\n", stderr)
+    writeAll("wsamerge: \(Terminal.paint("warning:", "1;33")) \(names.count) tensor(s) \(what): \(escapeControlCharacters(shown))\(more)\n", to: stderr)
 }
 
 /// Writes one JSON document as a line on stdout.
 func emit(_ json: JSON) {
     var text = json.text
     text += "\n"
-    fputs(text, stdout)
+    emit(text)
 }
 
+/// Writes `text` to stdout and flushes it. A reader that went away (EPIPE: `| head`) ends the
+/// run quietly with exit 0; any other failure (a full disk, /dev/full) is an I/O error, exit 74.
 func emit(_ text: String) {
-    fputs(text, stdout)
+    guard writeAll(text, to: stdout), fflush(stdout) == 0 else {
+        let code = errno
+        if code == EPIPE { Glibc.exit(0) }
+        WSAMerge.fail("<stdout>: write failed: \(String(cString: strerror(code)))", code: 74)
+    }
+}
+
+/// Writes every byte of `text` (a NUL included, unlike `fputs`); false on an error, with errno.
+@discardableResult
+func writeAll(_ text: String, to stream: UnsafeMutablePointer<FILE>) -> Bool {
+    var text = text
+    return text.withUTF8 { bytes in
+        bytes.isEmpty || fwrite(bytes.baseAddress, 1, bytes.count, stream) == bytes.count
+    }
 }
