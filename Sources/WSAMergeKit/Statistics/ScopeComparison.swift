@@ -31,9 +31,9 @@ public struct ScopeComparison {
         var missing: [(String, [String])] = []
         var skipped: [(String, String)] = []
         var names: [String] = []
-        var seen = Set<String>()
+        var seen = Set<[UInt8]>()  // names compare byte-wise
         for checkpoint in checkpoints {
-            for tensor in checkpoint.tensors where filter.selects(tensor.name) && seen.insert(tensor.name).inserted {
+            for tensor in checkpoint.tensors where filter.selects(tensor.name) && seen.insert(Array(tensor.name.utf8)).inserted {
                 names.append(tensor.name)
             }
         }
@@ -146,7 +146,14 @@ public struct ScopeComparison {
 
 /// A fused target scope per tensor, as `scope -o` writes it and `fuse --target-scope` reads it.
 public struct TargetScope: Sendable {
-    public let scopes: [String: Scope]
+    public let scopes: Scopes
+
+    /// Target scopes by tensor name, compared byte-wise.
+    public struct Scopes: Sendable {
+        var byName: [[UInt8]: Scope] = [:]
+        public subscript(name: String) -> Scope? { byName[Array(name.utf8)] }
+        public var count: Int { byName.count }
+    }
 
     /// Reads the `tensors[].name` and `tensors[].fused` of a scope document.
     public init(path: String) throws {
@@ -162,7 +169,7 @@ public struct TargetScope: Sendable {
         guard let tensors = json["tensors"]?.arrayValue else {
             throw WSAMergeError.malformed(file: path, reason: "no 'tensors' array (expected the document `wsamerge scope -o` writes)")
         }
-        var scopes: [String: Scope] = [:]
+        var scopes = Scopes()
         for entry in tensors {
             guard let name = entry["name"]?.stringValue, let fused = entry["fused"] else {
                 throw WSAMergeError.malformed(file: path, reason: "a tensor entry lacks a name or a fused scope")
@@ -173,7 +180,7 @@ public struct TargetScope: Sendable {
                   mean.isFinite, std.isFinite, std >= 0 else {
                 throw WSAMergeError.malformed(file: path, tensor: name, reason: "fused scope is not a finite mean and a std ≥ 0")
             }
-            scopes[name] = Scope(mean: mean, std: std)
+            scopes.byName[Array(name.utf8)] = Scope(mean: mean, std: std)
         }
         self.scopes = scopes
     }

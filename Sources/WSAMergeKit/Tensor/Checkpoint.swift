@@ -11,7 +11,8 @@ public final class Checkpoint: @unchecked Sendable {
     /// Every file this checkpoint reads (shards, archive).
     public let files: [ReadableFile]
     private let locations: [TensorLocation]
-    private let indexByName: [String: Int]
+    /// By name, byte-wise (as the reference readers compare names: NFC and NFD spellings differ).
+    private let indexByName: [[UInt8]: Int]
 
     init(path: String, format: CheckpointFormat, metadata: [String: String], tensors: [TensorInfo],
          locations: [TensorLocation], files: [ReadableFile]) {
@@ -21,13 +22,13 @@ public final class Checkpoint: @unchecked Sendable {
         self.tensors = tensors
         self.locations = locations
         self.files = files
-        var index: [String: Int] = [:]
-        for (i, tensor) in tensors.enumerated() { index[tensor.name] = i }
+        var index: [[UInt8]: Int] = [:]
+        for (i, tensor) in tensors.enumerated() { index[Array(tensor.name.utf8)] = i }
         self.indexByName = index
     }
 
     /// The position of the tensor called `name`.
-    public func index(of name: String) -> Int? { indexByName[name] }
+    public func index(of name: String) -> Int? { indexByName[Array(name.utf8)] }
 
     /// Total number of elements over all tensors.
     public var parameterCount: Int { tensors.reduce(0) { $0 &+ $1.elementCount } }

@@ -28,7 +28,8 @@ enum SafetensorsReader {
         guard case .object(let weightMap)? = json["weight_map"] else {
             throw WSAMergeError.malformed(file: path, reason: "index has no weight_map object")
         }
-        var shardOf: [String: String] = [:]
+        var shardOf: [[UInt8]: String] = [:]  // by tensor name, byte-wise
+        var listed: [(tensor: String, shard: String)] = []
         for (tensor, value) in weightMap {
             guard case .string(let shard) = value else {
                 throw WSAMergeError.malformed(file: path, tensor: tensor, reason: "weight_map value is not a file name")
@@ -36,7 +37,8 @@ enum SafetensorsReader {
             guard !shard.isEmpty, !shard.hasPrefix("/"), !shard.split(separator: "/").contains("..") else {
                 throw WSAMergeError.malformed(file: path, tensor: tensor, reason: "shard path '\(shard)' leaves the index's directory")
             }
-            shardOf[tensor] = shard
+            shardOf[Array(tensor.utf8)] = shard
+            listed.append((tensor, shard))
         }
         var metadata: [String: String] = [:]
         if case .object(let pairs)? = json["metadata"] {
@@ -46,7 +48,7 @@ enum SafetensorsReader {
         var tensors: [TensorInfo] = []
         var locations: [TensorLocation] = []
         var files: [ReadableFile] = [index]
-        var seen = Set<String>()
+        var seen = Set<[UInt8]>()
         for shard in Set(shardOf.values).sorted() {
             let file = try ReadableFile(path: directory + "/" + shard)
             let header = try header(of: file)
@@ -54,18 +56,19 @@ enum SafetensorsReader {
             files.append(file)
             for entry in header.entries {
                 let name = entry.info.name
-                guard shardOf[name] == shard else {
+                let key = Array(name.utf8)
+                guard shardOf[key] == shard else {
                     throw WSAMergeError.malformed(file: file.path, tensor: name,
-                                     reason: shardOf[name] == nil ? "not listed in the index's weight_map" : "the index maps it to '\(shardOf[name]!)'")
+                                     reason: shardOf[key] == nil ? "not listed in the index's weight_map" : "the index maps it to '\(shardOf[key]!)'")
                 }
-                guard seen.insert(name).inserted else {
+                guard seen.insert(key).inserted else {
                     throw WSAMergeError.malformed(file: file.path, tensor: name, reason: "duplicate tensor name across shards")
                 }
                 tensors.append(entry.info)
                 locations.append(TensorLocation(source: .file(file, offset: header.dataStart + entry.begin)))
             }
         }
-        for (tensor, shard) in shardOf.sorted(by: { $0.key < $1.key }) where !seen.contains(tensor) {
+        for (tensor, shard) in listed.sorted(by: { $0.tensor < $1.tensor }) where !seen.contains(Array(tensor.utf8)) {
             throw WSAMergeError.malformed(file: directory + "/" + shard, tensor: tensor, reason: "listed in the index but missing from its shard")
         }
         metadata["total_size"] = nil
