@@ -69,11 +69,11 @@ public enum CheckpointReader {
     private static func openDirectory(_ path: String) throws -> Checkpoint {
         let entries = listDirectory(path)
         let indexes = entries.filter { $0.hasSuffix(".safetensors.index.json") }
-        if indexes.count == 1 { return try open(path + "/" + indexes[0]) }
+        if indexes.count == 1 { return try open(joinPath(path, indexes[0])) }
         if indexes.count > 1 {
             throw WSAMergeError.malformed(file: path, reason: "directory holds several index files: \(indexes.joined(separator: ", "))")
         }
-        if entries.contains("model.safetensors") { return try open(path + "/model.safetensors") }
+        if entries.contains("model.safetensors") { return try open(joinPath(path, "model.safetensors")) }
         throw WSAMergeError.missingInput(file: path, reason: "directory holds neither a *.safetensors.index.json nor a model.safetensors")
     }
 }

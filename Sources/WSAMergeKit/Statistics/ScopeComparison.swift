@@ -18,7 +18,8 @@ public struct ScopeComparison {
     public private(set) var rows: [Row]
     /// Tensors some models lack: name and the models that lack it.
     public let missing: [(name: String, missingFrom: [String])]
-    /// Tensors float in some models but not in others: name and why.
+    /// Tensors that cannot be compared: float in some models but not in others, or of
+    /// different shapes; name and why.
     public let skipped: [(name: String, reason: String)]
 
     /// Measures every selected, decodable tensor present in all `checkpoints` (in the first
@@ -58,9 +59,11 @@ public struct ScopeComparison {
                     }
                     break
                 }
-                guard tensor.shape == checkpoints[0].tensors[checkpoints[0].index(of: name)!].shape else {
-                    throw WSAMergeError.malformed(file: checkpoint.path, tensor: name,
-                                                  reason: "shape \(tensor.shape) differs from \(models[0])")
+                let first = checkpoints[0].tensors[checkpoints[0].index(of: name)!].shape
+                guard tensor.shape == first else {
+                    // Listed, as fuse words it, instead of ending the whole report.
+                    skipped.append((name, "shape \(tensor.shape) in \(checkpoint.path) differs from \(first) in \(models[0])"))
+                    break
                 }
                 sources.append((checkpoint, i))
             }

@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Opens single-file and sharded safetensors checkpoints.
 enum SafetensorsReader {
     /// Reads and validates the header of one `.safetensors` file.
@@ -18,6 +22,18 @@ enum SafetensorsReader {
             tensors: header.entries.map(\.info),
             locations: header.entries.map { TensorLocation(source: .file(file, offset: header.dataStart + $0.begin)) },
             files: [file])
+    }
+
+    /// Refuses a shard that is a symbolic link leading out of the index's directory (whose bytes
+    /// the index's author does not own: `/etc/shadow`, another user's file). The one exception is
+    /// the Hugging Face cache, where `snapshots/REV/NAME` links to `../../blobs/HASH`.
+    static func refuseLinkOut(directory: String, shard: String, index: String) throws {
+        // Missing files are left to ReadableFile, which says so.
+        guard let root = realPath(directory), let target = realPath(directory + "/" + shard) else { return }
+        if target.hasPrefix(root + "/") { return }
+        let snapshots = parentDirectory(of: root)
+        if baseName(of: snapshots) == "snapshots", target.hasPrefix(parentDirectory(of: snapshots) + "/blobs/") { return }
+        throw WSAMergeError.malformed(file: index, reason: "shard '\(shard)' is a symbolic link out of the index's directory; refusing to follow it")
     }
 
     /// A sharded checkpoint from its `*.safetensors.index.json`:
@@ -50,6 +66,7 @@ enum SafetensorsReader {
         var files: [ReadableFile] = [index]
         var seen = Set<[UInt8]>()
         for shard in Set(shardOf.values).sorted() {
+            try refuseLinkOut(directory: directory, shard: shard, index: path)
             let file = try ReadableFile(path: directory + "/" + shard)
             let header = try header(of: file)
             if files.count == 1 { metadata.merge(header.metadata) { index, _ in index } }
