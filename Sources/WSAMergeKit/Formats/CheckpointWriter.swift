@@ -100,10 +100,10 @@ extension OutputOptions.Layout {
     /// readers cut the name there), absolute or with a `..` component (it would unpack outside
     /// the folder). Two tensors of one name are refused everywhere; names are compared byte-wise.
     func checkNames(_ tensors: [TensorInfo], file: String) throws {
-        var names = Set<[UInt8]>()
+        var names = Set<ByteKey>()
         for tensor in tensors {
             let name = tensor.name
-            guard names.insert(Array(name.utf8)).inserted else {
+            guard names.insert(ByteKey(name)).inserted else {
                 throw WSAMergeError.malformed(file: file, tensor: name, reason: "two output tensors have this name")
             }
             switch self {

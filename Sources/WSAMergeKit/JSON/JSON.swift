@@ -120,7 +120,7 @@ extension JSON {
     ///
     /// - Throws: a reason string on the first problem (the caller adds the file name).
     public static func parse(_ bytes: UnsafeRawBufferPointer) throws -> JSON {
-        var parser = Parser(bytes: bytes)
+        var parser = JSONParser(bytes: bytes)
         parser.skipWhitespace()
         let value = try parser.parseValue(depth: 0)
         parser.skipWhitespace()
@@ -141,7 +141,7 @@ public struct JSONParseError: Error, CustomStringConvertible, Sendable {
     public var description: String { "\(reason) at byte \(offset)" }
 }
 
-private struct Parser {
+struct JSONParser {
     let bytes: UnsafeRawBufferPointer
     var index = 0
     static let maxDepth = 128
@@ -166,7 +166,7 @@ private struct Parser {
     }
 
     mutating func parseValue(depth: Int) throws -> JSON {
-        guard depth < Parser.maxDepth else { throw error("JSON nested too deeply") }
+        guard depth < JSONParser.maxDepth else { throw error("JSON nested too deeply") }
         guard let c = peek else { throw error("unexpected end of JSON") }
         switch c {
         case UInt8(ascii: "{"): return try parseObject(depth: depth)

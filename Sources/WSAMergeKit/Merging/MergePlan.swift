@@ -47,9 +47,9 @@ public struct MergePlan {
         self.weights = weights
         // Names: first input's storage order, then names only later inputs have.
         var names: [String] = []
-        var seen = Set<[UInt8]>()  // names compare byte-wise (NFC and NFD spellings differ)
+        var seen = Set<ByteKey>()  // names compare byte-wise (NFC and NFD spellings differ)
         for checkpoint in inputs {
-            for tensor in checkpoint.tensors where seen.insert(Array(tensor.name.utf8)).inserted { names.append(tensor.name) }
+            for tensor in checkpoint.tensors where seen.insert(ByteKey(tensor.name)).inserted { names.append(tensor.name) }
         }
         var missingReports: [String] = []
         var items: [Item] = []

@@ -36,7 +36,7 @@ public struct WSAStrategy: MergeStrategy {
     let target: TargetScope?
     let targetPath: String?
     /// Input scope moments per tensor name, from `measure`.
-    private var measured: [[UInt8]: [ScopeMoments]] = [:]  // by name, byte-wise
+    private var measured: [ByteKey: [ScopeMoments]] = [:]  // by name, byte-wise
 
     public init(_ settings: StrategySettings) throws {
         guard settings.wsaMinRank >= 0 else { throw WSAMergeError.usage("--wsa-min-rank must be ≥ 0") }
@@ -63,7 +63,7 @@ public struct WSAStrategy: MergeStrategy {
                                       serial: plan.inputs.contains { !$0.readsTensorsInParallel }) { k, jobs in
             try Self.scopes(try plan.readers(items[k]), jobs: jobs)
         }
-        measured = Dictionary(uniqueKeysWithValues: zip(items.map { Array($0.name.utf8) }, moments))
+        measured = Dictionary(uniqueKeysWithValues: zip(items.map { ByteKey($0.name) }, moments))
     }
 
     /// The scope moments of each reader's values, in one lockstep pass; stored elements are
@@ -90,7 +90,7 @@ public struct WSAStrategy: MergeStrategy {
             return TensorMergeResult(method: "average (rank \(item.output.shape.count) < \(minRank))", nonFinite: nonFinite)
         }
         // 1. Input scopes (see `measure`).
-        let moments = measured[Array(item.name.utf8)]!
+        let moments = measured[ByteKey(item.name)]!
         let nonFinite = moments.contains { $0.nan + $0.inf > 0 }
         let scopes = moments.map(\.scope)
         if scopes.contains(where: { !($0.std > 0) }) {

@@ -32,9 +32,9 @@ public struct ScopeComparison {
         var missing: [(String, [String])] = []
         var skipped: [(String, String)] = []
         var names: [String] = []
-        var seen = Set<[UInt8]>()  // names compare byte-wise
+        var seen = Set<ByteKey>()  // names compare byte-wise
         for checkpoint in checkpoints {
-            for tensor in checkpoint.tensors where filter.selects(tensor.name) && seen.insert(Array(tensor.name.utf8)).inserted {
+            for tensor in checkpoint.tensors where filter.selects(tensor.name) && seen.insert(ByteKey(tensor.name)).inserted {
                 names.append(tensor.name)
             }
         }
@@ -153,8 +153,8 @@ public struct TargetScope: Sendable {
 
     /// Target scopes by tensor name, compared byte-wise.
     public struct Scopes: Sendable {
-        var byName: [[UInt8]: Scope] = [:]
-        public subscript(name: String) -> Scope? { byName[Array(name.utf8)] }
+        var byName: [ByteKey: Scope] = [:]
+        public subscript(name: String) -> Scope? { byName[ByteKey(name)] }
         public var count: Int { byName.count }
     }
 
@@ -163,27 +163,55 @@ public struct TargetScope: Sendable {
         let file = try ReadableFile(path: path)
         guard file.size <= 1 << 30 else { throw WSAMergeError.malformed(file: path, reason: "target scope file is too large") }
         let bytes = try file.readBytes(at: 0, count: file.size)
-        let json: JSON
+        // Walked with the pull reader: only names and fused scopes are kept, so memory stays a
+        // fraction of the file, however many tensors and models it lists.
+        var scopes = Scopes()
+        var sawTensors = false
         do {
-            json = try bytes.withUnsafeBytes { try JSON.parse($0) }
-        } catch {
+            try bytes.withUnsafeBytes { raw throws in
+                var reader = JSONReader(raw)
+                guard try reader.peekKind() == .object else {
+                    throw WSAMergeError.malformed(file: path, reason: "no 'tensors' array (expected the document `wsamerge scope -o` writes)")
+                }
+                var keys = Set<ByteKey>()
+                try reader.readObject { reader, key, offset in
+                    guard keys.insert(ByteKey(key)).inserted else { throw JSONParseError(offset: offset, reason: "duplicate key '\(key)'") }
+                    guard key == "tensors", try reader.peekKind() == .array else { return try reader.skipValue() }
+                    sawTensors = true
+                    try reader.readArray { reader in
+                        guard try reader.peekKind() == .object else {
+                            throw WSAMergeError.malformed(file: path, reason: "a tensor entry lacks a name or a fused scope")
+                        }
+                        var name: String?
+                        var fused: JSON?
+                        var fields = Set<ByteKey>()
+                        try reader.readObject { reader, field, offset in
+                            guard fields.insert(ByteKey(field)).inserted else { throw JSONParseError(offset: offset, reason: "duplicate key '\(field)'") }
+                            switch field {
+                            case "name": name = try reader.readValue().stringValue
+                            case "fused": fused = try reader.readValue()
+                            default: try reader.skipValue()
+                            }
+                        }
+                        guard let name, let fused else {
+                            throw WSAMergeError.malformed(file: path, reason: "a tensor entry lacks a name or a fused scope")
+                        }
+                        // `null` (a tensor without finite values): no target for it, as if it were absent.
+                        if fused["mean"] == .null || fused["std"] == .null { return }
+                        guard let mean = fused["mean"]?.doubleValue, let std = fused["std"]?.doubleValue,
+                              mean.isFinite, std.isFinite, std >= 0 else {
+                            throw WSAMergeError.malformed(file: path, tensor: name, reason: "fused scope is not a finite mean and a std ≥ 0")
+                        }
+                        scopes.byName[ByteKey(name)] = Scope(mean: mean, std: std)
+                    }
+                }
+                try reader.finish()
+            }
+        } catch let error as JSONParseError {
             throw WSAMergeError.malformed(file: path, reason: "not valid JSON: \(error)")
         }
-        guard let tensors = json["tensors"]?.arrayValue else {
+        guard sawTensors else {
             throw WSAMergeError.malformed(file: path, reason: "no 'tensors' array (expected the document `wsamerge scope -o` writes)")
-        }
-        var scopes = Scopes()
-        for entry in tensors {
-            guard let name = entry["name"]?.stringValue, let fused = entry["fused"] else {
-                throw WSAMergeError.malformed(file: path, reason: "a tensor entry lacks a name or a fused scope")
-            }
-            // `null` (a tensor without finite values): no target for it, as if it were absent.
-            if fused["mean"] == .null || fused["std"] == .null { continue }
-            guard let mean = fused["mean"]?.doubleValue, let std = fused["std"]?.doubleValue,
-                  mean.isFinite, std.isFinite, std >= 0 else {
-                throw WSAMergeError.malformed(file: path, tensor: name, reason: "fused scope is not a finite mean and a std ≥ 0")
-            }
-            scopes.byName[Array(name.utf8)] = Scope(mean: mean, std: std)
         }
         self.scopes = scopes
     }

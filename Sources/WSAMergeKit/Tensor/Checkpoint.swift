@@ -12,7 +12,7 @@ public final class Checkpoint: @unchecked Sendable {
     public let files: [ReadableFile]
     private let locations: [TensorLocation]
     /// By name, byte-wise (as the reference readers compare names: NFC and NFD spellings differ).
-    private let indexByName: [[UInt8]: Int]
+    private let indexByName: [ByteKey: Int]
 
     init(path: String, format: CheckpointFormat, metadata: [String: String], tensors: [TensorInfo],
          locations: [TensorLocation], files: [ReadableFile]) {
@@ -22,13 +22,13 @@ public final class Checkpoint: @unchecked Sendable {
         self.tensors = tensors
         self.locations = locations
         self.files = files
-        var index: [[UInt8]: Int] = [:]
-        for (i, tensor) in tensors.enumerated() { index[Array(tensor.name.utf8)] = i }
+        var index: [ByteKey: Int] = [:]
+        for (i, tensor) in tensors.enumerated() { index[ByteKey(tensor.name)] = i }
         self.indexByName = index
     }
 
     /// The position of the tensor called `name`.
-    public func index(of name: String) -> Int? { indexByName[Array(name.utf8)] }
+    public func index(of name: String) -> Int? { indexByName[ByteKey(name)] }
 
     /// Total number of elements over all tensors.
     public var parameterCount: Int { tensors.reduce(0) { $0 &+ $1.elementCount } }

@@ -27,14 +27,14 @@ enum NumPyReader {
         let archive = try ZipArchive(path: file.path)
         var tensors: [TensorInfo] = []
         var locations: [TensorLocation] = []
-        var seen = Set<[UInt8]>()  // byte-wise, as zip readers compare names
+        var seen = Set<ByteKey>()  // byte-wise, as zip readers compare names
         var totalBytes = 0
         for member in archive.members {
             guard member.name.hasSuffix(".npy") else {
                 throw WSAMergeError.malformed(file: file.path, reason: "archive member '\(member.name)' is not a .npy array")
             }
             let name = String(member.name.dropLast(4))
-            guard seen.insert(Array(name.utf8)).inserted else {
+            guard seen.insert(ByteKey(name)).inserted else {
                 throw WSAMergeError.malformed(file: file.path, tensor: name, reason: "duplicate array name in the archive")
             }
             let memberFile = "\(file.path)[\(member.name)]"

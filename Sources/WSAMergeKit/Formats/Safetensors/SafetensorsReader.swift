@@ -44,7 +44,7 @@ enum SafetensorsReader {
         guard case .object(let weightMap)? = json["weight_map"] else {
             throw WSAMergeError.malformed(file: path, reason: "index has no weight_map object")
         }
-        var shardOf: [[UInt8]: String] = [:]  // by tensor name, byte-wise
+        var shardOf: [ByteKey: String] = [:]  // by tensor name, byte-wise
         var listed: [(tensor: String, shard: String)] = []
         for (tensor, value) in weightMap {
             guard case .string(let shard) = value else {
@@ -53,7 +53,7 @@ enum SafetensorsReader {
             guard !shard.isEmpty, !shard.hasPrefix("/"), !shard.split(separator: "/").contains("..") else {
                 throw WSAMergeError.malformed(file: path, tensor: tensor, reason: "shard path '\(shard)' leaves the index's directory")
             }
-            shardOf[Array(tensor.utf8)] = shard
+            shardOf[ByteKey(tensor)] = shard
             listed.append((tensor, shard))
         }
         var metadata: [String: String] = [:]
@@ -64,7 +64,7 @@ enum SafetensorsReader {
         var tensors: [TensorInfo] = []
         var locations: [TensorLocation] = []
         var files: [ReadableFile] = [index]
-        var seen = Set<[UInt8]>()
+        var seen = Set<ByteKey>()
         for shard in Set(shardOf.values).sorted() {
             try refuseLinkOut(directory: directory, shard: shard, index: path)
             let file = try ReadableFile(path: directory + "/" + shard)
@@ -73,7 +73,7 @@ enum SafetensorsReader {
             files.append(file)
             for entry in header.entries {
                 let name = entry.info.name
-                let key = Array(name.utf8)
+                let key = ByteKey(name)
                 guard shardOf[key] == shard else {
                     throw WSAMergeError.malformed(file: file.path, tensor: name,
                                      reason: shardOf[key] == nil ? "not listed in the index's weight_map" : "the index maps it to '\(shardOf[key]!)'")
@@ -85,7 +85,7 @@ enum SafetensorsReader {
                 locations.append(TensorLocation(source: .file(file, offset: header.dataStart + entry.begin)))
             }
         }
-        for (tensor, shard) in listed.sorted(by: { $0.tensor < $1.tensor }) where !seen.contains(Array(tensor.utf8)) {
+        for (tensor, shard) in listed.sorted(by: { $0.tensor < $1.tensor }) where !seen.contains(ByteKey(tensor)) {
             throw WSAMergeError.malformed(file: directory + "/" + shard, tensor: tensor, reason: "listed in the index but missing from its shard")
         }
         metadata["total_size"] = nil
