@@ -2,7 +2,8 @@
 # Builds and runs the libFuzzer targets: fuzz/build.sh [SECONDS_PER_TARGET] (default 60).
 # Each target is compiled with the library sources under -sanitize=fuzzer,address, seeded from
 # the fixtures, and run for the given time; a crash leaves its input in fuzz/out/<target>/ and
-# fails the run. Regression inputs in fuzz/regressions/<target>/ are replayed first.
+# fails the run. Regression inputs in fuzz/regressions/<target>/ (the hostile files of the issues,
+# from fuzz/make_regressions.py) are replayed first and seed the corpus.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
@@ -16,7 +17,7 @@ for c in Sources/CKernels/*.c; do
   "$clang" -c -O2 -ffp-contract=off -fsanitize=address,fuzzer-no-link -I Sources/CKernels/include "$c" -o "$o"
   kernels+=("$o")
 done
-for target in ${FUZZ_TARGETS:-SafetensorsHeaderFuzz NpyHeaderFuzz NpzReaderFuzz}; do
+for target in ${FUZZ_TARGETS:-SafetensorsHeaderFuzz NpyHeaderFuzz NpzReaderFuzz JSONReaderFuzz}; do
   bin=$out/$target
   rm -f "$bin"
   swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name WSAMergeKit \
@@ -28,7 +29,10 @@ for target in ${FUZZ_TARGETS:-SafetensorsHeaderFuzz NpyHeaderFuzz NpzReaderFuzz}
     SafetensorsHeaderFuzz) cp fixtures/*.safetensors fixtures/sharded/*.safetensors "$corpus"/ ;;
     NpyHeaderFuzz) cp fixtures/npy/*.npy "$corpus"/ ;;
     NpzReaderFuzz) cp fixtures/*.npz fixtures/merge/*.npz "$corpus"/ ;;
+    JSONReaderFuzz) cp fixtures/sharded/*.json "$corpus"/ ;;
   esac
+  # The hostile files of the regression folder seed the corpus too.
+  if [ -d "fuzz/regressions/$target" ]; then cp fuzz/regressions/$target/* "$corpus"/; fi
   if [ -d "fuzz/regressions/$target" ]; then
     "$bin" -runs=0 fuzz/regressions/$target/* >/dev/null 2>&1 || { echo "$target: a regression input crashes"; exit 1; }
   fi

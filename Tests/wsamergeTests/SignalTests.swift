@@ -87,6 +87,16 @@ extension FaultTests {
         #expect(left.count == 2 && left[0].hasPrefix(".out.safetensors.wsamerge-"), "\(left)")
         #expect(try TestSupport.wsamerge(["convert", Self.large[1], "-o", out, "--force"]).status == 0)
         #expect(try leftovers(dir) == ["out.safetensors"])
+        // A sharded --force commit killed there leaves the backups of the replaced shards too.
+        let shards = dir + "/shards"
+        let args = ["--max-shard-size", "10MB", "-o", shards]
+        #expect(try TestSupport.wsamerge(["convert", Self.large[0]] + args).status == 0)
+        let set = try leftovers(shards)
+        _ = try signalled(["convert", Self.large[1], "--force"] + args, signal: SIGKILL, pause: "link:60")
+        left = try leftovers(shards).filter { $0.hasPrefix(".") }
+        #expect(left.contains { $0.hasSuffix(".old") } && left.contains { $0.hasSuffix(".tmp") }, "\(left)")
+        #expect(try TestSupport.wsamerge(["convert", Self.large[1], "--force"] + args).status == 0)
+        #expect(try leftovers(shards) == set)
     }
 
     /// A sharded run that fails on a full file-size limit, with named temporaries, removes

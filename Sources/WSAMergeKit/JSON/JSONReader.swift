@@ -83,7 +83,7 @@ struct JSONReader {
     }
 
     /// Checks the next value without keeping it (nesting bounded as in `JSON.parse`).
-    mutating func skipValue(depth: Int = 1) throws {
+    mutating func skipValue(depth: Int = 0) throws {
         guard depth < JSONParser.maxDepth else { throw parser.error("JSON nested too deeply") }
         switch try peekKind() {
         case .object:

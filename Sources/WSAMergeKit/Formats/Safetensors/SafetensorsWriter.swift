@@ -157,6 +157,9 @@ final class ShardedSafetensorsWriter: CheckpointWriter {
                 throw WSAMergeError.cannotCreate(file: dir, reason: "already holds a checkpoint (\(first)); pass --force to replace it")
             }
             try Self.refuseInputs(replaced, in: dir, inputs: inputs)
+            // Hidden temporaries and backups that dead runs left beside the files of the
+            // checkpoint being replaced (each output file clears those of its own name).
+            for name in replaced { removeDeadTemporaries(in: dir, of: name) }
             var writers: [SafetensorsWriter] = []
             for (group, name) in zip(groups, names) {
                 writers.append(try SafetensorsWriter(destination: dir + "/" + name, tensors: group, metadata: metadata,
