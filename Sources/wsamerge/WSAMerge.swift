@@ -44,7 +44,7 @@ struct WSAMerge: ParsableCommand {
     /// One line on stderr (control characters in names escaped, so a name cannot end the line,
     /// forge another or reach the terminal), then exit.
     static func fail(_ message: String, code: Int32) -> Never {
-        writeAll("wsamerge: \(Terminal.paint("error:", "1;31")) \(escapeControlCharacters(message))\n", to: stderr)
+        StandardStreams.write("wsamerge: \(Terminal.paint("error:", "1;31")) \(escapeControlCharacters(message))\n", to: StandardStreams.error)
         Glibc.exit(code)
     }
 }
@@ -99,7 +99,7 @@ func warnSummary(_ what: String, tensors names: [String], quiet: Bool) {
     guard !names.isEmpty, !quiet else { return }
     let shown = names.prefix(5).joined(separator: ", ")
     let more = names.count > 5 ? " and \(names.count - 5) more" : ""
-    writeAll("wsamerge: \(Terminal.paint("warning:", "1;33")) \(names.count) tensor(s) \(what): \(escapeControlCharacters(shown))\(more)\n", to: stderr)
+    StandardStreams.write("wsamerge: \(Terminal.paint("warning:", "1;33")) \(names.count) tensor(s) \(what): \(escapeControlCharacters(shown))\(more)\n", to: StandardStreams.error)
 }
 
 /// Writes one JSON document as a line on stdout.
@@ -109,21 +109,13 @@ func emit(_ json: JSON) {
     emit(text)
 }
 
-/// Writes `text` to stdout and flushes it. A reader that went away (EPIPE: `| head`) ends the
-/// run quietly with exit 0; any other failure (a full disk, /dev/full) is an I/O error, exit 74.
+/// Writes `text` to stdout (unbuffered, every byte). A reader that went away (EPIPE: `| head`)
+/// ends the run quietly with exit 0; any other failure (a full disk, /dev/full) is an I/O error,
+/// exit 74.
 func emit(_ text: String) {
-    guard writeAll(text, to: stdout), fflush(stdout) == 0 else {
-        let code = errno
+    let code = StandardStreams.write(text, to: StandardStreams.output)
+    guard code == 0 else {
         if code == EPIPE { Glibc.exit(0) }
         WSAMerge.fail("<stdout>: write failed: \(String(cString: strerror(code)))", code: 74)
-    }
-}
-
-/// Writes every byte of `text` (a NUL included, unlike `fputs`); false on an error, with errno.
-@discardableResult
-func writeAll(_ text: String, to stream: UnsafeMutablePointer<FILE>) -> Bool {
-    var text = text
-    return text.withUTF8 { bytes in
-        bytes.isEmpty || fwrite(bytes.baseAddress, 1, bytes.count, stream) == bytes.count
     }
 }

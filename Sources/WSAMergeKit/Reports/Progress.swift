@@ -38,7 +38,7 @@ public final class Progress {
     }
 
     func finish() {
-        fputs("\r\u{1B}[K", stderr)
+        StandardStreams.write("\r\u{1B}[K", to: StandardStreams.error)
     }
 
     private func draw(elapsed: Double) {
@@ -46,7 +46,7 @@ public final class Progress {
         let eta = rate > 0 ? Double(totalBytes - doneBytes) / rate : 0
         let line = "\(label): \(doneTensors)/\(totalTensors) tensors, \(formatBytes(doneBytes)) of \(formatBytes(totalBytes)), "
             + "\(formatBytes(Int(rate)))/s, ETA \(Int(eta.rounded()))s"
-        fputs("\r\u{1B}[K" + line, stderr)
+        StandardStreams.write("\r\u{1B}[K" + line, to: StandardStreams.error)
     }
 
     private func now() -> Double {
