@@ -2,7 +2,8 @@
 # Builds and runs the libFuzzer targets: fuzz/build.sh [SECONDS_PER_TARGET] (default 60).
 # Each target is compiled with the library sources under -sanitize=fuzzer,address, seeded from
 # the fixtures, and run for the given time; a crash leaves its input in fuzz/out/<target>/ and
-# fails the run. Regression inputs in fuzz/regressions/<target>/ are replayed first.
+# fails the run. Regression inputs in fuzz/regressions/<target>/ (the hostile files of the issues,
+# from fuzz/make_regressions.py) are replayed first and seed the corpus.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
@@ -16,7 +17,7 @@ for c in Sources/CKernels/*.c; do
   "$clang" -c -O2 -ffp-contract=off -fsanitize=address,fuzzer-no-link -I Sources/CKernels/include "$c" -o "$o"
   kernels+=("$o")
 done
-for target in ${FUZZ_TARGETS:-SafetensorsHeaderFuzz NpyHeaderFuzz NpzReaderFuzz PickleFuzz}; do
+for target in ${FUZZ_TARGETS:-SafetensorsHeaderFuzz NpyHeaderFuzz NpzReaderFuzz PickleFuzz JSONReaderFuzz}; do
   bin=$out/$target
   rm -f "$bin"
   swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name WSAMergeKit \
@@ -35,7 +36,10 @@ for i, p in enumerate(sys.argv[2:]):
         for n in z.namelist():
             if n.endswith("data.pkl"): open(os.path.join(sys.argv[1], "%d.pkl" % i), "wb").write(z.read(n))
 ' "$corpus" $(find fixtures/torch -name '*.pt' -o -name '*.pth' -o -name '*.ckpt' -o -name '*.bin' | grep -v -e compressed -e refused/legacy) ;;
+    JSONReaderFuzz) cp fixtures/sharded/*.json "$corpus"/ ;;
   esac
+  # The hostile files of the regression folder seed the corpus too.
+  if [ -d "fuzz/regressions/$target" ]; then cp fuzz/regressions/$target/* "$corpus"/; fi
   if [ -d "fuzz/regressions/$target" ]; then
     "$bin" -runs=0 fuzz/regressions/$target/* >/dev/null 2>&1 || { echo "$target: a regression input crashes"; exit 1; }
   fi

@@ -72,7 +72,7 @@ extension WSAMergeError: CustomStringConvertible {
         case .usage(let message):
             return message
         case .malformed(let file, let tensor, let reason):
-            if let tensor { return "\(file): tensor '\(tensor)': \(reason)" }
+            if let tensor { return "\(file): tensor '\(shortenMiddle(tensor, width: 200))': \(reason)" }
             return "\(file): \(reason)"
         case .missingInput(let file, let reason),
              .cannotCreate(let file, let reason),

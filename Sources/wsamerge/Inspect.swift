@@ -13,8 +13,9 @@ extension WSAMerge {
 
         func run() throws {
             let filter = try common.filter()
-            for path in files {
-                let checkpoint = try common.open([path])[0]
+            // All or nothing: every input is opened (headers read and checked) before anything
+            // is printed, so a bad input never follows a printed document.
+            for checkpoint in try common.open(files) {
                 switch common.format {
                 case .json: emit(CheckpointReports.inspect(checkpoint, filter: filter))
                 case .table: emit(CheckpointReports.inspectTable(checkpoint, filter: filter))

@@ -20,6 +20,7 @@ struct WSAMerge: ParsableCommand {
     )
 
     static func main() {
+        CleanupOnSignal.install()
         do {
             try SIMDLevel.checkEnvironment()
             var command = try parseAsRoot()
@@ -35,8 +36,10 @@ struct WSAMerge: ParsableCommand {
         }
     }
 
+    /// One line on stderr (control characters in names escaped, so a name cannot end the line,
+    /// forge another or reach the terminal), then exit.
     static func fail(_ message: String, code: Int32) -> Never {
-        StandardError.write("wsamerge: \(Terminal.paint("error:", "1;31")) \(message)\n")
+        StandardStreams.write("wsamerge: \(Terminal.paint("error:", "1;31")) \(escapeControlCharacters(message))\n", to: StandardStreams.error)
         Glibc.exit(code)
     }
 }
@@ -109,14 +112,23 @@ func warnSummary(_ what: String, tensors names: [String], quiet: Bool) {
     guard !names.isEmpty, !quiet else { return }
     let shown = names.prefix(5).joined(separator: ", ")
     let more = names.count > 5 ? " and \(names.count - 5) more" : ""
-    StandardError.write("wsamerge: \(Terminal.paint("warning:", "1;33")) \(names.count) tensor(s) \(what): \(shown)\(more)\n")
+    StandardStreams.write("wsamerge: \(Terminal.paint("warning:", "1;33")) \(names.count) tensor(s) \(what): \(escapeControlCharacters(shown))\(more)\n", to: StandardStreams.error)
 }
 
 /// Writes one JSON document as a line on stdout.
 func emit(_ json: JSON) {
-    emit(json.text + "\n")
+    var text = json.text
+    text += "\n"
+    emit(text)
 }
 
+/// Writes `text` to stdout (unbuffered, every byte). A reader that went away (EPIPE: `| head`)
+/// ends the run quietly with exit 0; any other failure (a full disk, /dev/full) is an I/O error,
+/// exit 74.
 func emit(_ text: String) {
-    StandardOutput.write(text)
+    let code = StandardStreams.write(text, to: StandardStreams.output)
+    guard code == 0 else {
+        if code == EPIPE { Glibc.exit(0) }
+        WSAMerge.fail("<stdout>: write failed: \(String(cString: strerror(code)))", code: 74)
+    }
 }

@@ -84,4 +84,50 @@ struct HostileInputTests {
             #expect(rss < 200, "\(name) peaked at \(rss) MB")
         }
     }
+
+    /// The hostile files of issue #18, kept tiny in `fuzz/regressions/` (`fuzz/make_regressions.py`),
+    /// where the fuzzers replay them too: each is read or refused as expected, quickly and in
+    /// bounded memory.
+    @Test func issue18FilesAreHandledQuickly() throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/time") else {
+            Issue.record("/usr/bin/time is needed to measure memory (apt-get install time)")
+            return
+        }
+        let regressions = TestSupport.root + "/fuzz/regressions/"
+        let cases: [(String, Int32, [String])] = [
+            ("NpyHeaderFuzz/truncated.npy", 65, ["truncated"]),
+            ("NpyHeaderFuzz/rank65.npy", 65, ["65 dimensions"]),
+            ("NpyHeaderFuzz/fortran-unit-dims.npy", 0, []),
+            ("NpzReaderFuzz/metadata-member.npz", 0, []),
+            ("NpzReaderFuzz/duplicate-members.npz", 65, ["two members of the same name"]),
+            ("NpzReaderFuzz/traversal-names.npz", 0, []),
+            ("NpzReaderFuzz/empty.npz", 0, []),
+            ("NpzReaderFuzz/fortran-unit-dims.npz", 0, []),
+            ("NpzReaderFuzz/rank65.npz", 65, ["65 dimensions"]),
+            ("NpzReaderFuzz/nfc-nfd.npz", 0, []),
+            ("SafetensorsHeaderFuzz/control-names.safetensors", 0, []),
+            ("SafetensorsHeaderFuzz/nfc-nfd.safetensors", 0, []),
+            ("SafetensorsHeaderFuzz/many-numbers.safetensors", 65, ["2000 dimensions"]),
+            ("SafetensorsHeaderFuzz/rank65.safetensors", 65, ["65 dimensions"]),
+            ("SafetensorsHeaderFuzz/zero-size.safetensors", 0, []),
+            ("SafetensorsHeaderFuzz/metadata-twice.safetensors", 65, ["duplicate key '__metadata__'"]),
+        ]
+        for (name, code, mentions) in cases {
+            let path = regressions + name
+            #expect(TestSupport.fileExists(path), "\(name) is missing: run python3 fuzz/make_regressions.py")
+            let dir = try TestSupport.temporaryDirectory()
+            defer { TestSupport.remove(dir) }
+            let copy = dir + "/" + (name.split(separator: "/").last.map(String.init) ?? name)
+            try FileManager.default.copyItem(atPath: path, toPath: copy)
+            let (result, seconds, rss) = try measured(copy)
+            if code == 0 {
+                #expect(result.status == 0, "\(name): \(result.stderr)")
+                #expect((try? result.json()) != nil, "\(name): stdout is not one JSON document")
+            } else {
+                TestSupport.expectRefusal(result, code: code, mentions: mentions)
+            }
+            #expect(seconds < 1.0, "\(name) took \(seconds) s")
+            #expect(rss < 200, "\(name) peaked at \(rss) MB")
+        }
+    }
 }

@@ -150,6 +150,23 @@ struct RecipeTests {
             """, [merge + "/a.safetensors", merge + "/b.safetensors", merge + "/c.npz"])
     }
 
+    /// An all-zero tensor in model A (std 0) used to stop the recipe with a division by zero.
+    @Test func scopeMovedFromFirstModelWithAnAllZeroTensor() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let names = ["a.safetensors", "b.safetensors", "c.npz"]
+        try TestSupport.pythonOK("""
+            from safetensors.numpy import save_file
+            r = np.random.default_rng(0)
+            for i, p in enumerate(sys.argv[1:3]):
+                save_file({"pooler.dense.bias": np.zeros(8, np.float32), "w": r.standard_normal(16).astype(np.float32)}, p)
+            np.savez(sys.argv[3], **{"pooler.dense.bias": np.full(8, 0.5, np.float32), "w": r.standard_normal(16).astype(np.float32)})
+            """, names.map { dir + "/" + $0 })
+        guard let run = try Self.run("moved-from-a", Dictionary(uniqueKeysWithValues: names.map { ($0, dir + "/" + $0) })) else { return }
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(run.stdout.contains("\tnull\tpooler.dense.bias"), "\(run.stdout)")
+    }
+
     // MARK: - Reading and running the README
 
     /// `id → script` for every ```` ```sh ```` block of README.md that starts with `# recipe: <id>`.

@@ -121,4 +121,22 @@ int wsk_start_writeback(int fd, int64_t offset, int64_t count);
 /// returns −1 with errno set where that is not possible.
 int wsk_set_direct(int fd, int on);
 
+/// What `wsk_cleanup_run` does with a registered path: rename it back to its target (a backup
+/// of a replaced file), unlink it, or remove it as a directory; in that order.
+enum { WSK_CLEANUP_RESTORE = 0, WSK_CLEANUP_UNLINK = 1, WSK_CLEANUP_RMDIR = 2 };
+/// Registers a path to clean up if SIGINT, SIGTERM or SIGHUP arrives; returns its slot (−1 when
+/// the table is full). `target` only for WSK_CLEANUP_RESTORE.
+int wsk_cleanup_add(int kind, const char *path, const char *target);
+/// Forgets a slot (−1 is ignored).
+void wsk_cleanup_remove(int slot);
+/// Runs every registered action (async-signal-safe).
+void wsk_cleanup_run(void);
+/// Installs the cleanup handlers for SIGINT, SIGTERM and SIGHUP (unless ignored), which clean up
+/// and re-raise, and ignores SIGPIPE and SIGXFSZ so that writes report EPIPE and EFBIG.
+void wsk_install_signal_handlers(void);
+
+/// Copies a Fortran-order array (`rank` dimensions `shape`, no unit dimensions needed) of
+/// `width`-byte elements from `from` into C order at `to`, in time linear in the element count.
+void wsk_fortran_to_c(const void *from, void *to, const int64_t *shape, int rank, int64_t width);
+
 #endif

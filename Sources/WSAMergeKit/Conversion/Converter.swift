@@ -11,6 +11,9 @@ public enum Converter {
         if let dtype, !DType.targets.contains(dtype) {
             throw WSAMergeError.usage("--dtype \(dtype.rawValue) is not a supported target (use F64, F32, F16 or BF16)")
         }
+        guard !checkpoint.tensors.isEmpty else {
+            throw WSAMergeError.malformed(file: checkpoint.path, reason: "holds no tensors; there is nothing to convert")
+        }
         let selected = checkpoint.tensors.indices.filter { filter.selects(checkpoint.tensors[$0].name) }
         guard !selected.isEmpty else {
             throw WSAMergeError.usage("\(checkpoint.path): no tensor matches the --include/--exclude filters")

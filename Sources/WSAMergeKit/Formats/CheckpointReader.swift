@@ -95,13 +95,13 @@ public enum CheckpointReader {
     private static func openDirectory(_ path: String) throws -> Checkpoint {
         let entries = listDirectory(path)
         let indexes = entries.filter { $0.hasSuffix(".safetensors.index.json") }
-        if indexes.count == 1 { return try open(path + "/" + indexes[0]) }
+        if indexes.count == 1 { return try open(joinPath(path, indexes[0])) }
         if indexes.count > 1 {
             throw WSAMergeError.malformed(file: path, reason: "directory holds several index files: \(indexes.joined(separator: ", "))")
         }
-        if entries.contains("model.safetensors") { return try open(path + "/model.safetensors") }
-        if entries.contains("pytorch_model.bin.index.json") { return try open(path + "/pytorch_model.bin.index.json") }
-        if entries.contains("pytorch_model.bin") { return try open(path + "/pytorch_model.bin") }
+        if entries.contains("model.safetensors") { return try open(joinPath(path, "model.safetensors")) }
+        if entries.contains("pytorch_model.bin.index.json") { return try open(joinPath(path, "pytorch_model.bin.index.json")) }
+        if entries.contains("pytorch_model.bin") { return try open(joinPath(path, "pytorch_model.bin")) }
         throw WSAMergeError.missingInput(file: path, reason: "directory holds none of *.safetensors.index.json, model.safetensors, pytorch_model.bin.index.json, pytorch_model.bin")
     }
 }

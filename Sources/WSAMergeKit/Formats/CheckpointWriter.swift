@@ -74,6 +74,7 @@ public protocol CheckpointWriter: AnyObject {
 ///   - inputs: identities of every input file; the output may not be one of them.
 public func makeWriter(_ options: OutputOptions, tensors: [TensorInfo], metadata: [String: String],
                        inputs: Set<FileIdentity>) throws -> any CheckpointWriter {
+    try options.layout.checkNames(tensors, file: options.path)
     switch options.layout {
     case .safetensors:
         return try SafetensorsWriter(destination: options.path, tensors: tensors, metadata: metadata,
@@ -89,6 +90,45 @@ public func makeWriter(_ options: OutputOptions, tensors: [TensorInfo], metadata
             throw WSAMergeError.usage("\(options.path): a .npy file holds one array but \(tensors.count) tensors were selected (narrow them with --include)")
         }
         return try NpyWriter(destination: options.path, tensor: tensors[0], force: options.force, inputs: inputs)
+    }
+}
+
+extension OutputOptions.Layout {
+    /// Refuses, naming the tensor, a name this format cannot hold, so that nothing is written
+    /// that the reference readers cannot read back: `__metadata__` in safetensors (the header's
+    /// reserved key); in `.npz` a member name (`NAME.npy`) over 65,535 bytes, with a NUL (zip
+    /// readers cut the name there), absolute or with a `..` component (it would unpack outside
+    /// the folder). Two tensors of one name are refused everywhere; names are compared byte-wise.
+    func checkNames(_ tensors: [TensorInfo], file: String) throws {
+        var names = Set<ByteKey>()
+        for tensor in tensors {
+            let name = tensor.name
+            guard names.insert(ByteKey(name)).inserted else {
+                throw WSAMergeError.malformed(file: file, tensor: name, reason: "two output tensors have this name")
+            }
+            switch self {
+            case .safetensors, .sharded:
+                if name == "__metadata__" {
+                    throw WSAMergeError.malformed(file: file, tensor: name,
+                                                  reason: "safetensors reserves this name for the header's metadata; rename the tensor or write .npz")
+                }
+            case .npz:
+                let member = Array((name + ".npy").utf8)
+                if member.count > 0xFFFF {
+                    throw WSAMergeError.malformed(file: file, tensor: name,
+                                                  reason: "name is \(member.count - 4) bytes; a zip member name holds at most 65,531 before '.npy'")
+                }
+                if member.contains(0) {
+                    throw WSAMergeError.malformed(file: file, tensor: name, reason: "name holds a NUL byte, which a zip member name cannot")
+                }
+                if member.first == UInt8(ascii: "/") || name.split(separator: "/", omittingEmptySubsequences: false).contains("..") {
+                    throw WSAMergeError.malformed(file: file, tensor: name,
+                                                  reason: "name is an absolute path or has a '..' component, which would unpack outside the archive's folder")
+                }
+            case .npy:
+                break
+            }
+        }
     }
 }
 

@@ -21,6 +21,8 @@ public final class OutputFile {
     private let force: Bool
     private let descriptor: Int32
     private var temporaryPath: String?
+    /// The named temporary's entry in `CleanupOnSignal` (-1: none).
+    private var cleanupSlot: Int32 = -1
     private var committed = false
     /// Bytes written so far (the offset of the next write).
     public private(set) var offset = 0
@@ -49,32 +51,61 @@ public final class OutputFile {
         self.force = force
         try Self.precheck(destination, force: force, inputs: inputs)
         let directory = parentDirectory(of: destination)
-        var fd = open(directory, Int32(0o20200000) /* O_TMPFILE */ | O_WRONLY | O_CLOEXEC, 0o666)
-        if fd < 0, errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL {
+        removeDeadTemporaries(in: directory, of: baseName(of: destination))
+        var fd: Int32 = -1
+        if !TestHooks.noTmpfile {
+            fd = open(directory, Int32(0o20200000) /* O_TMPFILE */ | O_WRONLY | O_CLOEXEC, 0o666)
+        }
+        if fd < 0, TestHooks.noTmpfile || errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL {
             let name = "\(directory)/.\(baseName(of: destination)).wsamerge-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).tmp"
+            // Registered before it exists, so that SIGINT/SIGTERM never miss it.
+            cleanupSlot = CleanupOnSignal.add(.unlink, name)
             fd = open(name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o666)
             if fd >= 0 { temporaryPath = name }
         }
         guard fd >= 0 else {
-            throw WSAMergeError.cannotCreate(file: destination, reason: systemError(errno))
+            let reason = systemError(errno)
+            CleanupOnSignal.remove(cleanupSlot)
+            throw WSAMergeError.cannotCreate(file: destination, reason: reason)
         }
         descriptor = fd
         sink = Sink(descriptor: fd, destination: destination, direct: directIO && wsk_set_direct(fd, 1) == 0)
     }
 
+    /// Longest output name: the hidden temporary beside it (`.NAME.wsamerge-PID-RAND.tmp`) adds
+    /// 33 bytes, and a file name holds at most 255.
+    public static let maxNameBytes = 222
+
     /// Refuses `destination` when it is one of `inputs` (same inode, whatever the link), exists
-    /// without `force`, is a directory, or lies in a directory that does not exist.
+    /// without `force`, is a directory or another non-regular file (a device, a FIFO: never
+    /// replaced, even with `force`), is a dangling symbolic link without `force`, has a name too
+    /// long for its temporary, or lies in a directory that does not exist.
     public static func precheck(_ destination: String, force: Bool, inputs: Set<FileIdentity>) throws {
         if let identity = FileIdentity(path: destination) {
             if inputs.contains(identity) {
                 throw WSAMergeError.cannotCreate(file: destination, reason: "output is one of the inputs; refusing to overwrite it")
             }
-            if pathKind(destination) == .directory {
+            switch pathKind(destination) {
+            case .directory:
                 throw WSAMergeError.cannotCreate(file: destination, reason: "is a directory")
+            case .other:
+                throw WSAMergeError.cannotCreate(file: destination, reason: "is not a regular file (a device, FIFO or socket); refusing to replace it")
+            default:
+                break
             }
             if !force {
                 throw WSAMergeError.cannotCreate(file: destination, reason: "output exists (pass --force to replace it)")
             }
+        } else {
+            var info = stat()
+            if lstat(destination, &info) == 0, !force {
+                throw WSAMergeError.cannotCreate(file: destination, reason: "is a dangling symbolic link (pass --force to replace the link)")
+            }
+        }
+        let name = baseName(of: destination)
+        guard name.utf8.count <= maxNameBytes else {
+            throw WSAMergeError.cannotCreate(file: destination,
+                                             reason: "file name is \(name.utf8.count) bytes; at most \(maxNameBytes) leave room for the temporary file written beside it")
         }
         let directory = parentDirectory(of: destination)
         guard pathKind(directory) == .directory else {
@@ -85,7 +116,18 @@ public final class OutputFile {
     deinit {
         writer.sync {}
         close(descriptor)
-        if !committed, let temporaryPath { unlink(temporaryPath) }
+        discard()
+    }
+
+    /// Removes the named temporary of an output that will not be committed (a failed run). The
+    /// writer of a directory calls it for every file before it removes the directory.
+    public func discard() {
+        if !committed, let temporaryPath {
+            unlink(temporaryPath)
+            self.temporaryPath = nil
+        }
+        CleanupOnSignal.remove(cleanupSlot)
+        cleanupSlot = -1
     }
 
     /// Appends `bytes`.
@@ -205,6 +247,9 @@ public final class OutputFile {
         let appeared = WSAMergeError.cannotCreate(file: destination, reason: "output appeared while writing (pass --force to replace it)")
         if let temporaryPath {
             if force {
+                guard pathKind(destination) != .other else {
+                    throw WSAMergeError.cannotCreate(file: destination, reason: "is not a regular file (a device, FIFO or socket); refusing to replace it")
+                }
                 guard rename(temporaryPath, destination) == 0 else {
                     throw WSAMergeError.cannotCreate(file: destination, reason: systemError(errno))
                 }
@@ -215,18 +260,26 @@ public final class OutputFile {
                 }
                 unlink(temporaryPath)
             }
+            CleanupOnSignal.remove(cleanupSlot)
+            cleanupSlot = -1
         } else {
             let procPath = "/proc/self/fd/\(descriptor)"
             if linkat(AT_FDCWD, procPath, AT_FDCWD, destination, AT_SYMLINK_FOLLOW) != 0 {
                 guard errno == EEXIST else { throw WSAMergeError.cannotCreate(file: destination, reason: systemError(errno)) }
                 guard force else { throw appeared }
+                guard pathKind(destination) != .other else {
+                    throw WSAMergeError.cannotCreate(file: destination, reason: "is not a regular file (a device, FIFO or socket); refusing to replace it")
+                }
                 // Replacing an existing file (--force): link under a hidden name, then rename over it.
                 let directory = parentDirectory(of: destination)
                 let hidden = "\(directory)/.\(baseName(of: destination)).wsamerge-\(getpid()).tmp"
                 unlink(hidden)
+                let slot = CleanupOnSignal.add(.unlink, hidden)
+                defer { CleanupOnSignal.remove(slot) }
                 guard linkat(AT_FDCWD, procPath, AT_FDCWD, hidden, AT_SYMLINK_FOLLOW) == 0 else {
                     throw WSAMergeError.cannotCreate(file: destination, reason: systemError(errno))
                 }
+                TestHooks.pause(at: "link")
                 guard rename(hidden, destination) == 0 else {
                     let reason = systemError(errno)
                     unlink(hidden)
@@ -314,6 +367,20 @@ private final class Sink: @unchecked Sendable {
             writeBackStart += step
         }
         #endif
+    }
+}
+
+/// Removes hidden temporaries (`.NAME.wsamerge-PID[-RAND].tmp`) and backups
+/// (`.NAME.wsamerge-PID.old`) that runs now dead left beside `name` in `directory` (a run killed
+/// with SIGKILL, or while linking a `--force` output into place). Those of live runs stay.
+func removeDeadTemporaries(in directory: String, of name: String) {
+    let prefix = "." + name + ".wsamerge-"
+    for entry in listDirectory(directory) where entry.hasPrefix(prefix) && (entry.hasSuffix(".tmp") || entry.hasSuffix(".old")) {
+        let rest = entry.dropFirst(prefix.count).dropLast(4)
+        let parts = rest.split(separator: "-", omittingEmptySubsequences: false)
+        guard parts.count == 1 || parts.count == 2, parts.allSatisfy({ !$0.isEmpty && $0.allSatisfy(\.isASCII) && $0.allSatisfy(\.isNumber) }),
+              let pid = Int32(parts[0]), pid > 0, pid != getpid() else { continue }
+        if kill(pid, 0) != 0 && errno == ESRCH { unlink(directory + "/" + entry) }
     }
 }
 

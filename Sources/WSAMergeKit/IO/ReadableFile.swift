@@ -109,6 +109,21 @@ func pathKind(_ path: String) -> PathKind {
     }
 }
 
+/// `directory/name`, with one slash between them whatever `directory` ends with (`base/` and
+/// `base` give `base/name`, not `base//name`).
+func joinPath(_ directory: String, _ name: String) -> String {
+    var head = Substring(directory)
+    while head.count > 1 && head.hasSuffix("/") { head = head.dropLast() }
+    return head == "/" ? "/" + name : head + "/" + name
+}
+
+/// The canonical absolute path of `path` (links resolved), or `nil` when it does not exist.
+func realPath(_ path: String) -> String? {
+    guard let resolved = realpath(path, nil) else { return nil }
+    defer { free(resolved) }
+    return String(cString: resolved)
+}
+
 /// The names in directory `path`, sorted (empty when it cannot be read).
 func listDirectory(_ path: String) -> [String] {
     guard let dir = opendir(path) else { return [] }

@@ -9,7 +9,8 @@ import Glibc
 /// `point:seconds:skip` passes the point `skip` times first. When `WSAMERGE_TEST_PAUSE_MARK`
 /// names a path, that file is created as the pause begins and the pause lasts until the test
 /// removes it (`seconds` is then only a time limit), so a test acts inside the pause whatever
-/// the load. Without the variables these are no-ops.
+/// the load. `link` is between linking a `--force` output under its hidden name and renaming it
+/// into place. Without the variables these are no-ops.
 enum TestHooks {
     private static let request: (point: String, seconds: Double, skip: Int)? = {
         guard let raw = getenv("WSAMERGE_TEST_PAUSE") else { return nil }
@@ -19,6 +20,10 @@ enum TestHooks {
         return (String(parts[0]), seconds, skip)
     }()
     private nonisolated(unsafe) static var arrivals = 0
+
+    /// `WSAMERGE_TEST_NO_TMPFILE` set: outputs use named temporaries, as on file systems
+    /// without `O_TMPFILE` (NFS, vfat).
+    static let noTmpfile = getenv("WSAMERGE_TEST_NO_TMPFILE") != nil
 
     static func pause(at point: String) {
         guard let request, request.point == point else { return }

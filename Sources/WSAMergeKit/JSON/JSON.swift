@@ -120,7 +120,7 @@ extension JSON {
     ///
     /// - Throws: a reason string on the first problem (the caller adds the file name).
     public static func parse(_ bytes: UnsafeRawBufferPointer) throws -> JSON {
-        var parser = Parser(bytes: bytes)
+        var parser = JSONParser(bytes: bytes)
         parser.skipWhitespace()
         let value = try parser.parseValue(depth: 0)
         parser.skipWhitespace()
@@ -141,7 +141,7 @@ public struct JSONParseError: Error, CustomStringConvertible, Sendable {
     public var description: String { "\(reason) at byte \(offset)" }
 }
 
-private struct Parser {
+struct JSONParser {
     let bytes: UnsafeRawBufferPointer
     var index = 0
     static let maxDepth = 128
@@ -166,7 +166,7 @@ private struct Parser {
     }
 
     mutating func parseValue(depth: Int) throws -> JSON {
-        guard depth < Parser.maxDepth else { throw error("JSON nested too deeply") }
+        guard depth < JSONParser.maxDepth else { throw error("JSON nested too deeply") }
         guard let c = peek else { throw error("unexpected end of JSON") }
         switch c {
         case UInt8(ascii: "{"): return try parseObject(depth: depth)
@@ -180,29 +180,56 @@ private struct Parser {
         }
     }
 
+    /// Members and items of the objects and arrays being parsed, as a stack: a finished one is
+    /// copied out into an array of exactly its size, so no array keeps the spare capacity of its
+    /// growth (which, over millions of small objects, multiplied the memory of a parse).
+    var memberStack: [(String, JSON)] = []
+    var itemStack: [JSON] = []
+
     mutating func parseObject(depth: Int) throws -> JSON {
+        let objectStart = index
         index += 1
-        var members: [(String, JSON)] = []
-        var seen = Set<String>()
         skipWhitespace()
-        if peek == UInt8(ascii: "}") { index += 1; return .object(members) }
+        if peek == UInt8(ascii: "}") { index += 1; return .object([]) }
+        let base = memberStack.count
+        defer { memberStack.removeSubrange(base...) }
         while true {
             skipWhitespace()
             guard peek == UInt8(ascii: "\"") else { throw error("expected a string key") }
             let keyOffset = index
             let key = try parseString()
-            guard seen.insert(key).inserted else {
-                throw JSONParseError(offset: keyOffset, reason: "duplicate key '\(key)'")
+            // Keys compare byte-wise, as other JSON readers do (NFC and NFD spellings differ).
+            // Small objects are checked as they grow, large ones once, sorted, at the end.
+            if memberStack.count - base <= 16 {
+                for k in base..<memberStack.count where memberStack[k].0.utf8.elementsEqual(key.utf8) {
+                    throw JSONParseError(offset: keyOffset, reason: "duplicate key '\(key)'")
+                }
             }
             skipWhitespace()
             guard peek == UInt8(ascii: ":") else { throw error("expected ':'") }
             index += 1
             skipWhitespace()
-            members.append((key, try parseValue(depth: depth + 1)))
+            let value = try parseValue(depth: depth + 1)
+            memberStack.append((key, value))
             skipWhitespace()
             switch peek {
             case UInt8(ascii: ","): index += 1
-            case UInt8(ascii: "}"): index += 1; return .object(members)
+            case UInt8(ascii: "}"):
+                index += 1
+                let count = memberStack.count - base
+                if count > 17 {
+                    var order = Array(0..<Int32(count))
+                    memberStack.withUnsafeBufferPointer { members in
+                        order.sort { a, b in members[base + Int(a)].0.utf8.lexicographicallyPrecedes(members[base + Int(b)].0.utf8) }
+                    }
+                    for k in order.indices.dropFirst() {
+                        let a = memberStack[base + Int(order[k - 1])].0, b = memberStack[base + Int(order[k])].0
+                        if a.utf8.elementsEqual(b.utf8) {
+                            throw JSONParseError(offset: objectStart, reason: "duplicate key '\(b)' in the object")
+                        }
+                    }
+                }
+                return .object(Array(memberStack[base...]))
             default: throw error("expected ',' or '}'")
             }
         }
@@ -210,16 +237,18 @@ private struct Parser {
 
     mutating func parseArray(depth: Int) throws -> JSON {
         index += 1
-        var items: [JSON] = []
         skipWhitespace()
-        if peek == UInt8(ascii: "]") { index += 1; return .array(items) }
+        if peek == UInt8(ascii: "]") { index += 1; return .array([]) }
+        let base = itemStack.count
+        defer { itemStack.removeSubrange(base...) }
         while true {
             skipWhitespace()
-            items.append(try parseValue(depth: depth + 1))
+            let item = try parseValue(depth: depth + 1)
+            itemStack.append(item)
             skipWhitespace()
             switch peek {
             case UInt8(ascii: ","): index += 1
-            case UInt8(ascii: "]"): index += 1; return .array(items)
+            case UInt8(ascii: "]"): index += 1; return .array(Array(itemStack[base...]))
             default: throw error("expected ',' or ']'")
             }
         }

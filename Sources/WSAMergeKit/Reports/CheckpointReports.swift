@@ -37,7 +37,7 @@ public enum CheckpointReports {
             table.add([shortenMiddle(tensor.name), tensor.dtype.rawValue, shapeText(tensor.shape), formatBytes(tensor.byteCount)])
             total += tensor.byteCount
         }
-        var text = "\(checkpoint.path) (\(checkpoint.format.rawValue)): \(table.rows.count) tensors, \(formatBytes(total))\n" + table.text
+        var text = "\(escapeControlCharacters(checkpoint.path)) (\(checkpoint.format.rawValue)): \(table.rows.count) tensors, \(formatBytes(total))\n" + table.text
         let leaves = checkpoint.nonTensors.filter { filter.selects($0.name) }
         if !leaves.isEmpty {
             var values = Table(headers: ["non-tensor", "value"], numericColumns: [])
@@ -88,7 +88,7 @@ public enum CheckpointReports {
             table.add([shortenMiddle(s.tensor.name), s.tensor.dtype.rawValue, shapeText(s.tensor.shape),
                        formatNumber(m?.finiteMean), formatNumber(m?.std), formatNumber(m?.finiteMin), formatNumber(m?.finiteMax)])
         }
-        var text = "\(checkpoint.path) (\(checkpoint.format.rawValue))\n" + table.text
+        var text = "\(escapeControlCharacters(checkpoint.path)) (\(checkpoint.format.rawValue))\n" + table.text
         if groupByLayer {
             var layers = Table(headers: ["layer", "tensors", "count", "mean", "std", "min", "max"], numericColumns: [0, 1, 2, 3, 4, 5, 6])
             for g in LayerGroups.pool(statistics) {

@@ -45,11 +45,11 @@ public final class Progress: Sendable {
             state.lastDraw = t
             return describe(state, elapsed: t - state.started)
         }
-        if let line { StandardError.write("\r\u{1B}[K" + line) }
+        if let line { StandardStreams.write("\r\u{1B}[K" + line, to: StandardStreams.error) }
     }
 
     func finish() {
-        StandardError.write("\r\u{1B}[K")
+        StandardStreams.write("\r\u{1B}[K", to: StandardStreams.error)
     }
 
     private func describe(_ state: State, elapsed: Double) -> String {
@@ -77,34 +77,6 @@ public enum StandardError {
 
     /// Colour is on for an interactive stderr unless `NO_COLOR` is set.
     public static let colour: Bool = isInteractive && getenv("NO_COLOR") == nil
-
-    /// Writes `text` to file descriptor 2 (unbuffered, so lines from several threads never mix).
-    public static func write(_ text: String) {
-        _ = writeAll(text, to: 2)
-    }
-}
-
-/// The report stream.
-public enum StandardOutput {
-    /// Writes `text` to file descriptor 1 (one document at a time, unbuffered).
-    public static func write(_ text: String) {
-        _ = writeAll(text, to: 1)
-    }
-}
-
-/// Writes all of `text` to `descriptor`, retrying after signals; false when a write fails.
-func writeAll(_ text: String, to descriptor: Int32) -> Bool {
-    var text = text
-    return text.withUTF8 { bytes in
-        var done = 0
-        while done < bytes.count {
-            let n = Glibc.write(descriptor, bytes.baseAddress! + done, bytes.count - done)
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { return false }
-            done += n
-        }
-        return true
-    }
 }
 
 /// `1.2 GB`-style sizes (powers of 1000).

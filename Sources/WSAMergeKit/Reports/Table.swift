@@ -16,7 +16,8 @@ public struct Table {
         self.numericColumns = numericColumns
     }
 
-    public mutating func add(_ row: [String]) { rows.append(row) }
+    /// Adds a row; control characters in its cells are escaped (see `escapeControlCharacters`).
+    public mutating func add(_ row: [String]) { rows.append(row.map(escapeControlCharacters)) }
 
     public var text: String {
         var widths = headers.map(\.count)
@@ -29,6 +30,34 @@ public struct Table {
         }
         return ([line(headers)] + rows.map(line)).joined(separator: "\n") + "\n"
     }
+}
+
+/// `text` with every character that could end a line, erase or forge output, or drive a
+/// terminal shown as an escape instead: C0 controls (NUL, newline, ESC, …), DEL, C1 controls,
+/// the line and paragraph separators and the bidirectional overrides become `\0`, `\n`, `\t`,
+/// `\r` or `\xNN` / `\u{NNNN}`. Used for names in tables and in messages (JSON escapes them itself).
+public func escapeControlCharacters(_ text: String) -> String {
+    func unsafe(_ v: UInt32) -> Bool {
+        v < 0x20 || (0x7F...0x9F).contains(v) || v == 0x2028 || v == 0x2029 || (0x202A...0x202E).contains(v)
+            || (0x2066...0x2069).contains(v) || v == 0x200E || v == 0x200F || v == 0x061C
+    }
+    guard text.unicodeScalars.contains(where: { unsafe($0.value) }) else { return text }
+    var out = ""
+    for scalar in text.unicodeScalars {
+        let v = scalar.value
+        guard unsafe(v) else { out.unicodeScalars.append(scalar); continue }
+        switch v {
+        case 0: out += "\\0"
+        case 0x0A: out += "\\n"
+        case 0x09: out += "\\t"
+        case 0x0D: out += "\\r"
+        case ..<0x100:
+            let hex = String(v, radix: 16)
+            out += "\\x" + (hex.count < 2 ? "0" : "") + hex
+        default: out += "\\u{" + String(v, radix: 16) + "}"
+        }
+    }
+    return out
 }
 
 /// `name` shortened to `width` characters with `…` in the middle.

@@ -18,7 +18,8 @@ public struct ScopeComparison {
     public private(set) var rows: [Row]
     /// Tensors some models lack: name and the models that lack it.
     public let missing: [(name: String, missingFrom: [String])]
-    /// Tensors float in some models but not in others: name and why.
+    /// Tensors that cannot be compared: float in some models but not in others, or of
+    /// different shapes; name and why.
     public let skipped: [(name: String, reason: String)]
 
     /// Measures every selected, decodable tensor present in all `checkpoints` (in the first
@@ -31,9 +32,9 @@ public struct ScopeComparison {
         var missing: [(String, [String])] = []
         var skipped: [(String, String)] = []
         var names: [String] = []
-        var seen = Set<String>()
+        var seen = Set<ByteKey>()  // names compare byte-wise
         for checkpoint in checkpoints {
-            for tensor in checkpoint.tensors where filter.selects(tensor.name) && seen.insert(tensor.name).inserted {
+            for tensor in checkpoint.tensors where filter.selects(tensor.name) && seen.insert(ByteKey(tensor.name)).inserted {
                 names.append(tensor.name)
             }
         }
@@ -58,9 +59,11 @@ public struct ScopeComparison {
                     }
                     break
                 }
-                guard tensor.shape == checkpoints[0].tensors[checkpoints[0].index(of: name)!].shape else {
-                    throw WSAMergeError.malformed(file: checkpoint.path, tensor: name,
-                                                  reason: "shape \(tensor.shape) differs from \(models[0])")
+                let first = checkpoints[0].tensors[checkpoints[0].index(of: name)!].shape
+                guard tensor.shape == first else {
+                    // Listed, as fuse words it, instead of ending the whole report.
+                    skipped.append((name, "shape \(tensor.shape) in \(checkpoint.path) differs from \(first) in \(models[0])"))
+                    break
                 }
                 sources.append((checkpoint, i))
             }
@@ -146,34 +149,69 @@ public struct ScopeComparison {
 
 /// A fused target scope per tensor, as `scope -o` writes it and `fuse --target-scope` reads it.
 public struct TargetScope: Sendable {
-    public let scopes: [String: Scope]
+    public let scopes: Scopes
+
+    /// Target scopes by tensor name, compared byte-wise.
+    public struct Scopes: Sendable {
+        var byName: [ByteKey: Scope] = [:]
+        public subscript(name: String) -> Scope? { byName[ByteKey(name)] }
+        public var count: Int { byName.count }
+    }
 
     /// Reads the `tensors[].name` and `tensors[].fused` of a scope document.
     public init(path: String) throws {
         let file = try ReadableFile(path: path)
         guard file.size <= 1 << 30 else { throw WSAMergeError.malformed(file: path, reason: "target scope file is too large") }
         let bytes = try file.readBytes(at: 0, count: file.size)
-        let json: JSON
+        // Walked with the pull reader: only names and fused scopes are kept, so memory stays a
+        // fraction of the file, however many tensors and models it lists.
+        var scopes = Scopes()
+        var sawTensors = false
         do {
-            json = try bytes.withUnsafeBytes { try JSON.parse($0) }
-        } catch {
+            try bytes.withUnsafeBytes { raw throws in
+                var reader = JSONReader(raw)
+                guard try reader.peekKind() == .object else {
+                    throw WSAMergeError.malformed(file: path, reason: "no 'tensors' array (expected the document `wsamerge scope -o` writes)")
+                }
+                var keys = Set<ByteKey>()
+                try reader.readObject { reader, key, offset in
+                    guard keys.insert(ByteKey(key)).inserted else { throw JSONParseError(offset: offset, reason: "duplicate key '\(key)'") }
+                    guard key == "tensors", try reader.peekKind() == .array else { return try reader.skipValue() }
+                    sawTensors = true
+                    try reader.readArray { reader in
+                        guard try reader.peekKind() == .object else {
+                            throw WSAMergeError.malformed(file: path, reason: "a tensor entry lacks a name or a fused scope")
+                        }
+                        var name: String?
+                        var fused: JSON?
+                        var fields = Set<ByteKey>()
+                        try reader.readObject { reader, field, offset in
+                            guard fields.insert(ByteKey(field)).inserted else { throw JSONParseError(offset: offset, reason: "duplicate key '\(field)'") }
+                            switch field {
+                            case "name": name = try reader.readValue().stringValue
+                            case "fused": fused = try reader.readValue()
+                            default: try reader.skipValue()
+                            }
+                        }
+                        guard let name, let fused else {
+                            throw WSAMergeError.malformed(file: path, reason: "a tensor entry lacks a name or a fused scope")
+                        }
+                        // `null` (a tensor without finite values): no target for it, as if it were absent.
+                        if fused["mean"] == .null || fused["std"] == .null { return }
+                        guard let mean = fused["mean"]?.doubleValue, let std = fused["std"]?.doubleValue,
+                              mean.isFinite, std.isFinite, std >= 0 else {
+                            throw WSAMergeError.malformed(file: path, tensor: name, reason: "fused scope is not a finite mean and a std ≥ 0")
+                        }
+                        scopes.byName[ByteKey(name)] = Scope(mean: mean, std: std)
+                    }
+                }
+                try reader.finish()
+            }
+        } catch let error as JSONParseError {
             throw WSAMergeError.malformed(file: path, reason: "not valid JSON: \(error)")
         }
-        guard let tensors = json["tensors"]?.arrayValue else {
+        guard sawTensors else {
             throw WSAMergeError.malformed(file: path, reason: "no 'tensors' array (expected the document `wsamerge scope -o` writes)")
-        }
-        var scopes: [String: Scope] = [:]
-        for entry in tensors {
-            guard let name = entry["name"]?.stringValue, let fused = entry["fused"] else {
-                throw WSAMergeError.malformed(file: path, reason: "a tensor entry lacks a name or a fused scope")
-            }
-            // `null` (a tensor without finite values): no target for it, as if it were absent.
-            if fused["mean"] == .null || fused["std"] == .null { continue }
-            guard let mean = fused["mean"]?.doubleValue, let std = fused["std"]?.doubleValue,
-                  mean.isFinite, std.isFinite, std >= 0 else {
-                throw WSAMergeError.malformed(file: path, tensor: name, reason: "fused scope is not a finite mean and a std ≥ 0")
-            }
-            scopes[name] = Scope(mean: mean, std: std)
         }
         self.scopes = scopes
     }

@@ -15,7 +15,7 @@ public final class Checkpoint: @unchecked Sendable {
     public let files: [ReadableFile]
     /// Values that are not tensors (PyTorch checkpoints: epoch numbers, hyper-parameters, …).
     public let nonTensors: [NonTensorLeaf]
-    private let indexByName: [[UInt8]: Int]
+    private let indexByName: [ByteKey: Int]
 
     public init(path: String, format: CheckpointFormat, metadata: [String: String], sources: [any TensorSource],
                 files: [ReadableFile], nonTensors: [NonTensorLeaf] = []) {
@@ -26,13 +26,13 @@ public final class Checkpoint: @unchecked Sendable {
         self.sources = sources
         self.tensors = sources.map(\.tensor)
         self.files = files
-        var index: [[UInt8]: Int] = [:]
-        for (i, tensor) in tensors.enumerated() { index[Array(tensor.name.utf8)] = i }
+        var index: [ByteKey: Int] = [:]
+        for (i, tensor) in tensors.enumerated() { index[ByteKey(tensor.name)] = i }
         self.indexByName = index
     }
 
     /// The position of the tensor called `name` (names compare byte for byte, as safetensors does).
-    public func index(of name: String) -> Int? { indexByName[Array(name.utf8)] }
+    public func index(of name: String) -> Int? { indexByName[ByteKey(name)] }
 
     /// Total number of elements over all tensors.
     public var parameterCount: Int { tensors.reduce(0) { $0 &+ $1.elementCount } }

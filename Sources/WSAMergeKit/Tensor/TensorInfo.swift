@@ -7,11 +7,16 @@ public struct TensorInfo: Sendable, Equatable {
     public let elementCount: Int
     /// `elementCount × dtype` size in bytes.
     public let byteCount: Int
+    /// Most dimensions a tensor may have (numpy's own limit).
+    public static let maxRank = 64
 
     /// Validates `shape` against `dtype` with checked arithmetic.
     ///
     /// - Throws: `.malformed` naming the tensor when the size overflows or is not whole bytes.
     public init(name: String, dtype: DType, shape: [Int], file: String) throws {
+        guard shape.count <= Self.maxRank else {
+            throw WSAMergeError.malformed(file: file, tensor: name, reason: "shape has \(shape.count) dimensions; at most \(Self.maxRank) are supported (numpy's limit)")
+        }
         guard let count = WSAMergeKit.elementCount(of: shape) else {
             throw WSAMergeError.malformed(file: file, tensor: name, reason: "shape \(shape) is negative or overflows")
         }

@@ -1,3 +1,5 @@
+import CKernels
+
 /// Streams one tensor's bytes front to back in C order and little-endian byte order, whatever
 /// the file stored: plain slices are read with bounded `pread`s, big-endian elements are swapped
 /// in the caller's buffer, and Fortran-ordered arrays (rare) are transposed once in memory.
@@ -106,26 +108,14 @@ struct TransposedStream: ByteStream {
         var stored = [UInt8](repeating: 0, count: tensor.byteCount)
         try stored.withUnsafeMutableBytes { buffer throws in try source.read(into: buffer) }
         bytes = [UInt8](repeating: 0, count: tensor.byteCount)
-        let width = tensor.dtype.byteWidth!
-        let shape = tensor.shape
-        // Fortran strides (in elements): 1, d0, d0·d1, …
-        var strides = [Int](repeating: 1, count: shape.count)
-        for k in 1..<shape.count { strides[k] = strides[k - 1] * shape[k - 1] }
-        var index = [Int](repeating: 0, count: shape.count)
+        // Unit dimensions change no offset: dropped, the walk is over the others only, and the
+        // C kernel's cost is linear in the element count.
+        let shape = tensor.shape.filter { $0 != 1 }.map { Int64($0) }
+        let width = Int64(tensor.dtype.byteWidth!)
         stored.withUnsafeBytes { from in
             bytes.withUnsafeMutableBytes { to in
-                for element in 0..<tensor.elementCount {
-                    var source = 0
-                    for k in 0..<shape.count { source += index[k] * strides[k] }
-                    (to.baseAddress! + element * width).copyMemory(from: from.baseAddress! + source * width, byteCount: width)
-                    // Advance the C-order index (last axis fastest).
-                    var k = shape.count - 1
-                    while k >= 0 {
-                        index[k] += 1
-                        if index[k] < shape[k] { break }
-                        index[k] = 0
-                        k -= 1
-                    }
+                shape.withUnsafeBufferPointer { dims in
+                    wsk_fortran_to_c(from.baseAddress, to.baseAddress, dims.baseAddress, Int32(dims.count), width)
                 }
             }
         }

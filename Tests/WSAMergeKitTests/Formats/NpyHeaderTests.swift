@@ -65,7 +65,12 @@ import Testing
     @Test func refusesBadMagic() {
         expectMalformed("bad magic") { _ = try NpyHeader(bytes: Array("\u{93}NUMPX".utf8) + [1, 0, 0, 0], file: "a.npy") }
         expectMalformed("bad magic") { _ = try NpyHeader(bytes: Array("PK\u{3}\u{4}not npy".utf8), file: "a.npy") }
-        expectMalformed("bad magic") { _ = try NpyHeader.dataOffset(prefix: NpyHeader.magic + [1], file: "a.npy") }
+    }
+
+    /// The magic and too few bytes after it is a truncated file, not a bad magic (#18 item 11).
+    @Test func aTruncatedPrefixSaysTruncated() {
+        expectMalformed("truncated") { _ = try NpyHeader.dataOffset(prefix: NpyHeader.magic + [1], file: "a.npy") }
+        expectMalformed("truncated") { _ = try NpyHeader.dataOffset(prefix: Array(NpyHeader.magic.prefix(4)), file: "a.npy") }
     }
 
     @Test func refusesUnknownVersions() {

@@ -185,12 +185,6 @@ public struct ModelDirectoryOutput {
     }
 }
 
-func realPath(_ path: String) -> String? {
-    guard let resolved = realpath(path, nil) else { return nil }
-    defer { free(resolved) }
-    return String(cString: resolved)
-}
-
 extension String {
     func trimmingSuffix(_ suffix: Character) -> String {
         var text = self

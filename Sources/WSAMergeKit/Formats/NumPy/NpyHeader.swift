@@ -22,8 +22,11 @@ public struct NpyHeader: Sendable, Equatable {
     /// Reads the magic, version and header length from the first bytes of a file.
     /// - Returns: the version's major number and the offset where the data begins.
     public static func dataOffset(prefix: [UInt8], file: String) throws -> (major: UInt8, offset: Int) {
-        guard prefix.count >= 10, Array(prefix[0..<6]) == magic else {
+        guard prefix.starts(with: magic) || magic.starts(with: prefix), !prefix.isEmpty else {
             throw WSAMergeError.malformed(file: file, reason: "not a .npy file (bad magic)")
+        }
+        guard prefix.count >= 10 else {
+            throw WSAMergeError.malformed(file: file, reason: ".npy header is truncated (the file ends after \(prefix.count) bytes)")
         }
         let major = prefix[6], minor = prefix[7]
         switch (major, minor) {

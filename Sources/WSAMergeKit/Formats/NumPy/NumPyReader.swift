@@ -28,14 +28,14 @@ enum NumPyReader {
     /// A `.npz` archive: every member `NAME.npy` becomes tensor `NAME`, in archive order.
     static func openNpz(_ file: ReadableFile, archive: ZipArchive) throws -> Checkpoint {
         var sources: [any TensorSource] = []
-        var seen = Set<String>()
+        var seen = Set<ByteKey>()  // byte-wise, as zip readers compare names
         var totalBytes = 0
         for member in archive.members {
             guard member.name.hasSuffix(".npy") else {
                 throw WSAMergeError.malformed(file: file.path, reason: "archive member '\(member.name)' is not a .npy array")
             }
             let name = String(member.name.dropLast(4))
-            guard seen.insert(name).inserted else {
+            guard seen.insert(ByteKey(name)).inserted else {
                 throw WSAMergeError.malformed(file: file.path, tensor: name, reason: "duplicate array name in the archive")
             }
             let memberFile = "\(file.path)[\(member.name)]"

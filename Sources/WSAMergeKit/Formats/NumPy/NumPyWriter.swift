@@ -94,6 +94,7 @@ final class NpzWriter: CheckpointWriter {
     private var outBuffer = [UInt8](repeating: 0, count: 1 << 18)
 
     init(destination: String, tensors: [TensorInfo], compressed: Bool, force: Bool, inputs: Set<FileIdentity>) throws {
+        try OutputOptions.Layout.npz(compressed: compressed).checkNames(tensors, file: destination)
         for tensor in tensors { _ = try NpyHeader.encoded(for: tensor, file: destination) }
         output = try OutputFile(destination: destination, force: force, inputs: inputs)
         self.tensors = tensors

@@ -25,6 +25,9 @@ final class ZipArchive: Sendable {
         self.path = path
         var code: Int32 = 0
         guard let archive = zip_open(path, ZIP_RDONLY | ZIP_CHECKCONS, &code) else {
+            if code == ZIP_ER_EXISTS {
+                throw WSAMergeError.malformed(file: path, reason: "the archive holds two members of the same name (numpy would silently read only one of them)")
+            }
             throw WSAMergeError.malformed(file: path, reason: "not a readable zip archive: \(ZipArchive.describe(code: code))")
         }
         let count = zip_get_num_entries(archive, 0)

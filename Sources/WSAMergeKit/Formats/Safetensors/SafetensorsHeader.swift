@@ -46,37 +46,49 @@ public struct SafetensorsHeader: Sendable {
         guard String(validating: bytes, as: UTF8.self) != nil else {
             throw WSAMergeError.malformed(file: file, reason: "header is not valid UTF-8")
         }
-        let root: JSON
-        do {
-            root = try JSON.parse(bytes)
-        } catch {
-            throw WSAMergeError.malformed(file: file, reason: "header is not valid JSON: \(error)")
-        }
-        guard case .object(let members) = root else {
-            throw WSAMergeError.malformed(file: file, reason: "header is not a JSON object")
-        }
+        // Read with the pull reader, straight into entries: no `JSON` tree of the whole header,
+        // so memory stays a small multiple of the header (a shape of millions of numbers is
+        // refused at its 65th, never held).
         var metadata: [String: String] = [:]
         var entries: [Entry] = []
         var ends: [Int] = []
-        for (key, value) in members {
-            if key == "__metadata__" {
-                switch value {
-                case .null: break
-                case .object(let pairs):
-                    for (k, v) in pairs {
-                        guard case .string(let s) = v else {
-                            throw WSAMergeError.malformed(file: file, reason: "__metadata__ value of '\(k)' is not a string")
-                        }
-                        metadata[k] = s
-                    }
-                default:
-                    throw WSAMergeError.malformed(file: file, reason: "__metadata__ is not an object of strings")
-                }
-                continue
+        var names = Set<ByteKey>()
+        var reader = JSONReader(bytes)
+        do {
+            guard try reader.peekKind() == .object else {
+                try reader.skipValue()
+                try reader.finish()
+                throw WSAMergeError.malformed(file: file, reason: "header is not a JSON object")
             }
-            let (entry, end) = try Self.entry(named: key, value, file: file)
-            entries.append(entry)
-            ends.append(end)
+            try reader.readObject { reader, key, keyOffset in
+                guard names.insert(ByteKey(key)).inserted else {
+                    throw JSONParseError(offset: keyOffset, reason: "duplicate key '\(key)'")
+                }
+                if key == "__metadata__" {
+                    switch try reader.peekKind() {
+                    case .null:
+                        _ = try reader.readValue()
+                    case .object:
+                        var keys = Set<ByteKey>()
+                        try reader.readObject { reader, k, offset in
+                            guard keys.insert(ByteKey(k)).inserted else { throw JSONParseError(offset: offset, reason: "duplicate key '\(k)'") }
+                            guard case .string(let v) = try reader.readValue() else {
+                                throw WSAMergeError.malformed(file: file, reason: "__metadata__ value of '\(k)' is not a string")
+                            }
+                            metadata[k] = v
+                        }
+                    default:
+                        throw WSAMergeError.malformed(file: file, reason: "__metadata__ is not an object of strings")
+                    }
+                    return
+                }
+                let (entry, end) = try Self.entry(named: key, &reader, file: file)
+                entries.append(entry)
+                ends.append(end)
+            }
+            try reader.finish()
+        } catch let error as JSONParseError {
+            throw WSAMergeError.malformed(file: file, reason: "header is not valid JSON: \(error)")
         }
         // Storage order: by (begin, end), ties kept in header order.
         let order = entries.indices.sorted { a, b in
@@ -100,17 +112,24 @@ public struct SafetensorsHeader: Sendable {
         self.metadata = metadata
     }
 
-    private static func entry(named name: String, _ value: JSON, file: String) throws -> (Entry, Int) {
-        guard case .object(let fields) = value else {
+    private static func entry(named name: String, _ reader: inout JSONReader, file: String) throws -> (Entry, Int) {
+        guard try reader.peekKind() == .object else {
             throw WSAMergeError.malformed(file: file, tensor: name, reason: "entry is not a JSON object")
         }
         var dtype: DType?
         var shape: [Int]?
         var offsets: [Int]?
-        for (key, field) in fields {
+        var fields: [String] = []
+        try reader.readObject { reader, key, keyOffset in
+            if fields.count < 64 {
+                guard !fields.contains(where: { $0.utf8.elementsEqual(key.utf8) }) else {
+                    throw JSONParseError(offset: keyOffset, reason: "duplicate key '\(key)'")
+                }
+                fields.append(key)
+            }
             switch key {
             case "dtype":
-                guard case .string(let code) = field else {
+                guard case .string(let code) = try reader.readValue() else {
                     throw WSAMergeError.malformed(file: file, tensor: name, reason: "dtype is not a string")
                 }
                 guard let parsed = DType(rawValue: code) else {
@@ -118,15 +137,20 @@ public struct SafetensorsHeader: Sendable {
                 }
                 dtype = parsed
             case "shape":
-                shape = try nonNegativeIntegers(field, what: "shape", name: name, file: file)
+                let (dims, count) = try nonNegativeIntegers(&reader, keep: TensorInfo.maxRank, what: "shape", name: name, file: file)
+                guard count <= TensorInfo.maxRank else {
+                    throw WSAMergeError.malformed(file: file, tensor: name,
+                                                  reason: "shape has \(count) dimensions; at most \(TensorInfo.maxRank) are supported (numpy's limit)")
+                }
+                shape = dims
             case "data_offsets":
-                let pair = try nonNegativeIntegers(field, what: "data_offsets", name: name, file: file)
-                guard pair.count == 2 else {
-                    throw WSAMergeError.malformed(file: file, tensor: name, reason: "data_offsets has \(pair.count) numbers, expected 2")
+                let (pair, count) = try nonNegativeIntegers(&reader, keep: 2, what: "data_offsets", name: name, file: file)
+                guard count == 2 else {
+                    throw WSAMergeError.malformed(file: file, tensor: name, reason: "data_offsets has \(count) numbers, expected 2")
                 }
                 offsets = pair
             default:
-                break  // Unknown fields are ignored, as the reference reader does.
+                try reader.skipValue()  // Unknown fields are ignored, as the reference reader does.
             }
         }
         guard let dtype else { throw WSAMergeError.malformed(file: file, tensor: name, reason: "entry has no dtype") }
@@ -143,22 +167,27 @@ public struct SafetensorsHeader: Sendable {
         return (Entry(info: info, begin: offsets[0]), offsets[1])
     }
 
-    private static func nonNegativeIntegers(_ value: JSON, what: String, name: String, file: String) throws -> [Int] {
-        guard case .array(let items) = value else {
+    /// Reads an array of non-negative integers, keeping the first `keep` of them; returns them
+    /// and how many there were (every item is checked, none beyond `keep` is held).
+    private static func nonNegativeIntegers(_ reader: inout JSONReader, keep: Int, what: String, name: String,
+                                            file: String) throws -> ([Int], Int) {
+        guard try reader.peekKind() == .array else {
             throw WSAMergeError.malformed(file: file, tensor: name, reason: "\(what) is not an array")
         }
         var result: [Int] = []
-        result.reserveCapacity(items.count)
-        for item in items {
+        var count = 0
+        try reader.readArray { reader in
+            let item = try reader.readValue()
             switch item {
             case .int(let n) where n >= 0:
-                result.append(n)
+                if count < keep { result.append(n) }
+                count += 1
             case .double(let d) where d >= 0x1p63 && d == d.rounded():
                 throw WSAMergeError.malformed(file: file, tensor: name, reason: "\(what) value \(d) overflows")
             default:
                 throw WSAMergeError.malformed(file: file, tensor: name, reason: "\(what) must hold non-negative integers, found \(item.text)")
             }
         }
-        return result
+        return (result, count)
     }
 }

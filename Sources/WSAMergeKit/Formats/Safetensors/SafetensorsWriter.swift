@@ -14,37 +14,47 @@ final class SafetensorsWriter: CheckpointWriter {
 
     init(destination: String, tensors: [TensorInfo], metadata: [String: String], force: Bool,
          inputs: Set<FileIdentity>) throws {
-        var names = Set<String>()
-        for tensor in tensors where !names.insert(tensor.name).inserted {
-            throw WSAMergeError.malformed(file: destination, tensor: tensor.name, reason: "two output tensors have this name")
-        }
+        try OutputOptions.Layout.safetensors.checkNames(tensors, file: destination)
+        let header = Self.header(tensors: tensors, metadata: metadata)
+        try Self.checkHeaderLength(header.count - 8, file: destination)
         output = try OutputFile(destination: destination, force: force, inputs: inputs)
         cursor = WriteCursor(tensors: tensors)
-        try output.write(Self.header(tensors: tensors, metadata: metadata))
+        try output.write(header)
+    }
+
+    /// Refuses a header the reference readers would refuse (over 100,000,000 bytes).
+    static func checkHeaderLength(_ length: Int, file: String) throws {
+        guard length <= SafetensorsHeader.maxHeaderLength else {
+            throw WSAMergeError.malformed(file: file, reason: "the header would be \(length) bytes, over the \(SafetensorsHeader.maxHeaderLength) that safetensors readers accept (too many tensors or too long names or metadata for one file; write shards with --max-shard-size)")
+        }
     }
 
     /// The length prefix and padded JSON header for `tensors`.
     static func header(tensors: [TensorInfo], metadata: [String: String]) -> [UInt8] {
-        var members: [(String, JSON)] = []
+        // Written as text directly (the same bytes as `JSON.object(...).text`), without a `JSON`
+        // tree of every tensor, which for a million tensors cost ten times the header.
+        var json = "{"
         if !metadata.isEmpty {
-            members.append(("__metadata__", .object(metadata.sorted { $0.key < $1.key }.map { ($0.key, .string($0.value)) })))
+            json += "\"__metadata__\":"
+            JSON.object(metadata.sorted { $0.key < $1.key }.map { ($0.key, .string($0.value)) }).write(to: &json)
         }
         var offset = 0
         for tensor in tensors {
-            members.append((tensor.name, .object([
-                ("dtype", .string(tensor.dtype.rawValue)),
-                ("shape", .array(tensor.shape.map { .int($0) })),
-                ("data_offsets", .array([.int(offset), .int(offset + tensor.byteCount)])),
-            ])))
+            if json.utf8.count > 1 { json += "," }
+            JSON.writeString(tensor.name, to: &json)
+            json += ":{\"dtype\":\"\(tensor.dtype.rawValue)\",\"shape\":["
+            for (i, d) in tensor.shape.enumerated() { json += i == 0 ? String(d) : "," + String(d) }
+            json += "],\"data_offsets\":[\(offset),\(offset + tensor.byteCount)]}"
             offset += tensor.byteCount
         }
-        var json = Array(JSON.object(members).text.utf8)
-        while (8 + json.count) % 8 != 0 { json.append(0x20) }
+        json += "}"
+        while (8 + json.utf8.count) % 8 != 0 { json += " " }
         var bytes: [UInt8] = []
-        bytes.reserveCapacity(8 + json.count)
-        var n = UInt64(json.count)
+        bytes.reserveCapacity(8 + json.utf8.count)
+        var n = UInt64(json.utf8.count)
         for _ in 0..<8 { bytes.append(UInt8(n & 0xFF)); n >>= 8 }
-        return bytes + json
+        bytes.append(contentsOf: json.utf8)
+        return bytes
     }
 
     func write(_ bytes: UnsafeRawBufferPointer) throws {
@@ -76,14 +86,24 @@ final class SafetensorsWriter: CheckpointWriter {
 /// `model.safetensors.index.json` with `metadata.total_size` and the `weight_map`. A single
 /// shard is written as `model.safetensors` without an index. Nothing is linked into the
 /// directory until every shard is complete and synced.
+///
+/// The directory is locked (`flock`) from the start to the end of the run, so a second run
+/// writing there fails at once (exit 73) instead of mixing its shards with this one's. With
+/// `force`, the checkpoint already there is replaced: the files this run writes, and the files
+/// of the checkpoint it replaces (the index, every shard that index lists, `model.safetensors`),
+/// removed once the new set is in place. Other files, also ones named like shards, stay. No
+/// file that would be replaced or removed may be an input.
 final class ShardedSafetensorsWriter: CheckpointWriter {
     private let directory: String
     private let shards: [SafetensorsWriter]
     private let index: OutputFile?
+    private let inputs: Set<FileIdentity>
     private var shard = 0
-    /// Checkpoint files of an earlier run in the directory, removed once the new set is in place.
-    private let stale: [String]
     private let createdDirectory: Bool
+    /// The directory's `CleanupOnSignal` entry while a run that created it may still fail.
+    private var directorySlot: Int32 = -1
+    /// The open directory holding the lock.
+    private let lock: Int32
     private var finished = false
 
     init(directory: String, maxShardBytes: Int, tensors: [TensorInfo], metadata: [String: String], force: Bool,
@@ -91,15 +111,7 @@ final class ShardedSafetensorsWriter: CheckpointWriter {
         guard maxShardBytes > 0 else { throw WSAMergeError.usage("--max-shard-size must be positive") }
         var dir = directory
         while dir.count > 1 && dir.hasSuffix("/") { dir.removeLast() }
-        self.directory = dir
-        createdDirectory = pathKind(dir) == .missing
-        try makeDirectory(dir)
-        // An earlier checkpoint here would mix with this one (an old index beside a new
-        // model.safetensors, or shards of another count): replace it only with --force.
-        stale = listDirectory(dir).filter(Self.isCheckpointFile)
-        if !stale.isEmpty && !force {
-            throw WSAMergeError.cannotCreate(file: dir, reason: "already holds a checkpoint (\(stale[0])); pass --force to replace it")
-        }
+        try OutputOptions.Layout.sharded(maxShardBytes: maxShardBytes).checkNames(tensors, file: dir)
         var groups: [[TensorInfo]] = [[]]
         var bytes = 0
         for tensor in tensors {
@@ -114,34 +126,107 @@ final class ShardedSafetensorsWriter: CheckpointWriter {
         let names = count == 1 ? ["model.safetensors"] : (1...count).map { i in
             "model-\(Self.pad(i))-of-\(Self.pad(count)).safetensors"
         }
-        var writers: [SafetensorsWriter] = []
-        for (group, name) in zip(groups, names) {
-            writers.append(try SafetensorsWriter(destination: dir + "/" + name, tensors: group, metadata: metadata,
-                                                 force: force, inputs: inputs))
+        let created = pathKind(dir) == .missing
+        var slot: Int32 = -1
+        if created { slot = CleanupOnSignal.add(.rmdir, dir) }
+        do {
+            try makeDirectory(dir)
+        } catch {
+            CleanupOnSignal.remove(slot)
+            throw error
         }
-        shards = writers
-        if count > 1 {
-            var weightMap: [(String, JSON)] = []
-            for (group, name) in zip(groups, names) {
-                for tensor in group { weightMap.append((tensor.name, .string(name))) }
+        let lockDescriptor = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        func undo() {
+            if lockDescriptor >= 0 { close(lockDescriptor) }
+            if created { rmdir(dir) }
+            CleanupOnSignal.remove(slot)
+        }
+        do {
+            guard lockDescriptor >= 0 else {
+                throw WSAMergeError.cannotCreate(file: dir, reason: "cannot open the directory: \(systemError(errno))")
             }
-            let total = tensors.reduce(0) { $0 + $1.byteCount }
-            let json = JSON.object([
-                // As Hugging Face writes it: the metadata itself lives in every shard's header.
-                ("metadata", .object([("total_size", .int(total))])),
-                ("weight_map", .object(weightMap)),
-            ])
-            let file = try OutputFile(destination: dir + "/model.safetensors.index.json", force: force, inputs: inputs)
-            try file.write(json.text + "\n")
-            index = file
-        } else {
-            index = nil
+            if flock(lockDescriptor, LOCK_EX | LOCK_NB) != 0 {
+                let reason = errno == EWOULDBLOCK ? "another wsamerge run is writing to this directory" : "cannot lock the directory: \(systemError(errno))"
+                throw WSAMergeError.cannotCreate(file: dir, reason: reason)
+            }
+            // An earlier checkpoint here would mix with this one (an old index beside a new
+            // model.safetensors, or shards of another count): replace it only with --force.
+            let index = count > 1 ? ["model.safetensors.index.json"] : []
+            let replaced = Self.replacedFiles(in: dir, writing: names + index)
+            if let first = replaced.first, !force {
+                throw WSAMergeError.cannotCreate(file: dir, reason: "already holds a checkpoint (\(first)); pass --force to replace it")
+            }
+            try Self.refuseInputs(replaced, in: dir, inputs: inputs)
+            // Hidden temporaries and backups that dead runs left beside the files of the
+            // checkpoint being replaced (each output file clears those of its own name).
+            for name in replaced { removeDeadTemporaries(in: dir, of: name) }
+            var writers: [SafetensorsWriter] = []
+            for (group, name) in zip(groups, names) {
+                writers.append(try SafetensorsWriter(destination: dir + "/" + name, tensors: group, metadata: metadata,
+                                                     force: force, inputs: inputs))
+            }
+            shards = writers
+            if count > 1 {
+                var weightMap: [(String, JSON)] = []
+                for (group, name) in zip(groups, names) {
+                    for tensor in group { weightMap.append((tensor.name, .string(name))) }
+                }
+                let total = tensors.reduce(0) { $0 + $1.byteCount }
+                let json = JSON.object([
+                    // As Hugging Face writes it: the metadata itself lives in every shard's header.
+                    ("metadata", .object([("total_size", .int(total))])),
+                    ("weight_map", .object(weightMap)),
+                ])
+                let file = try OutputFile(destination: dir + "/model.safetensors.index.json", force: force, inputs: inputs)
+                try file.write(json.text + "\n")
+                self.index = file
+            } else {
+                self.index = nil
+            }
+        } catch {
+            undo()
+            throw error
         }
+        self.directory = dir
+        self.inputs = inputs
+        self.createdDirectory = created
+        self.directorySlot = slot
+        self.lock = lockDescriptor
     }
 
     private static func pad(_ n: Int) -> String {
         let s = String(n)
         return String(repeating: "0", count: max(0, 5 - s.count)) + s
+    }
+
+    /// The files in `directory` that a run writing `names` replaces or removes: those of the
+    /// names that exist, and the checkpoint already there: `model.safetensors`, and the
+    /// `model.safetensors.index.json` with every file its `weight_map` lists in this directory.
+    static func replacedFiles(in directory: String, writing names: [String]) -> [String] {
+        var result = Set(names.filter { pathKind(directory + "/" + $0) != .missing })
+        for name in ["model.safetensors", "model.safetensors.index.json"] where pathKind(directory + "/" + name) != .missing {
+            result.insert(name)
+        }
+        let indexPath = directory + "/model.safetensors.index.json"
+        if pathKind(indexPath) == .file, let file = try? ReadableFile(path: indexPath), file.size <= SafetensorsHeader.maxHeaderLength,
+           let bytes = try? file.readBytes(at: 0, count: file.size),
+           let json = try? bytes.withUnsafeBytes({ try JSON.parse($0) }), case .object(let map)? = json["weight_map"] {
+            for case (_, .string(let shard)) in map where !shard.isEmpty && !shard.contains("/") && shard != "." && shard != ".."
+                && pathKind(directory + "/" + shard) == .file {
+                result.insert(shard)
+            }
+        }
+        return result.sorted()
+    }
+
+    /// Refuses to replace or remove a file the run reads.
+    static func refuseInputs(_ names: [String], in directory: String, inputs: Set<FileIdentity>) throws {
+        for name in names {
+            if let identity = FileIdentity(path: directory + "/" + name), inputs.contains(identity) {
+                throw WSAMergeError.cannotCreate(file: directory + "/" + name,
+                                                 reason: "output is one of the inputs; refusing to replace or remove it")
+            }
+        }
     }
 
     func write(_ bytes: UnsafeRawBufferPointer) throws {
@@ -158,12 +243,19 @@ final class ShardedSafetensorsWriter: CheckpointWriter {
         // a run killed while syncing leaves none of them, not the first shards of the set.
         for writer in shards { try writer.sync() }
         try index?.sync()
-        // Files of an earlier checkpoint at these names (--force) are kept under hidden names
-        // until the whole set is in place: a link that fails part way puts them back, so a
-        // failed run never leaves new shards beside old ones.
         let destinations = shards.map(\.destination) + (index.map { [$0.destination] } ?? [])
+        let written = Set(destinations.map { baseName(of: $0) })
+        // What the commit replaces, read again under the lock (the directory may have changed
+        // while this run computed, though not through another wsamerge run).
+        let replaced = Self.replacedFiles(in: directory, writing: Array(written).sorted())
+        try Self.refuseInputs(replaced, in: directory, inputs: inputs)
+        // Files of an earlier checkpoint at these names (--force) are kept under hidden names
+        // until the whole set is in place: a link that fails part way, or SIGINT/SIGTERM, puts
+        // them back, so a failed run never leaves new shards beside old ones.
         var kept: [(path: String, backup: String)] = []
         var linked: [String] = []
+        var slots: [Int32] = []
+        defer { for slot in slots { CleanupOnSignal.remove(slot) } }
         do {
             for path in destinations where pathKind(path) == .file {
                 let backup = "\(directory)/.\(baseName(of: path)).wsamerge-\(getpid()).old"
@@ -172,6 +264,10 @@ final class ShardedSafetensorsWriter: CheckpointWriter {
                     throw WSAMergeError.cannotCreate(file: path, reason: "cannot keep the file it replaces: \(systemError(errno))")
                 }
                 kept.append((path, backup))
+                slots.append(CleanupOnSignal.add(.restore, backup, target: path))
+            }
+            for path in destinations where !kept.contains(where: { $0.path == path }) {
+                slots.append(CleanupOnSignal.add(.unlink, path))
             }
             for writer in shards {
                 try writer.finish()
@@ -182,35 +278,41 @@ final class ShardedSafetensorsWriter: CheckpointWriter {
                 linked.append(index.destination)
             }
         } catch {
-            for path in linked { unlink(path) }
+            for path in linked where !kept.contains(where: { $0.path == path }) { unlink(path) }
             for (path, backup) in kept {
                 rename(backup, path)
                 unlink(backup)  // left when the name still held that same file
             }
             throw error
         }
+        for slot in slots { CleanupOnSignal.remove(slot) }
+        slots = []
         for (_, backup) in kept { unlink(backup) }
         finished = true
-        let current = Set(listDirectory(directory).filter(Self.isCheckpointFile))
-        let written = Set(shards.map { baseName(of: $0.destination) } + (index == nil ? [] : ["model.safetensors.index.json"]))
-        for name in current.subtracting(written) where stale.contains(name) { unlink(directory + "/" + name) }
+        CleanupOnSignal.remove(directorySlot)
+        directorySlot = -1
+        for name in replaced where !written.contains(name) { unlink(directory + "/" + name) }
     }
 
     deinit {
-        // A failed run leaves no directory it created (its files were never linked in).
-        if !finished && createdDirectory { rmdir(directory) }
-    }
-
-    /// `model.safetensors`, `model.safetensors.index.json` or `model-0000i-of-0000n.safetensors`.
-    static func isCheckpointFile(_ name: String) -> Bool {
-        if name == "model.safetensors" || name == "model.safetensors.index.json" { return true }
-        return name.hasPrefix("model-") && name.hasSuffix(".safetensors") && name.contains("-of-")
+        // A failed run leaves no directory it created (its files were never linked in): its
+        // temporaries go first, then the directory.
+        if !finished {
+            for writer in shards { writer.discard() }
+            index?.discard()
+            if createdDirectory { rmdir(directory) }
+        }
+        CleanupOnSignal.remove(directorySlot)
+        close(lock)
     }
 }
 
 extension SafetensorsWriter {
     /// Whether every tensor has been written.
     var isComplete: Bool { cursor.current == nil }
+
+    /// Removes the temporary of a file that will not be committed.
+    func discard() { output.discard() }
 }
 
 /// Creates directory `path` (not its parents) unless it exists.

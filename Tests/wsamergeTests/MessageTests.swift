@@ -1,0 +1,99 @@
+import Foundation
+import Testing
+
+/// Issue #18, item 11: messages a new user tripped on, each tried as that user would.
+@Suite struct MessageTests {
+    static let a = TestSupport.fixtures + "/merge/a.safetensors"
+    static let b = TestSupport.fixtures + "/merge/b.safetensors"
+
+    @Test func truncatedDuplicateAndEmptyNumPyFilesSayWhatTheyAre() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        try TestSupport.pythonOK("""
+        import io, warnings, zipfile
+        d = sys.argv[1]
+        b = io.BytesIO(); np.save(b, np.zeros(2)); data = b.getvalue()
+        open(d + "/trunc.npy", "wb").write(data[:8])
+        warnings.simplefilter("ignore")
+        with zipfile.ZipFile(d + "/dup.npz", "w") as z:
+            z.writestr("w.npy", data); z.writestr("w.npy", data)
+        np.savez(d + "/empty.npz")
+        """, [dir])
+        let truncated = try TestSupport.wsamerge(["inspect", dir + "/trunc.npy"])
+        TestSupport.expectRefusal(truncated, code: 65, mentions: ["truncated"])
+        #expect(!truncated.stderr.contains("magic"))
+        TestSupport.expectRefusal(try TestSupport.wsamerge(["inspect", dir + "/dup.npz"]), code: 65,
+                                  mentions: ["two members of the same name"])
+        let empty = try TestSupport.wsamerge(["convert", dir + "/empty.npz", "-o", dir + "/e.safetensors"])
+        TestSupport.expectRefusal(empty, code: 65, mentions: ["holds no tensors"])
+        #expect(!empty.stderr.contains("--include"))
+    }
+
+    @Test func scopeListsAShapeMismatchUnderSkipped() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        try TestSupport.pythonOK("""
+        from safetensors.numpy import save_file
+        save_file({"w": np.ones((2, 3), np.float32), "v": np.arange(4, dtype=np.float32)}, sys.argv[1])
+        save_file({"w": np.ones((3, 2), np.float32), "v": np.arange(4, dtype=np.float32) * 2}, sys.argv[2])
+        """, [dir + "/x.safetensors", dir + "/y.safetensors"])
+        let run = try TestSupport.wsamerge(["scope", dir + "/x.safetensors", dir + "/y.safetensors"])
+        #expect(run.status == 0, "\(run.stderr)")
+        let json = try #require(try run.json() as? [String: Any])
+        #expect((json["tensors"] as? [[String: Any]])?.map { $0["name"] as? String } == ["v"])
+        let skipped = try #require(json["skipped"] as? [[String: Any]])
+        #expect(skipped.count == 1 && skipped[0]["name"] as? String == "w")
+        let reason = skipped[0]["reason"] as? String ?? ""
+        #expect(reason.contains("[3, 2]") && reason.contains("[2, 3]"), "\(reason)")
+    }
+
+    @Test func inspectIsAllOrNothing() throws {
+        let run = try TestSupport.wsamerge(["inspect", Self.a, "/nonexistent.safetensors"])
+        TestSupport.expectRefusal(run, code: 66, mentions: ["/nonexistent.safetensors"])
+        #expect(run.stdout.isEmpty, "printed before failing: \(run.stdout.prefix(80))")
+    }
+
+    @Test func shardLinksOutOfTheIndexDirectoryAreRefused() throws {
+        let root = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(root) }
+        let ck = root + "/ck"
+        #expect(try TestSupport.wsamerge(["convert", Self.a, "--max-shard-size", "5kB", "-o", ck]).status == 0)
+        let shard = ck + "/model-00002-of-00003.safetensors"
+        // The link's target: a secret whose first bytes must not appear in any message.
+        let secret = root + "/secret"
+        try Data("SECRET-PASSWORD-1234".utf8).write(to: URL(fileURLWithPath: secret))
+        try FileManager.default.moveItem(atPath: shard, toPath: root + "/moved.safetensors")
+        try FileManager.default.createSymbolicLink(atPath: shard, withDestinationPath: secret)
+        let run = try TestSupport.wsamerge(["stats", ck])
+        TestSupport.expectRefusal(run, code: 65, mentions: ["model-00002-of-00003.safetensors", "symbolic link out"])
+        #expect(!run.stderr.contains("SECRET") && !run.stderr.contains("4849"), "\(run.stderr)")
+        // A link to a real shard elsewhere is refused the same; one inside the directory is read.
+        try FileManager.default.removeItem(atPath: shard)
+        try FileManager.default.createSymbolicLink(atPath: shard, withDestinationPath: root + "/moved.safetensors")
+        TestSupport.expectRefusal(try TestSupport.wsamerge(["stats", ck]), code: 65, mentions: ["symbolic link out"])
+        try FileManager.default.removeItem(atPath: shard)
+        try FileManager.default.moveItem(atPath: root + "/moved.safetensors", toPath: ck + "/real.bin")
+        try FileManager.default.createSymbolicLink(atPath: shard, withDestinationPath: "real.bin")
+        #expect(try TestSupport.wsamerge(["stats", ck]).status == 0)
+        // The Hugging Face cache: snapshots/REV/NAME → ../../blobs/HASH.
+        let fresh = root + "/fresh"
+        #expect(try TestSupport.wsamerge(["convert", Self.a, "--max-shard-size", "5kB", "-o", fresh]).status == 0)
+        let repo = root + "/models--org--name"
+        try FileManager.default.createDirectory(atPath: repo + "/blobs", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: repo + "/snapshots/abc", withIntermediateDirectories: true)
+        for (i, name) in TestSupport.listing(fresh).enumerated() {
+            try FileManager.default.moveItem(atPath: fresh + "/" + name, toPath: repo + "/blobs/hash\(i)")
+            try FileManager.default.createSymbolicLink(atPath: repo + "/snapshots/abc/" + name, withDestinationPath: "../../blobs/hash\(i)")
+        }
+        let cached = try TestSupport.wsamerge(["stats", repo + "/snapshots/abc"])
+        #expect(cached.status == 0, "\(cached.stderr)")
+    }
+
+    @Test func aDirectoryWithATrailingSlashGivesCleanPaths() throws {
+        let root = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(root) }
+        #expect(try TestSupport.wsamerge(["convert", Self.a, "-o", root + "/base/"]).status == 0)
+        let run = try TestSupport.wsamerge(["inspect", root + "/base/"])
+        #expect(((try? run.json()) as? [String: Any])?["file"] as? String == root + "/base/model.safetensors")
+    }
+}
