@@ -188,6 +188,6 @@ import Testing
                                             dir + "/both.safetensors", "-o", dir + "/wsa.safetensors"])
         #expect(wsa.status == 0, "\(wsa.stderr)")
         let fused = try TestSupport.wsamerge(["fuse", dir + "/nfc.safetensors", dir + "/nfd.safetensors", "-o", dir + "/x.safetensors"])
-        TestSupport.expectRefusal(fused, code: 65, mentions: ["missing from"])
+        TestSupport.expectRefusal(fused, code: 65, mentions: ["share no tensor name"])
     }
 }

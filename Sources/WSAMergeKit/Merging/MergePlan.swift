@@ -56,15 +56,13 @@ public struct MergePlan: Sendable {
         let models = (base.map { [$0] } ?? []) + inputs
         // Names: the first model's storage order, then names only later models have.
         var names: [String] = []
-        var seen = Set<[UInt8]>()
+        var seen = Set<ByteKey>()  // names compare byte-wise (NFC and NFD spellings differ)
         for checkpoint in models {
-            for tensor in checkpoint.tensors where seen.insert(Array(tensor.name.utf8)).inserted { names.append(tensor.name) }
+            for tensor in checkpoint.tensors where seen.insert(ByteKey(tensor.name)).inserted { names.append(tensor.name) }
         }
         if models.count >= 2 {
-            let shared = models.dropFirst().reduce(Set(models[0].tensors.map { Array($0.name.utf8) })) { common, model in
-                common.intersection(model.tensors.map { Array($0.name.utf8) })
-            }
-            if shared.isEmpty, let first = models.first(where: { !$0.tensors.isEmpty }),
+            let shared = models[0].tensors.contains { tensor in models.dropFirst().allSatisfy { $0.index(of: tensor.name) != nil } }
+            if !shared, let first = models.first(where: { !$0.tensors.isEmpty }),
                let other = models.first(where: { $0 !== first && !$0.tensors.isEmpty }) {
                 let example = "'\(first.tensors[0].name)' in \(first.path), '\(other.tensors[0].name)' in \(other.path)"
                 let error = WSAMergeError.malformed(file: other.path, reason: "the models share no tensor name (e.g. \(example)), so nothing would be merged")

@@ -387,31 +387,12 @@ enum PyTorchReader {
     /// archive, read in the order of their names; the index's `weight_map` must list exactly the
     /// tensors of each shard.
     static func openSharded(index: ReadableFile, json: JSON) throws -> Checkpoint {
-        let path = index.path
-        guard case .object(let weightMap)? = json["weight_map"] else {
-            throw WSAMergeError.malformed(file: path, reason: "index has no weight_map object")
-        }
-        var shardOf: [String: String] = [:]
-        for (tensor, value) in weightMap {
-            guard case .string(let shard) = value else {
-                throw WSAMergeError.malformed(file: path, tensor: tensor, reason: "weight_map value is not a file name")
-            }
-            guard !shard.isEmpty, !shard.hasPrefix("/"), !shard.split(separator: "/").contains("..") else {
-                throw WSAMergeError.malformed(file: path, tensor: tensor, reason: "shard path '\(shard)' leaves the index's directory")
-            }
-            shardOf[tensor] = shard
-        }
-        var metadata: [String: String] = [:]
-        if case .object(let pairs)? = json["metadata"] {
-            for (key, value) in pairs { if case .string(let s) = value { metadata[key] = s } }
-        }
-        let directory = parentDirectory(of: path)
+        var shards = try ShardIndex(index: index, json: json)
         var sources: [any TensorSource] = []
         var nonTensors: [NonTensorLeaf] = []
         var files: [ReadableFile] = [index]
-        var seen = Set<String>()
-        for shard in Set(shardOf.values).sorted() {
-            let file = try ReadableFile(path: directory + "/" + shard)
+        for shard in shards.shards {
+            let file = try shards.open(shard)
             let archive = try StoredZip(file)
             guard isPyTorchArchive(archive) else {
                 throw WSAMergeError.malformed(file: file.path, reason: "shard is not a PyTorch checkpoint (no data.pkl member)")
@@ -420,21 +401,11 @@ enum PyTorchReader {
             files.append(file)
             nonTensors += leaves
             for source in shardSources {
-                let name = source.tensor.name
-                guard shardOf[name] == shard else {
-                    throw WSAMergeError.malformed(file: file.path, tensor: name,
-                                                  reason: shardOf[name] == nil ? "not listed in the index's weight_map" : "the index maps it to '\(shardOf[name]!)'")
-                }
-                guard seen.insert(name).inserted else {
-                    throw WSAMergeError.malformed(file: file.path, tensor: name, reason: "duplicate tensor name across shards")
-                }
+                try shards.add(source.tensor.name, shard: shard, file: file.path)
                 sources.append(source)
             }
         }
-        for (tensor, shard) in shardOf.sorted(by: { $0.key < $1.key }) where !seen.contains(tensor) {
-            throw WSAMergeError.malformed(file: directory + "/" + shard, tensor: tensor, reason: "listed in the index but missing from its shard")
-        }
-        metadata["total_size"] = nil
-        return Checkpoint(path: path, format: .shardedPyTorch, metadata: metadata, sources: sources, files: files, nonTensors: nonTensors)
+        try shards.checkComplete()
+        return Checkpoint(path: index.path, format: .shardedPyTorch, metadata: shards.metadata, sources: sources, files: files, nonTensors: nonTensors)
     }
 }
