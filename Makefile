@@ -6,7 +6,7 @@ PYTHON := $(CURDIR)/$(VENV)/bin/python
 BIN := .build/release/wsamerge
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test deps venv build release fixtures bench fuzz man clean
+.PHONY: demo test deps venv build release fixtures bench bench-methods fuzz man clean
 
 ## System packages: libzip and zlib headers (for .npz), jq (for the tested recipes).
 deps:
@@ -52,6 +52,11 @@ test: deps venv
 
 bench: release venv
 	$(PYTHON) bench/run.py --bin $(BIN) $(BENCH_ARGS)
+
+## Every merge method beside mergekit 0.1.5 (installed by the script into .bench-venv, never .venv;
+## about 6 GB with PyPI's CUDA torch), plus peak RSS on one 2 GiB tensor. Not a test.
+bench-methods: release venv
+	$(PYTHON) bench/methods.py --bin $(BIN) --bench-venv $(CURDIR)/.bench-venv $(BENCH_ARGS)
 
 ## libFuzzer targets (safetensors header, .npy header, .npz reader), FUZZ_SECONDS each.
 FUZZ_SECONDS ?= 60
