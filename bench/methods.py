@@ -28,7 +28,7 @@ usage: bench/methods.py --bin .build/release/wsamerge [--rounds 3] [--layers 2] 
 
 Not a test: nothing fails on speed. Generated files stay in --workdir (removed unless --keep).
 """
-import argparse, json, os, shutil, statistics, struct, subprocess, sys, time
+import argparse, json, os, resource, shutil, statistics, subprocess, sys, time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ap = argparse.ArgumentParser()
@@ -45,6 +45,7 @@ ap.add_argument("--bench-venv", default=os.path.join(REPO, ".bench-venv"))
 ap.add_argument("--no-mergekit", action="store_true", help="run the wsamerge side only")
 ap.add_argument("--big-elements", type=int, default=512 * 1024 * 1024, help="elements of the big F32 tensor")
 ap.add_argument("--no-big", action="store_true", help="skip the big-tensor memory runs")
+ap.add_argument("--big-only", action="store_true", help="run the big-tensor memory runs only")
 a = ap.parse_args()
 BIN = os.path.abspath(a.bin)
 PY = sys.executable
@@ -206,36 +207,51 @@ def generate():
     return files, dirs
 
 
+BIG_WRITER = r"""
+import json, struct, sys
+import numpy as np
+d, n = sys.argv[1], int(sys.argv[2])
+rows = 1 << 14 if n % (1 << 14) == 0 else 1
+shape = [rows, n // rows]
+header = json.dumps({"__metadata__": {"format": "pt"},
+                     sys.argv[3]: {"dtype": "F32", "shape": shape, "data_offsets": [0, 4 * n]}}).encode()
+header += b" " * (-len(header) % 8)
+fps = [open(f"{d}/big{i}.safetensors", "wb") for i in range(3)]
+for fp in fps:
+    fp.write(struct.pack("<Q", len(header)) + header)
+chunk = 1 << 24
+for c, start in enumerate(range(0, n, chunk)):
+    m = min(chunk, n - start)
+    b = np.random.default_rng([7, c]).standard_normal(m, dtype=np.float32) * np.float32(0.02)
+    fps[0].write(b.tobytes())
+    for i in (1, 2):
+        r = np.random.default_rng([7, c, i])
+        delta = r.standard_normal(m, dtype=np.float32) * np.float32(0.001)
+        sel = r.random(m, dtype=np.float32) < 0.1
+        delta[sel] += r.standard_normal(int(sel.sum()), dtype=np.float32) * np.float32(0.006)
+        fps[i].write((b + delta).tobytes())
+for fp in fps:
+    fp.close()
+"""
+
+
 def write_big(d, n):
-    """A base and two fine-tunes of one F32 tensor of n elements, streamed in chunks (bounded memory)."""
-    import numpy as np
-    rows = 1 << 14 if n % (1 << 14) == 0 else 1
-    shape = [rows, n // rows]
-    name = "model.layers.0.mlp.up_proj.weight"
-    header = json.dumps({"__metadata__": {"format": "pt"},
-                         name: {"dtype": "F32", "shape": shape, "data_offsets": [0, 4 * n]}}).encode()
-    header += b" " * (-len(header) % 8)
+    """A base and two fine-tunes of one F32 tensor of n elements, streamed in chunks (bounded memory).
+    Written by a child process: a child's ru_maxrss starts at its parent's high-water mark (Linux
+    carries it over fork and exec), so the parent must stay small for the RSS figures to be wsamerge's."""
     paths = [os.path.join(d, f"big{i}.safetensors") for i in range(3)]
-    if all(os.path.exists(p) and os.path.getsize(p) == 8 + len(header) + 4 * n for p in paths):
+    rows = 1 << 14 if n % (1 << 14) == 0 else 1
+    header = json.dumps({"__metadata__": {"format": "pt"},
+                         BIG_NAME: {"dtype": "F32", "shape": [rows, n // rows], "data_offsets": [0, 4 * n]}}).encode()
+    size = 8 + len(header) + (-len(header) % 8) + 4 * n
+    if all(os.path.exists(p) and os.path.getsize(p) == size for p in paths):
         return paths
-    print(f"writing 3 × {4 * n / 2**30:.1f} GiB (one F32 tensor {shape}) in {d} …", file=sys.stderr)
-    fps = [open(p, "wb") for p in paths]
-    for fp in fps:
-        fp.write(struct.pack("<Q", len(header)) + header)
-    chunk = 1 << 24
-    for c, start in enumerate(range(0, n, chunk)):
-        m = min(chunk, n - start)
-        b = np.random.default_rng([7, c]).standard_normal(m, dtype=np.float32) * np.float32(0.02)
-        fps[0].write(b.tobytes())
-        for i in (1, 2):
-            r = np.random.default_rng([7, c, i])
-            delta = r.standard_normal(m, dtype=np.float32) * np.float32(0.001)
-            sel = r.random(m, dtype=np.float32) < 0.1
-            delta[sel] += r.standard_normal(int(sel.sum()), dtype=np.float32) * np.float32(0.006)
-            fps[i].write((b + delta).tobytes())
-    for fp in fps:
-        fp.close()
+    print(f"writing 3 × {4 * n / 2**30:.1f} GiB (one F32 tensor [{rows}, {n // rows}]) in {d} …", file=sys.stderr)
+    subprocess.run([PY, "-c", BIG_WRITER, d, str(n), BIG_NAME], check=True)
     return paths
+
+
+BIG_NAME = "model.layers.0.mlp.up_proj.weight"
 
 
 def registered():
@@ -250,6 +266,13 @@ def registered():
 def main():
     os.makedirs(a.workdir, exist_ok=True)
     have = registered()
+    if a.big_only:
+        report = {}
+        big(have, report)
+        floor()
+        if not a.keep:
+            shutil.rmtree(a.workdir, ignore_errors=True)
+        return
     M = methods()
     wanted = [m for m in ORDER if not a.methods or m in a.methods.split(",")]
     missing = [m for m in wanted if m not in have]
@@ -316,7 +339,8 @@ def main():
         f = lambda x, fmt: format(x, fmt) if x is not None else "—"
         ratio_avg = w / av if w and av else None
         ratio_mk = k / w if k and w else None
-        ratio_mk2 = (k - startup) / w if k and w and startup else None
+        # mergekit's time less its median startup; noisy, so shown only when clearly positive
+        ratio_mk2 = (k - startup) / w if k and w and startup and k - startup > 0.1 * startup else None
         flag = " *" if ratio_avg and m in TARGET_VS_AVERAGE and ratio_avg > 2.5 else ""
         flag += " !" if ratio_mk is not None and ratio_mk < 20 else ""
         print(f"{m:17} {f(w, '9.3f')} {f(rss.get(f'wsamerge {m}') if w else None, '5.0f')} {f(av, '8.3f')} "
@@ -338,6 +362,7 @@ def main():
 
     if not a.no_big:
         big(have, report)
+    floor()
     with open(os.path.join(a.workdir, "methods.json"), "w") as fp:
         json.dump(report, fp, indent=1)
     for o in (out, mk_out):
@@ -347,6 +372,12 @@ def main():
             os.unlink(o)
     if not a.keep:
         shutil.rmtree(a.workdir, ignore_errors=True)
+
+
+def floor():
+    """This script's own peak RSS: a lower bound of every child's figure (see write_big)."""
+    print(f"\n(this script's own peak RSS, a floor under every child's figure: "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
 
 
 def big(have, report):
