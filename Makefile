@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # -O3 kernels in every build (see Package.swift).
 export WSAMERGE_KERNEL_FLAGS := 1
 
-.PHONY: demo test deps venv build release fixtures bench fuzz man clean
+.PHONY: demo test deps venv build release fixtures bench bench-methods fuzz man clean
 
 ## System packages: libzip and zlib headers (for .npz), jq (for the tested recipes), strace (the
 ## test that no process is started by a hostile pickle).
@@ -58,7 +58,12 @@ test: deps venv
 bench: release venv
 	$(PYTHON) bench/run.py --bin $(BIN) $(BENCH_ARGS)
 
-## libFuzzer targets (safetensors header, .npy header, .npz reader, pickle reader), FUZZ_SECONDS each.
+## Every merge method beside mergekit 0.1.5 (installed by the script into .bench-venv, never .venv;
+## about 6 GB with PyPI's CUDA torch), plus peak RSS on one 2 GiB tensor. Not a test.
+bench-methods: release venv
+	$(PYTHON) bench/methods.py --bin $(BIN) --bench-venv $(CURDIR)/.bench-venv $(BENCH_ARGS)
+
+## libFuzzer targets (safetensors header, .npy header, .npz reader, pickle reader, JSON reader), FUZZ_SECONDS each.
 FUZZ_SECONDS ?= 60
 fuzz: deps
 	bash fuzz/build.sh $(FUZZ_SECONDS)
