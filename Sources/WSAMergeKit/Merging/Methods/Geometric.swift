@@ -59,11 +59,34 @@ func innerProducts(_ readers: [TensorReader], jobs: Int, layout: VectorLayout, d
         case .rows(let length): (first, touched) = (position / length, (position + count - 1) / length - position / length + 1)
         case .axis0(let stride): (first, touched) = count >= stride ? (0, stride) : (position % stride, count)
         }
-        var local = [[Double]](repeating: [Double](repeating: 0, count: pairs.count), count: touched)
-        for j in 0..<count {
-            let v = (layout.vector(of: position + j) - first + vectors) % vectors
-            for (p, (a, b)) in pairs.enumerated() { local[v][p] += derived[a][j] * derived[b][j] }
+        // Flat partial sums: vector v's pair p at v·P + p; the vector index advances with j
+        // instead of being recomputed.
+        let P = pairs.count
+        var flat = [Double](repeating: 0, count: touched * P)
+        flat.withUnsafeMutableBufferPointer { sums in
+            derived.withUnsafeBufferPointer { derived in
+                var j = 0
+                while j < count {
+                    // The run of elements of one vector starting at j, and that vector's slot.
+                    let v = (layout.vector(of: position + j) - first + vectors) % vectors
+                    var end = j + 1
+                    switch layout {
+                    case .whole: end = count
+                    case .rows(let length): end = Swift.min(count, ((position + j) / length + 1) * length - position)
+                    case .axis0: end = j + 1
+                    }
+                    let slot = sums.baseAddress! + v * P
+                    for (p, (a, b)) in pairs.enumerated() {
+                        let x = derived[a], y = derived[b]
+                        var acc = slot[p]
+                        for i in j..<end { acc += x[i] * y[i] }
+                        slot[p] = acc
+                    }
+                    j = end
+                }
+            }
         }
+        let local = (0..<touched).map { Array(flat[($0 * P)..<(($0 + 1) * P)]) }
         return Partial(first: first, sums: local)
     }, fold: { blocks in
         for block in blocks {

@@ -106,6 +106,12 @@ public struct TaskVector<Kind: TaskVectorKind>: MergeStrategy, TensorMerge {
             for k in 0..<n {
                 // d_k = kept δ_k · scale_k, in place of the decoded input.
                 let x = inputs[k]
+                if rules[k].keepsAll {
+                    let scale = rules[k].scale
+                    for j in 0..<count { x[j] = (x[j] - b[j]) * scale }
+                    block.kept[k] += count
+                    continue
+                }
                 var rule = rules[k].cursor(at: position)
                 for j in 0..<count {
                     let delta = x[j] - b[j]
@@ -264,6 +270,9 @@ struct KeepRule: Sendable {
     var draws: (Draws, Double)?
     var scale = 1.0
 
+    /// Whether every element is kept (no window, no draws).
+    var keepsAll: Bool { window == nil && draws == nil }
+
     func cursor(at position: Int) -> Cursor { Cursor(window: window?.cursor(at: position), draws: draws) }
 
     struct Cursor {
@@ -291,36 +300,49 @@ struct Combiner: Sendable {
                into out: UnsafeMutablePointer<Double>) -> Tally {
         var tally = Tally(inputs: 0)
         let n = d.count
-        let weightSum = weights.reduce(0, +)
+        var weightSum = 0.0
+        for w in weights { weightSum += w }
         let plainDivisor = Swift.abs(weightSum) < 1e-8 ? 1 : weightSum
-        for j in 0..<count {
-            var mixed = 0.0, divisor = plainDivisor
-            if electsSigns {
-                var sum = 0.0
-                for k in 0..<n { sum += weights[k] * d[k][j] }
-                let positive = sum >= 0
-                var dropped = false
-                divisor = 0
-                for k in 0..<n {
-                    let v = weights[k] * d[k][j]
-                    if v == 0 { continue }
-                    if (v > 0) == positive {
-                        mixed += v
-                        divisor += weights[k]
-                    } else {
-                        dropped = true
+        let lambda = lambda, normalize = normalize
+        var nonFinite = false
+        weights.withUnsafeBufferPointer { w in
+            d.withUnsafeBufferPointer { d in
+                if electsSigns {
+                    for j in 0..<count {
+                        var sum = 0.0
+                        for k in 0..<n { sum += w[k] * d[k][j] }
+                        let positive = sum >= 0
+                        var mixed = 0.0, divisor = 0.0, dropped = false
+                        for k in 0..<n {
+                            let v = w[k] * d[k][j]
+                            if v == 0 { continue }
+                            if (v > 0) == positive {
+                                mixed += v
+                                divisor += w[k]
+                            } else {
+                                dropped = true
+                            }
+                        }
+                        if dropped { tally.dropped += 1 }
+                        if divisor == 0 { divisor = 1 }
+                        if normalize { mixed /= divisor }
+                        let y = b[j] + lambda * mixed
+                        out[j] = y
+                        nonFinite = nonFinite || !y.isFinite
+                    }
+                } else {
+                    for j in 0..<count {
+                        var mixed = 0.0
+                        for k in 0..<n { mixed += w[k] * d[k][j] }
+                        if normalize { mixed /= plainDivisor }
+                        let y = b[j] + lambda * mixed
+                        out[j] = y
+                        nonFinite = nonFinite || !y.isFinite
                     }
                 }
-                if dropped { tally.dropped += 1 }
-                if divisor == 0 { divisor = 1 }
-            } else {
-                for k in 0..<n { mixed += weights[k] * d[k][j] }
             }
-            if normalize { mixed /= divisor }
-            let y = b[j] + lambda * mixed
-            out[j] = y
-            if !y.isFinite { tally.nonFinite = true }
         }
+        tally.nonFinite = nonFinite
         return tally
     }
 }
