@@ -231,20 +231,33 @@ struct RankWindow: Sendable {
 
     /// A per-block cursor that answers "is the key at this position kept?" in C order.
     func cursor(at position: Int) -> Cursor {
-        Cursor(window: self, seen: bands.map { $0.before.isEmpty ? 0 : $0.before[position / Partition.blockElements] })
+        let seen = bands.map { $0.before.isEmpty ? 0 : $0.before[position / Partition.blockElements] }
+        return Cursor(lower: lower, upper: upper, bandCount: bands.count,
+                      value0: bands.first?.value ?? .nan, ranks0: bands.first?.ranks ?? 0..<0, seen0: seen.first ?? 0,
+                      value1: bands.count > 1 ? bands[1].value : .nan, ranks1: bands.count > 1 ? bands[1].ranks : 0..<0,
+                      seen1: seen.count > 1 ? seen[1] : 0)
     }
 
+    /// The window's bounds and its (at most two) bands in plain fields, for the per-element loop.
     struct Cursor {
-        let window: RankWindow
-        var seen: [Int]
+        let lower: Double, upper: Double
+        let bandCount: Int
+        let value0: Double, ranks0: Range<Int>
+        var seen0: Int
+        let value1: Double, ranks1: Range<Int>
+        var seen1: Int
 
         /// Whether the next key (in C order) is kept.
         @inline(__always)
         mutating func keeps(_ key: Double) -> Bool {
-            var kept = window.lower < key && (key < window.upper || window.upper == .infinity)
-            for b in window.bands.indices where key == window.bands[b].value {
-                if window.bands[b].ranks.contains(seen[b]) { kept = true }
-                seen[b] += 1
+            var kept = lower < key && (key < upper || upper == .infinity)
+            if bandCount > 0 && key == value0 {
+                if ranks0.contains(seen0) { kept = true }
+                seen0 += 1
+            }
+            if bandCount > 1 && key == value1 {
+                if ranks1.contains(seen1) { kept = true }
+                seen1 += 1
             }
             return kept
         }
