@@ -73,42 +73,27 @@ final class NpyWriter: CheckpointWriter {
 /// The zip container is written here rather than through libzip so that it streams into the
 /// same atomic `OutputFile` as every other format; it is read back through libzip in the tests.
 /// Timestamps are fixed (1980-01-01) so identical inputs give identical bytes.
+/// A `.npz` archive: one `NAME.npy` member per tensor, stored or deflated (`ZipWriter`).
 final class NpzWriter: CheckpointWriter {
-    private struct Entry {
-        let name: [UInt8]
-        let headerOffset: Int
-        var crc: UInt32 = 0
-        var compressedSize = 0
-        var size = 0
-    }
-
-    private let output: OutputFile
+    private let zip: ZipWriter
     private let tensors: [TensorInfo]
-    private let compressed: Bool
-    private var entries: [Entry] = []
     private var next = 0
     private var open = false
     private var writtenInMember = 0
-    private var deflater = z_stream()
-    private var deflaterReady = false
-    private var outBuffer = [UInt8](repeating: 0, count: 1 << 18)
 
     init(destination: String, tensors: [TensorInfo], compressed: Bool, force: Bool, inputs: Set<FileIdentity>) throws {
         try OutputOptions.Layout.npz(compressed: compressed).checkNames(tensors, file: destination)
         for tensor in tensors { _ = try NpyHeader.encoded(for: tensor, file: destination) }
-        output = try OutputFile(destination: destination, force: force, inputs: inputs)
+        zip = ZipWriter(output: try OutputFile(destination: destination, force: force, inputs: inputs), compressed: compressed)
         self.tensors = tensors
-        self.compressed = compressed
         try openMembersUntilDataNeeded()
     }
 
-    deinit { if deflaterReady { deflateEnd(&deflater) } }
-
     func write(_ bytes: UnsafeRawBufferPointer) throws {
         guard open, writtenInMember + bytes.count <= tensors[next].byteCount else {
-            throw WSAMergeError.io(file: output.destination, reason: "internal error: more bytes written than the tensors hold")
+            throw WSAMergeError.io(file: zip.output.destination, reason: "internal error: more bytes written than the tensors hold")
         }
-        try feed(bytes)
+        try zip.write(bytes)
         writtenInMember += bytes.count
         if writtenInMember == tensors[next].byteCount {
             try closeMember()
@@ -118,187 +103,28 @@ final class NpzWriter: CheckpointWriter {
 
     func finish() throws {
         guard next == tensors.count, !open else {
-            throw WSAMergeError.io(file: output.destination, reason: "internal error: tensor '\(tensors[min(next, tensors.count - 1)].name)' was not written completely")
+            throw WSAMergeError.io(file: zip.output.destination, reason: "internal error: tensor '\(tensors[min(next, tensors.count - 1)].name)' was not written completely")
         }
-        try writeCentralDirectory()
-        try output.commit()
+        try zip.finish()
     }
-
-    // MARK: members
 
     private func openMembersUntilDataNeeded() throws {
         while !open && next < tensors.count {
-            try openMember(tensors[next])
-            if tensors[next].byteCount > 0 { return }
+            let tensor = tensors[next]
+            try zip.openMember(Array((tensor.name + ".npy").utf8))
+            open = true
+            writtenInMember = 0
+            let npy = try NpyHeader.encoded(for: tensor, file: zip.output.destination)
+            try npy.withUnsafeBytes { raw throws in try zip.write(raw) }
+            if tensor.byteCount > 0 { return }
             try closeMember()
         }
     }
 
-    private func openMember(_ tensor: TensorInfo) throws {
-        let name = Array((tensor.name + ".npy").utf8)
-        let entry = Entry(name: name, headerOffset: output.offset)
-        var header = ZipBytes()
-        header.u32(0x0403_4B50)
-        header.u16(45)  // version needed: zip64
-        header.u16(flags(for: name))
-        header.u16(compressed ? 8 : 0)
-        header.u16(0)  // time 00:00
-        header.u16(0x21)  // date 1980-01-01
-        header.u32(0)  // crc, patched
-        header.u32(0xFFFF_FFFF)
-        header.u32(0xFFFF_FFFF)
-        header.u16(name.count)
-        header.u16(20)
-        header.bytes += name
-        header.u16(0x0001)  // zip64 extra: sizes, patched
-        header.u16(16)
-        header.u64(0)
-        header.u64(0)
-        try output.write(header.bytes)
-        entries.append(entry)
-        open = true
-        writtenInMember = 0
-        if compressed {
-            deflater = z_stream()
-            guard deflateInit2_(&deflater, 6, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY, ZLIB_VERSION,
-                                Int32(MemoryLayout<z_stream>.size)) == Z_OK else {
-                throw WSAMergeError.io(file: output.destination, reason: "zlib deflateInit failed")
-            }
-            deflaterReady = true
-        }
-        let npy = try NpyHeader.encoded(for: tensor, file: output.destination)
-        try npy.withUnsafeBytes { raw throws in try feed(raw) }
-    }
-
-    /// Adds member data: CRC over the plain bytes, then stored or deflated output.
-    private func feed(_ bytes: UnsafeRawBufferPointer) throws {
-        guard bytes.count > 0 else { return }
-        let last = entries.count - 1
-        var offset = 0
-        while offset < bytes.count {
-            let n = min(bytes.count - offset, Int(UInt32.max >> 1))
-            entries[last].crc = UInt32(crc32(UInt(entries[last].crc), bytes.baseAddress!.assumingMemoryBound(to: UInt8.self) + offset, UInt32(n)))
-            offset += n
-        }
-        entries[last].size += bytes.count
-        if compressed {
-            try deflate(bytes, finish: false)
-        } else {
-            try output.write(bytes)
-            entries[last].compressedSize += bytes.count
-        }
-    }
-
-    private func deflate(_ bytes: UnsafeRawBufferPointer, finish: Bool) throws {
-        let last = entries.count - 1
-        var remaining = bytes
-        repeat {
-            let chunk = min(remaining.count, Int(UInt32.max >> 1))
-            deflater.next_in = UnsafeMutablePointer(mutating: remaining.baseAddress?.assumingMemoryBound(to: UInt8.self))
-            deflater.avail_in = UInt32(chunk)
-            let flush = finish && chunk == remaining.count ? Z_FINISH : Z_NO_FLUSH
-            var status: Int32 = Z_OK
-            repeat {
-                let produced: Int = outBuffer.withUnsafeMutableBufferPointer { out in
-                    deflater.next_out = out.baseAddress
-                    deflater.avail_out = UInt32(out.count)
-                    status = CZip.deflate(&deflater, flush)
-                    return out.count - Int(deflater.avail_out)
-                }
-                guard status != Z_STREAM_ERROR else { throw WSAMergeError.io(file: output.destination, reason: "zlib deflate failed") }
-                if produced > 0 {
-                    try outBuffer.withUnsafeBytes { raw throws in try output.write(UnsafeRawBufferPointer(rebasing: raw[0..<produced])) }
-                    entries[last].compressedSize += produced
-                }
-            } while deflater.avail_out == 0 || (flush == Z_FINISH && status != Z_STREAM_END)
-            remaining = chunk < remaining.count ? UnsafeRawBufferPointer(rebasing: remaining[chunk...]) : UnsafeRawBufferPointer(start: nil, count: 0)
-        } while remaining.count > 0
-    }
-
     private func closeMember() throws {
-        if compressed {
-            try deflate(UnsafeRawBufferPointer(start: nil, count: 0), finish: true)
-            deflateEnd(&deflater)
-            deflaterReady = false
-        }
-        let entry = entries[entries.count - 1]
-        var crc = ZipBytes()
-        crc.u32(entry.crc)
-        try output.patch(crc.bytes, at: entry.headerOffset + 14)
-        var sizes = ZipBytes()
-        sizes.u64(UInt64(entry.size))
-        sizes.u64(UInt64(entry.compressedSize))
-        try output.patch(sizes.bytes, at: entry.headerOffset + 30 + entry.name.count + 4)
+        try zip.closeMember()
         open = false
         next += 1
         TestHooks.pause(at: "write")
     }
-
-    private func flags(for name: [UInt8]) -> Int {
-        name.allSatisfy { $0 < 0x80 } ? 0 : 0x0800  // bit 11: UTF-8 names
-    }
-
-    private func writeCentralDirectory() throws {
-        let start = output.offset
-        var directory = ZipBytes()
-        for entry in entries {
-            directory.u32(0x0201_4B50)
-            directory.u16(45 | 3 << 8)  // made by: zip64, Unix
-            directory.u16(45)
-            directory.u16(flags(for: entry.name))
-            directory.u16(compressed ? 8 : 0)
-            directory.u16(0)
-            directory.u16(0x21)
-            directory.u32(entry.crc)
-            directory.u32(0xFFFF_FFFF)
-            directory.u32(0xFFFF_FFFF)
-            directory.u16(entry.name.count)
-            directory.u16(28)
-            directory.u16(0)  // comment
-            directory.u16(0)  // disk
-            directory.u16(0)  // internal attributes
-            directory.u32(0o100644 << 16)  // external attributes: regular file, rw-r--r--
-            directory.u32(0xFFFF_FFFF)
-            directory.bytes += entry.name
-            directory.u16(0x0001)
-            directory.u16(24)
-            directory.u64(UInt64(entry.size))
-            directory.u64(UInt64(entry.compressedSize))
-            directory.u64(UInt64(entry.headerOffset))
-        }
-        let size = directory.bytes.count
-        let zip64End = start + size
-        directory.u32(0x0606_4B50)  // zip64 end of central directory
-        directory.u64(44)
-        directory.u16(45)
-        directory.u16(45)
-        directory.u32(0)
-        directory.u32(0)
-        directory.u64(UInt64(entries.count))
-        directory.u64(UInt64(entries.count))
-        directory.u64(UInt64(size))
-        directory.u64(UInt64(start))
-        directory.u32(0x0706_4B50)  // zip64 locator
-        directory.u32(0)
-        directory.u64(UInt64(zip64End))
-        directory.u32(1)
-        directory.u32(0x0605_4B50)  // end of central directory
-        directory.u16(0)
-        directory.u16(0)
-        directory.u16(min(entries.count, 0xFFFF))
-        directory.u16(min(entries.count, 0xFFFF))
-        directory.u32(min(size, 0xFFFF_FFFF))
-        directory.u32(min(start, 0xFFFF_FFFF))
-        directory.u16(0)
-        try output.write(directory.bytes)
-    }
-}
-
-/// Little-endian field writer for zip records.
-struct ZipBytes {
-    var bytes: [UInt8] = []
-    mutating func u16(_ v: Int) { bytes += [UInt8(v & 0xFF), UInt8(v >> 8 & 0xFF)] }
-    mutating func u32(_ v: UInt32) { for i in 0..<4 { bytes.append(UInt8(v >> (8 * UInt32(i)) & 0xFF)) } }
-    mutating func u32(_ v: Int) { u32(UInt32(truncatingIfNeeded: v)) }
-    mutating func u64(_ v: UInt64) { for i in 0..<8 { bytes.append(UInt8(v >> (8 * UInt64(i)) & 0xFF)) } }
 }
