@@ -94,7 +94,7 @@ public final class OutputFile {
                 break
             }
             if !force {
-                throw WSAMergeError.cannotCreate(file: destination, reason: "output exists (pass --force to replace it)")
+                throw WSAMergeError.hinted(.cannotCreate(file: destination, reason: "output exists"), .force)
             }
         } else {
             var info = stat()
@@ -244,7 +244,7 @@ public final class OutputFile {
     /// `force` allowed.
     public func commit() throws {
         try sync()
-        let appeared = WSAMergeError.cannotCreate(file: destination, reason: "output appeared while writing (pass --force to replace it)")
+        let appeared = WSAMergeError.hinted(.cannotCreate(file: destination, reason: "output appeared while writing"), .force)
         if let temporaryPath {
             if force {
                 guard pathKind(destination) != .other else {

@@ -154,7 +154,7 @@ final class ShardedSafetensorsWriter: CheckpointWriter {
             let index = count > 1 ? ["model.safetensors.index.json"] : []
             let replaced = Self.replacedFiles(in: dir, writing: names + index)
             if let first = replaced.first, !force {
-                throw WSAMergeError.cannotCreate(file: dir, reason: "already holds a checkpoint (\(first)); pass --force to replace it")
+                throw WSAMergeError.hinted(.cannotCreate(file: dir, reason: "already holds a checkpoint (\(first))"), .force)
             }
             try Self.refuseInputs(replaced, in: dir, inputs: inputs)
             // Hidden temporaries and backups that dead runs left beside the files of the
