@@ -25,6 +25,7 @@ struct MergeRecipeTests {
         return path
     }
 
+    @discardableResult
     static func fuse(_ arguments: [String], sourceLocation: SourceLocation = #_sourceLocation) throws -> TestSupport.Result {
         let result = try TestSupport.wsamerge(["fuse", "--quiet"] + arguments)
         #expect(result.status == 0, "fuse \(arguments): \(result.stderr)", sourceLocation: sourceLocation)
