@@ -48,7 +48,7 @@ public struct TaskVector<Kind: TaskVectorKind>: MergeStrategy, TensorMerge {
     }
 
     /// The parameters of one tensor, per source (the inputs that hold it).
-    struct Settings {
+    struct Settings: Sendable {
         var weights: [Double] = []
         var densities: [Double] = []
         var gammas: [Double] = []
@@ -373,7 +373,7 @@ struct Tally: Sendable {
 /// 1-D tensor is one row; for rank ≥ 3 the fibres along axis 1), so each slab `x[a, …]` is held
 /// at a time: `p = density − ε + 2ε·(rank − 1)/(L − 1)` (rank 1 = smallest |δ|, ties in C order;
 /// `density − ε` when L = 1), kept iff `u_j < p_j` with j the element's C-order index.
-struct RankedRandom {
+struct RankedRandom: Sendable {
     let item: MergePlan.Item
     let settings: TaskVector<DELLA>.Settings
     let context: MergeContext
@@ -397,14 +397,15 @@ struct RankedRandom {
     var slabElements: Int { length * stride }
 
     /// Marks in `keep` which elements of input `k`'s slab `a` are kept, from its task vector `delta`.
-    func mask(_ delta: UnsafePointer<Double>, input k: Int, slab a: Int, keep: inout [Bool], order: inout [Int]) {
+    func mask(_ delta: UnsafePointer<Double>, input k: Int, slab a: Int, keep: UnsafeMutablePointer<Bool>) {
         let density = settings.densities[k], epsilon = settings.epsilons[k]
         let count = slabElements
-        if density >= 1 { for j in 0..<count { keep[j] = true }; return }
-        if density <= 0 { for j in 0..<count { keep[j] = false }; return }
+        if density >= 1 { keep.update(repeating: true, count: count); return }
+        if density <= 0 { keep.update(repeating: false, count: count); return }
         let draws = Draws(seed: settings.seed, name: item.name, input: item.sources[k].input)
         let first = a * count
         var keys = [Double](repeating: 0, count: length)
+        var order = [Int](repeating: 0, count: length)
         for r in 0..<stride {
             // Rank the fibre by |δ|, ties by position (a stable sort).
             for b in 0..<length {
@@ -412,9 +413,9 @@ struct RankedRandom {
                 keys[b] = Swift.abs(delta[b * stride + r])
             }
             keys.withUnsafeBufferPointer { keys in
-                order[0..<length].sort { i, j in keys[i] < keys[j] || (keys[i] == keys[j] && i < j) }
+                order.sort { i, j in keys[i] < keys[j] || (keys[i] == keys[j] && i < j) }
             }
-            for (rank, b) in order[0..<length].enumerated() {
+            for (rank, b) in order.enumerated() {
                 let p = length == 1 ? density - epsilon : density - epsilon + 2 * epsilon * Double(rank) / Double(length - 1)
                 let j = b * stride + r
                 keep[j] = draws.u(first + j) < p
@@ -422,69 +423,89 @@ struct RankedRandom {
         }
     }
 
-    /// Streams the slabs of `readers` (decoded), calling `body(values, slab)` for each.
-    func slabs(_ readers: [TensorReader], _ body: ([UnsafeMutablePointer<Double>], Int) throws -> Void) throws {
-        let count = slabElements
-        let raw = readers.map { RawBuffer(byteCount: count * ($0.tensor.dtype.byteWidth ?? 1)) }
-        let values = readers.map { _ in RawBuffer(byteCount: count * 8) }
-        for a in 0..<slabs {
-            var decoded: [UnsafeMutablePointer<Double>] = []
+    /// Streams `readers` (decoded) in groups of whole slabs: `body(values, firstSlab, slabs)`,
+    /// `values[k]` holding input k's slabs one after another.
+    func groups(_ readers: [TensorReader], _ body: ([RawBuffer], Int, Int) throws -> Void) throws {
+        let perGroup = Swift.max(1, (1 << 18) / Swift.max(slabElements, 1))
+        let capacity = Swift.min(perGroup, slabs) * slabElements
+        let raw = readers.map { RawBuffer(byteCount: capacity * ($0.tensor.dtype.byteWidth ?? 1)) }
+        let values = readers.map { _ in RawBuffer(byteCount: capacity * 8) }
+        for first in Swift.stride(from: 0, to: slabs, by: perGroup) {
+            let count = Swift.min(perGroup, slabs - first)
             for (k, reader) in readers.enumerated() {
-                let bytes = raw[k].prefix(count * (reader.tensor.dtype.byteWidth ?? 1))
+                let bytes = raw[k].prefix(count * slabElements * (reader.tensor.dtype.byteWidth ?? 1))
                 try reader.read(into: bytes)
-                let v = values[k].doubles(count)
-                reader.tensor.dtype.decode(bytes.baseAddress!, count: count, into: v)
-                decoded.append(v)
+                reader.tensor.dtype.decode(bytes.baseAddress!, count: count * slabElements, into: values[k].doubles(count * slabElements))
             }
-            try body(decoded, a)
+            try body(values, first, count)
         }
     }
 
     func merge(combiner: Combiner, output: Lockstep.Output, electsSigns: Bool) throws -> TensorMergeResult {
-        let n = item.sources.count
-        var keep = [Bool](repeating: false, count: slabElements)
-        var order = [Int](repeating: 0, count: length)
-        // Read-only pass per input: ‖δ‖₁ and ‖kept‖₁ for the rescale.
+        let n = item.sources.count, size = slabElements, jobs = context.jobs
+        guard size > 0 else {
+            return TensorMergeResult(method: "copy (empty)", details: Tally(inputs: n).details(count: 0, electsSigns: electsSigns))
+        }
+        // Read-only pass per input: ‖δ‖₁ and ‖kept‖₁ for the rescale, slab sums added in slab order.
         var scales = [Double](repeating: 1, count: n)
         if settings.rescale {
             for k in 0..<n where settings.densities[k] < 1 {
                 var total = 0.0, kept = 0.0
                 let readers = [try context.plan.inputs[item.sources[k].input].reader(for: item.sources[k].index), try context.baseReader(item)]
-                try slabs(readers) { values, a in
-                    let x = values[0], b = values[1]
-                    for j in 0..<slabElements { x[j] = x[j] - b[j] }
-                    mask(x, input: k, slab: a, keep: &keep, order: &order)
-                    for j in 0..<slabElements {
-                        total += Swift.abs(x[j])
-                        if keep[j] { kept += Swift.abs(x[j]) }
+                try groups(readers) { values, first, count in
+                    let sums = try parallelMap(sizes: [Int](repeating: size, count: count), jobs: jobs) { s, _ -> [Double] in
+                        let x = values[0].doubles((s + 1) * size) + s * size, b = values[1].doubles((s + 1) * size) + s * size
+                        let keep = UnsafeMutablePointer<Bool>.allocate(capacity: size)
+                        defer { keep.deallocate() }
+                        for j in 0..<size { x[j] = x[j] - b[j] }
+                        mask(x, input: k, slab: first + s, keep: keep)
+                        var total = 0.0, kept = 0.0
+                        for j in 0..<size {
+                            total += Swift.abs(x[j])
+                            if keep[j] { kept += Swift.abs(x[j]) }
+                        }
+                        return [total, kept]
                     }
+                    for sum in sums { total += sum[0]; kept += sum[1] }
                 }
                 scales[k] = TaskVector<DELLA>.rescale(total: total, kept: kept)
             }
         }
-        // The writing pass, slab by slab.
+        // The writing pass: slabs side by side, written in order.
         var tally = Tally(inputs: n)
-        let out = RawBuffer(byteCount: slabElements * 8)
-        let encoded = RawBuffer(byteCount: slabElements * (output.dtype.byteWidth ?? 8))
-        try slabs(try context.readers(item) + [try context.baseReader(item)]) { values, a in
-            let b = UnsafePointer(values[n])
-            for k in 0..<n {
-                let x = values[k]
-                for j in 0..<slabElements { x[j] = x[j] - b[j] }
-                mask(x, input: k, slab: a, keep: &keep, order: &order)
-                for j in 0..<slabElements {
-                    if keep[j] {
-                        x[j] *= scales[k]
-                        tally.kept[k] += 1
-                    } else {
-                        x[j] = 0
+        let width = output.dtype.byteWidth ?? 8
+        let factors = scales
+        var encoded: RawBuffer?
+        try groups(try context.readers(item) + [try context.baseReader(item)]) { values, first, count in
+            if encoded == nil { encoded = RawBuffer(byteCount: count * size * width) }
+            let target = encoded!
+            let tallies = try parallelMap(sizes: [Int](repeating: size, count: count), jobs: jobs) { s, _ -> Tally in
+                var tally = Tally(inputs: n)
+                let b = UnsafePointer(values[n].doubles((s + 1) * size) + s * size)
+                let keep = UnsafeMutablePointer<Bool>.allocate(capacity: size)
+                let y = UnsafeMutablePointer<Double>.allocate(capacity: size)
+                defer { keep.deallocate(); y.deallocate() }
+                var trimmed: [UnsafeMutablePointer<Double>] = []
+                for k in 0..<n {
+                    let x = values[k].doubles((s + 1) * size) + s * size
+                    for j in 0..<size { x[j] = x[j] - b[j] }
+                    mask(x, input: k, slab: first + s, keep: keep)
+                    for j in 0..<size {
+                        if keep[j] {
+                            x[j] *= factors[k]
+                            tally.kept[k] += 1
+                        } else {
+                            x[j] = 0
+                        }
                     }
+                    trimmed.append(x)
                 }
+                tally.add(combiner.apply(trimmed: trimmed, base: b, count: size, into: y))
+                output.dtype.encode(y, count: size, into: target.base + s * size * width)
+                return tally
             }
-            let y = out.doubles(slabElements)
-            tally.add(combiner.apply(trimmed: Array(values[0..<n]), base: b, count: slabElements, into: y))
-            output.dtype.encode(y, count: slabElements, into: encoded.base)
-            try output.writer.write(UnsafeRawBufferPointer(encoded.prefix(slabElements * (output.dtype.byteWidth ?? 8))))
+            for t in tallies { tally.add(t) }
+            try output.writer.write(UnsafeRawBufferPointer(target.prefix(count * size * width)))
         }
         return TensorMergeResult(method: item.output.elementCount == 0 ? "copy (empty)" : (electsSigns ? DELLA.identifier : DELLALinear.identifier),
                                  nonFinite: tally.nonFinite, details: tally.details(count: item.output.elementCount, electsSigns: electsSigns))
