@@ -62,6 +62,41 @@ struct ModelDirectoryTests {
         #expect(check.status == 0, "\(check.stderr)")
     }
 
+    /// sentence-transformers: a Dense module's weights (`2_Dense/model.safetensors`, listed in
+    /// `modules.json`) are part of the model as `2_Dense.<name>`, and go back to their folder.
+    @Test func sentenceTransformerModulesMergeAndGoBackToTheirFolder() throws {
+        let root = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(root) }
+        var dirs: [String] = []
+        for (k, weights) in ["ft0", "ft1"].enumerated() {
+            let dir = try modelDirectory(root, "st\(k)", weights: Self.methods + "/\(weights).safetensors")
+            try #"[{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}, {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}, {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}]"#
+                .write(toFile: dir + "/modules.json", atomically: true, encoding: .utf8)
+            try FileManager.default.createDirectory(atPath: dir + "/2_Dense", withIntermediateDirectories: true)
+            try #"{"in_features": 4, "out_features": 3}"#.write(toFile: dir + "/2_Dense/config.json", atomically: true, encoding: .utf8)
+            let made = try TestSupport.python("""
+                import sys, numpy as np; from safetensors.numpy import save_file
+                save_file({"linear.weight": np.full((3, 4), float(sys.argv[2]), np.float32)}, sys.argv[1] + "/2_Dense/model.safetensors")
+                """, [dir, "\(k + 1)"])
+            #expect(made.status == 0, "\(made.stderr)")
+            dirs.append(dir)
+        }
+        let inspect = try TestSupport.wsamerge(["inspect", dirs[0]])
+        #expect(inspect.stdout.contains("\"name\":\"2_Dense.linear.weight\""), "\(inspect.stdout.prefix(300))")
+        let out = root + "/merged/"
+        let run = try TestSupport.wsamerge(["fuse", dirs[0], dirs[1], "-o", out])
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(listing(out).contains("2_Dense/model.safetensors") && listing(out).contains("2_Dense/config.json"))
+        let check = try TestSupport.python("""
+            import sys, numpy as np; from safetensors.numpy import load_file
+            dense = load_file(sys.argv[1] + "/2_Dense/model.safetensors")
+            assert list(dense) == ["linear.weight"] and np.all(dense["linear.weight"] == 1.5), dense
+            main = load_file(sys.argv[1] + "/model.safetensors")
+            assert not any(k.startswith("2_Dense") for k in main) and "model.norm.weight" in main, list(main)
+            """, [out])
+        #expect(check.status == 0, "\(check.stderr)")
+    }
+
     @Test func copyingCanBeTurnedOffOrRedirected() throws {
         let root = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(root) }

@@ -92,7 +92,46 @@ public enum CheckpointReader {
         return head == [0x50, 0x4B, 0x03, 0x04]
     }
 
+    /// A model directory: its weights, plus the weights of the sentence-transformers modules
+    /// `modules.json` lists in sub-folders (`2_Dense/model.safetensors` …), named
+    /// `2_Dense.<name>`.
     private static func openDirectory(_ path: String) throws -> Checkpoint {
+        let main = try openWeights(path)
+        let modules = submodules(of: path)
+        guard !modules.isEmpty else { return main }
+        var sources = main.sources, files = main.files
+        var seen = Set(main.tensors.map { ByteKey($0.name) })
+        for module in modules {
+            let weights = try openWeights(joinPath(path, module))
+            files += weights.files
+            for source in weights.sources {
+                let name = module + "." + source.tensor.name
+                guard seen.insert(ByteKey(name)).inserted else {
+                    throw WSAMergeError.malformed(file: weights.path, tensor: name, reason: "the module's tensor name is also a tensor of the model")
+                }
+                sources.append(RenamedSource(source, tensor: try TensorInfo(name: name, dtype: source.tensor.dtype, shape: source.tensor.shape,
+                                                                            file: weights.path)))
+            }
+        }
+        return Checkpoint(path: main.path, format: main.format, metadata: main.metadata, sources: sources, files: files,
+                          nonTensors: main.nonTensors, modules: modules)
+    }
+
+    /// The sub-folders of a sentence-transformers directory that `modules.json` lists and that
+    /// hold weights (a Dense layer; not the transformer at the root, nor pooling).
+    static func submodules(of path: String) -> [String] {
+        guard let file = try? ReadableFile(path: joinPath(path, "modules.json")), file.size <= 1 << 20,
+              let bytes = try? file.readBytes(at: 0, count: file.size),
+              let json = try? bytes.withUnsafeBytes({ try JSON.parse($0) }), let list = json.arrayValue else { return [] }
+        return list.compactMap { entry -> String? in
+            guard let module = entry["path"]?.stringValue, !module.isEmpty, !module.contains("/"), !module.hasPrefix("."),
+                  pathKind(joinPath(path, module)) == .directory else { return nil }
+            let entries = listDirectory(joinPath(path, module))
+            return entries.contains("model.safetensors") || entries.contains("pytorch_model.bin") ? module : nil
+        }
+    }
+
+    private static func openWeights(_ path: String) throws -> Checkpoint {
         let entries = listDirectory(path)
         let indexes = entries.filter { $0.hasSuffix(".safetensors.index.json") }
         if indexes.count == 1 { return try open(joinPath(path, indexes[0])) }

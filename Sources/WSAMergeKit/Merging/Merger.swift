@@ -173,8 +173,9 @@ public struct Merger {
         let plan = prepared.plan
         let merger = try prepared.strategy.measured()
         let metadata = outputMetadata(request, prepared: prepared)
-        let writer = try makeWriter(request.output, tensors: plan.items.map(\.output), metadata: metadata,
-                                    inputs: identities(models: plan.models, files: prepared.context.files, paths: prepared.context.paths))
+        let writer = try ModuleRoutingWriter.make(request.output, tensors: plan.items.map(\.output), metadata: metadata,
+                                                  inputs: identities(models: plan.models, files: prepared.context.files, paths: prepared.context.paths),
+                                                  modules: plan.models.first { !$0.modules.isEmpty }?.modules ?? [])
         progress?.start(tensors: plan.items.count, bytes: plan.items.reduce(0) { $0 + $1.output.byteCount })
         var results: [TensorMergeResult?] = []
         var nonFinite: [String] = []

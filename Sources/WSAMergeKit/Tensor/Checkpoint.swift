@@ -15,11 +15,15 @@ public final class Checkpoint: @unchecked Sendable {
     public let files: [ReadableFile]
     /// Values that are not tensors (PyTorch checkpoints: epoch numbers, hyper-parameters, …).
     public let nonTensors: [NonTensorLeaf]
+    /// The sentence-transformers modules whose weights are part of this model directory, as
+    /// sub-folder names (`2_Dense`); their tensors are named `2_Dense.<name>`.
+    public let modules: [String]
     private let indexByName: [ByteKey: Int]
 
     public init(path: String, format: CheckpointFormat, metadata: [String: String], sources: [any TensorSource],
-                files: [ReadableFile], nonTensors: [NonTensorLeaf] = []) {
+                files: [ReadableFile], nonTensors: [NonTensorLeaf] = [], modules: [String] = []) {
         self.nonTensors = nonTensors
+        self.modules = modules
         self.path = path
         self.format = format
         self.metadata = metadata
@@ -69,7 +73,8 @@ extension Checkpoint {
             return RenamedSource(source, tensor: try TensorInfo(name: stripped, dtype: source.tensor.dtype,
                                                                            shape: source.tensor.shape, file: path))
         }
-        return Checkpoint(path: path, format: format, metadata: metadata, sources: renamed, files: files, nonTensors: nonTensors)
+        return Checkpoint(path: path, format: format, metadata: metadata, sources: renamed, files: files, nonTensors: nonTensors,
+                          modules: modules)
     }
 }
 
