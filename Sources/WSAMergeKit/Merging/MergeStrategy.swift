@@ -135,3 +135,16 @@ func weightedAverage(_ readers: [TensorReader], weights: [Double], divisor: Doub
     }, fold: { flags in if flags.contains(true) { nonFinite = true } })
     return nonFinite
 }
+
+/// A writing pass whose kernel fills each block's output from the decoded inputs (told where
+/// the block starts); returns whether some output value is NaN or infinite.
+func elementwisePass(_ readers: [TensorReader], jobs: Int, output: Lockstep.Output,
+                     _ kernel: @escaping @Sendable (_ inputs: [UnsafeMutablePointer<Double>], _ count: Int,
+                                                    _ out: UnsafeMutablePointer<Double>, _ position: Int) -> Void) throws -> Bool {
+    var nonFinite = false
+    try Lockstep.run(readers, jobs: jobs, output: output, positioned: { inputs, count, out, position in
+        kernel(inputs, count, out, position)
+        return containsNonFinite(out, count)
+    }, fold: { if $0.contains(true) { nonFinite = true } })
+    return nonFinite
+}

@@ -160,11 +160,9 @@ public struct SlerpStrategy: MergeStrategy, TensorMerge {
             let theta = acos(dot), st = sin(theta)
             (s0, s1) = (sin((1 - t) * theta) / st, sin(t * theta) / st)
         }
-        var nonFinite = false
-        try Lockstep.run([try base(), try context.readers(item)[0]], jobs: context.jobs, output: output, kernel: { inputs, count, out in
+        let nonFinite = try elementwisePass([try base(), try context.readers(item)[0]], jobs: context.jobs, output: output) { inputs, count, out, _ in
             for j in 0..<count { out[j] = s0 * inputs[0][j] + s1 * inputs[1][j] }
-            return containsNonFinite(out, count)
-        }, fold: { if $0.contains(true) { nonFinite = true } })
+        }
         return TensorMergeResult(method: linear ? "slerp (linear: |dot| > 0.9995)" : "slerp", nonFinite: nonFinite,
                                  details: [("t", .double(t)), ("dot", .double(dot))])
     }
@@ -189,16 +187,13 @@ public struct NearSwapStrategy: MergeStrategy, TensorMerge {
 
     public func merge(_ item: MergePlan.Item, output: Lockstep.Output) throws -> TensorMergeResult {
         let t = try context.parameters.number("t", tensor: item.name)
-        var nonFinite = false
-        try Lockstep.run([try context.baseReader(item), try context.readers(item)[0]], jobs: context.jobs, output: output,
-                         kernel: { inputs, count, out in
+        let nonFinite = try elementwisePass([try context.baseReader(item), try context.readers(item)[0]], jobs: context.jobs, output: output) { inputs, count, out, _ in
             for j in 0..<count {
                 let b = inputs[0][j], c = inputs[1][j]
                 let omega = Swift.min(Swift.max(t / Swift.max(Swift.abs(b - c), 1e-6), 0), 1)
                 out[j] = omega * c + (1 - omega) * b
             }
-            return containsNonFinite(out, count)
-        }, fold: { if $0.contains(true) { nonFinite = true } })
+        }
         return TensorMergeResult(method: "nearswap", nonFinite: nonFinite)
     }
 }
@@ -259,8 +254,7 @@ public struct NuSlerpStrategy: MergeStrategy, TensorMerge {
             let theta = acos(cos)
             return (sin((1 - t) * theta), sin(t * theta), sin(theta))
         }
-        var nonFinite = false
-        try Lockstep.run(try readers(), jobs: context.jobs, output: output, positioned: { inputs, count, out, position in
+        let nonFinite = try elementwisePass(try readers(), jobs: context.jobs, output: output) { inputs, count, out, position in
             for j in 0..<count {
                 let b = hasBase ? inputs[2][j] : 0
                 let v0 = inputs[0][j] - b, v1 = inputs[1][j] - b
@@ -268,8 +262,7 @@ public struct NuSlerpStrategy: MergeStrategy, TensorMerge {
                 let y = d == 1 && s0 == 1 - t ? s0 * v0 + s1 * v1 : (s0 * v0 + s1 * v1) / d
                 out[j] = hasBase ? b + y : y
             }
-            return containsNonFinite(out, count)
-        }, fold: { if $0.contains(true) { nonFinite = true } })
+        }
         return TensorMergeResult(method: "nuslerp", nonFinite: nonFinite,
                                  details: [("t", .double(t)), ("linear_vectors", .int(linearCount)), ("vectors", .int(sums.count))])
     }
@@ -330,8 +323,7 @@ public struct MultiSlerpStrategy: MergeStrategy, TensorMerge {
         var total = 0.0
         for (wi, ni) in zip(w, norms) { total = total + wi * ni }
         let scale = total
-        var nonFinite = false
-        try Lockstep.run(try readers(), jobs: context.jobs, output: output, kernel: { inputs, count, out in
+        let nonFinite = try elementwisePass(try readers(), jobs: context.jobs, output: output) { inputs, count, out, _ in
             for j in 0..<count {
                 let b = hasBase ? inputs[n][j] : 0
                 var y = 0.0
@@ -344,8 +336,7 @@ public struct MultiSlerpStrategy: MergeStrategy, TensorMerge {
                 }
                 out[j] = hasBase ? b + y : y
             }
-            return containsNonFinite(out, count)
-        }, fold: { if $0.contains(true) { nonFinite = true } })
+        }
         return TensorMergeResult(method: zero ? "multislerp (‖m‖ < eps: weighted sum)" : "multislerp", nonFinite: nonFinite, fallback: zero)
     }
 }
@@ -425,15 +416,13 @@ public struct KarcherStrategy: MergeStrategy, TensorMerge {
         }
         // out = scale · Σ μ_i x_i / n_i
         let c = (0..<n).map { valid.contains($0) ? scale * mu[$0] / norms[$0] : 0 }
-        var nonFinite = false
-        try Lockstep.run(try context.readers(item), jobs: context.jobs, output: output, kernel: { inputs, count, out in
+        let nonFinite = try elementwisePass(try context.readers(item), jobs: context.jobs, output: output) { inputs, count, out, _ in
             for j in 0..<count {
                 var y = 0.0
                 for k in 0..<n where c[k] != 0 { y += c[k] * inputs[k][j] }
                 out[j] = y
             }
-            return containsNonFinite(out, count)
-        }, fold: { if $0.contains(true) { nonFinite = true } })
+        }
         return TensorMergeResult(method: "karcher", nonFinite: nonFinite,
                                  details: [("iterations", .int(iterations)), ("converged", .bool(converged)), ("valid", .int(valid.count))])
     }
@@ -487,8 +476,7 @@ public struct ModelStockStrategy: MergeStrategy, TensorMerge {
             }
             return Double(n) * c / den
         }
-        var nonFinite = false
-        try Lockstep.run(try readers(), jobs: context.jobs, output: output, positioned: { inputs, count, out, position in
+        let nonFinite = try elementwisePass(try readers(), jobs: context.jobs, output: output) { inputs, count, out, position in
             for j in 0..<count {
                 var mean = 0.0
                 for k in 0..<n { mean = mean + inputs[k][j] }
@@ -496,8 +484,7 @@ public struct ModelStockStrategy: MergeStrategy, TensorMerge {
                 let t = ts[layout.vector(of: position + j)]
                 out[j] = t * mean + (1 - t) * inputs[n][j]
             }
-            return containsNonFinite(out, count)
-        }, fold: { if $0.contains(true) { nonFinite = true } })
+        }
         var details: [(String, JSON)] = [("zero_denominator_rows", .int(zeroRows))]
         if ts.count == 1 { details.insert(("t", .double(ts[0])), at: 0) }
         return TensorMergeResult(method: "model_stock", nonFinite: nonFinite, details: details)
