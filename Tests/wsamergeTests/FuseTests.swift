@@ -327,6 +327,18 @@ struct FuseTests {
         #expect(!TestSupport.fileExists(dir + "/s.safetensors"))
     }
 
+    /// `fuse --format table` prints name, dtype and method per tensor instead of the JSON report.
+    @Test func reportAsATable() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let run = try TestSupport.wsamerge(["fuse", "--strategy", "wsa", "--format", "table"] + Self.f32 + ["-o", dir + "/m.safetensors"])
+        #expect(run.status == 0, "\(run.stderr)")
+        let lines = run.stdout.split(separator: "\n")
+        #expect(lines.first?.split(separator: " ", omittingEmptySubsequences: true) == ["name", "dtype", "method"])
+        #expect(lines.contains { $0.contains("model.layers.0.mlp.weight") && $0.contains("wsa-rescale-inputs") })
+        #expect(!run.stdout.contains("{"))
+    }
+
     @Test func strategiesListsTheRegistry() throws {
         let run = try TestSupport.wsamerge(["strategies"])
         let list = try #require(try run.json() as? [[String: Any]])
