@@ -12,7 +12,9 @@ struct ConvertTests {
         #expect(result.stdout.isEmpty && result.stderr.isEmpty, sourceLocation: sourceLocation)
     }
 
-    /// Python: the tensors of `sys.argv[1]` and `sys.argv[2]` (any format) are the same bytes in C order.
+    /// Python: for each triple `a b meta|-` of `sys.argv[1:]`, the tensors of files `a` and `b` (any
+    /// format) are the same bytes in C order (and with `meta`, the same metadata). One process
+    /// checks every pair of a test: starting Python and numpy costs more than the checks.
     static let sameTensors = """
     def load(path):
         if path.endswith(".npz"):
@@ -35,22 +37,31 @@ struct ConvertTests {
         return {"b1": "BOOL", "u1": "U8", "i1": "I8", "u2": "U16", "i2": "I16", "u4": "U32", "i4": "I32", "u8": "U64",
                 "i8": "I64", "f2": "F16", "f4": "F32", "f8": "F64", "c8": "C64"}[v.dtype.str[1:]]
 
-    a, a_order, a_meta = load(sys.argv[1])
-    b, b_order, b_meta = load(sys.argv[2])
-    assert a_order == b_order, (a_order, b_order)
-    for k in a_order:
-        ca, cb = canonical(a[k]), canonical(b[k])
-        assert code(a[k]) == code(b[k]), (k, code(a[k]), code(b[k]))
-        assert list(ca[1]) == list(cb[1]), (k, ca[1], cb[1])
-        assert ca[2] == cb[2], k
-    if len(sys.argv) > 3 and sys.argv[3] == "meta":
-        assert a_meta == b_meta, (a_meta, b_meta)
+    args = sys.argv[1:]
+    for i in range(0, len(args), 3):
+        pa, pb, meta = args[i:i + 3]
+        a, a_order, a_meta = load(pa)
+        b, b_order, b_meta = load(pb)
+        assert a_order == b_order, (pa, pb, a_order, b_order)
+        for k in a_order:
+            ca, cb = canonical(a[k]), canonical(b[k])
+            assert code(a[k]) == code(b[k]), (pa, pb, k, code(a[k]), code(b[k]))
+            assert list(ca[1]) == list(cb[1]), (pa, pb, k, ca[1], cb[1])
+            assert ca[2] == cb[2], (pa, pb, k)
+        if meta == "meta":
+            assert a_meta == b_meta, (pa, pb, a_meta, b_meta)
     print("same")
     """
 
     func expectSameTensors(_ a: String, _ b: String, metadata: Bool = false,
                            sourceLocation: SourceLocation = #_sourceLocation) throws {
-        let out = try TestSupport.pythonOK(Self.sameTensors, [a, b] + (metadata ? ["meta"] : []), sourceLocation: sourceLocation)
+        try expectSameTensors([(a, b, metadata)], sourceLocation: sourceLocation)
+    }
+
+    /// Every pair in one Python process.
+    func expectSameTensors(_ pairs: [(String, String, Bool)], sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let out = try TestSupport.pythonOK(Self.sameTensors, pairs.flatMap { [$0.0, $0.1, $0.2 ? "meta" : "-"] },
+                                           sourceLocation: sourceLocation)
         #expect(out == "same\n", sourceLocation: sourceLocation)
     }
 
@@ -120,16 +131,21 @@ struct ConvertTests {
         #expect(out == "ok\n")
     }
 
-    @Test(arguments: ["c_order", "fortran", "fortran_be_i2", "be_f4", "be_i8", "scalar", "empty", "half", "bool",
-                      "uint64", "int8", "v2", "v3", "nan_inf"])
-    func npyBecomesLittleEndianCOrder(name: String) throws {
+    /// Every `.npy` fixture (orders, byte orders, versions, dtypes) converts to safetensors and to
+    /// `.npy` with the same C-order bytes; checked in one Python process.
+    @Test func npyBecomesLittleEndianCOrder() throws {
         let dir = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(dir) }
-        let input = TestSupport.fixture("npy/\(name).npy")
-        try convert([input, "-o", dir + "/m.safetensors"])
-        try expectSameTensors(input, dir + "/m.safetensors")
-        try convert([input, "-o", dir + "/\(name).npy"])
-        try expectSameTensors(input, dir + "/\(name).npy")
+        var pairs: [(String, String, Bool)] = []
+        for name in ["c_order", "fortran", "fortran_be_i2", "be_f4", "be_i8", "scalar", "empty", "half", "bool",
+                     "uint64", "int8", "v2", "v3", "nan_inf"] {
+            let input = TestSupport.fixture("npy/\(name).npy")
+            try convert([input, "-o", dir + "/\(name).safetensors"])
+            try FileManager.default.createDirectory(atPath: dir + "/npy-\(name)", withIntermediateDirectories: true)
+            try convert([input, "-o", dir + "/npy-\(name)/\(name).npy"])
+            pairs += [(input, dir + "/\(name).safetensors", false), (input, dir + "/npy-\(name)/\(name).npy", false)]
+        }
+        try expectSameTensors(pairs)
     }
 
     @Test func npyOutputHoldsOneSelectedTensor() throws {
