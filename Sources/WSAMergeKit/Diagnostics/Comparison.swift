@@ -277,16 +277,7 @@ public struct Comparison: Sendable {
                 .object([("layer", .int(layer.layer)), ("tensor_count", .int(layer.tensorCount))] + fields(layer.sums))
             })))
         }
-        if !missing.isEmpty {
-            members.append(("missing", .array(missing.map {
-                .object([("name", .string($0.name)), ("missing_from", .array($0.missingFrom.map { .string($0) }))])
-            })))
-        }
-        if !skipped.isEmpty {
-            members.append(("skipped", .array(skipped.map {
-                .object([("name", .string($0.name)), ("reason", .string($0.reason))])
-            })))
-        }
+        members += ScopeComparison.listsJSON(missing: missing, skipped: skipped)
         return .object(members)
     }
 

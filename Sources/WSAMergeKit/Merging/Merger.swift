@@ -163,6 +163,7 @@ public struct Merger {
         try request.output.precheck(inputs: identities(models: (base.map { [$0] } ?? []) + inputs, files: files, paths: paths))
         let plan = try MergePlan(inputs: inputs, base: base, filter: request.filter, onMissing: request.onMissing,
                                  outputDType: request.dtype)
+        try parameters.requireEverywhere(plan)
         let context = MergeContext(plan: plan, parameters: parameters, files: files, paths: paths, jobs: request.jobs)
         return Prepared(plan: plan, strategy: try strategyType.init(context), context: context, inputNames: inputPaths, baseName: basePath)
     }

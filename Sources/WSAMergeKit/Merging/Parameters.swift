@@ -195,6 +195,20 @@ public struct ResolvedParameters: Sendable {
         settings.shared.contains { $0.name == name } || settings.perInput.contains { $0.name == name }
     }
 
+    /// Refuses, before anything is read in bulk, a required parameter that some merged tensor
+    /// (or some input of it) has no value for, so no method checks its own.
+    func requireEverywhere(_ plan: MergePlan) throws {
+        for parameter in declaration.parameters where parameter.defaultValue == nil {
+            for item in plan.items where item.action == .merge {
+                if parameter.scope == .shared {
+                    _ = try value(parameter.name, tensor: item.name)
+                } else {
+                    for source in item.sources { _ = try value(parameter.name, input: source.input, tensor: item.name) }
+                }
+            }
+        }
+    }
+
     /// Parameter `name` (of `input`, for a per-input parameter) for the tensor called `tensor`.
     public func value(_ name: String, input: Int? = nil, tensor: String) throws -> ParameterValue {
         let method = declaration.identifier

@@ -119,16 +119,7 @@ public struct ScopeComparison {
                 ])
             })),
         ]
-        if !missing.isEmpty {
-            members.append(("missing", .array(missing.map {
-                .object([("name", .string($0.name)), ("missing_from", .array($0.missingFrom.map { .string($0) }))])
-            })))
-        }
-        if !skipped.isEmpty {
-            members.append(("skipped", .array(skipped.map {
-                .object([("name", .string($0.name)), ("reason", .string($0.reason))])
-            })))
-        }
+        members += ScopeComparison.listsJSON(missing: missing, skipped: skipped)
         return .object(members)
     }
 
@@ -214,5 +205,23 @@ public struct TargetScope: Sendable {
             throw WSAMergeError.malformed(file: path, reason: "no 'tensors' array (expected the document `wsamerge scope -o` writes)")
         }
         self.scopes = scopes
+    }
+}
+
+extension ScopeComparison {
+    /// The `missing` and `skipped` lists `scope` and `compare` report, left out when empty.
+    static func listsJSON(missing: [(name: String, missingFrom: [String])], skipped: [(name: String, reason: String)]) -> [(String, JSON)] {
+        var members: [(String, JSON)] = []
+        if !missing.isEmpty {
+            members.append(("missing", .array(missing.map {
+                .object([("name", .string($0.name)), ("missing_from", .array($0.missingFrom.map { .string($0) }))])
+            })))
+        }
+        if !skipped.isEmpty {
+            members.append(("skipped", .array(skipped.map {
+                .object([("name", .string($0.name)), ("reason", .string($0.reason))])
+            })))
+        }
+        return members
     }
 }

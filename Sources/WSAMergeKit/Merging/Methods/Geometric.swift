@@ -136,10 +136,7 @@ public struct SlerpStrategy: MergeStrategy, TensorMerge {
 
     let context: MergeContext
 
-    public init(_ context: MergeContext) throws {
-        self.context = context
-        for item in context.plan.items where item.action == .merge { _ = try context.parameters.number("t", tensor: item.name) }
-    }
+    public init(_ context: MergeContext) throws { self.context = context }
 
     public func merge(_ item: MergePlan.Item, output: Lockstep.Output) throws -> TensorMergeResult {
         let t = try context.parameters.number("t", tensor: item.name)
@@ -180,10 +177,7 @@ public struct NearSwapStrategy: MergeStrategy, TensorMerge {
 
     let context: MergeContext
 
-    public init(_ context: MergeContext) throws {
-        self.context = context
-        for item in context.plan.items where item.action == .merge { _ = try context.parameters.number("t", tensor: item.name) }
-    }
+    public init(_ context: MergeContext) throws { self.context = context }
 
     public func merge(_ item: MergePlan.Item, output: Lockstep.Output) throws -> TensorMergeResult {
         let t = try context.parameters.number("t", tensor: item.name)
@@ -226,7 +220,6 @@ public struct NuSlerpStrategy: MergeStrategy, TensorMerge {
             guard item.sources.count == 2 else {
                 throw WSAMergeError.malformed(file: context.plan.inputs[0].path, tensor: item.name, reason: "nuslerp needs the tensor in both inputs")
             }
-            _ = try context.parameters.numbers("weight", tensor: item.name)
         }
     }
 
@@ -286,10 +279,7 @@ public struct MultiSlerpStrategy: MergeStrategy, TensorMerge {
 
     let context: MergeContext
 
-    public init(_ context: MergeContext) throws {
-        self.context = context
-        for item in context.plan.items where item.action == .merge { _ = try context.parameters.numbers("weight", tensor: item.name) }
-    }
+    public init(_ context: MergeContext) throws { self.context = context }
 
     public func merge(_ item: MergePlan.Item, output: Lockstep.Output) throws -> TensorMergeResult {
         let p = context.parameters, n = item.sources.count
