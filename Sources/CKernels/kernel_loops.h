@@ -237,6 +237,211 @@ static int LEVELED(combine)(const wsk_term *terms, size_t count, int mode, doubl
     return redo != 0;
 }
 
+/* ---- Selection and the task-vector family ---- */
+
+static size_t LEVELED(bracket)(const double *keys, size_t n, uint64_t lo, uint64_t hi, int64_t counts[3], uint64_t *inside) {
+    v8l below = {0}, at_lo = {0}, at_hi = {0};
+    size_t m = 0, end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) {
+        v8lu k;
+        memcpy(&k, keys + i, 64);
+        below -= (v8l)(k < lo);
+        at_lo -= (v8l)(k == lo);
+        at_hi -= (v8l)(k == hi);
+        v8l in = (v8l)((k > lo) & (k < hi));
+        int any = 0;
+        for (int l = 0; l < 8; l++) any |= in[l] != 0;
+        if (any)
+            for (int l = 0; l < 8; l++) {
+                inside[m] = k[l];
+                m += in[l] != 0;
+            }
+    }
+    int64_t b = 0, l0 = 0, h0 = 0;
+    for (int l = 0; l < 8; l++) {
+        b += below[l];
+        l0 += at_lo[l];
+        h0 += at_hi[l];
+    }
+    for (; i < n; i++) {
+        uint64_t k;
+        memcpy(&k, keys + i, 8);
+        b += k < lo;
+        l0 += k == lo;
+        h0 += k == hi;
+        inside[m] = k;
+        m += k > lo && k < hi;
+    }
+    counts[0] += b;
+    counts[1] += l0;
+    if (hi != lo) counts[2] += h0;
+    return m;
+}
+
+static int64_t LEVELED(trim_all)(double *x, const double *b, size_t n, double scale) {
+    for (size_t i = 0; i < n; i++) x[i] = (x[i] - b[i]) * scale;
+    return (int64_t)n;
+}
+
+static int64_t LEVELED(trim_window)(double *x, const double *b, size_t n, double scale, wsk_window *w) {
+    int64_t kept = 0;
+    v8lu from = (v8lu){0} + w->from, to = (v8lu){0} + w->to;
+    v8lu v0 = (v8lu){0} + (w->bands > 0 ? w->value[0] : (uint64_t)-1), v1 = (v8lu){0} + (w->bands > 1 ? w->value[1] : (uint64_t)-1);
+    size_t end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) {
+        v8d d = load8d(x + i) - load8d(b + i);
+        v8lu k = (v8lu)d & ~SIGN64;
+        v8l tie = (v8l)((k == v0) | (k == v1));
+        int any = 0;
+        for (int l = 0; l < 8; l++) any |= tie[l] != 0;
+        if (any) {
+            for (int l = 0; l < 8; l++) {
+                int keep = window_keeps(w, k[l]);
+                x[i + l] = keep ? d[l] * scale : 0;
+                kept += keep;
+            }
+            continue;
+        }
+        v8l keep = (v8l)((k >= from) & (k <= to));
+        v8d y = d * scale;
+        store8(x + i, (v8d)((v8l)y & keep));
+        for (int l = 0; l < 8; l++) kept += keep[l] != 0;
+    }
+    for (; i < n; i++) {
+        double d = x[i] - b[i];
+        int keep = window_keeps(w, key_bits(x[i], b[i]));
+        x[i] = keep ? d * scale : 0;
+        kept += keep;
+    }
+    return kept;
+}
+
+static int64_t LEVELED(trim_draws)(double *x, const double *b, size_t n, double scale, uint64_t key, int64_t position,
+                                   double density) {
+    v8l kept8 = {0};
+    size_t end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) {
+        v8d d = load8d(x + i) - load8d(b + i);
+        v8l keep = (v8l)(draw8(key, (uint64_t)position + i) < density);
+        store8(x + i, (v8d)((v8l)(d * scale) & keep));
+        kept8 -= keep;
+    }
+    int64_t kept = 0;
+    for (int l = 0; l < 8; l++) kept += kept8[l];
+    for (; i < n; i++) {
+        double d = x[i] - b[i];
+        int keep = draw_one(key, (uint64_t)position + i) < density;
+        x[i] = keep ? d * scale : 0;
+        kept += keep;
+    }
+    return kept;
+}
+
+static void LEVELED(draw_sums)(const double *x, const double *b, size_t n, uint64_t key, int64_t position, double density,
+                               double *total, double *kept) {
+    v8d t8 = splat8(0), k8 = splat8(0);
+    size_t end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) {
+        v8d a = (v8d)((v8lu)(load8d(x + i) - load8d(b + i)) & ~SIGN64);
+        v8l keep = (v8l)(draw8(key, (uint64_t)position + i) < density);
+        t8 += a;
+        k8 += (v8d)((v8l)a & keep);
+    }
+    double t = fold8(t8), k = fold8(k8);
+    for (; i < n; i++) {
+        double a = fabs_bits(x[i] - b[i]);
+        t += a;
+        if (draw_one(key, (uint64_t)position + i) < density) k += a;
+    }
+    *total += t;
+    *kept += k;
+}
+
+static int LEVELED(tv_combine)(double *const *d, const double *w, size_t inputs, const double *b, size_t n, int elect,
+                               int normalize, double lambda, double divisor, double *out, int64_t *dropped) {
+    double sum[TILE] __attribute__((aligned(64))), mixed[TILE] __attribute__((aligned(64))),
+        den[TILE] __attribute__((aligned(64)));
+    int64_t lost[TILE];
+    v8l bad = {0};
+    int64_t drops = 0;
+    for (size_t start = 0; start < n; start += TILE) {
+        size_t m = n - start < TILE ? n - start : TILE;
+        if (elect) {
+            for (size_t i = 0; i < m; i++) sum[i] = 0;
+            for (size_t k = 0; k < inputs; k++) {
+                const double *dk = d[k] + start;
+                double wk = w[k];
+                for (size_t i = 0; i < m; i++) sum[i] += wk * dk[i];
+            }
+            for (size_t i = 0; i < m; i++) {
+                mixed[i] = 0;
+                den[i] = 0;
+                lost[i] = 0;
+            }
+            for (size_t k = 0; k < inputs; k++) {
+                const double *dk = d[k] + start;
+                double wk = w[k];
+                for (size_t i = 0; i < m; i++) {
+                    double v = wk * dk[i];
+                    int nonzero = v != 0, agree = nonzero & ((v > 0) == (sum[i] >= 0));
+                    mixed[i] += agree ? v : 0;
+                    den[i] += agree ? wk : 0;
+                    lost[i] |= nonzero & !agree;
+                }
+            }
+            for (size_t i = 0; i < m; i++) {
+                double q = den[i] == 0 ? 1 : den[i];
+                double y = normalize ? mixed[i] / q : mixed[i];
+                out[start + i] = b[start + i] + lambda * y;
+                drops += lost[i];
+            }
+        } else {
+            for (size_t i = 0; i < m; i++) mixed[i] = 0;
+            for (size_t k = 0; k < inputs; k++) {
+                const double *dk = d[k] + start;
+                double wk = w[k];
+                for (size_t i = 0; i < m; i++) mixed[i] += wk * dk[i];
+            }
+            for (size_t i = 0; i < m; i++) {
+                double y = normalize ? mixed[i] / divisor : mixed[i];
+                out[start + i] = b[start + i] + lambda * y;
+            }
+        }
+    }
+    *dropped += drops;
+    return LEVELED(nonfinite)(out, n);
+}
+
+static int64_t LEVELED(trim_mask)(double *x, const double *b, size_t n, double scale, const uint8_t *keep) {
+    int64_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (x[i] - b[i]) * scale;
+        x[i] = keep[i] ? d : 0;
+        kept += keep[i] != 0;
+    }
+    return kept;
+}
+
+static void LEVELED(masked_abs_sums)(const double *d, const uint8_t *keep, size_t n, double *total, double *kept) {
+    v8d t8 = splat8(0), k8 = splat8(0);
+    size_t end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) {
+        v8d a = (v8d)((v8lu)load8d(d + i) & ~SIGN64);
+        v8l on = {keep[i] ? -1 : 0, keep[i + 1] ? -1 : 0, keep[i + 2] ? -1 : 0, keep[i + 3] ? -1 : 0,
+                  keep[i + 4] ? -1 : 0, keep[i + 5] ? -1 : 0, keep[i + 6] ? -1 : 0, keep[i + 7] ? -1 : 0};
+        t8 += a;
+        k8 += (v8d)((v8l)a & on);
+    }
+    double t = fold8(t8), k = fold8(k8);
+    for (; i < n; i++) {
+        double a = fabs_bits(d[i]);
+        t += a;
+        if (keep[i]) k += a;
+    }
+    *total += t;
+    *kept += k;
+}
+
 static const wsk_kernels LEVELED(kernels) = {
     .decode_bf16 = LEVELED(decode_bf16),
     .decode_f32 = LEVELED(decode_f32),
@@ -256,4 +461,12 @@ static const wsk_kernels LEVELED(kernels) = {
     .squares_min = LEVELED(squares_min),
     .squares_signs = LEVELED(squares_signs),
     .combine = LEVELED(combine),
+    .bracket = LEVELED(bracket),
+    .trim_all = LEVELED(trim_all),
+    .trim_window = LEVELED(trim_window),
+    .trim_draws = LEVELED(trim_draws),
+    .draw_sums = LEVELED(draw_sums),
+    .tv_combine = LEVELED(tv_combine),
+    .trim_mask = LEVELED(trim_mask),
+    .masked_abs_sums = LEVELED(masked_abs_sums),
 };

@@ -413,6 +413,66 @@ static inline int combine_one(const wsk_term *terms, size_t count, int mode, dou
     return acc - acc == 0; /* finite */
 }
 
+/* ---- The task-vector family: the counter-based draws and |δ| bits ---- */
+
+#define DRAW_GAMMA 0x9E3779B97F4A7C15ull
+
+/* SplitMix64's finaliser, on one value and on eight lanes. */
+static inline uint64_t mix64(uint64_t z) {
+    z ^= z >> 30;
+    z *= 0xBF58476D1CE4E5B9ull;
+    z ^= z >> 27;
+    z *= 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+#define mix8(v)                                  \
+    ({                                           \
+        v8lu z_ = (v);                           \
+        z_ ^= z_ >> 30;                          \
+        z_ *= 0xBF58476D1CE4E5B9ull;             \
+        z_ ^= z_ >> 27;                          \
+        z_ *= 0x94D049BB133111EBull;             \
+        z_ ^ (z_ >> 31);                         \
+    })
+
+/* u_j = (mix(key + (j+1)·γ) >> 11)·2⁻⁵³ for element j, and for the eight elements j … j+7
+ * (the value is below 2⁵³, so converting it as signed is exact). */
+static inline double draw_one(uint64_t key, uint64_t j) { return (double)(int64_t)(mix64(key + (j + 1) * DRAW_GAMMA) >> 11) * 0x1p-53; }
+#define draw8(key, j)                                                                                       \
+    ({                                                                                                      \
+        v8lu i_ = (v8lu){0, 1, 2, 3, 4, 5, 6, 7} + (uint64_t)(j) + 1;                                        \
+        __builtin_convertvector((v8l)(mix8((key) + i_ * DRAW_GAMMA) >> 11), v8d) * 0x1p-53;                   \
+    })
+
+/* |d| by clearing the sign bit. */
+static inline double fabs_bits(double d) {
+    uint64_t u;
+    memcpy(&u, &d, 8);
+    u &= ~SIGN64;
+    memcpy(&d, &u, 8);
+    return d;
+}
+
+/* The bits of |x − b|. */
+static inline uint64_t key_bits(double x, double b) {
+    double d = x - b;
+    uint64_t u;
+    memcpy(&u, &d, 8);
+    return u & ~SIGN64;
+}
+
+/* Whether a window keeps the key with these bits (advancing its tie counters). */
+static inline int window_keeps(wsk_window *w, uint64_t key) {
+    int kept = key >= w->from && key <= w->to;
+    for (int i = 0; i < w->bands; i++) {
+        if (key == w->value[i]) {
+            kept |= w->seen[i] >= w->first[i] && w->seen[i] < w->end[i];
+            w->seen[i]++;
+        }
+    }
+    return kept;
+}
+
 /* ---- One copy of the loops per level ---- */
 
 /* The kernels of one instruction-set level. */
@@ -435,6 +495,14 @@ typedef struct {
     void (*squares_min)(const void *f, int kind, size_t n, double *squares, double *min);
     void (*squares_signs)(const void *f, int kind, size_t n, double *squares, int *signs);
     int (*combine)(const wsk_term *terms, size_t count, int mode, double target, double epsilon, size_t n, int out_kind, void *dst);
+    size_t (*bracket)(const double *keys, size_t n, uint64_t lo, uint64_t hi, int64_t counts[3], uint64_t *inside);
+    int64_t (*trim_all)(double *x, const double *b, size_t n, double scale);
+    int64_t (*trim_window)(double *x, const double *b, size_t n, double scale, wsk_window *window);
+    int64_t (*trim_draws)(double *x, const double *b, size_t n, double scale, uint64_t key, int64_t position, double density);
+    void (*draw_sums)(const double *x, const double *b, size_t n, uint64_t key, int64_t position, double density, double *total, double *kept);
+    int (*tv_combine)(double *const *d, const double *w, size_t inputs, const double *b, size_t n, int elect, int normalize, double lambda, double divisor, double *out, int64_t *dropped);
+    int64_t (*trim_mask)(double *x, const double *b, size_t n, double scale, const uint8_t *keep);
+    void (*masked_abs_sums)(const double *d, const uint8_t *keep, size_t n, double *total, double *kept);
 } wsk_kernels;
 
 #define LEVEL_CAT_(name, level) name##_##level
@@ -540,3 +608,57 @@ size_t wsk_fisher_divide(double *out, const double *den, size_t n) { return wsk_
 void wsk_squares_min(const void *f, int kind, size_t n, double *squares, double *min) { wsk_active()->squares_min(f, kind, n, squares, min); }
 void wsk_squares_signs(const void *f, int kind, size_t n, double *squares, int *signs) { wsk_active()->squares_signs(f, kind, n, squares, signs); }
 int wsk_combine(const wsk_term *terms, size_t count, int mode, double target, double epsilon, size_t n, int out_kind, void *dst) { return wsk_active()->combine(terms, count, mode, target, epsilon, n, out_kind, dst); }
+size_t wsk_bracket(const double *keys, size_t n, uint64_t lo, uint64_t hi, int64_t counts[3], uint64_t *inside) { return wsk_active()->bracket(keys, n, lo, hi, counts, inside); }
+int64_t wsk_trim_all(double *x, const double *b, size_t n, double scale) { return wsk_active()->trim_all(x, b, n, scale); }
+int64_t wsk_trim_window(double *x, const double *b, size_t n, double scale, wsk_window *window) { return wsk_active()->trim_window(x, b, n, scale, window); }
+int64_t wsk_trim_draws(double *x, const double *b, size_t n, double scale, uint64_t key, int64_t position, double density) { return wsk_active()->trim_draws(x, b, n, scale, key, position, density); }
+void wsk_draw_sums(const double *x, const double *b, size_t n, uint64_t key, int64_t position, double density, double *total, double *kept) { wsk_active()->draw_sums(x, b, n, key, position, density, total, kept); }
+int wsk_tv_combine(double *const *d, const double *w, size_t inputs, const double *b, size_t n, int elect, int normalize, double lambda, double divisor, double *out, int64_t *dropped) { return wsk_active()->tv_combine(d, w, inputs, b, n, elect, normalize, lambda, divisor, out, dropped); }
+int64_t wsk_trim_mask(double *x, const double *b, size_t n, double scale, const uint8_t *keep) { return wsk_active()->trim_mask(x, b, n, scale, keep); }
+void wsk_masked_abs_sums(const double *d, const uint8_t *keep, size_t n, double *total, double *kept) { wsk_active()->masked_abs_sums(d, keep, n, total, kept); }
+
+/* DELLA's ranking is scalar work (a radix sort), so it has one copy, not one per level. */
+void wsk_della_mask(const double *delta, size_t length, size_t stride, uint64_t key, int64_t first, double density,
+                    double epsilon, uint8_t *keep, uint64_t *scratch) {
+    uint64_t *keys = scratch, *keys2 = scratch + length, *order = scratch + 2 * length, *order2 = scratch + 3 * length;
+    uint64_t any = 0, all = ~(uint64_t)0;
+    for (size_t i = 0; i < length; i++) {
+        uint64_t k;
+        memcpy(&k, delta + i * stride, 8);
+        k &= ~SIGN64;
+        keys[i] = k;
+        order[i] = i;
+        any |= k;
+        all &= k;
+    }
+    uint64_t varying = any ^ all;
+    if (varying) {
+        int low = __builtin_ctzll(varying), high = 63 - __builtin_clzll(varying);
+        size_t counts[256];
+        for (int shift = low; shift <= high; shift += 8) {
+            memset(counts, 0, sizeof counts);
+            for (size_t i = 0; i < length; i++) counts[(keys[i] >> shift) & 255]++;
+            if (counts[(keys[0] >> shift) & 255] == length) continue; /* one digit: nothing moves */
+            size_t sum = 0;
+            for (int d = 0; d < 256; d++) {
+                size_t c = counts[d];
+                counts[d] = sum;
+                sum += c;
+            }
+            for (size_t i = 0; i < length; i++) {
+                size_t to = counts[(keys[i] >> shift) & 255]++;
+                keys2[to] = keys[i];
+                order2[to] = order[i];
+            }
+            uint64_t *t = keys; keys = keys2; keys2 = t;
+            t = order; order = order2; order2 = t;
+        }
+    }
+    double low_p = density - epsilon, span = 2 * epsilon, last = (double)(length - 1);
+    for (size_t rank = 0; rank < length; rank++) {
+        size_t i = (size_t)order[rank];
+        double p = length == 1 ? low_p : low_p + span * (double)rank / last;
+        size_t j = i * stride;
+        keep[j] = draw_one(key, (uint64_t)first + j) < p;
+    }
+}

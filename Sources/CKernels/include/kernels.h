@@ -100,6 +100,59 @@ typedef struct {
 int wsk_combine(const wsk_term *terms, size_t count, int mode, double target, double epsilon, size_t n, int out_kind,
                 void *dst);
 
+/* ---- Selection and the task-vector family. Keys are non-negative doubles compared by their
+ * bits (so a NaN key sorts above +inf, as in the radix selection). ---- */
+
+/// Scans `keys` against the bracket [lo, hi] of key bits (lo ≤ hi): counts[0] += keys below lo,
+/// counts[1] += keys equal to lo, counts[2] += keys equal to hi (when hi ≠ lo); the bits of the
+/// keys strictly between go to `inside` (room for n), in order. Returns how many went there.
+size_t wsk_bracket(const double *keys, size_t n, uint64_t lo, uint64_t hi, int64_t counts[3], uint64_t *inside);
+
+/// Which task-vector elements a rank window keeps, by the bits of |δ|: those in [from, to], and
+/// of the keys equal to value[i] (outside [from, to]), those whose rank among them in C order
+/// is in [first[i], end[i]). `seen[i]` counts the keys equal to value[i] before the block and
+/// is advanced past it.
+typedef struct {
+    uint64_t from, to;
+    int bands;
+    uint64_t value[2];
+    int64_t first[2], end[2], seen[2];
+} wsk_window;
+
+/// The trimmed task vector in place of the input: x[i] ← (x[i] − b[i])·scale where element i is
+/// kept, 0 where it is not. Kept: every element (_all), by `window` (_window), or where the
+/// counter-based draw u(position + i) < density (_draws; see `Draws` in Random.swift). Each
+/// returns how many elements were kept.
+int64_t wsk_trim_all(double *x, const double *b, size_t n, double scale);
+int64_t wsk_trim_window(double *x, const double *b, size_t n, double scale, wsk_window *window);
+int64_t wsk_trim_draws(double *x, const double *b, size_t n, double scale, uint64_t key, int64_t position, double density);
+/// DARE's rescale sums over a block: total += Σ|x[i] − b[i]|, kept += the same over the elements
+/// whose draw u(position + i) < density (8 lanes folded as everywhere).
+void wsk_draw_sums(const double *x, const double *b, size_t n, uint64_t key, int64_t position, double density,
+                   double *total, double *kept);
+
+/// Merges trimmed task vectors d[k] (unweighted) with weights w[k] into out = b + λ·mixed:
+///   elect:  S = Σ w_k d_k (from 0, k ascending), s = S ≥ 0; mixed = Σ w_k d_k over the nonzero
+///           w_k d_k whose sign is s, divisor = Σ of their w_k (1 when it is 0); *dropped += the
+///           elements where some nonzero w_k d_k had the other sign
+///   else:   mixed = Σ w_k d_k, divisor = `divisor`
+/// mixed is divided by the divisor when `normalize`. Returns nonzero when some output is not finite.
+int wsk_tv_combine(double *const *d, const double *w, size_t inputs, const double *b, size_t n, int elect, int normalize,
+                   double lambda, double divisor, double *out, int64_t *dropped);
+
+/// DELLA's keep decisions for one fibre of `length` task-vector elements delta[i·stride]: the
+/// elements are ranked by |δ| ascending (equal keys in index order; a stable LSD radix sort on
+/// the key bits that vary), and element i is kept (keep[i·stride] = 1, else 0) iff the draw
+/// u(first + i·stride) < p with p = (density − ε) + 2ε·rank/(length − 1), or density − ε when
+/// length is 1. `scratch` holds 4·length words.
+void wsk_della_mask(const double *delta, size_t length, size_t stride, uint64_t key, int64_t first, double density,
+                    double epsilon, uint8_t *keep, uint64_t *scratch);
+/// The trimmed task vector from a keep mask: x[i] ← keep[i] ? (x[i] − b[i])·scale : 0; returns
+/// how many were kept.
+int64_t wsk_trim_mask(double *x, const double *b, size_t n, double scale, const uint8_t *keep);
+/// total += Σ|d[i]| and kept += Σ|d[i]| over keep[i] ≠ 0 (8 lanes folded as everywhere).
+void wsk_masked_abs_sums(const double *d, const uint8_t *keep, size_t n, double *total, double *kept);
+
 /// Instruction-set levels of the kernels. Every level computes the same bits; higher levels hold
 /// more lanes per instruction. WSK_SIMD_AVX512 means AVX2 and AVX-512 F, BW, DQ and VL.
 enum { WSK_SIMD_BASELINE = 0, WSK_SIMD_AVX2 = 1, WSK_SIMD_AVX512 = 2 };

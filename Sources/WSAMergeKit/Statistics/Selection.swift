@@ -1,47 +1,138 @@
-/// A read-only pass that turns same-shaped tensors into one non-negative key per element
-/// (e.g. `|x − b|`), streamed like every pass: several passes can be made over it.
+import CKernels
+
+/// A read-only pass that turns same-shaped tensors into one or more non-negative keys per
+/// element (e.g. `|x_k − b|` for every input k: one key stream per input), streamed like every
+/// pass: several passes can be made over it.
 public struct KeyPass: Sendable {
     /// Fresh readers of the tensors each pass reads.
     let readers: @Sendable () throws -> [TensorReader]
     /// Elements per tensor.
     let count: Int
+    /// Keys per element.
+    let streams: Int
     let jobs: Int
-    /// Writes the keys of a block: `keys[j] = f(inputs[0][j], inputs[1][j], …)`, for the block
-    /// starting at C-order `position`.
-    let keys: @Sendable (_ inputs: [UnsafeMutablePointer<Double>], _ count: Int, _ keys: UnsafeMutablePointer<Double>,
+    /// Writes the keys of a block: `keys[s][j] = f_s(inputs[0][j], inputs[1][j], …)`, for the
+    /// block starting at C-order `position`.
+    let keys: @Sendable (_ inputs: [UnsafeMutablePointer<Double>], _ count: Int, _ keys: [UnsafeMutablePointer<Double>],
                          _ position: Int) -> Void
 
-    /// Runs one pass: `block(keys, count, position)` per block, results folded in block order.
-    func run<T: Sendable>(_ block: @escaping @Sendable (_ keys: UnsafePointer<Double>, _ count: Int, _ position: Int) -> T,
-                          fold: ([T]) throws -> Void) throws {
-        let keys = self.keys
+    /// A pass with `streams` keys per element.
+    init(readers: @escaping @Sendable () throws -> [TensorReader], count: Int, streams: Int, jobs: Int,
+         keys: @escaping @Sendable (_ inputs: [UnsafeMutablePointer<Double>], _ count: Int, _ keys: [UnsafeMutablePointer<Double>],
+                                    _ position: Int) -> Void) {
+        self.readers = readers
+        self.count = count
+        self.streams = streams
+        self.jobs = jobs
+        self.keys = keys
+    }
+
+    /// A pass with one key per element.
+    init(readers: @escaping @Sendable () throws -> [TensorReader], count: Int, jobs: Int,
+         keys single: @escaping @Sendable (_ inputs: [UnsafeMutablePointer<Double>], _ count: Int, _ keys: UnsafeMutablePointer<Double>,
+                                           _ position: Int) -> Void) {
+        self.init(readers: readers, count: count, streams: 1, jobs: jobs) { inputs, count, keys, position in
+            single(inputs, count, keys[0], position)
+        }
+    }
+
+    /// Runs one pass: `block(keys, count, position)` per block with every stream's keys, results
+    /// folded in block order.
+    func runStreams<T: Sendable>(_ block: @escaping @Sendable (_ keys: [UnsafeMutablePointer<Double>], _ count: Int, _ position: Int) -> T,
+                                 fold: ([T]) throws -> Void) throws {
+        let keys = self.keys, streams = self.streams
         try Lockstep.run(try readers(), jobs: jobs, output: nil, positioned: { inputs, count, scratch, position in
-            keys(inputs, count, scratch, position)
-            return block(scratch, count, position)
+            if streams == 1 {
+                keys(inputs, count, [scratch], position)
+                return block([scratch], count, position)
+            }
+            let storage = UnsafeMutablePointer<Double>.allocate(capacity: streams * count)
+            defer { storage.deallocate() }
+            let streamKeys = (0..<streams).map { storage + $0 * count }
+            keys(inputs, count, streamKeys, position)
+            return block(streamKeys, count, position)
         }, fold: fold)
+    }
+
+    /// Runs one pass over stream `stream` alone: `block(keys, count, position)` per block.
+    func run<T: Sendable>(stream: Int = 0, _ block: @escaping @Sendable (_ keys: UnsafePointer<Double>, _ count: Int, _ position: Int) -> T,
+                          fold: ([T]) throws -> Void) throws {
+        try runStreams({ keys, count, position in block(keys[stream], count, position) }, fold: fold)
+    }
+
+    /// The keys of `runs` runs of `length` consecutive elements spread evenly over the tensors
+    /// (the first at the start, the last at the end), per stream, read without the elements
+    /// between them where the sources allow it.
+    func sample(runs: Int, length: Int) throws -> [[Double]] {
+        precondition(runs >= 2 && runs * length <= count)
+        let readers = try self.readers()
+        var values = readers.map { _ in [Double](repeating: 0, count: length) }
+        var raw = [UInt8](repeating: 0, count: length * (readers.map { $0.tensor.dtype.byteWidth ?? 1 }.max() ?? 1))
+        var samples = [[Double]](repeating: [], count: streams)
+        var keyBuffers = [[Double]](repeating: [Double](repeating: 0, count: length), count: streams)
+        var next = 0
+        for r in 0..<runs {
+            let start = (count - length) / (runs - 1) * r + (r == runs - 1 ? (count - length) % (runs - 1) : 0)
+            for (k, reader) in readers.enumerated() {
+                let width = reader.tensor.dtype.byteWidth ?? 1
+                try reader.skip((start - next) * width)
+                try raw.withUnsafeMutableBytes { bytes in
+                    let part = UnsafeMutableRawBufferPointer(rebasing: bytes[0..<(length * width)])
+                    try reader.read(into: part)
+                    values[k].withUnsafeMutableBufferPointer { reader.tensor.dtype.decode(part.baseAddress!, count: length, into: $0.baseAddress!) }
+                }
+            }
+            next = start + length
+            let inputs = values.indices.map { k in values[k].withUnsafeMutableBufferPointer { $0.baseAddress! } }
+            let outs = keyBuffers.indices.map { s in keyBuffers[s].withUnsafeMutableBufferPointer { $0.baseAddress! } }
+            keys(inputs, length, outs, start)
+            for s in 0..<streams { samples[s] += keyBuffers[s] }
+        }
+        return samples
     }
 }
 
-/// Exact order statistics of a key pass in bounded memory: radix narrowing on the float64 bit
-/// pattern (non-negative doubles order like their bits), 16 bits a pass, until the candidates
-/// fit in `limit` elements, which are then selected in memory. Small tensors take one pass.
+/// Exact order statistics of a key pass in bounded memory. Keys are compared by their bits
+/// (non-negative doubles order like their bits; a NaN sorts above +∞).
+///
+/// The keys at the wanted positions are first bracketed from a sample (`KeyPass.sample`): one
+/// pass then counts the keys below each bracket and at its two ends, block by block, and keeps
+/// the keys strictly inside it (a few percent of the tensor), among which the key is selected in
+/// memory. Small tensors are bracketed whole. When a key falls outside its bracket, or the keys
+/// inside would exceed `limit`, that position is found by radix narrowing instead: 16 bits of
+/// the key a pass, until the candidates fit in `limit`.
 public enum Selection {
     /// The key at one ascending position, with how many keys are below it and equal to it.
     public struct Rank: Sendable, Equatable {
-        public let value: Double
+        /// The key's bits.
+        public let bits: UInt64
         public let less: Int
         public let equal: Int
-        /// How many keys equal to `value` precede each block (`Partition.blockElements`), when
+        /// How many keys equal to the key precede each block (`Partition.blockElements`), when
         /// the selection saw them in C order (it does unless 64 bits of radix passes found it).
         public var equalBefore: [Int]? = nil
+
+        public var value: Double { Double(bitPattern: bits) }
     }
 
     /// Candidates held in memory at most (8 bytes each).
     public static let defaultLimit = 1 << 22
+    /// Tensors of at most this many elements are bracketed whole, without a sample.
+    static let defaultWhole = 1 << 16
+    /// The sample of a tensor of `count` elements: up to 256 runs of up to 64 consecutive
+    /// elements (16 Ki keys), at most half the tensor.
+    static func sampleShape(_ count: Int) -> (runs: Int, length: Int) {
+        let length = Swift.min(64, Swift.max(1, count / 1024))
+        return (Swift.min(256, count / length / 2), length)
+    }
 
     #if DEBUG
     /// Tests lower the limit to run the radix passes on small tensors.
     @TaskLocal static var limitOverride: Int?
+    /// Tests lower the whole-tensor size to bracket small tensors from a sample, and can
+    /// shrink the bracket margin (in sampled keys) to force misses.
+    @TaskLocal static var wholeOverride: Int?
+    @TaskLocal static var marginOverride: Int?
     #endif
 
     static var limit: Int {
@@ -51,12 +142,175 @@ public enum Selection {
         return defaultLimit
     }
 
-    /// The key at ascending position `position` (0-based; ties in any order) of `pass`.
-    ///
-    /// - Complexity: one pass when the tensor has at most `limit` elements, else one pass per
-    ///   16 bits narrowed plus one, each reading the tensors once.
+    static var whole: Int {
+        #if DEBUG
+        if let wholeOverride { return wholeOverride }
+        #endif
+        return defaultWhole
+    }
+
+    /// The bits of a key (its sign cleared, so −0 is 0).
+    @inline(__always)
+    static func bits(_ key: Double) -> UInt64 { key.bitPattern & 0x7FFF_FFFF_FFFF_FFFF }
+
+    /// The key at ascending position `position` (0-based) of `pass`'s first stream.
     static func rank(at position: Int, of pass: KeyPass) throws -> Rank {
-        precondition(position >= 0 && position < pass.count)
+        try ranks([[position]], of: pass)[0][0]
+    }
+
+    /// The keys at ascending positions `positions[s]` of each stream s of `pass`, in one pass
+    /// over the tensors (plus a small sample) when the brackets hold them.
+    static func ranks(_ positions: [[Int]], of pass: KeyPass) throws -> [[Rank]] {
+        precondition(positions.count == pass.streams)
+        precondition(positions.joined().allSatisfy { $0 >= 0 && $0 < pass.count })
+        let brackets = try self.brackets(positions, of: pass)
+        let scans = try scan(brackets, of: pass)
+        var ranks: [[Rank]] = []
+        for (s, wanted) in positions.enumerated() {
+            var found: [Rank] = []
+            for position in wanted {
+                let b = brackets.firstIndex { $0.stream == s && $0.positions.contains(position) }!
+                if let rank = scans[b].rank(at: position) {
+                    found.append(rank)
+                } else {
+                    found.append(try radixRank(at: position, stream: s, of: pass))
+                }
+            }
+            ranks.append(found)
+        }
+        return ranks
+    }
+
+    /// A range of key bits [lo, hi] expected to hold the keys at `positions` of one stream.
+    struct Bracket {
+        let stream: Int
+        var lo: UInt64, hi: UInt64
+        var positions: [Int]
+    }
+
+    /// Brackets from a sample (merged where they overlap), or the whole key range for a small tensor.
+    static func brackets(_ positions: [[Int]], of pass: KeyPass) throws -> [Bracket] {
+        let count = pass.count
+        let shape = sampleShape(count)
+        guard count > whole && shape.runs >= 2 else {
+            return positions.indices.filter { !positions[$0].isEmpty }.map { Bracket(stream: $0, lo: 0, hi: .max, positions: positions[$0]) }
+        }
+        let samples = try pass.sample(runs: shape.runs, length: shape.length)
+        var brackets: [Bracket] = []
+        for (s, wanted) in positions.enumerated() where !wanted.isEmpty {
+            let sorted = samples[s].map(bits).sorted()
+            let size = Double(sorted.count)
+            var own: [Bracket] = []
+            for position in wanted.sorted() {
+                let f = Double(position) / Double(count)
+                var margin = Int(5 * (size * f * (1 - f)).squareRoot() + 0.005 * size) + 8
+                #if DEBUG
+                if let marginOverride { margin = marginOverride }
+                #endif
+                let r = Int(f * size)
+                let lo = r - margin < 0 ? 0 : sorted[r - margin]
+                let hi = r + margin >= sorted.count ? UInt64.max : sorted[r + margin]
+                if var last = own.last, lo <= last.hi {
+                    last.hi = Swift.max(last.hi, hi)
+                    last.positions.append(position)
+                    own[own.count - 1] = last
+                } else {
+                    own.append(Bracket(stream: s, lo: lo, hi: hi, positions: [position]))
+                }
+            }
+            brackets += own
+        }
+        return brackets
+    }
+
+    /// What one pass saw of one bracket.
+    struct Scan {
+        let bracket: Bracket
+        var below = 0
+        /// Keys equal to lo and to hi (hi ≠ lo) per block, and the keys strictly inside per block.
+        var atLo: [Int] = [], atHi: [Int] = [], insidePerBlock: [Int] = []
+        /// The keys strictly inside, in C order; nil once they exceeded the limit.
+        var inside: [UInt64]? = []
+
+        /// The rank at `position`, or nil when the bracket missed it.
+        func rank(at position: Int) -> Rank? {
+            let lo = atLo.reduce(0, +), hi = bracket.hi == bracket.lo ? 0 : atHi.reduce(0, +)
+            let between = insidePerBlock.reduce(0, +)
+            if position < below { return nil }
+            if position < below + lo {
+                return Rank(bits: bracket.lo, less: below, equal: lo, equalBefore: prefixSums(atLo))
+            }
+            if position < below + lo + between {
+                guard let inside else { return nil }
+                var scratch = inside
+                let value = Selection.quickselect(&scratch, position - below - lo)
+                var less = below + lo, equal = 0
+                var equalBefore = [0]
+                equalBefore.reserveCapacity(insidePerBlock.count + 1)
+                var offset = 0
+                for n in insidePerBlock {
+                    for key in inside[offset..<(offset + n)] {
+                        if key < value { less += 1 } else if key == value { equal += 1 }
+                    }
+                    offset += n
+                    equalBefore.append(equal)
+                }
+                return Rank(bits: value, less: less, equal: equal, equalBefore: equalBefore)
+            }
+            if position < below + lo + between + hi {
+                return Rank(bits: bracket.hi, less: below + lo + between, equal: hi, equalBefore: prefixSums(atHi))
+            }
+            return nil
+        }
+
+        func prefixSums(_ counts: [Int]) -> [Int] {
+            var sums = [0]
+            sums.reserveCapacity(counts.count + 1)
+            for n in counts { sums.append(sums.last! + n) }
+            return sums
+        }
+    }
+
+    /// One pass over `pass` that counts and collects every bracket's keys.
+    static func scan(_ brackets: [Bracket], of pass: KeyPass) throws -> [Scan] {
+        struct Block: Sendable {
+            var counts: [Int]
+            var inside: [[UInt64]]
+        }
+        let limits = brackets.map { ($0.stream, $0.lo, $0.hi) }
+        var scans = brackets.map { Scan(bracket: $0) }
+        try pass.runStreams({ keys, count, _ in
+            var block = Block(counts: [], inside: [])
+            let held = UnsafeMutablePointer<UInt64>.allocate(capacity: count)
+            defer { held.deallocate() }
+            for (stream, lo, hi) in limits {
+                var counts: [Int64] = [0, 0, 0]
+                let m = wsk_bracket(keys[stream], count, lo, hi, &counts, held)
+                block.counts += counts.map(Int.init)
+                block.inside.append(Array(UnsafeBufferPointer(start: held, count: m)))
+            }
+            return block
+        }, fold: { blocks in
+            let limit = Self.limit
+            for block in blocks {
+                for b in scans.indices {
+                    scans[b].below += block.counts[3 * b]
+                    scans[b].atLo.append(block.counts[3 * b + 1])
+                    scans[b].atHi.append(block.counts[3 * b + 2])
+                    scans[b].insidePerBlock.append(block.inside[b].count)
+                    if scans[b].inside != nil {
+                        scans[b].inside! += block.inside[b]
+                        if scans[b].inside!.count > limit { scans[b].inside = nil }
+                    }
+                }
+            }
+        })
+        return scans
+    }
+
+    /// The key at `position` of stream `stream` by radix narrowing on the key bits, 16 bits a
+    /// pass, then in memory once the candidates fit in `limit`.
+    static func radixRank(at position: Int, stream: Int, of pass: KeyPass) throws -> Rank {
         let limit = Self.limit
         var prefix: UInt64 = 0
         var prefixBits = 0
@@ -64,16 +318,15 @@ public enum Selection {
         var candidates = pass.count
         while true {
             let shift = UInt64(64 - prefixBits)
-            let (matchPrefix, bits) = (prefix, prefixBits)
-            @Sendable func matches(_ key: UInt64) -> Bool { bits == 0 || key >> shift == matchPrefix }
+            let (matchPrefix, bitsSoFar) = (prefix, prefixBits)
+            @Sendable func matches(_ key: UInt64) -> Bool { bitsSoFar == 0 || key >> shift == matchPrefix }
             if candidates <= limit {
-                // The candidates in C order, and how many each block holds.
                 var held: [UInt64] = []
                 var perBlock: [Int] = []
                 held.reserveCapacity(candidates)
-                try pass.run({ keys, count, _ in
+                try pass.run(stream: stream, { keys, count, _ in
                     var part: [UInt64] = []
-                    for j in 0..<count where matches(keys[j].bitPattern) { part.append(keys[j].bitPattern) }
+                    for j in 0..<count where matches(bits(keys[j])) { part.append(bits(keys[j])) }
                     return part
                 }, fold: { blocks in
                     for part in blocks {
@@ -81,28 +334,18 @@ public enum Selection {
                         perBlock.append(part.count)
                     }
                 })
-                let target = position - below
-                var scratch = held
-                let value = quickselect(&scratch, target)
-                var less = below, equal = 0
-                var equalBefore = [0]
-                equalBefore.reserveCapacity(perBlock.count + 1)
-                var offset = 0
-                for count in perBlock {
-                    for key in held[offset..<(offset + count)] {
-                        if key < value { less += 1 } else if key == value { equal += 1 }
-                    }
-                    offset += count
-                    equalBefore.append(equal)
-                }
-                return Rank(value: Double(bitPattern: value), less: less, equal: equal, equalBefore: equalBefore)
+                let bracket = Bracket(stream: stream, lo: 0, hi: 0, positions: [position])
+                // Every candidate as "inside" a bracket whose ends hold nothing.
+                let scan = Scan(bracket: bracket, below: below, atLo: perBlock.map { _ in 0 }, atHi: perBlock.map { _ in 0 },
+                                insidePerBlock: perBlock, inside: held)
+                return scan.rank(at: position)!
             }
             let digitShift = UInt64(48 - prefixBits)
             var histogram = [Int](repeating: 0, count: 1 << 16)
-            try pass.run({ keys, count, _ in
+            try pass.run(stream: stream, { keys, count, _ in
                 var digits: [UInt16] = []
-                for j in 0..<count where matches(keys[j].bitPattern) {
-                    digits.append(UInt16(truncatingIfNeeded: keys[j].bitPattern >> digitShift))
+                for j in 0..<count where matches(bits(keys[j])) {
+                    digits.append(UInt16(truncatingIfNeeded: bits(keys[j]) >> digitShift))
                 }
                 return digits
             }, fold: { blocks in for digits in blocks { for d in digits { histogram[Int(d)] += 1 } } })
@@ -115,7 +358,7 @@ public enum Selection {
             prefixBits += 16
             candidates = histogram[digit]
             if prefixBits == 64 {
-                return Rank(value: Double(bitPattern: prefix), less: below, equal: candidates)
+                return Rank(bits: prefix, less: below, equal: candidates)
             }
         }
     }
@@ -123,91 +366,99 @@ public enum Selection {
     /// Moves the element of ascending rank `k` to `values[k]` and returns it (Hoare's
     /// selection with a median-of-three pivot; deterministic).
     static func quickselect(_ values: inout [UInt64], _ k: Int) -> UInt64 {
-        var lo = 0, hi = values.count - 1
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2
-            let pivot = Swift.max(Swift.min(values[lo], values[mid]), Swift.min(Swift.max(values[lo], values[mid]), values[hi]))
-            var i = lo, j = hi
-            while i <= j {
-                while values[i] < pivot { i += 1 }
-                while values[j] > pivot { j -= 1 }
-                if i <= j {
-                    values.swapAt(i, j)
-                    i += 1
-                    j -= 1
+        values.withUnsafeMutableBufferPointer { values in
+            var lo = 0, hi = values.count - 1
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2
+                let pivot = Swift.max(Swift.min(values[lo], values[mid]), Swift.min(Swift.max(values[lo], values[mid]), values[hi]))
+                var i = lo, j = hi
+                while i <= j {
+                    while values[i] < pivot { i += 1 }
+                    while values[j] > pivot { j -= 1 }
+                    if i <= j {
+                        values.swapAt(i, j)
+                        i += 1
+                        j -= 1
+                    }
                 }
+                if k <= j { hi = j } else if k >= i { lo = i } else { return values[k] }
             }
-            if k <= j { hi = j } else if k >= i { lo = i } else { return values[k] }
+            return values[k]
         }
-        return values[k]
     }
 }
 
-/// Which elements of a key pass a sparsifier keeps, by rank: every key strictly between
-/// `lower` and `upper`, and of the keys equal to a band's value, those whose rank among them
-/// (in C order) falls in the band's range.
+/// Which elements of a key pass a sparsifier keeps, by rank: every key whose bits lie in
+/// [from, to], and of the keys equal to a band's value (outside that range), those whose rank
+/// among them (in C order) falls in the band's range.
 struct RankWindow: Sendable {
     struct Band: Sendable {
-        let value: Double
+        let value: UInt64
         let ranks: Range<Int>
         /// How many keys equal to `value` precede each block (`Partition.blockElements`).
         var before: [Int] = []
     }
 
-    var lower: Double
-    var upper: Double
+    var from: UInt64
+    var to: UInt64
     var bands: [Band]
 
     /// Keeps everything.
-    static let all = RankWindow(lower: -.infinity, upper: .infinity, bands: [])
+    static let all = RankWindow(from: 0, to: .max, bands: [])
     /// Keeps nothing.
-    static let none = RankWindow(lower: .infinity, upper: .infinity, bands: [])
+    static let none = RankWindow(from: 1, to: 0, bands: [])
 
-    /// The `k` largest keys; of equal keys at the cut-off, the earliest in C order.
-    static func largest(_ k: Int, of pass: KeyPass) throws -> RankWindow {
-        guard k < pass.count else { return .all }
+    /// The `k` largest of `count` keys, given the key at ascending position `count − k`; of
+    /// equal keys at the cut-off, the earliest in C order.
+    static func largest(_ k: Int, count: Int, cut: @autoclosure () throws -> Selection.Rank) rethrows -> RankWindow {
+        guard k < count else { return .all }
         guard k > 0 else { return .none }
-        let cut = try Selection.rank(at: pass.count - k, of: pass)
-        let above = pass.count - cut.less - cut.equal
-        return RankWindow(lower: cut.value, upper: .infinity,
-                          bands: [Band(value: cut.value, ranks: 0..<(k - above), before: cut.equalBefore ?? [])])
+        let cut = try cut()
+        let above = count - cut.less - cut.equal
+        return RankWindow(from: cut.bits + 1, to: .max,
+                          bands: [Band(value: cut.bits, ranks: 0..<(k - above), before: cut.equalBefore ?? [])])
     }
 
-    /// Ascending positions `from ..< to` of a stable ascending sort (equal keys in C order).
-    static func positions(_ from: Int, _ to: Int, of pass: KeyPass) throws -> RankWindow {
+    /// The `k` largest keys of `pass`.
+    static func largest(_ k: Int, of pass: KeyPass) throws -> RankWindow {
+        try largest(k, count: pass.count, cut: try Selection.rank(at: pass.count - k, of: pass))
+    }
+
+    /// Ascending positions `from ..< to` of a stable ascending sort (equal keys in C order),
+    /// given the keys at positions `from` and `to − 1`.
+    static func positions(_ from: Int, _ to: Int, low: Selection.Rank, high: Selection.Rank) -> RankWindow {
         guard from < to else { return .none }
-        let low = try Selection.rank(at: from, of: pass)
-        let high = try Selection.rank(at: to - 1, of: pass)
-        if low.value == high.value {
-            return RankWindow(lower: low.value, upper: low.value,
-                              bands: [Band(value: low.value, ranks: (from - low.less)..<(to - low.less), before: low.equalBefore ?? [])])
+        if low.bits == high.bits {
+            return RankWindow(from: 1, to: 0,
+                              bands: [Band(value: low.bits, ranks: (from - low.less)..<(to - low.less), before: low.equalBefore ?? [])])
         }
-        return RankWindow(lower: low.value, upper: high.value,
-                          bands: [Band(value: low.value, ranks: (from - low.less)..<low.equal, before: low.equalBefore ?? []),
-                                  Band(value: high.value, ranks: 0..<(to - high.less), before: high.equalBefore ?? [])])
+        return RankWindow(from: low.bits + 1, to: high.bits - 1,
+                          bands: [Band(value: low.bits, ranks: (from - low.less)..<low.equal, before: low.equalBefore ?? []),
+                                  Band(value: high.bits, ranks: 0..<(to - high.less), before: high.equalBefore ?? [])])
     }
 
     /// Whether the window needs a census pass for tie ranks: a band keeps some of its keys and
     /// the selection did not already count them block by block.
     var needsCensus: Bool { bands.contains { $0.ranks.count > 0 && $0.before.isEmpty } }
 
-    /// Counts, in one pass, the keys equal to each band's value before every block, and sums
-    /// `‖keys‖₁` and the kept keys (in block order, so the sums do not depend on `--jobs`).
-    mutating func census(_ pass: KeyPass) throws -> (total: Double, kept: Double, keptCount: Int) {
-        let values = bands.map(\.value), lower = lower, upper = upper
+    /// Counts, in one pass over `stream`, the keys equal to each band's value before every
+    /// block, and sums `‖keys‖₁` and the kept keys (in block order, so the sums do not depend
+    /// on `--jobs`).
+    mutating func census(_ pass: KeyPass, stream: Int = 0) throws -> (total: Double, kept: Double, keptCount: Int) {
+        let values = bands.map(\.value), from = from, to = to
         struct Block: Sendable { var equal: [Int]; var total: Double; var strict: Double; var strictCount: Int }
         var before = [[Int]](repeating: [0], count: bands.count)
         var total = 0.0, strict = 0.0, strictCount = 0
-        try pass.run({ keys, count, _ in
+        try pass.run(stream: stream, { keys, count, _ in
             var block = Block(equal: [Int](repeating: 0, count: values.count), total: 0, strict: 0, strictCount: 0)
             for j in 0..<count {
-                let key = keys[j]
+                let key = keys[j], bits = Selection.bits(key)
                 block.total += key
-                if lower < key && (key < upper || upper == .infinity) {
+                if from <= bits && bits <= to {
                     block.strict += key
                     block.strictCount += 1
                 }
-                for (b, value) in values.enumerated() where key == value { block.equal[b] += 1 }
+                for (b, value) in values.enumerated() where bits == value { block.equal[b] += 1 }
             }
             return block
         }, fold: { blocks in
@@ -223,41 +474,47 @@ struct RankWindow: Sendable {
             bands[b].before = before[b]
             let equal = before[b].last!
             let keptTies = Swift.max(0, Swift.min(bands[b].ranks.upperBound, equal) - Swift.max(bands[b].ranks.lowerBound, 0))
-            kept += Double(keptTies) * bands[b].value
+            kept += Double(keptTies) * Double(bitPattern: bands[b].value)
             keptCount += keptTies
         }
         return (total, kept, keptCount)
     }
 
-    /// A per-block cursor that answers "is the key at this position kept?" in C order.
-    func cursor(at position: Int) -> Cursor {
-        let seen = bands.map { $0.before.isEmpty ? 0 : $0.before[position / Partition.blockElements] }
-        return Cursor(lower: lower, upper: upper, bandCount: bands.count,
-                      value0: bands.first?.value ?? .nan, ranks0: bands.first?.ranks ?? 0..<0, seen0: seen.first ?? 0,
-                      value1: bands.count > 1 ? bands[1].value : .nan, ranks1: bands.count > 1 ? bands[1].ranks : 0..<0,
-                      seen1: seen.count > 1 ? seen[1] : 0)
+    /// The window for the C kernels from the block starting at C-order `position` on.
+    func kernelWindow(at position: Int) -> wsk_window {
+        var window = wsk_window()
+        window.from = from
+        window.to = to
+        window.bands = Int32(bands.count)
+        window.value = (bands.first?.value ?? 0, bands.count > 1 ? bands[1].value : 0)
+        func field(_ pick: (Band) -> Int) -> (Int64, Int64) {
+            (Int64(bands.first.map(pick) ?? 0), Int64(bands.count > 1 ? pick(bands[1]) : 0))
+        }
+        window.first = field { $0.ranks.lowerBound }
+        window.end = field { $0.ranks.upperBound }
+        window.seen = field { $0.before.isEmpty ? 0 : $0.before[position / Partition.blockElements] }
+        return window
     }
+
+    /// A per-block cursor that answers "is the key at this position kept?" in C order.
+    func cursor(at position: Int) -> Cursor { Cursor(window: kernelWindow(at: position)) }
 
     /// The window's bounds and its (at most two) bands in plain fields, for the per-element loop.
     struct Cursor {
-        let lower: Double, upper: Double
-        let bandCount: Int
-        let value0: Double, ranks0: Range<Int>
-        var seen0: Int
-        let value1: Double, ranks1: Range<Int>
-        var seen1: Int
+        var window: wsk_window
 
         /// Whether the next key (in C order) is kept.
         @inline(__always)
         mutating func keeps(_ key: Double) -> Bool {
-            var kept = lower < key && (key < upper || upper == .infinity)
-            if bandCount > 0 && key == value0 {
-                if ranks0.contains(seen0) { kept = true }
-                seen0 += 1
+            let bits = Selection.bits(key)
+            var kept = window.from <= bits && bits <= window.to
+            if window.bands > 0 && bits == window.value.0 {
+                if window.seen.0 >= window.first.0 && window.seen.0 < window.end.0 { kept = true }
+                window.seen.0 += 1
             }
-            if bandCount > 1 && key == value1 {
-                if ranks1.contains(seen1) { kept = true }
-                seen1 += 1
+            if window.bands > 1 && bits == window.value.1 {
+                if window.seen.1 >= window.first.1 && window.seen.1 < window.end.1 { kept = true }
+                window.seen.1 += 1
             }
             return kept
         }

@@ -38,6 +38,30 @@ public final class TensorReader: @unchecked Sendable {
         position += buffer.count
     }
 
+    /// Moves past the next `count` bytes: at once for a slice of a plain file, by reading them
+    /// (in bounded pieces) for other sources.
+    ///
+    /// - Precondition: `count <= remaining`.
+    public func skip(_ count: Int) throws {
+        precondition(count >= 0 && count <= remaining, "skip past the end of a tensor")
+        if var slice = stream as? FileSliceStream {
+            slice.offset += count
+            stream = slice
+            position += count
+            return
+        }
+        let piece = Swift.min(count, 1 << 20)
+        guard piece > 0 else { return }
+        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: piece, alignment: 8)
+        defer { scratch.deallocate() }
+        var left = count
+        while left > 0 {
+            let n = Swift.min(left, piece)
+            try read(into: UnsafeMutableRawBufferPointer(rebasing: scratch[0..<n]))
+            left -= n
+        }
+    }
+
     /// The next `count` bytes, into the start of `buffer`, as reads that may run side by side
     /// on different threads: pieces of about `pieceBytes` (whole elements, in any order) for a
     /// slice of a plain file, where the position moves past them now; one read for other sources

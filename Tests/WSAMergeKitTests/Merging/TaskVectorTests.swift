@@ -48,4 +48,19 @@ import Testing
             #expect(radix == inMemory, "\(strategy) with a selection limit of \(limit)")
         }
     }
+
+    /// Selections bracketed from a sample (the whole-tensor size lowered so the fixtures are
+    /// sampled), with the normal margin and with none (brackets miss: the radix fallback), give
+    /// the same bytes as whole-tensor selection.
+    @Test(arguments: cases.indices)
+    func sampledSelectionMatchesWhole(_ index: Int) throws {
+        let (strategy, parameters) = Self.cases[index]
+        let whole = try merge(strategy, parameters, jobs: 2)
+        for margin in [nil, 0, 1] as [Int?] {
+            let sampled = try Selection.$wholeOverride.withValue(1) {
+                try Selection.$marginOverride.withValue(margin) { try merge(strategy, parameters, jobs: 2) }
+            }
+            #expect(sampled == whole, "\(strategy) sampled with margin \(margin.map(String.init) ?? "default")")
+        }
+    }
 }

@@ -45,4 +45,58 @@ import Testing
             #expect(Set(kept) == Set(order.prefix(1234)))
         }
     }
+
+    /// Ranks bracketed from a sample (the whole-tensor size lowered), with brackets so narrow
+    /// that most miss (margin 0: the radix fallback), several positions at once.
+    @Test(arguments: [nil, 0, 2] as [Int?])
+    func sampledBracketsMatchSorting(margin: Int?) throws {
+        var g = SystemRandomNumberGenerator()
+        var values = (0..<10_000).map { _ in Double(Int.random(in: 0..<300, using: &g)) * 0.125 }
+        // A run of zeros and a block of large keys the sample may not see.
+        for j in 2000..<2600 { values[j] = 0 }
+        for j in 9000..<9050 { values[j] = 1000 + Double(j) }
+        let (keys, dir) = try pass(values)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let sorted = values.sorted()
+        let positions = [0, 1, 599, 600, 4999, 5000, 9949, 9950, 9999]
+        let ranks = try Selection.$wholeOverride.withValue(1) {
+            try Selection.$marginOverride.withValue(margin) { try Selection.ranks([positions], of: keys) }
+        }
+        for (position, rank) in zip(positions, ranks[0]) {
+            #expect(rank.value == sorted[position], "position \(position)")
+            #expect(rank.less == sorted.firstIndex(of: sorted[position])!)
+            #expect(rank.equal == sorted.filter { $0 == sorted[position] }.count)
+            if let before = rank.equalBefore {
+                // Equal keys before each block, counted in C order.
+                let block = Partition.blockElements
+                for b in before.indices.dropLast() {
+                    #expect(before[b] == values[0..<Swift.min(values.count, b * block)].filter { $0 == sorted[position] }.count)
+                }
+            }
+        }
+    }
+
+    /// One scan with a bracket whose ends are tied keys: every position below, at either end,
+    /// inside and above resolves as sorting says, or is reported missed (nil) outside.
+    @Test func bracketResolvesEveryPosition() throws {
+        var g = SystemRandomNumberGenerator()
+        let values = (0..<6_000).map { _ in Double(Int.random(in: 0..<40, using: &g)) }
+        let (keys, dir) = try pass(values)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let sorted = values.sorted()
+        let bracket = Selection.Bracket(stream: 0, lo: Selection.bits(10), hi: Selection.bits(20), positions: [])
+        let scan = try Selection.scan([bracket], of: keys)[0]
+        for position in sorted.indices {
+            let rank = scan.rank(at: position)
+            guard sorted[position] >= 10 && sorted[position] <= 20 else {
+                #expect(rank == nil, "position \(position)")
+                continue
+            }
+            let value = sorted[position]
+            #expect(rank?.value == value)
+            #expect(rank?.less == sorted.firstIndex(of: value)!)
+            #expect(rank?.equal == sorted.filter { $0 == value }.count)
+            #expect(rank?.equalBefore?.last == sorted.filter { $0 == value }.count)
+        }
+    }
 }

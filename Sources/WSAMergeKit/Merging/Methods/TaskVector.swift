@@ -1,3 +1,5 @@
+import CKernels
+
 /// The task-vector family (mergekit's `task_arithmetic`, `ties`, `dare_linear`, `dare_ties`,
 /// `breadcrumbs`, `breadcrumbs_ties`, `della_linear`, `della`): one pipeline over the task vectors
 /// `δ_i = x_i − b` of the inputs against the base, per output tensor:
@@ -96,81 +98,84 @@ public struct TaskVector<Kind: TaskVectorKind>: MergeStrategy, TensorMerge {
             return try RankedRandom(item: item, settings: s, context: context).merge(combiner: combiner, output: output,
                                                                                         electsSigns: Kind.electsSigns)
         }
-        // Read-only passes: each input's kept set (and rescale factor).
-        let rules = try (0..<n).map { try keepRule(item, input: $0, settings: s) }
+        // Read-only passes: each input's kept set (and rescale factor); then one writing pass.
+        let rules = try keepRules(item, settings: s)
         let readers = try context.readers(item) + [try context.baseReader(item)]
         var tally = Tally(inputs: n)
         try Lockstep.run(readers, jobs: context.jobs, output: output, positioned: { inputs, count, out, position in
             var block = Tally(inputs: n)
-            let b = UnsafePointer(inputs[n])
-            for k in 0..<n {
-                // d_k = kept δ_k · scale_k, in place of the decoded input.
-                let x = inputs[k]
-                if rules[k].keepsAll {
-                    let scale = rules[k].scale
-                    for j in 0..<count { x[j] = (x[j] - b[j]) * scale }
-                    block.kept[k] += count
-                    continue
-                }
-                var rule = rules[k].cursor(at: position)
-                for j in 0..<count {
-                    let delta = x[j] - b[j]
-                    if rule.keeps(delta, magnitude: Swift.abs(delta), at: position + j) {
-                        x[j] = delta * rules[k].scale
-                        block.kept[k] += 1
-                    } else {
-                        x[j] = 0
-                    }
-                }
-            }
-            block.add(combiner.apply(trimmed: Array(inputs[0..<n]), base: b, count: count, into: out))
+            for k in 0..<n { block.kept[k] = rules[k].trim(inputs[k], base: inputs[n], count: count, at: position) }
+            block.add(combiner.apply(trimmed: Array(inputs[0..<n]), base: inputs[n], count: count, into: out))
             return block
         }, fold: { blocks in for block in blocks { tally.add(block) } })
         return TensorMergeResult(method: Kind.identifier, nonFinite: tally.nonFinite, details: tally.details(count: count, electsSigns: Kind.electsSigns))
     }
 
-    /// Input `k`'s sparsifier for `item`, from read-only passes over `|δ_k|`.
-    func keepRule(_ item: MergePlan.Item, input k: Int, settings s: Settings) throws -> KeepRule {
-        let count = item.output.elementCount
-        let density = s.densities[k]
-        let pass = deltaPass(item, input: k)
-        var rule = KeepRule()
+    /// Every input's sparsifier for `item`, from read-only passes over the task vectors `|δ_k|`:
+    /// one pass (plus a small sample) selects the ranks of every input at once.
+    func keepRules(_ item: MergePlan.Item, settings s: Settings) throws -> [KeepRule] {
+        let n = item.sources.count, count = item.output.elementCount
+        var rules = [KeepRule](repeating: KeepRule(), count: n)
         switch Kind.sparsifier {
         case .none, .rankedRandom:
-            return rule
-        case .magnitude:
-            if density >= 1 { return rule }
-            if density <= 0 || count == 0 { rule.window = RankWindow.none; return rule }
-            rule.window = try RankWindow.largest(Swift.max(1, Int(density * Double(count))), of: pass)
-        case .outliers:
-            if density >= 1 { return rule }
-            let t = Swift.max(0, Int(density * Double(count)))
-            let top = Swift.max(0, Int(s.gammas[k] * Double(count)))
-            let bottom = Swift.max(0, count - t - top)
-            rule.window = try RankWindow.positions(bottom, Swift.min(count, bottom + t), of: pass)
+            return rules
         case .random:
-            if density >= 1 { return rule }
-            rule.draws = (Draws(seed: s.seed, name: item.name, input: item.sources[k].input), density)
-            if s.rescale {
-                let draws = rule.draws!
-                var total = 0.0, kept = 0.0
-                try pass.run({ keys, count, position in
-                    var sums = (0.0, 0.0)
-                    for j in 0..<count {
-                        sums.0 += keys[j]
-                        if draws.0.u(position + j) < draws.1 { sums.1 += keys[j] }
-                    }
-                    return [sums.0, sums.1]
-                }, fold: { blocks in for b in blocks { total += b[0]; kept += b[1] } })
-                rule.scale = Self.rescale(total: total, kept: kept)
+            for k in 0..<n where s.densities[k] < 1 {
+                rules[k].draws = (Draws(seed: s.seed, name: item.name, input: item.sources[k].input), s.densities[k])
             }
-            return rule
+            if s.rescale {
+                let drawing = (0..<n).filter { rules[$0].draws != nil }
+                let draws = drawing.map { rules[$0].draws! }
+                var total = [Double](repeating: 0, count: drawing.count), kept = total
+                let readers = try drawing.map { try context.plan.inputs[item.sources[$0].input].reader(for: item.sources[$0].index) }
+                    + [try context.baseReader(item)]
+                try Lockstep.run(readers, jobs: context.jobs, output: nil, positioned: { inputs, count, _, position in
+                    var sums: [Double] = []
+                    for (i, (draw, density)) in draws.enumerated() {
+                        var total = 0.0, kept = 0.0
+                        wsk_draw_sums(inputs[i], inputs[draws.count], count, draw.key, Int64(position), density, &total, &kept)
+                        sums += [total, kept]
+                    }
+                    return sums
+                }, fold: { blocks in
+                    for block in blocks {
+                        for i in drawing.indices {
+                            total[i] += block[2 * i]
+                            kept[i] += block[2 * i + 1]
+                        }
+                    }
+                })
+                for (i, k) in drawing.enumerated() { rules[k].scale = Self.rescale(total: total[i], kept: kept[i]) }
+            }
+            return rules
+        case .magnitude, .outliers:
+            // The ascending positions each input's window is bounded by.
+            var wanted: [(input: Int, positions: [Int], window: ([Selection.Rank]) -> RankWindow)] = []
+            for k in 0..<n where s.densities[k] < 1 {
+                let density = s.densities[k]
+                if Kind.sparsifier == .magnitude {
+                    if density <= 0 || count == 0 { rules[k].window = RankWindow.none; continue }
+                    let kept = Swift.max(1, Int(density * Double(count)))
+                    if kept >= count { continue }
+                    wanted.append((k, [count - kept], { RankWindow.largest(kept, count: count, cut: $0[0]) }))
+                } else {
+                    let t = Swift.max(0, Int(density * Double(count)))
+                    let top = Swift.max(0, Int(s.gammas[k] * Double(count)))
+                    let bottom = Swift.max(0, count - t - top), end = Swift.min(count, bottom + t)
+                    if bottom >= end { rules[k].window = RankWindow.none; continue }
+                    wanted.append((k, [bottom, end - 1], { RankWindow.positions(bottom, end, low: $0[0], high: $0[1]) }))
+                }
+            }
+            if !wanted.isEmpty {
+                let ranks = try Selection.ranks(wanted.map(\.positions), of: deltaPass(item, inputs: wanted.map(\.input)))
+                for (i, want) in wanted.enumerated() { rules[want.input].window = want.window(ranks[i]) }
+            }
+            for k in 0..<n where rules[k].window != nil && (rules[k].window!.needsCensus || s.rescale) {
+                let sums = try rules[k].window!.census(deltaPass(item, inputs: [k]))
+                if s.rescale { rules[k].scale = Self.rescale(total: sums.total, kept: sums.kept) }
+            }
+            return rules
         }
-        if rule.window!.needsCensus || s.rescale {
-            let sums = try rule.window!.census(pass)
-            if s.rescale { rule.scale = Self.rescale(total: sums.total, kept: sums.kept) }
-        }
-        return rule
     }
 
     /// `‖δ‖₁ / ‖kept‖₁`, or 1 when either is below 1e-7.
@@ -178,12 +183,18 @@ public struct TaskVector<Kind: TaskVectorKind>: MergeStrategy, TensorMerge {
         total < 1e-7 || kept < 1e-7 ? 1 : total / kept
     }
 
-    /// The key pass `|x_k − b|` over `item`.
-    func deltaPass(_ item: MergePlan.Item, input k: Int) -> KeyPass {
-        let plan = context.plan, source = item.sources[k], base = item.base!
-        return KeyPass(readers: { [try plan.inputs[source.input].reader(for: source.index), try plan.base!.reader(for: base)] },
-                       count: item.output.elementCount, jobs: context.jobs, keys: { inputs, count, keys, _ in
-            for j in 0..<count { keys[j] = Swift.abs(inputs[0][j] - inputs[1][j]) }
+    /// The key pass `|x_k − b|` over `item`, one stream per input k of `inputs` (reading those
+    /// inputs and the base).
+    func deltaPass(_ item: MergePlan.Item, inputs ks: [Int]) -> KeyPass {
+        let plan = context.plan, sources = ks.map { item.sources[$0] }, base = item.base!
+        let streams = ks.count
+        return KeyPass(readers: { try sources.map { try plan.inputs[$0.input].reader(for: $0.index) } + [try plan.base!.reader(for: base)] },
+                       count: item.output.elementCount, streams: streams, jobs: context.jobs, keys: { inputs, count, keys, _ in
+            let b = inputs[streams]
+            for s in 0..<streams {
+                let x = inputs[s], key = keys[s]
+                for j in 0..<count { key[j] = Swift.abs(x[j] - b[j]) }
+            }
         })
     }
 }
@@ -270,21 +281,17 @@ struct KeepRule: Sendable {
     var draws: (Draws, Double)?
     var scale = 1.0
 
-    /// Whether every element is kept (no window, no draws).
-    var keepsAll: Bool { window == nil && draws == nil }
-
-    func cursor(at position: Int) -> Cursor { Cursor(window: window?.cursor(at: position), draws: draws) }
-
-    struct Cursor {
-        var window: RankWindow.Cursor?
-        let draws: (Draws, Double)?
-
-        @inline(__always)
-        mutating func keeps(_ delta: Double, magnitude: Double, at j: Int) -> Bool {
-            if window != nil { return window!.keeps(magnitude) }
-            if let (draws, density) = draws { return draws.u(j) < density }
-            return true
+    /// `x[j] ← kept ? (x[j] − b[j])·scale : 0` over a block starting at C-order `position`;
+    /// returns how many were kept.
+    func trim(_ x: UnsafeMutablePointer<Double>, base b: UnsafePointer<Double>, count: Int, at position: Int) -> Int {
+        if let window {
+            var cursor = window.kernelWindow(at: position)
+            return Int(wsk_trim_window(x, b, count, scale, &cursor))
         }
+        if let (draws, density) = draws {
+            return Int(wsk_trim_draws(x, b, count, scale, draws.key, Int64(position), density))
+        }
+        return Int(wsk_trim_all(x, b, count, scale))
     }
 }
 
@@ -295,54 +302,20 @@ struct Combiner: Sendable {
     let normalize: Bool
     let lambda: Double
 
-    /// `out[j] = b[j] + λ·mixed[j]` from the trimmed task vectors `d_k` (unweighted).
+    /// `out[j] = b[j] + λ·mixed[j]` from the trimmed task vectors `d_k` (unweighted); see
+    /// `wsk_tv_combine`.
     func apply(trimmed d: [UnsafeMutablePointer<Double>], base b: UnsafePointer<Double>, count: Int,
                into out: UnsafeMutablePointer<Double>) -> Tally {
         var tally = Tally(inputs: 0)
-        let n = d.count
         var weightSum = 0.0
         for w in weights { weightSum += w }
         let plainDivisor = Swift.abs(weightSum) < 1e-8 ? 1 : weightSum
-        let lambda = lambda, normalize = normalize
-        var nonFinite = false
-        weights.withUnsafeBufferPointer { w in
-            d.withUnsafeBufferPointer { d in
-                if electsSigns {
-                    for j in 0..<count {
-                        var sum = 0.0
-                        for k in 0..<n { sum += w[k] * d[k][j] }
-                        let positive = sum >= 0
-                        var mixed = 0.0, divisor = 0.0, dropped = false
-                        for k in 0..<n {
-                            let v = w[k] * d[k][j]
-                            if v == 0 { continue }
-                            if (v > 0) == positive {
-                                mixed += v
-                                divisor += w[k]
-                            } else {
-                                dropped = true
-                            }
-                        }
-                        if dropped { tally.dropped += 1 }
-                        if divisor == 0 { divisor = 1 }
-                        if normalize { mixed /= divisor }
-                        let y = b[j] + lambda * mixed
-                        out[j] = y
-                        nonFinite = nonFinite || !y.isFinite
-                    }
-                } else {
-                    for j in 0..<count {
-                        var mixed = 0.0
-                        for k in 0..<n { mixed += w[k] * d[k][j] }
-                        if normalize { mixed /= plainDivisor }
-                        let y = b[j] + lambda * mixed
-                        out[j] = y
-                        nonFinite = nonFinite || !y.isFinite
-                    }
-                }
-            }
-        }
-        tally.nonFinite = nonFinite
+        var dropped: Int64 = 0
+        let pointers: [UnsafeMutablePointer<Double>?] = d
+        let nonFinite = wsk_tv_combine(pointers, weights, d.count, b, count, electsSigns ? 1 : 0, normalize ? 1 : 0, lambda,
+                                       plainDivisor, out, &dropped)
+        tally.dropped = Int(dropped)
+        tally.nonFinite = nonFinite != 0
         return tally
     }
 }
@@ -396,30 +369,18 @@ struct RankedRandom: Sendable {
 
     var slabElements: Int { length * stride }
 
-    /// Marks in `keep` which elements of input `k`'s slab `a` are kept, from its task vector `delta`.
-    func mask(_ delta: UnsafePointer<Double>, input k: Int, slab a: Int, keep: UnsafeMutablePointer<Bool>) {
+    /// Marks in `keep` which elements of input `k`'s slab `a` are kept, from its task vector
+    /// `delta` (`wsk_della_mask` per fibre).
+    func mask(_ delta: UnsafePointer<Double>, input k: Int, slab a: Int, keep: UnsafeMutablePointer<UInt8>) {
         let density = settings.densities[k], epsilon = settings.epsilons[k]
         let count = slabElements
-        if density >= 1 { keep.update(repeating: true, count: count); return }
-        if density <= 0 { keep.update(repeating: false, count: count); return }
+        if density >= 1 { keep.update(repeating: 1, count: count); return }
+        if density <= 0 { keep.update(repeating: 0, count: count); return }
         let draws = Draws(seed: settings.seed, name: item.name, input: item.sources[k].input)
-        let first = a * count
-        var keys = [Double](repeating: 0, count: length)
-        var order = [Int](repeating: 0, count: length)
+        let scratch = UnsafeMutablePointer<UInt64>.allocate(capacity: 4 * length)
+        defer { scratch.deallocate() }
         for r in 0..<stride {
-            // Rank the fibre by |δ|, ties by position (a stable sort).
-            for b in 0..<length {
-                order[b] = b
-                keys[b] = Swift.abs(delta[b * stride + r])
-            }
-            keys.withUnsafeBufferPointer { keys in
-                order.sort { i, j in keys[i] < keys[j] || (keys[i] == keys[j] && i < j) }
-            }
-            for (rank, b) in order.enumerated() {
-                let p = length == 1 ? density - epsilon : density - epsilon + 2 * epsilon * Double(rank) / Double(length - 1)
-                let j = b * stride + r
-                keep[j] = draws.u(first + j) < p
-            }
+            wsk_della_mask(delta + r, length, stride, draws.key, Int64(a * count + r), density, epsilon, keep + r, scratch)
         }
     }
 
@@ -455,15 +416,12 @@ struct RankedRandom: Sendable {
                 try groups(readers) { values, first, count in
                     let sums = try parallelMap(sizes: [Int](repeating: size, count: count), jobs: jobs) { s, _ -> [Double] in
                         let x = values[0].doubles((s + 1) * size) + s * size, b = values[1].doubles((s + 1) * size) + s * size
-                        let keep = UnsafeMutablePointer<Bool>.allocate(capacity: size)
+                        let keep = UnsafeMutablePointer<UInt8>.allocate(capacity: size)
                         defer { keep.deallocate() }
                         for j in 0..<size { x[j] = x[j] - b[j] }
                         mask(x, input: k, slab: first + s, keep: keep)
                         var total = 0.0, kept = 0.0
-                        for j in 0..<size {
-                            total += Swift.abs(x[j])
-                            if keep[j] { kept += Swift.abs(x[j]) }
-                        }
+                        wsk_masked_abs_sums(x, keep, size, &total, &kept)
                         return [total, kept]
                     }
                     for sum in sums { total += sum[0]; kept += sum[1] }
@@ -482,22 +440,15 @@ struct RankedRandom: Sendable {
             let tallies = try parallelMap(sizes: [Int](repeating: size, count: count), jobs: jobs) { s, _ -> Tally in
                 var tally = Tally(inputs: n)
                 let b = UnsafePointer(values[n].doubles((s + 1) * size) + s * size)
-                let keep = UnsafeMutablePointer<Bool>.allocate(capacity: size)
+                let keep = UnsafeMutablePointer<UInt8>.allocate(capacity: size)
                 let y = UnsafeMutablePointer<Double>.allocate(capacity: size)
                 defer { keep.deallocate(); y.deallocate() }
                 var trimmed: [UnsafeMutablePointer<Double>] = []
                 for k in 0..<n {
                     let x = values[k].doubles((s + 1) * size) + s * size
-                    for j in 0..<size { x[j] = x[j] - b[j] }
-                    mask(x, input: k, slab: first + s, keep: keep)
-                    for j in 0..<size {
-                        if keep[j] {
-                            x[j] *= factors[k]
-                            tally.kept[k] += 1
-                        } else {
-                            x[j] = 0
-                        }
-                    }
+                    for j in 0..<size { y[j] = x[j] - b[j] }
+                    mask(y, input: k, slab: first + s, keep: keep)
+                    tally.kept[k] += Int(wsk_trim_mask(x, b, size, factors[k], keep))
                     trimmed.append(x)
                 }
                 tally.add(combiner.apply(trimmed: trimmed, base: b, count: size, into: y))
