@@ -239,23 +239,44 @@ static int LEVELED(combine)(const wsk_term *terms, size_t count, int mode, doubl
 
 /* ---- Selection and the task-vector family ---- */
 
+/* Bit l set where lane l of a comparison result is true. */
+#undef lane_bits8
+#if LEVEL_IS_AVX512
+#define lane_bits8(v) ((unsigned)_mm512_movepi64_mask((__m512i)(v)))
+#else
+#define lane_bits8(v)                                                   \
+    ({                                                                  \
+        v8l v_ = (v);                                                   \
+        unsigned r_ = 0;                                                \
+        for (int l_ = 0; l_ < 8; l_++) r_ |= (unsigned)(v_[l_] != 0) << l_; \
+        r_;                                                             \
+    })
+#endif
+
 static size_t LEVELED(bracket)(const double *keys, size_t n, uint64_t lo, uint64_t hi, int64_t counts[3], uint64_t *inside) {
     v8l below = {0}, at_lo = {0}, at_hi = {0};
     size_t m = 0, end = n & ~(size_t)7, i = 0;
     for (; i < end; i += 8) {
         v8lu k;
         memcpy(&k, keys + i, 64);
+        k &= ~SIGN64;
         below -= (v8l)(k < lo);
         at_lo -= (v8l)(k == lo);
         at_hi -= (v8l)(k == hi);
         v8l in = (v8l)((k > lo) & (k < hi));
-        int any = 0;
-        for (int l = 0; l < 8; l++) any |= in[l] != 0;
-        if (any)
-            for (int l = 0; l < 8; l++) {
-                inside[m] = k[l];
-                m += in[l] != 0;
-            }
+#if LEVEL_IS_AVX512
+        /* Compressed in a register and stored whole (a compressing store to memory is slow on
+         * some CPUs): the lanes past the kept ones are overwritten by the next store. */
+        __mmask8 bits = (__mmask8)lane_bits8(in);
+        _mm512_storeu_si512(inside + m, _mm512_maskz_compress_epi64(bits, (__m512i)k));
+        m += (size_t)__builtin_popcount(bits);
+#else
+        /* Branch-free: every lane is stored, the kept ones advance. */
+        for (int l = 0; l < 8; l++) {
+            inside[m] = k[l];
+            m += in[l] != 0;
+        }
+#endif
     }
     int64_t b = 0, l0 = 0, h0 = 0;
     for (int l = 0; l < 8; l++) {
@@ -266,6 +287,7 @@ static size_t LEVELED(bracket)(const double *keys, size_t n, uint64_t lo, uint64
     for (; i < n; i++) {
         uint64_t k;
         memcpy(&k, keys + i, 8);
+        k &= ~SIGN64;
         b += k < lo;
         l0 += k == lo;
         h0 += k == hi;
@@ -284,29 +306,41 @@ static int64_t LEVELED(trim_all)(double *x, const double *b, size_t n, double sc
 }
 
 static int64_t LEVELED(trim_window)(double *x, const double *b, size_t n, double scale, wsk_window *w) {
-    int64_t kept = 0;
+    v8l kept8 = {0};
     v8lu from = (v8lu){0} + w->from, to = (v8lu){0} + w->to;
-    v8lu v0 = (v8lu){0} + (w->bands > 0 ? w->value[0] : (uint64_t)-1), v1 = (v8lu){0} + (w->bands > 1 ? w->value[1] : (uint64_t)-1);
+    int bands = w->bands;
+    v8lu values[2] = {(v8lu){0} + (bands > 0 ? w->value[0] : (uint64_t)-1), (v8lu){0} + (bands > 1 ? w->value[1] : (uint64_t)-1)};
+    int64_t seen[2] = {w->seen[0], w->seen[1]}, first[2] = {w->first[0], w->first[1]}, last[2] = {w->end[0], w->end[1]};
     size_t end = n & ~(size_t)7, i = 0;
     for (; i < end; i += 8) {
         v8d d = load8d(x + i) - load8d(b + i);
         v8lu k = (v8lu)d & ~SIGN64;
-        v8l tie = (v8l)((k == v0) | (k == v1));
-        int any = 0;
-        for (int l = 0; l < 8; l++) any |= tie[l] != 0;
-        if (any) {
-            for (int l = 0; l < 8; l++) {
-                int keep = window_keeps(w, k[l]);
-                x[i + l] = keep ? d[l] * scale : 0;
-                kept += keep;
-            }
-            continue;
-        }
         v8l keep = (v8l)((k >= from) & (k <= to));
-        v8d y = d * scale;
-        store8(x + i, (v8d)((v8l)y & keep));
-        for (int l = 0; l < 8; l++) kept += keep[l] != 0;
+        for (int band = 0; band < bands; band++) {
+            v8l tie = (v8l)(k == values[band]);
+            unsigned lanes = lane_bits8(tie);
+            int64_t ties = __builtin_popcount(lanes), s = seen[band];
+            /* Branch-free in the common cases: all these ties in the band's range, or none. */
+            int64_t all = -(int64_t)(s >= first[band] && s + ties <= last[band]);
+            keep |= tie & all;
+            if (!all && ties && s < last[band] && s + ties > first[band]) {
+                /* the range starts or ends inside these lanes: rank them one by one */
+                int64_t rank = s;
+                for (int l = 0; l < 8; l++) {
+                    if (!(lanes >> l & 1)) continue;
+                    if (rank >= first[band] && rank < last[band]) keep[l] = -1;
+                    rank++;
+                }
+            }
+            seen[band] = s + ties;
+        }
+        store8(x + i, (v8d)((v8l)(d * scale) & keep));
+        kept8 -= keep;
     }
+    w->seen[0] = seen[0];
+    w->seen[1] = seen[1];
+    int64_t kept = 0;
+    for (int l = 0; l < 8; l++) kept += kept8[l];
     for (; i < n; i++) {
         double d = x[i] - b[i];
         int keep = window_keeps(w, key_bits(x[i], b[i]));

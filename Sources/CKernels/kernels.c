@@ -5,6 +5,9 @@
  * levels give the same bits; only how many lanes one instruction holds differs. */
 #include "kernels.h"
 #include <stdatomic.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -510,6 +513,7 @@ typedef struct {
 #define LEVELED(name) LEVEL_CAT(name, LEVEL)
 
 #define LEVEL baseline
+#define LEVEL_IS_AVX512 0
 #include "kernel_loops.h"
 #undef LEVEL
 
@@ -518,6 +522,8 @@ typedef struct {
 #define LEVEL avx2
 #include "kernel_loops.h"
 #undef LEVEL
+#undef LEVEL_IS_AVX512
+#define LEVEL_IS_AVX512 1
 #pragma clang attribute pop
 
 /* The features tested in wsk_best_simd_level, no more. min_vector_width(512): without it clang

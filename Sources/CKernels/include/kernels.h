@@ -105,7 +105,7 @@ int wsk_combine(const wsk_term *terms, size_t count, int mode, double target, do
 
 /// Scans `keys` against the bracket [lo, hi] of key bits (lo ≤ hi): counts[0] += keys below lo,
 /// counts[1] += keys equal to lo, counts[2] += keys equal to hi (when hi ≠ lo); the bits of the
-/// keys strictly between go to `inside` (room for n), in order. Returns how many went there.
+/// keys strictly between go to `inside` (room for n + 8), in order. Returns how many went there.
 size_t wsk_bracket(const double *keys, size_t n, uint64_t lo, uint64_t hi, int64_t counts[3], uint64_t *inside);
 
 /// Which task-vector elements a rank window keeps, by the bits of |δ|: those in [from, to], and

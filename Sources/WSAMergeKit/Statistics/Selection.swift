@@ -281,7 +281,7 @@ public enum Selection {
         var scans = brackets.map { Scan(bracket: $0) }
         try pass.runStreams({ keys, count, _ in
             var block = Block(counts: [], inside: [])
-            let held = UnsafeMutablePointer<UInt64>.allocate(capacity: count)
+            let held = UnsafeMutablePointer<UInt64>.allocate(capacity: count + 8)
             defer { held.deallocate() }
             for (stream, lo, hi) in limits {
                 var counts: [Int64] = [0, 0, 0]

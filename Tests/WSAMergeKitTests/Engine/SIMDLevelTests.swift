@@ -157,6 +157,23 @@ import Testing
         #expect(moments.allSatisfy { $0 == moments[0] })
     }
 
+    /// The task-vector kernels (selection brackets, trims, sign election) give the same bytes at
+    /// every level, with whole-tensor and sampled selection.
+    @Test(arguments: TaskVectorTests.cases.indices)
+    func taskVectorMergesAgree(_ index: Int) throws {
+        let (strategy, parameters) = TaskVectorTests.cases[index]
+        let previous = SIMDLevel.current
+        defer { SIMDLevel.use(previous) }
+        for whole in [nil, 1] as [Int?] {
+            var bytes: [SIMDLevel: Data] = [:]
+            for level in SIMDLevel.allCases where level.rawValue <= SIMDLevel.best.rawValue {
+                SIMDLevel.use(level)
+                bytes[level] = try Selection.$wholeOverride.withValue(whole) { try TaskVectorTests().merge(strategy, parameters, jobs: 2) }
+            }
+            #expect(Set(bytes.values).count == 1, "\(strategy): levels differ")
+        }
+    }
+
     /// The best level is what /proc/cpuinfo's flags allow (the flags the kernel leaves set are
     /// those the OS also supports).
     @Test func bestLevelFollowsTheCPUFlags() throws {
