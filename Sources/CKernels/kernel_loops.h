@@ -446,6 +446,16 @@ static int LEVELED(tv_combine)(double *const *d, const double *w, size_t inputs,
     return LEVELED(nonfinite)(out, n);
 }
 
+static void LEVELED(draws)(uint64_t key, int64_t first, size_t stride, size_t n, double *u) {
+    if (stride == 1) {
+        size_t end = n & ~(size_t)7, i = 0;
+        for (; i < end; i += 8) store8(u + i, draw8(key, (uint64_t)first + i));
+        for (; i < n; i++) u[i] = draw_one(key, (uint64_t)first + i);
+    } else {
+        for (size_t i = 0; i < n; i++) u[i] = draw_one(key, (uint64_t)first + i * stride);
+    }
+}
+
 static int64_t LEVELED(trim_mask)(double *x, const double *b, size_t n, double scale, const uint8_t *keep) {
     int64_t kept = 0;
     for (size_t i = 0; i < n; i++) {
@@ -503,4 +513,5 @@ static const wsk_kernels LEVELED(kernels) = {
     .tv_combine = LEVELED(tv_combine),
     .trim_mask = LEVELED(trim_mask),
     .masked_abs_sums = LEVELED(masked_abs_sums),
+    .draws = LEVELED(draws),
 };

@@ -506,6 +506,7 @@ typedef struct {
     int (*tv_combine)(double *const *d, const double *w, size_t inputs, const double *b, size_t n, int elect, int normalize, double lambda, double divisor, double *out, int64_t *dropped);
     int64_t (*trim_mask)(double *x, const double *b, size_t n, double scale, const uint8_t *keep);
     void (*masked_abs_sums)(const double *d, const uint8_t *keep, size_t n, double *total, double *kept);
+    void (*draws)(uint64_t key, int64_t first, size_t stride, size_t n, double *u);
 } wsk_kernels;
 
 #define LEVEL_CAT_(name, level) name##_##level
@@ -623,48 +624,144 @@ int wsk_tv_combine(double *const *d, const double *w, size_t inputs, const doubl
 int64_t wsk_trim_mask(double *x, const double *b, size_t n, double scale, const uint8_t *keep) { return wsk_active()->trim_mask(x, b, n, scale, keep); }
 void wsk_masked_abs_sums(const double *d, const uint8_t *keep, size_t n, double *total, double *kept) { wsk_active()->masked_abs_sums(d, keep, n, total, kept); }
 
-/* DELLA's ranking is scalar work (a radix sort), so it has one copy, not one per level. */
+/* DELLA's ranking is scalar work (counting and a few small sorts), so it has one copy, not one
+ * per level. */
+
+/* The keep probability at `rank`: (density − ε) + 2ε·rank/(length − 1), or density − ε alone. */
+static inline double della_p(double low_p, double span, size_t length, size_t rank) {
+    return length == 1 ? low_p : low_p + span * (double)rank / (double)(length - 1);
+}
+
+/* One fibre's ranking state: keys[r] and order[r] (the element's index) for ranks r, where a
+ * range of ranks holds one bucket's elements in index order until it is split. */
+typedef struct {
+    uint64_t *keys, *order, *spare_keys, *spare_order;
+    /* u[i]: element i's draw */
+    const double *u;
+    size_t length, stride;
+    double low_p, span;
+    uint8_t *keep;
+} della_fibre;
+
+/* Decides the undecided elements (keep 2) of ranks [from, from + n), which hold every key of
+ * some range in index order: each element's rank lies in its bucket's ranks, and p rises with
+ * the rank, so u < p(the bucket's first rank) keeps it and u ≥ p(its last rank) drops it
+ * whatever its exact rank. Buckets that still hold an undecided element are split the same way
+ * (each level narrows the key range at least 2-fold; a few elements are sorted outright). */
+static void della_resolve(const della_fibre *f, size_t from, size_t n) {
+    uint64_t *keys = f->keys + from, *order = f->order + from;
+    uint64_t lo = ~(uint64_t)0, lo_nonzero = ~(uint64_t)0, hi = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t k = keys[i];
+        lo = k < lo ? k : lo;
+        hi = k > hi ? k : hi;
+        lo_nonzero = k != 0 && k < lo_nonzero ? k : lo_nonzero;
+    }
+    int sorted = lo == hi;
+    if (!sorted && n <= 24) { /* a stable insertion sort gives every rank */
+        for (size_t i = 1; i < n; i++) {
+            uint64_t k = keys[i], o = order[i];
+            size_t j = i;
+            for (; j > 0 && keys[j - 1] > k; j--) {
+                keys[j] = keys[j - 1];
+                order[j] = order[j - 1];
+            }
+            keys[j] = k;
+            order[j] = o;
+        }
+        sorted = 1;
+    }
+    if (sorted) { /* sorted, or all equal (index order): the ranks are the positions */
+        for (size_t r = 0; r < n; r++) {
+            size_t i = (size_t)order[r], j = i * f->stride;
+            if (f->keep[j] == 2) f->keep[j] = f->u[i] < della_p(f->low_p, f->span, f->length, from + r);
+        }
+        return;
+    }
+    /* Buckets spread evenly over the key bits from the smallest to the largest key (so about
+     * evenly over the octaves of |δ|), zeros in a bucket of their own (exact zeros are common
+     * and would otherwise stretch the range); up to 256, about one per element. */
+    int bits = 64 - __builtin_clzll((uint64_t)n) - 1;
+    bits = bits > 8 ? 8 : bits;
+    uint64_t buckets = (uint64_t)1 << bits;
+    uint64_t base = lo, offset = 0;
+    if (lo == 0) {
+        base = lo_nonzero;
+        offset = 1;
+    }
+    int shift = 0;
+    while (((hi - base) >> shift) > buckets - 1 - offset) shift++;
+    size_t counts[256], starts[256];
+    double first_p[256], last_p[256];
+    uint8_t needed[256];
+    memset(counts, 0, buckets * sizeof counts[0]);
+    memset(needed, 0, buckets);
+    int any_needed = 0;
+#define DELLA_BUCKET(k) ((k) == 0 && offset ? 0 : offset + (((k) - base) >> shift))
+    for (size_t i = 0; i < n; i++) counts[DELLA_BUCKET(keys[i])]++;
+    size_t sum = 0;
+    for (unsigned d = 0; d < buckets; d++) {
+        starts[d] = sum;
+        if (counts[d]) {
+            first_p[d] = della_p(f->low_p, f->span, f->length, from + sum);
+            last_p[d] = della_p(f->low_p, f->span, f->length, from + sum + counts[d] - 1);
+        }
+        sum += counts[d];
+    }
+    for (size_t i = 0; i < n; i++) { /* branch-free: the draws are random */
+        size_t e = (size_t)order[i], j = e * f->stride;
+        uint64_t d = DELLA_BUCKET(keys[i]);
+        double u = f->u[e];
+        uint8_t open = f->keep[j] == 2, decided = (uint8_t)(u < first_p[d]) | (uint8_t)((u >= last_p[d]) << 1);
+        /* decided: 1 keep, 2 drop, 0 still open (both cannot hold: first_p ≤ last_p) */
+        uint8_t value = decided == 1 ? 1 : decided == 2 ? 0 : 2;
+        f->keep[j] = open ? value : f->keep[j];
+        if (open & (value == 2)) { /* rare: a predictable branch, no chain through needed[] */
+            needed[d] = 1;
+            any_needed = 1;
+        }
+    }
+    if (!any_needed) return;
+    /* A stable scatter by bucket, then the buckets still needed. */
+    uint64_t *spare_keys = f->spare_keys + from, *spare_order = f->spare_order + from;
+    size_t next[256];
+    memcpy(next, starts, buckets * sizeof next[0]);
+    for (size_t i = 0; i < n; i++) {
+        size_t to = next[DELLA_BUCKET(keys[i])]++;
+        spare_keys[to] = keys[i];
+        spare_order[to] = order[i];
+    }
+#undef DELLA_BUCKET
+    memcpy(keys, spare_keys, n * 8);
+    memcpy(order, spare_order, n * 8);
+    for (unsigned d = 0; d < buckets; d++)
+        if (needed[d]) della_resolve(f, from + starts[d], counts[d]);
+}
+
 void wsk_della_mask(const double *delta, size_t length, size_t stride, uint64_t key, int64_t first, double density,
                     double epsilon, uint8_t *keep, uint64_t *scratch) {
-    uint64_t *keys = scratch, *keys2 = scratch + length, *order = scratch + 2 * length, *order2 = scratch + 3 * length;
-    uint64_t any = 0, all = ~(uint64_t)0;
+    double *u = (double *)(scratch + 4 * length);
+    wsk_active()->draws(key, first, stride, length, u);
+    della_fibre f = {scratch, scratch + length, scratch + 2 * length, scratch + 3 * length, u, length, stride,
+                     density - epsilon, 2 * epsilon, keep};
     for (size_t i = 0; i < length; i++) {
         uint64_t k;
         memcpy(&k, delta + i * stride, 8);
-        k &= ~SIGN64;
-        keys[i] = k;
-        order[i] = i;
-        any |= k;
-        all &= k;
+        f.keys[i] = k & ~SIGN64;
+        f.order[i] = i;
+        keep[i * stride] = 2;
     }
-    uint64_t varying = any ^ all;
-    if (varying) {
-        int low = __builtin_ctzll(varying), high = 63 - __builtin_clzll(varying);
-        size_t counts[256];
-        for (int shift = low; shift <= high; shift += 8) {
-            memset(counts, 0, sizeof counts);
-            for (size_t i = 0; i < length; i++) counts[(keys[i] >> shift) & 255]++;
-            if (counts[(keys[0] >> shift) & 255] == length) continue; /* one digit: nothing moves */
-            size_t sum = 0;
-            for (int d = 0; d < 256; d++) {
-                size_t c = counts[d];
-                counts[d] = sum;
-                sum += c;
-            }
-            for (size_t i = 0; i < length; i++) {
-                size_t to = counts[(keys[i] >> shift) & 255]++;
-                keys2[to] = keys[i];
-                order2[to] = order[i];
-            }
-            uint64_t *t = keys; keys = keys2; keys2 = t;
-            t = order; order = order2; order2 = t;
-        }
+    della_resolve(&f, 0, length);
+}
+
+void wsk_pack_bits(const uint8_t *keep, size_t n, uint8_t *bits) {
+    for (size_t i = 0; i < n; i += 8) {
+        uint8_t byte = 0;
+        for (size_t l = 0; l < 8 && i + l < n; l++) byte |= (uint8_t)((keep[i + l] != 0) << l);
+        bits[i / 8] = byte;
     }
-    double low_p = density - epsilon, span = 2 * epsilon, last = (double)(length - 1);
-    for (size_t rank = 0; rank < length; rank++) {
-        size_t i = (size_t)order[rank];
-        double p = length == 1 ? low_p : low_p + span * (double)rank / last;
-        size_t j = i * stride;
-        keep[j] = draw_one(key, (uint64_t)first + j) < p;
-    }
+}
+
+void wsk_unpack_bits(const uint8_t *bits, size_t n, uint8_t *keep) {
+    for (size_t i = 0; i < n; i++) keep[i] = (bits[i / 8] >> (i % 8)) & 1;
 }

@@ -144,9 +144,12 @@ int wsk_tv_combine(double *const *d, const double *w, size_t inputs, const doubl
 /// elements are ranked by |δ| ascending (equal keys in index order; a stable LSD radix sort on
 /// the key bits that vary), and element i is kept (keep[i·stride] = 1, else 0) iff the draw
 /// u(first + i·stride) < p with p = (density − ε) + 2ε·rank/(length − 1), or density − ε when
-/// length is 1. `scratch` holds 4·length words.
+/// length is 1. `scratch` holds 5·length words.
 void wsk_della_mask(const double *delta, size_t length, size_t stride, uint64_t key, int64_t first, double density,
                     double epsilon, uint8_t *keep, uint64_t *scratch);
+/// keep[i] ≠ 0 as bits (bit i % 8 of byte i / 8), and back to 0/1 bytes.
+void wsk_pack_bits(const uint8_t *keep, size_t n, uint8_t *bits);
+void wsk_unpack_bits(const uint8_t *bits, size_t n, uint8_t *keep);
 /// The trimmed task vector from a keep mask: x[i] ← keep[i] ? (x[i] − b[i])·scale : 0; returns
 /// how many were kept.
 int64_t wsk_trim_mask(double *x, const double *b, size_t n, double scale, const uint8_t *keep);

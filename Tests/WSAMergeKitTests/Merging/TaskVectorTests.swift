@@ -63,4 +63,13 @@ import Testing
             #expect(sampled == whole, "\(strategy) sampled with margin \(margin.map(String.init) ?? "default")")
         }
     }
+
+    /// DELLA's writing pass ranks again when the rescale pass's masks exceed their budget: the
+    /// same bytes as from the kept masks.
+    @Test(arguments: ["della", "della_linear"])
+    func dellaRanksAgainBeyondTheMaskBudget(_ strategy: String) throws {
+        let kept = try merge(strategy, [("density", ["0.4"])], jobs: 2)
+        let ranked = try RankedRandom.$maskBudgetOverride.withValue(0) { try merge(strategy, [("density", ["0.4"])], jobs: 2) }
+        #expect(kept == ranked)
+    }
 }

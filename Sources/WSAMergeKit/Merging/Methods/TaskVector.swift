@@ -369,6 +369,20 @@ struct RankedRandom: Sendable {
 
     var slabElements: Int { length * stride }
 
+    /// Bytes of keep masks the rescale pass may hold for the writing pass (a bit per element
+    /// and input); beyond it the writing pass ranks again.
+    static var maskBudget: Int {
+        #if DEBUG
+        if let maskBudgetOverride { return maskBudgetOverride }
+        #endif
+        return 64 << 20
+    }
+
+    #if DEBUG
+    /// Tests set it to 0 to rank again in the writing pass.
+    @TaskLocal static var maskBudgetOverride: Int?
+    #endif
+
     /// Marks in `keep` which elements of input `k`'s slab `a` are kept, from its task vector
     /// `delta` (`wsk_della_mask` per fibre).
     func mask(_ delta: UnsafePointer<Double>, input k: Int, slab a: Int, keep: UnsafeMutablePointer<UInt8>) {
@@ -377,7 +391,7 @@ struct RankedRandom: Sendable {
         if density >= 1 { keep.update(repeating: 1, count: count); return }
         if density <= 0 { keep.update(repeating: 0, count: count); return }
         let draws = Draws(seed: settings.seed, name: item.name, input: item.sources[k].input)
-        let scratch = UnsafeMutablePointer<UInt64>.allocate(capacity: 4 * length)
+        let scratch = UnsafeMutablePointer<UInt64>.allocate(capacity: 5 * length)
         defer { scratch.deallocate() }
         for r in 0..<stride {
             wsk_della_mask(delta + r, length, stride, draws.key, Int64(a * count + r), density, epsilon, keep + r, scratch)
@@ -407,32 +421,51 @@ struct RankedRandom: Sendable {
         guard size > 0 else {
             return TensorMergeResult(method: "copy (empty)", details: Tally(inputs: n).details(count: 0, electsSigns: electsSigns))
         }
-        // Read-only pass per input: ‖δ‖₁ and ‖kept‖₁ for the rescale, slab sums added in slab order.
+        // Read-only pass over every input at once: ‖δ‖₁ and ‖kept‖₁ for the rescale (slab sums
+        // added in slab order), keeping the masks (a bit per element) when they fit in
+        // `RankedRandom.maskBudget`, so the writing pass need not rank again.
         var scales = [Double](repeating: 1, count: n)
-        if settings.rescale {
-            for k in 0..<n where settings.densities[k] < 1 {
-                var total = 0.0, kept = 0.0
-                let readers = [try context.plan.inputs[item.sources[k].input].reader(for: item.sources[k].index), try context.baseReader(item)]
-                try groups(readers) { values, first, count in
-                    let sums = try parallelMap(sizes: [Int](repeating: size, count: count), jobs: jobs) { s, _ -> [Double] in
-                        let x = values[0].doubles((s + 1) * size) + s * size, b = values[1].doubles((s + 1) * size) + s * size
-                        let keep = UnsafeMutablePointer<UInt8>.allocate(capacity: size)
-                        defer { keep.deallocate() }
+        let ranked = (0..<n).filter { settings.densities[$0] > 0 && settings.densities[$0] < 1 }
+        let slabBytes = (size + 7) / 8
+        var masks: [Int: RawBuffer] = [:]
+        if settings.rescale && !ranked.isEmpty {
+            if slabs * slabBytes * ranked.count <= Self.maskBudget {
+                for k in ranked { masks[k] = RawBuffer(byteCount: slabs * slabBytes) }
+            }
+            let stored = masks
+            var total = [Double](repeating: 0, count: ranked.count), kept = total
+            let readers = try ranked.map { try context.plan.inputs[item.sources[$0].input].reader(for: item.sources[$0].index) }
+                + [try context.baseReader(item)]
+            try groups(readers) { values, first, count in
+                let sums = try parallelMap(sizes: [Int](repeating: size, count: count), jobs: jobs) { s, _ -> [Double] in
+                    let b = values[ranked.count].doubles((s + 1) * size) + s * size
+                    let keep = UnsafeMutablePointer<UInt8>.allocate(capacity: size)
+                    defer { keep.deallocate() }
+                    var sums: [Double] = []
+                    for (i, k) in ranked.enumerated() {
+                        let x = values[i].doubles((s + 1) * size) + s * size
                         for j in 0..<size { x[j] = x[j] - b[j] }
                         mask(x, input: k, slab: first + s, keep: keep)
+                        if let bits = stored[k] { wsk_pack_bits(keep, size, bits.base.assumingMemoryBound(to: UInt8.self) + (first + s) * slabBytes) }
                         var total = 0.0, kept = 0.0
                         wsk_masked_abs_sums(x, keep, size, &total, &kept)
-                        return [total, kept]
+                        sums += [total, kept]
                     }
-                    for sum in sums { total += sum[0]; kept += sum[1] }
+                    return sums
                 }
-                scales[k] = TaskVector<DELLA>.rescale(total: total, kept: kept)
+                for sum in sums {
+                    for i in ranked.indices {
+                        total[i] += sum[2 * i]
+                        kept[i] += sum[2 * i + 1]
+                    }
+                }
             }
+            for (i, k) in ranked.enumerated() { scales[k] = TaskVector<DELLA>.rescale(total: total[i], kept: kept[i]) }
         }
         // The writing pass: slabs side by side, written in order.
         var tally = Tally(inputs: n)
         let width = output.dtype.byteWidth ?? 8
-        let factors = scales
+        let factors = scales, stored = masks
         var encoded: RawBuffer?
         try groups(try context.readers(item) + [try context.baseReader(item)]) { values, first, count in
             if encoded == nil { encoded = RawBuffer(byteCount: count * size * width) }
@@ -446,8 +479,12 @@ struct RankedRandom: Sendable {
                 var trimmed: [UnsafeMutablePointer<Double>] = []
                 for k in 0..<n {
                     let x = values[k].doubles((s + 1) * size) + s * size
-                    for j in 0..<size { y[j] = x[j] - b[j] }
-                    mask(y, input: k, slab: first + s, keep: keep)
+                    if let bits = stored[k] {
+                        wsk_unpack_bits(bits.base.assumingMemoryBound(to: UInt8.self) + (first + s) * slabBytes, size, keep)
+                    } else {
+                        for j in 0..<size { y[j] = x[j] - b[j] }
+                        mask(y, input: k, slab: first + s, keep: keep)
+                    }
                     tally.kept[k] += Int(wsk_trim_mask(x, b, size, factors[k], keep))
                     trimmed.append(x)
                 }
