@@ -253,6 +253,60 @@ static int LEVELED(combine)(const wsk_term *terms, size_t count, int mode, doubl
     })
 #endif
 
+/* The bracket scan of key bits k (a v8lu, sign cleared): counts into the lane vectors and the
+ * inside keys compressed to `inside + m`. */
+#undef BRACKET8
+#undef BRACKET_TAIL
+#if LEVEL_IS_AVX512
+#define BRACKET8(k)                                                                                       \
+    do {                                                                                                  \
+        below -= (v8l)((k) < lo);                                                                         \
+        at_lo -= (v8l)((k) == lo);                                                                        \
+        at_hi -= (v8l)((k) == hi);                                                                        \
+        /* compressed in a register and stored whole (a compressing store to memory is slow on some      \
+         * CPUs): the lanes past the kept ones are overwritten by the next store */                       \
+        __mmask8 bits_ = (__mmask8)lane_bits8((v8l)(((k) > lo) & ((k) < hi)));                             \
+        _mm512_storeu_si512(inside + m, _mm512_maskz_compress_epi64(bits_, (__m512i)(k)));                \
+        m += (size_t)__builtin_popcount(bits_);                                                           \
+    } while (0)
+#else
+#define BRACKET8(k)                                                                                       \
+    do {                                                                                                  \
+        below -= (v8l)((k) < lo);                                                                         \
+        at_lo -= (v8l)((k) == lo);                                                                        \
+        at_hi -= (v8l)((k) == hi);                                                                        \
+        v8l in_ = (v8l)(((k) > lo) & ((k) < hi));                                                         \
+        for (int l = 0; l < 8; l++) { /* branch-free: every lane stored, the kept ones advance */         \
+            inside[m] = (k)[l];                                                                           \
+            m += in_[l] != 0;                                                                             \
+        }                                                                                                 \
+    } while (0)
+#endif
+
+/* The end of a bracket scan: folds the lanes, scans the tail keys (tail(i) gives key i's bits),
+ * adds to counts and returns how many keys went inside. */
+#define BRACKET_TAIL(tail)                                                                                \
+    do {                                                                                                  \
+        int64_t b_ = 0, l0_ = 0, h0_ = 0;                                                                 \
+        for (int l = 0; l < 8; l++) {                                                                     \
+            b_ += below[l];                                                                               \
+            l0_ += at_lo[l];                                                                              \
+            h0_ += at_hi[l];                                                                              \
+        }                                                                                                 \
+        for (; i < n; i++) {                                                                              \
+            uint64_t k_ = (tail) & ~SIGN64;                                                               \
+            b_ += k_ < lo;                                                                                \
+            l0_ += k_ == lo;                                                                              \
+            h0_ += k_ == hi;                                                                              \
+            inside[m] = k_;                                                                               \
+            m += k_ > lo && k_ < hi;                                                                      \
+        }                                                                                                 \
+        counts[0] += b_;                                                                                  \
+        counts[1] += l0_;                                                                                 \
+        if (hi != lo) counts[2] += h0_;                                                                   \
+        return m;                                                                                         \
+    } while (0)
+
 static size_t LEVELED(bracket)(const double *keys, size_t n, uint64_t lo, uint64_t hi, int64_t counts[3], uint64_t *inside) {
     v8l below = {0}, at_lo = {0}, at_hi = {0};
     size_t m = 0, end = n & ~(size_t)7, i = 0;
@@ -260,44 +314,42 @@ static size_t LEVELED(bracket)(const double *keys, size_t n, uint64_t lo, uint64
         v8lu k;
         memcpy(&k, keys + i, 64);
         k &= ~SIGN64;
-        below -= (v8l)(k < lo);
-        at_lo -= (v8l)(k == lo);
-        at_hi -= (v8l)(k == hi);
-        v8l in = (v8l)((k > lo) & (k < hi));
-#if LEVEL_IS_AVX512
-        /* Compressed in a register and stored whole (a compressing store to memory is slow on
-         * some CPUs): the lanes past the kept ones are overwritten by the next store. */
-        __mmask8 bits = (__mmask8)lane_bits8(in);
-        _mm512_storeu_si512(inside + m, _mm512_maskz_compress_epi64(bits, (__m512i)k));
-        m += (size_t)__builtin_popcount(bits);
-#else
-        /* Branch-free: every lane is stored, the kept ones advance. */
-        for (int l = 0; l < 8; l++) {
-            inside[m] = k[l];
-            m += in[l] != 0;
-        }
-#endif
+        BRACKET8(k);
     }
-    int64_t b = 0, l0 = 0, h0 = 0;
-    for (int l = 0; l < 8; l++) {
-        b += below[l];
-        l0 += at_lo[l];
-        h0 += at_hi[l];
+    uint64_t bits;
+    BRACKET_TAIL((memcpy(&bits, keys + i, 8), bits));
+}
+
+/* The same over keys |x − b| of stored elements (kinds constant once inlined). */
+static inline __attribute__((always_inline)) size_t LEVELED(bracket_delta_impl)(int kind, int base_kind, const void *x, const void *b,
+                                                                       size_t n, uint64_t lo, uint64_t hi, int64_t counts[3],
+                                                                       uint64_t *inside) {
+    v8l below = {0}, at_lo = {0}, at_hi = {0};
+    size_t m = 0, end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) {
+        v8lu k = (v8lu)(load8x(x, kind, i) - load8x(b, base_kind, i)) & ~SIGN64;
+        BRACKET8(k);
     }
-    for (; i < n; i++) {
-        uint64_t k;
-        memcpy(&k, keys + i, 8);
-        k &= ~SIGN64;
-        b += k < lo;
-        l0 += k == lo;
-        h0 += k == hi;
-        inside[m] = k;
-        m += k > lo && k < hi;
+    double d;
+    uint64_t bits;
+    BRACKET_TAIL((d = load_one(x, kind, i) - load_one(b, base_kind, i), memcpy(&bits, &d, 8), bits));
+}
+
+static inline __attribute__((always_inline)) size_t LEVELED(bracket_delta_same)(int kind, const void *x, const void *b, size_t n,
+                                                                       uint64_t lo, uint64_t hi, int64_t counts[3],
+                                                                       uint64_t *inside) {
+    return LEVELED(bracket_delta_impl)(kind, kind, x, b, n, lo, hi, counts, inside);
+}
+
+static size_t LEVELED(bracket_delta)(const void *x, int kind, const void *b, int base_kind, size_t n, uint64_t lo,
+                                     uint64_t hi, int64_t counts[3], uint64_t *inside) {
+    if (kind == base_kind) {
+        if (kind == WSK_BF16) return LEVELED(bracket_delta_same)(WSK_BF16, x, b, n, lo, hi, counts, inside);
+        if (kind == WSK_F16) return LEVELED(bracket_delta_same)(WSK_F16, x, b, n, lo, hi, counts, inside);
+        if (kind == WSK_F32) return LEVELED(bracket_delta_same)(WSK_F32, x, b, n, lo, hi, counts, inside);
+        return LEVELED(bracket_delta_same)(WSK_F64, x, b, n, lo, hi, counts, inside);
     }
-    counts[0] += b;
-    counts[1] += l0;
-    if (hi != lo) counts[2] += h0;
-    return m;
+    return LEVELED(bracket_delta_impl)(kind, base_kind, x, b, n, lo, hi, counts, inside);
 }
 
 static int64_t LEVELED(trim_all)(double *x, const double *b, size_t n, double scale) {
@@ -506,6 +558,7 @@ static const wsk_kernels LEVELED(kernels) = {
     .squares_signs = LEVELED(squares_signs),
     .combine = LEVELED(combine),
     .bracket = LEVELED(bracket),
+    .bracket_delta = LEVELED(bracket_delta),
     .trim_all = LEVELED(trim_all),
     .trim_window = LEVELED(trim_window),
     .trim_draws = LEVELED(trim_draws),

@@ -499,6 +499,7 @@ typedef struct {
     void (*squares_signs)(const void *f, int kind, size_t n, double *squares, int *signs);
     int (*combine)(const wsk_term *terms, size_t count, int mode, double target, double epsilon, size_t n, int out_kind, void *dst);
     size_t (*bracket)(const double *keys, size_t n, uint64_t lo, uint64_t hi, int64_t counts[3], uint64_t *inside);
+    size_t (*bracket_delta)(const void *x, int kind, const void *b, int base_kind, size_t n, uint64_t lo, uint64_t hi, int64_t counts[3], uint64_t *inside);
     int64_t (*trim_all)(double *x, const double *b, size_t n, double scale);
     int64_t (*trim_window)(double *x, const double *b, size_t n, double scale, wsk_window *window);
     int64_t (*trim_draws)(double *x, const double *b, size_t n, double scale, uint64_t key, int64_t position, double density);
@@ -616,6 +617,7 @@ void wsk_squares_min(const void *f, int kind, size_t n, double *squares, double 
 void wsk_squares_signs(const void *f, int kind, size_t n, double *squares, int *signs) { wsk_active()->squares_signs(f, kind, n, squares, signs); }
 int wsk_combine(const wsk_term *terms, size_t count, int mode, double target, double epsilon, size_t n, int out_kind, void *dst) { return wsk_active()->combine(terms, count, mode, target, epsilon, n, out_kind, dst); }
 size_t wsk_bracket(const double *keys, size_t n, uint64_t lo, uint64_t hi, int64_t counts[3], uint64_t *inside) { return wsk_active()->bracket(keys, n, lo, hi, counts, inside); }
+size_t wsk_bracket_delta(const void *x, int kind, const void *b, int base_kind, size_t n, uint64_t lo, uint64_t hi, int64_t counts[3], uint64_t *inside) { return wsk_active()->bracket_delta(x, kind, b, base_kind, n, lo, hi, counts, inside); }
 int64_t wsk_trim_all(double *x, const double *b, size_t n, double scale) { return wsk_active()->trim_all(x, b, n, scale); }
 int64_t wsk_trim_window(double *x, const double *b, size_t n, double scale, wsk_window *window) { return wsk_active()->trim_window(x, b, n, scale, window); }
 int64_t wsk_trim_draws(double *x, const double *b, size_t n, double scale, uint64_t key, int64_t position, double density) { return wsk_active()->trim_draws(x, b, n, scale, key, position, density); }
@@ -764,4 +766,40 @@ void wsk_pack_bits(const uint8_t *keep, size_t n, uint8_t *bits) {
 
 void wsk_unpack_bits(const uint8_t *bits, size_t n, uint8_t *keep) {
     for (size_t i = 0; i < n; i++) keep[i] = (bits[i / 8] >> (i % 8)) & 1;
+}
+
+uint64_t wsk_select_u64(uint64_t *v, size_t n, size_t k) {
+    ptrdiff_t lo = 0, hi = (ptrdiff_t)n - 1, want = (ptrdiff_t)k;
+    while (lo < hi) {
+        ptrdiff_t mid = lo + (hi - lo) / 2;
+        uint64_t a = v[lo], b = v[mid], c = v[hi];
+        uint64_t small = a < b ? a : b, large = a < b ? b : a;
+        uint64_t pivot = small > (large < c ? large : c) ? small : (large < c ? large : c); /* median of three */
+        ptrdiff_t i = lo, j = hi;
+        while (i <= j) {
+            while (v[i] < pivot) i++;
+            while (v[j] > pivot) j--;
+            if (i <= j) {
+                uint64_t t = v[i];
+                v[i] = v[j];
+                v[j] = t;
+                i++;
+                j--;
+            }
+        }
+        if (want <= j) hi = j;
+        else if (want >= i) lo = i;
+        else return v[want];
+    }
+    return v[want];
+}
+
+void wsk_count_u64(const uint64_t *values, size_t n, uint64_t value, int64_t *less, int64_t *equal) {
+    int64_t l = 0, e = 0;
+    for (size_t i = 0; i < n; i++) {
+        l += values[i] < value;
+        e += values[i] == value;
+    }
+    *less += l;
+    *equal += e;
 }

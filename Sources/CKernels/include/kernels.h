@@ -108,6 +108,17 @@ int wsk_combine(const wsk_term *terms, size_t count, int mode, double target, do
 /// keys strictly between go to `inside` (room for n + 8), in order. Returns how many went there.
 size_t wsk_bracket(const double *keys, size_t n, uint64_t lo, uint64_t hi, int64_t counts[3], uint64_t *inside);
 
+/// `wsk_bracket` over the keys |x[i] − b[i]| of stored elements (kinds WSK_BF16 … WSK_F16),
+/// exactly as over their decoded differences.
+size_t wsk_bracket_delta(const void *x, int kind, const void *b, int base_kind, size_t n, uint64_t lo, uint64_t hi,
+                         int64_t counts[3], uint64_t *inside);
+
+/// Moves the value of ascending rank k (0-based) of values[0 … n) to values[k] and returns it
+/// (Hoare's selection with a median-of-three pivot; deterministic).
+uint64_t wsk_select_u64(uint64_t *values, size_t n, size_t k);
+/// less += how many values[i] < value, equal += how many == value.
+void wsk_count_u64(const uint64_t *values, size_t n, uint64_t value, int64_t *less, int64_t *equal);
+
 /// Which task-vector elements a rank window keeps, by the bits of |δ|: those in [from, to], and
 /// of the keys equal to value[i] (outside [from, to]), those whose rank among them in C order
 /// is in [first[i], end[i]). `seen[i]` counts the keys equal to value[i] before the block and

@@ -15,6 +15,9 @@ public struct KeyPass: Sendable {
     /// block starting at C-order `position`.
     let keys: @Sendable (_ inputs: [UnsafeMutablePointer<Double>], _ count: Int, _ keys: [UnsafeMutablePointer<Double>],
                          _ position: Int) -> Void
+    /// Whether the keys are `|inputs[s] − inputs[streams]|` (task vectors against the last
+    /// tensor), which scans may compute from the stored elements in place.
+    let differences: Bool
 
     /// A pass with `streams` keys per element.
     init(readers: @escaping @Sendable () throws -> [TensorReader], count: Int, streams: Int, jobs: Int,
@@ -25,6 +28,23 @@ public struct KeyPass: Sendable {
         self.streams = streams
         self.jobs = jobs
         self.keys = keys
+        differences = false
+    }
+
+    /// The pass whose keys are `|inputs[s] − inputs[streams]|`, one stream per tensor before the last.
+    init(differences readers: @escaping @Sendable () throws -> [TensorReader], count: Int, streams: Int, jobs: Int) {
+        self.readers = readers
+        self.count = count
+        self.streams = streams
+        self.jobs = jobs
+        self.keys = { inputs, count, keys, _ in
+            let b = inputs[streams]
+            for s in 0..<streams {
+                let x = inputs[s], key = keys[s]
+                for j in 0..<count { key[j] = Swift.abs(x[j] - b[j]) }
+            }
+        }
+        differences = true
     }
 
     /// A pass with one key per element.
@@ -38,10 +58,19 @@ public struct KeyPass: Sendable {
 
     /// Runs one pass: `block(keys, count, position)` per block with every stream's keys, results
     /// folded in block order.
+    /// With `raw`, a pass of `differences` whose tensors are all read in place hands each block's
+    /// stored elements and their kinds to `raw` instead.
     func runStreams<T: Sendable>(_ block: @escaping @Sendable (_ keys: [UnsafeMutablePointer<Double>], _ count: Int, _ position: Int) -> T,
+                                 raw: (@Sendable (_ inputs: [UnsafeRawPointer], _ kinds: [Int32], _ count: Int) -> T)? = nil,
                                  fold: ([T]) throws -> Void) throws {
         let keys = self.keys, streams = self.streams
-        try Lockstep.run(try readers(), jobs: jobs, output: nil, positioned: { inputs, count, scratch, position in
+        let readers = try self.readers()
+        let kinds = readers.compactMap(\.tensor.dtype.rawKind)
+        var inPlace: Lockstep.RawKernel<T>?
+        if differences, kinds.count == readers.count, let raw {
+            inPlace = { inputs, count, _ in raw(inputs, kinds, count) }
+        }
+        try Lockstep.run(readers, jobs: jobs, output: nil, raw: inPlace, positioned: { inputs, count, scratch, position in
             if streams == 1 {
                 keys(inputs, count, [scratch], position)
                 return block([scratch], count, position)
@@ -243,19 +272,19 @@ public enum Selection {
             if position < below + lo + between {
                 guard let inside else { return nil }
                 var scratch = inside
-                let value = Selection.quickselect(&scratch, position - below - lo)
-                var less = below + lo, equal = 0
+                let value = scratch.withUnsafeMutableBufferPointer { wsk_select_u64($0.baseAddress!, $0.count, position - below - lo) }
+                var smaller = Int64(below + lo), equal: Int64 = 0
                 var equalBefore = [0]
                 equalBefore.reserveCapacity(insidePerBlock.count + 1)
-                var offset = 0
-                for n in insidePerBlock {
-                    for key in inside[offset..<(offset + n)] {
-                        if key < value { less += 1 } else if key == value { equal += 1 }
+                inside.withUnsafeBufferPointer { keys in
+                    var offset = 0
+                    for n in insidePerBlock {
+                        wsk_count_u64(keys.baseAddress! + offset, n, value, &smaller, &equal)
+                        offset += n
+                        equalBefore.append(Int(equal))
                     }
-                    offset += n
-                    equalBefore.append(equal)
                 }
-                return Rank(bits: value, less: less, equal: equal, equalBefore: equalBefore)
+                return Rank(bits: value, less: Int(smaller), equal: Int(equal), equalBefore: equalBefore)
             }
             if position < below + lo + between + hi {
                 return Rank(bits: bracket.hi, less: below + lo + between, equal: hi, equalBefore: prefixSums(atHi))
@@ -279,17 +308,26 @@ public enum Selection {
         }
         let limits = brackets.map { ($0.stream, $0.lo, $0.hi) }
         var scans = brackets.map { Scan(bracket: $0) }
-        try pass.runStreams({ keys, count, _ in
+        /// One block's scan, `bracket(stream, lo, hi, counts, held)` scanning one stream.
+        @Sendable func scanBlock(_ count: Int, _ bracket: (Int, UInt64, UInt64, inout [Int64], UnsafeMutablePointer<UInt64>) -> Int) -> Block {
             var block = Block(counts: [], inside: [])
             let held = UnsafeMutablePointer<UInt64>.allocate(capacity: count + 8)
             defer { held.deallocate() }
             for (stream, lo, hi) in limits {
                 var counts: [Int64] = [0, 0, 0]
-                let m = wsk_bracket(keys[stream], count, lo, hi, &counts, held)
+                let m = bracket(stream, lo, hi, &counts, held)
                 block.counts += counts.map(Int.init)
                 block.inside.append(Array(UnsafeBufferPointer(start: held, count: m)))
             }
             return block
+        }
+        let streams = pass.streams
+        try pass.runStreams({ keys, count, _ in
+            scanBlock(count) { stream, lo, hi, counts, held in wsk_bracket(keys[stream], count, lo, hi, &counts, held) }
+        }, raw: { inputs, kinds, count in
+            scanBlock(count) { stream, lo, hi, counts, held in
+                wsk_bracket_delta(inputs[stream], kinds[stream], inputs[streams], kinds[streams], count, lo, hi, &counts, held)
+            }
         }, fold: { blocks in
             let limit = Self.limit
             for block in blocks {
@@ -360,30 +398,6 @@ public enum Selection {
             if prefixBits == 64 {
                 return Rank(bits: prefix, less: below, equal: candidates)
             }
-        }
-    }
-
-    /// Moves the element of ascending rank `k` to `values[k]` and returns it (Hoare's
-    /// selection with a median-of-three pivot; deterministic).
-    static func quickselect(_ values: inout [UInt64], _ k: Int) -> UInt64 {
-        values.withUnsafeMutableBufferPointer { values in
-            var lo = 0, hi = values.count - 1
-            while lo < hi {
-                let mid = lo + (hi - lo) / 2
-                let pivot = Swift.max(Swift.min(values[lo], values[mid]), Swift.min(Swift.max(values[lo], values[mid]), values[hi]))
-                var i = lo, j = hi
-                while i <= j {
-                    while values[i] < pivot { i += 1 }
-                    while values[j] > pivot { j -= 1 }
-                    if i <= j {
-                        values.swapAt(i, j)
-                        i += 1
-                        j -= 1
-                    }
-                }
-                if k <= j { hi = j } else if k >= i { lo = i } else { return values[k] }
-            }
-            return values[k]
         }
     }
 }

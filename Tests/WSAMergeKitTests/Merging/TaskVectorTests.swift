@@ -10,12 +10,12 @@ import Testing
         .deletingLastPathComponent().deletingLastPathComponent().path
     static let methods = root + "/fixtures/methods"
 
-    func merge(_ strategy: String, _ parameters: [(String, [String])], jobs: Int) throws -> Data {
+    func merge(_ strategy: String, _ parameters: [(String, [String])], jobs: Int, base: String = "base_bf16") throws -> Data {
         let out = NSTemporaryDirectory() + "tv-\(UUID().uuidString).safetensors"
         defer { try? FileManager.default.removeItem(atPath: out) }
         var request = Merger.Request(inputs: ["ft0", "ft1", "ft2"].map { Self.methods + "/\($0)_bf16.safetensors" }, strategy: strategy,
                                      output: OutputOptions(path: out, layout: .safetensors))
-        request.base = Self.methods + "/base_bf16.safetensors"
+        request.base = Self.methods + "/\(base).safetensors"
         request.jobs = jobs
         let declaration = try #require(Strategies.named(strategy)).declaration
         try request.parameters.assign("weight", words: ["1", "0.5", "-0.25"], for: declaration)
@@ -71,5 +71,20 @@ import Testing
         let kept = try merge(strategy, [("density", ["0.4"])], jobs: 2)
         let ranked = try RankedRandom.$maskBudgetOverride.withValue(0) { try merge(strategy, [("density", ["0.4"])], jobs: 2) }
         #expect(kept == ranked)
+    }
+
+    /// The selection scans read BF16 task vectors in place, also against an F32 base: the same
+    /// bytes as through decoded blocks.
+    @Test(arguments: ["base_bf16", "base"])
+    func inPlaceSelectionMatchesDecoded(_ base: String) throws {
+        for (strategy, parameters) in Self.cases where strategy.hasPrefix("ties") || strategy.hasPrefix("breadcrumbs") {
+            for whole in [nil, 1] as [Int?] {
+                let inPlace = try Selection.$wholeOverride.withValue(whole) { try merge(strategy, parameters, jobs: 2, base: base) }
+                let decoded = try Lockstep.$rawKernelsEnabled.withValue(false) {
+                    try Selection.$wholeOverride.withValue(whole) { try merge(strategy, parameters, jobs: 2, base: base) }
+                }
+                #expect(inPlace == decoded, "\(strategy) against \(base)")
+            }
+        }
     }
 }

@@ -187,15 +187,8 @@ public struct TaskVector<Kind: TaskVectorKind>: MergeStrategy, TensorMerge {
     /// inputs and the base).
     func deltaPass(_ item: MergePlan.Item, inputs ks: [Int]) -> KeyPass {
         let plan = context.plan, sources = ks.map { item.sources[$0] }, base = item.base!
-        let streams = ks.count
-        return KeyPass(readers: { try sources.map { try plan.inputs[$0.input].reader(for: $0.index) } + [try plan.base!.reader(for: base)] },
-                       count: item.output.elementCount, streams: streams, jobs: context.jobs, keys: { inputs, count, keys, _ in
-            let b = inputs[streams]
-            for s in 0..<streams {
-                let x = inputs[s], key = keys[s]
-                for j in 0..<count { key[j] = Swift.abs(x[j] - b[j]) }
-            }
-        })
+        return KeyPass(differences: { try sources.map { try plan.inputs[$0.input].reader(for: $0.index) } + [try plan.base!.reader(for: base)] },
+                       count: item.output.elementCount, streams: ks.count, jobs: context.jobs)
     }
 }
 
