@@ -194,18 +194,15 @@ public enum Selection {
         precondition(positions.joined().allSatisfy { $0 >= 0 && $0 < pass.count })
         let brackets = try self.brackets(positions, of: pass)
         let scans = try scan(brackets, of: pass)
-        var ranks: [[Rank]] = []
-        for (s, wanted) in positions.enumerated() {
-            var found: [Rank] = []
-            for position in wanted {
-                let b = brackets.firstIndex { $0.stream == s && $0.positions.contains(position) }!
-                if let rank = scans[b].rank(at: position) {
-                    found.append(rank)
-                } else {
-                    found.append(try radixRank(at: position, stream: s, of: pass))
-                }
-            }
-            ranks.append(found)
+        // Every position's selection side by side; the missed ones by radix passes after.
+        let wanted = positions.enumerated().flatMap { s, wanted in wanted.map { (stream: s, position: $0) } }
+        let found = try parallelMap(sizes: wanted.map { _ in 1 }, jobs: pass.jobs) { i, _ -> Rank? in
+            let (s, position) = wanted[i]
+            return scans[brackets.firstIndex { $0.stream == s && $0.positions.contains(position) }!].rank(at: position)
+        }
+        var ranks = positions.map { _ in [Rank]() }
+        for (i, (s, position)) in wanted.enumerated() {
+            ranks[s].append(try found[i] ?? radixRank(at: position, stream: s, of: pass))
         }
         return ranks
     }
@@ -253,36 +250,33 @@ public enum Selection {
     }
 
     /// What one pass saw of one bracket.
-    struct Scan {
+    struct Scan: Sendable {
         let bracket: Bracket
         var below = 0
-        /// Keys equal to lo and to hi (hi ≠ lo) per block, and the keys strictly inside per block.
-        var atLo: [Int] = [], atHi: [Int] = [], insidePerBlock: [Int] = []
-        /// The keys strictly inside, in C order; nil once they exceeded the limit.
-        var inside: [UInt64]? = []
+        /// Keys equal to lo and to hi (hi ≠ lo) per block.
+        var atLo: [Int] = [], atHi: [Int] = []
+        /// The keys strictly inside, block by block in C order; nil once they exceeded the limit.
+        var inside: [[UInt64]]? = []
+        /// How many keys are strictly inside.
+        var between = 0
 
         /// The rank at `position`, or nil when the bracket missed it.
         func rank(at position: Int) -> Rank? {
             let lo = atLo.reduce(0, +), hi = bracket.hi == bracket.lo ? 0 : atHi.reduce(0, +)
-            let between = insidePerBlock.reduce(0, +)
             if position < below { return nil }
             if position < below + lo {
                 return Rank(bits: bracket.lo, less: below, equal: lo, equalBefore: prefixSums(atLo))
             }
             if position < below + lo + between {
                 guard let inside else { return nil }
-                var scratch = inside
+                var scratch = Array(inside.joined())
                 let value = scratch.withUnsafeMutableBufferPointer { wsk_select_u64($0.baseAddress!, $0.count, position - below - lo) }
                 var smaller = Int64(below + lo), equal: Int64 = 0
                 var equalBefore = [0]
-                equalBefore.reserveCapacity(insidePerBlock.count + 1)
-                inside.withUnsafeBufferPointer { keys in
-                    var offset = 0
-                    for n in insidePerBlock {
-                        wsk_count_u64(keys.baseAddress! + offset, n, value, &smaller, &equal)
-                        offset += n
-                        equalBefore.append(Int(equal))
-                    }
+                equalBefore.reserveCapacity(inside.count + 1)
+                for keys in inside {
+                    keys.withUnsafeBufferPointer { wsk_count_u64($0.baseAddress, $0.count, value, &smaller, &equal) }
+                    equalBefore.append(Int(equal))
                 }
                 return Rank(bits: value, less: Int(smaller), equal: Int(equal), equalBefore: equalBefore)
             }
@@ -335,11 +329,9 @@ public enum Selection {
                     scans[b].below += block.counts[3 * b]
                     scans[b].atLo.append(block.counts[3 * b + 1])
                     scans[b].atHi.append(block.counts[3 * b + 2])
-                    scans[b].insidePerBlock.append(block.inside[b].count)
-                    if scans[b].inside != nil {
-                        scans[b].inside! += block.inside[b]
-                        if scans[b].inside!.count > limit { scans[b].inside = nil }
-                    }
+                    scans[b].between += block.inside[b].count
+                    scans[b].inside?.append(block.inside[b])
+                    if scans[b].between > limit { scans[b].inside = nil }
                 }
             }
         })
@@ -359,23 +351,16 @@ public enum Selection {
             let (matchPrefix, bitsSoFar) = (prefix, prefixBits)
             @Sendable func matches(_ key: UInt64) -> Bool { bitsSoFar == 0 || key >> shift == matchPrefix }
             if candidates <= limit {
-                var held: [UInt64] = []
-                var perBlock: [Int] = []
-                held.reserveCapacity(candidates)
+                var blocks: [[UInt64]] = []
                 try pass.run(stream: stream, { keys, count, _ in
                     var part: [UInt64] = []
                     for j in 0..<count where matches(bits(keys[j])) { part.append(bits(keys[j])) }
                     return part
-                }, fold: { blocks in
-                    for part in blocks {
-                        held += part
-                        perBlock.append(part.count)
-                    }
-                })
+                }, fold: { blocks += $0 })
                 let bracket = Bracket(stream: stream, lo: 0, hi: 0, positions: [position])
                 // Every candidate as "inside" a bracket whose ends hold nothing.
-                let scan = Scan(bracket: bracket, below: below, atLo: perBlock.map { _ in 0 }, atHi: perBlock.map { _ in 0 },
-                                insidePerBlock: perBlock, inside: held)
+                let scan = Scan(bracket: bracket, below: below, atLo: blocks.map { _ in 0 }, atHi: blocks.map { _ in 0 },
+                                inside: blocks, between: blocks.reduce(0) { $0 + $1.count })
                 return scan.rank(at: position)!
             }
             let digitShift = UInt64(48 - prefixBits)
