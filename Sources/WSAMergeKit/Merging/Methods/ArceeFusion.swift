@@ -68,32 +68,32 @@ public struct ArceeFusionStrategy: MergeStrategy, TensorMerge {
         // slightly below 0, so the negative importances (counted with the KLs) are ranked apart.
         let context = self.context
         let readers: @Sendable () throws -> [TensorReader] = { try context.readers(item) + [try context.baseReader(item)] }
-        var cache: [Int: Double] = [:]
-        func quantile(_ q: Double) throws -> Double {
-            let position = Int(q * Double(count - 1))
-            if let value = cache[position] { return value }
-            let value: Double
-            if position < negatives {
-                let pass = KeyPass(readers: readers, count: count, jobs: context.jobs, keys: { inputs, count, keys, start in
-                    for j in 0..<count {
-                        let imp = Self.importance(inputs[0][j], inputs[1][j], rowKL(inputs[0][j], inputs[1][j], start + j))
-                        keys[j] = imp < 0 ? -imp : .infinity
-                    }
-                })
-                value = -(try Selection.rank(at: negatives - 1 - position, of: pass).value)
-            } else {
-                let pass = KeyPass(readers: readers, count: count, jobs: context.jobs, keys: { inputs, count, keys, start in
-                    for j in 0..<count {
-                        let imp = Self.importance(inputs[0][j], inputs[1][j], rowKL(inputs[0][j], inputs[1][j], start + j))
-                        keys[j] = imp.isNaN ? .nan : (imp > 0 ? imp : 0)
-                    }
-                })
-                value = try Selection.rank(at: position, of: pass).value
-            }
-            cache[position] = value
-            return value
+        // The three positions, those among the negative importances and the others each found
+        // in one selection pass.
+        let positions = [0.25, 0.5, 0.75].map { Int($0 * Double(count - 1)) }
+        var values: [Int: Double] = [:]
+        let below = positions.filter { $0 < negatives }, above = positions.filter { $0 >= negatives }
+        if !below.isEmpty {
+            let pass = KeyPass(readers: readers, count: count, jobs: context.jobs, keys: { inputs, count, keys, start in
+                for j in 0..<count {
+                    let imp = Self.importance(inputs[0][j], inputs[1][j], rowKL(inputs[0][j], inputs[1][j], start + j))
+                    keys[j] = imp < 0 ? -imp : .infinity
+                }
+            })
+            let ranks = try Selection.ranks([below.map { negatives - 1 - $0 }], of: pass)[0]
+            for (position, rank) in zip(below, ranks) { values[position] = -rank.value }
         }
-        let q1 = try quantile(0.25), median = try quantile(0.5), q3 = try quantile(0.75)
+        if !above.isEmpty {
+            let pass = KeyPass(readers: readers, count: count, jobs: context.jobs, keys: { inputs, count, keys, start in
+                for j in 0..<count {
+                    let imp = Self.importance(inputs[0][j], inputs[1][j], rowKL(inputs[0][j], inputs[1][j], start + j))
+                    keys[j] = imp.isNaN ? .nan : (imp > 0 ? imp : 0)
+                }
+            })
+            let ranks = try Selection.ranks([above], of: pass)[0]
+            for (position, rank) in zip(above, ranks) { values[position] = rank.value }
+        }
+        let q1 = values[positions[0]]!, median = values[positions[1]]!, q3 = values[positions[2]]!
         let threshold = median + 1.5 * (q3 - q1)
 
         // The writing pass.

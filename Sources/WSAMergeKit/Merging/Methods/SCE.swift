@@ -29,19 +29,30 @@ public struct SCEStrategy: MergeStrategy, TensorMerge {
         }
     }
 
-    /// The population variance over the inputs of `δ_k = inputs[k][j] − b[j]` at element `j`
-    /// (two-pass: the mean first; sums in input order).
-    @inline(__always)
-    static func variance(_ inputs: [UnsafeMutablePointer<Double>], _ n: Int, _ b: UnsafeMutablePointer<Double>, _ j: Int) -> Double {
-        var sum = 0.0
-        for k in 0..<n { sum += inputs[k][j] - b[j] }
-        let mean = sum / Double(n)
-        var squares = 0.0
+    /// The population variances over the inputs of `δ_k = inputs[k][j] − b[j]` for the `count`
+    /// elements of a block (two-pass per element: the mean first; sums in input order), into
+    /// `variances`. Loops run input by input over the block, so they vectorise; each element's
+    /// operations keep their order.
+    static func variances(_ inputs: [UnsafeMutablePointer<Double>], _ n: Int, _ b: UnsafeMutablePointer<Double>, count: Int,
+                          into variances: UnsafeMutablePointer<Double>) {
+        let mean = UnsafeMutablePointer<Double>.allocate(capacity: count)
+        defer { mean.deallocate() }
+        mean.update(repeating: 0, count: count)
         for k in 0..<n {
-            let d = (inputs[k][j] - b[j]) - mean
-            squares += d * d
+            let x = inputs[k]
+            for j in 0..<count { mean[j] += x[j] - b[j] }
         }
-        return squares / Double(n)
+        let size = Double(n)
+        for j in 0..<count { mean[j] /= size }
+        variances.update(repeating: 0, count: count)
+        for k in 0..<n {
+            let x = inputs[k]
+            for j in 0..<count {
+                let d = (x[j] - b[j]) - mean[j]
+                variances[j] += d * d
+            }
+        }
+        for j in 0..<count { variances[j] /= size }
     }
 
     public func merge(_ item: MergePlan.Item, output: Lockstep.Output) throws -> TensorMergeResult {
@@ -55,7 +66,7 @@ public struct SCEStrategy: MergeStrategy, TensorMerge {
         var window = RankWindow.all
         if topk < 1 {
             let pass = KeyPass(readers: readers, count: count, jobs: context.jobs, keys: { inputs, count, keys, _ in
-                for j in 0..<count { keys[j] = Self.variance(inputs, n, inputs[n], j) }
+                Self.variances(inputs, n, inputs[n], count: count, into: keys)
             })
             var nonzero = 0
             try pass.run({ keys, count, _ in
@@ -76,14 +87,25 @@ public struct SCEStrategy: MergeStrategy, TensorMerge {
         try Lockstep.run(try readers(), jobs: context.jobs, output: nil, positioned: { inputs, count, _, position in
             var block = Squares(sums: [Double](repeating: 0, count: n), selected: 0)
             let b = inputs[n]
-            var cursor = rule.cursor(at: position)
-            for j in 0..<count {
-                if selecting && !cursor.keeps(Self.variance(inputs, n, b, j)) { continue }
-                block.selected += 1
-                for k in 0..<n {
-                    let d = inputs[k][j] - b[j]
-                    block.sums[k] += d * d
+            // keep[j]: 1 where element j is selected (the variances in the output scratch).
+            let keep = UnsafeMutablePointer<Double>.allocate(capacity: count)
+            defer { keep.deallocate() }
+            if selecting {
+                Self.variances(inputs, n, b, count: count, into: keep)
+                var cursor = rule.cursor(at: position)
+                for j in 0..<count { keep[j] = cursor.keeps(keep[j]) ? 1 : 0 }
+            } else {
+                keep.update(repeating: 1, count: count)
+            }
+            for j in 0..<count where keep[j] != 0 { block.selected += 1 }
+            for k in 0..<n {
+                let x = inputs[k]
+                var sum = 0.0
+                for j in 0..<count where keep[j] != 0 {
+                    let d = x[j] - b[j]
+                    sum += d * d
                 }
+                block.sums[k] = sum
             }
             return block
         }, fold: { blocks in
@@ -102,29 +124,40 @@ public struct SCEStrategy: MergeStrategy, TensorMerge {
         var nonFinite = false
         try Lockstep.run(try readers(), jobs: context.jobs, output: output, positioned: { inputs, count, out, position in
             let b = inputs[n]
-            var cursor = rule.cursor(at: position)
+            // The selected task vectors d_k (0 where not selected), their sum, then the election.
+            let sum = UnsafeMutablePointer<Double>.allocate(capacity: count)
+            let mixed = UnsafeMutablePointer<Double>.allocate(capacity: count)
+            let divisor = UnsafeMutablePointer<Double>.allocate(capacity: count)
+            defer { sum.deallocate(); mixed.deallocate(); divisor.deallocate() }
+            if selecting {
+                Self.variances(inputs, n, b, count: count, into: mixed)
+                var cursor = rule.cursor(at: position)
+                for j in 0..<count { divisor[j] = cursor.keeps(mixed[j]) ? 1 : 0 }
+            } else {
+                divisor.update(repeating: 1, count: count)
+            }
+            sum.update(repeating: 0, count: count)
+            for k in 0..<n {
+                let x = inputs[k]
+                for j in 0..<count {
+                    x[j] = divisor[j] != 0 ? x[j] - b[j] : 0
+                    sum[j] += x[j]
+                }
+            }
+            mixed.update(repeating: 0, count: count)
+            divisor.update(repeating: 0, count: count)
+            for k in 0..<n {
+                let x = inputs[k], w = weights[k]
+                for j in 0..<count {
+                    let d = x[j]
+                    let agrees = sum[j] >= 0 ? d > 0 : d < 0
+                    mixed[j] += agrees ? w * d : 0
+                    divisor[j] += agrees ? w : 0
+                }
+            }
             var flag = false
             for j in 0..<count {
-                let keep = !selecting || cursor.keeps(Self.variance(inputs, n, b, j))
-                var sum = 0.0
-                if keep {
-                    for k in 0..<n {
-                        inputs[k][j] = inputs[k][j] - b[j]
-                        sum += inputs[k][j]
-                    }
-                }
-                var mixed = 0.0, divisor = 0.0
-                if keep {
-                    let positive = sum >= 0
-                    for k in 0..<n {
-                        let d = inputs[k][j]
-                        if positive ? d > 0 : d < 0 {
-                            mixed += weights[k] * d
-                            divisor += weights[k]
-                        }
-                    }
-                }
-                let y = b[j] + mixed / Swift.max(divisor, 1e-6)
+                let y = b[j] + mixed[j] / Swift.max(divisor[j], 1e-6)
                 out[j] = y
                 if !y.isFinite { flag = true }
             }
