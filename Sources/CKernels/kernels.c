@@ -724,20 +724,25 @@ static void della_resolve(const della_fibre *f, size_t from, size_t n) {
         }
     }
     if (!any_needed) return;
-    /* A stable scatter by bucket, then the buckets still needed. */
+    /* The needed buckets' elements gathered in index order at their ranks (a stable scatter of
+     * those alone), then each resolved the same way. */
     uint64_t *spare_keys = f->spare_keys + from, *spare_order = f->spare_order + from;
     size_t next[256];
     memcpy(next, starts, buckets * sizeof next[0]);
     for (size_t i = 0; i < n; i++) {
-        size_t to = next[DELLA_BUCKET(keys[i])]++;
+        uint64_t d = DELLA_BUCKET(keys[i]);
+        if (!needed[d]) continue;
+        size_t to = next[d]++;
         spare_keys[to] = keys[i];
         spare_order[to] = order[i];
     }
 #undef DELLA_BUCKET
-    memcpy(keys, spare_keys, n * 8);
-    memcpy(order, spare_order, n * 8);
-    for (unsigned d = 0; d < buckets; d++)
-        if (needed[d]) della_resolve(f, from + starts[d], counts[d]);
+    for (unsigned d = 0; d < buckets; d++) {
+        if (!needed[d]) continue;
+        memcpy(keys + starts[d], spare_keys + starts[d], counts[d] * 8);
+        memcpy(order + starts[d], spare_order + starts[d], counts[d] * 8);
+        della_resolve(f, from + starts[d], counts[d]);
+    }
 }
 
 void wsk_della_mask(const double *delta, size_t length, size_t stride, uint64_t key, int64_t first, double density,
@@ -757,15 +762,30 @@ void wsk_della_mask(const double *delta, size_t length, size_t stride, uint64_t 
 }
 
 void wsk_pack_bits(const uint8_t *keep, size_t n, uint8_t *bits) {
-    for (size_t i = 0; i < n; i += 8) {
+    size_t end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) {
+        uint64_t v;
+        memcpy(&v, keep + i, 8);
+        v = (v | (v >> 1) | (v >> 2) | (v >> 3) | (v >> 4) | (v >> 5) | (v >> 6) | (v >> 7)) & 0x0101010101010101ull;
+        /* byte l's low bit to bit l: the multiply gathers the eight bytes' low bits in the top byte */
+        bits[i / 8] = (uint8_t)((v * 0x0102040810204080ull) >> 56);
+    }
+    if (i < n) {
         uint8_t byte = 0;
-        for (size_t l = 0; l < 8 && i + l < n; l++) byte |= (uint8_t)((keep[i + l] != 0) << l);
+        for (size_t l = 0; i + l < n; l++) byte |= (uint8_t)((keep[i + l] != 0) << l);
         bits[i / 8] = byte;
     }
 }
 
 void wsk_unpack_bits(const uint8_t *bits, size_t n, uint8_t *keep) {
-    for (size_t i = 0; i < n; i++) keep[i] = (bits[i / 8] >> (i % 8)) & 1;
+    size_t end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) {
+        /* bit l of the byte to byte l: spread the byte to every lane, keep lane l's bit l, normalise */
+        uint64_t v = (uint64_t)bits[i / 8] * 0x0101010101010101ull & 0x8040201008040201ull;
+        v = ((v + 0x7F7F7F7F7F7F7F7Full) >> 7) & 0x0101010101010101ull;
+        memcpy(keep + i, &v, 8);
+    }
+    for (; i < n; i++) keep[i] = (bits[i / 8] >> (i % 8)) & 1;
 }
 
 uint64_t wsk_select_u64(uint64_t *v, size_t n, size_t k) {
@@ -803,3 +823,4 @@ void wsk_count_u64(const uint64_t *values, size_t n, uint64_t value, int64_t *le
     *less += l;
     *equal += e;
 }
+
