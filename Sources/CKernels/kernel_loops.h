@@ -538,6 +538,50 @@ static void LEVELED(masked_abs_sums)(const double *d, const uint8_t *keep, size_
     *kept += k;
 }
 
+/* Decodes elements [start, start + m) of stored kind `kind` into dst. */
+static void LEVELED(decode_tile)(const void *src, int kind, size_t start, size_t m, double *dst) {
+    const unsigned char *s = src;
+    if (kind == WSK_BF16) LEVELED(decode_bf16)(s + 2 * start, m, dst);
+    else if (kind == WSK_F32) LEVELED(decode_f32)(s + 4 * start, m, dst);
+    else if (kind == WSK_F16) LEVELED(decode_f16)(s + 2 * start, m, dst);
+    else memcpy(dst, s + 8 * start, 8 * m);
+}
+
+static int LEVELED(tv_merge)(wsk_tv_input *in, size_t count, const void *b, int base_kind, size_t n, int64_t position,
+                             int elect, int normalize, double lambda, double divisor, int out_kind, void *dst,
+                             int64_t *dropped) {
+    enum { MAX_INPUTS = 16 };
+    if (count > MAX_INPUTS) return 1;
+    double tiles[MAX_INPUTS][TILE] __attribute__((aligned(64)));
+    double base[TILE] __attribute__((aligned(64))), out[TILE] __attribute__((aligned(64)));
+    double *d[MAX_INPUTS], w[MAX_INPUTS];
+    for (size_t k = 0; k < count; k++) {
+        d[k] = tiles[k];
+        w[k] = in[k].weight;
+    }
+    unsigned char *o = dst;
+    int redo = 0;
+    int64_t drops = 0;
+    for (size_t start = 0; start < n; start += TILE) {
+        size_t m = n - start < TILE ? n - start : TILE;
+        LEVELED(decode_tile)(b, base_kind, start, m, base);
+        for (size_t k = 0; k < count; k++) {
+            LEVELED(decode_tile)(in[k].x, in[k].kind, start, m, tiles[k]);
+            if (in[k].rule == WSK_KEEP_WINDOW) in[k].kept += LEVELED(trim_window)(tiles[k], base, m, in[k].scale, &in[k].window);
+            else if (in[k].rule == WSK_KEEP_DRAWS)
+                in[k].kept += LEVELED(trim_draws)(tiles[k], base, m, in[k].scale, in[k].key, position + (int64_t)start, in[k].density);
+            else in[k].kept += LEVELED(trim_all)(tiles[k], base, m, in[k].scale);
+        }
+        redo |= LEVELED(tv_combine)(d, w, count, base, m, elect, normalize, lambda, divisor, out, &drops);
+        if (out_kind == WSK_BF16) redo |= encode_halves(out, m, o + 2 * start, WSK_BF16);
+        else if (out_kind == WSK_F16) redo |= encode_halves(out, m, o + 2 * start, WSK_F16);
+        else if (out_kind == WSK_F32) LEVELED(encode_f32)(out, m, o + 4 * start);
+        else memcpy(o + 8 * start, out, 8 * m);
+    }
+    *dropped += drops;
+    return redo;
+}
+
 static const wsk_kernels LEVELED(kernels) = {
     .decode_bf16 = LEVELED(decode_bf16),
     .decode_f32 = LEVELED(decode_f32),
@@ -564,6 +608,7 @@ static const wsk_kernels LEVELED(kernels) = {
     .trim_draws = LEVELED(trim_draws),
     .draw_sums = LEVELED(draw_sums),
     .tv_combine = LEVELED(tv_combine),
+    .tv_merge = LEVELED(tv_merge),
     .trim_mask = LEVELED(trim_mask),
     .masked_abs_sums = LEVELED(masked_abs_sums),
     .draws = LEVELED(draws),

@@ -151,6 +151,33 @@ void wsk_draw_sums(const double *x, const double *b, size_t n, uint64_t key, int
 int wsk_tv_combine(double *const *d, const double *w, size_t inputs, const double *b, size_t n, int elect, int normalize,
                    double lambda, double divisor, double *out, int64_t *dropped);
 
+/// How an input of `wsk_tv_merge` is trimmed: every element, by a rank window, or by draws.
+enum { WSK_KEEP_ALL = 0, WSK_KEEP_WINDOW = 1, WSK_KEEP_DRAWS = 2 };
+
+/// One input of `wsk_tv_merge`.
+typedef struct {
+    /// The input's stored elements, of kind `kind`.
+    const void *x;
+    int kind, rule;
+    double weight, scale;
+    /// WSK_KEEP_WINDOW: the window at the block's start (advanced).
+    wsk_window window;
+    /// WSK_KEEP_DRAWS: the draws' key and the keep probability.
+    uint64_t key;
+    double density;
+    /// How many elements were kept (added to).
+    int64_t kept;
+} wsk_tv_input;
+
+/// The task-vector merge of a block of n elements from C-order `position`, on stored elements
+/// (BF16/F32/F64/F16), in 256-element tiles: each input decoded and trimmed like
+/// `wsk_trim_all`/`_window`/`_draws`, then `wsk_tv_combine`, then encoded as `out_kind` to dst:
+/// the same operations in the same order as on decoded blocks, so the same bytes. Returns nonzero
+/// when the caller must redo the block on decoded values: some output is not finite, a BF16 or
+/// F16 result needs the careful encoder, or there are more than 16 inputs.
+int wsk_tv_merge(wsk_tv_input *inputs, size_t count, const void *b, int base_kind, size_t n, int64_t position, int elect,
+                 int normalize, double lambda, double divisor, int out_kind, void *dst, int64_t *dropped);
+
 /// DELLA's keep decisions for one fibre of `length` task-vector elements delta[i·stride]: the
 /// elements are ranked by |δ| ascending (equal keys in index order; a stable LSD radix sort on
 /// the key bits that vary), and element i is kept (keep[i·stride] = 1, else 0) iff the draw

@@ -41,6 +41,10 @@ public struct Lockstep {
     /// same result and bytes as the decoded kernel.
     public typealias RawKernel<T> = @Sendable (_ inputs: [UnsafeRawPointer], _ count: Int, _ output: UnsafeMutableRawPointer?) -> T?
 
+    /// A raw kernel that is also told where its block starts (like `PositionedKernel`).
+    public typealias PositionedRawKernel<T> = @Sendable (_ inputs: [UnsafeRawPointer], _ count: Int, _ output: UnsafeMutableRawPointer?,
+                                                         _ position: Int) -> T?
+
     /// A raw kernel that summarises each input's stored block on its own (`summary(elements,
     /// kind, count)`), or nil when some input's dtype is not read in place; a block goes to the
     /// decoded path as soon as one input's summary is nil.
@@ -71,13 +75,13 @@ public struct Lockstep {
     /// With `raw`, each block first goes to the raw kernel; blocks it cannot finish run `kernel`.
     public static func run<T: Sendable>(_ readers: [TensorReader], jobs: Int, output: Output?, raw: RawKernel<T>? = nil,
                                         kernel: @escaping Kernel<T>, fold: ([T]) throws -> Void) throws {
-        try run(readers, jobs: jobs, output: output, raw: raw, positioned: { inputs, count, out, _ in kernel(inputs, count, out) },
-                fold: fold)
+        try run(readers, jobs: jobs, output: output, raw: raw.map { raw in { inputs, count, out, _ in raw(inputs, count, out) } },
+                positioned: { inputs, count, out, _ in kernel(inputs, count, out) }, fold: fold)
     }
 
     /// `run` with a kernel that is told where its block starts. Blocks start at multiples of
     /// `Partition.blockElements`.
-    public static func run<T: Sendable>(_ readers: [TensorReader], jobs: Int, output: Output?, raw: RawKernel<T>? = nil,
+    public static func run<T: Sendable>(_ readers: [TensorReader], jobs: Int, output: Output?, raw: PositionedRawKernel<T>? = nil,
                                         positioned kernel: @escaping PositionedKernel<T>, fold: ([T]) throws -> Void) throws {
         #if DEBUG
         let raw = rawKernelsEnabled ? raw : nil
@@ -146,7 +150,7 @@ public struct Lockstep {
                     let first = b * block
                     let m = Swift.min(block, n - first)
                     if let raw, let result = raw(raws.indices.map { UnsafeRawPointer(raws[$0].base + first * widths[$0]) }, m,
-                                                 output == nil ? nil : encoded.base + first * outWidth) {
+                                                 output == nil ? nil : encoded.base + first * outWidth, chunkStart + first) {
                         results.set(b, result)
                         return
                     }

@@ -66,9 +66,9 @@ public struct KeyPass: Sendable {
         let keys = self.keys, streams = self.streams
         let readers = try self.readers()
         let kinds = readers.compactMap(\.tensor.dtype.rawKind)
-        var inPlace: Lockstep.RawKernel<T>?
+        var inPlace: Lockstep.PositionedRawKernel<T>?
         if differences, kinds.count == readers.count, let raw {
-            inPlace = { inputs, count, _ in raw(inputs, kinds, count) }
+            inPlace = { inputs, count, _, _ in raw(inputs, kinds, count) }
         }
         try Lockstep.run(readers, jobs: jobs, output: nil, raw: inPlace, positioned: { inputs, count, scratch, position in
             if streams == 1 {

@@ -10,13 +10,15 @@ import Testing
         .deletingLastPathComponent().deletingLastPathComponent().path
     static let methods = root + "/fixtures/methods"
 
-    func merge(_ strategy: String, _ parameters: [(String, [String])], jobs: Int, base: String = "base_bf16") throws -> Data {
+    func merge(_ strategy: String, _ parameters: [(String, [String])], jobs: Int, base: String = "base_bf16",
+               dtype: DType? = nil) throws -> Data {
         let out = NSTemporaryDirectory() + "tv-\(UUID().uuidString).safetensors"
         defer { try? FileManager.default.removeItem(atPath: out) }
         var request = Merger.Request(inputs: ["ft0", "ft1", "ft2"].map { Self.methods + "/\($0)_bf16.safetensors" }, strategy: strategy,
                                      output: OutputOptions(path: out, layout: .safetensors))
         request.base = Self.methods + "/\(base).safetensors"
         request.jobs = jobs
+        request.dtype = dtype
         let declaration = try #require(Strategies.named(strategy)).declaration
         try request.parameters.assign("weight", words: ["1", "0.5", "-0.25"], for: declaration)
         for (name, words) in parameters { try request.parameters.assign(name, words: words, for: declaration) }
@@ -73,18 +75,63 @@ import Testing
         #expect(kept == ranked)
     }
 
-    /// The selection scans read BF16 task vectors in place, also against an F32 base: the same
-    /// bytes as through decoded blocks.
+    /// The selection scans and the writing pass read the stored elements in place (BF16 task
+    /// vectors, against a BF16 or an F32 base, written as each output dtype): the same bytes as
+    /// through decoded blocks.
     @Test(arguments: ["base_bf16", "base"])
-    func inPlaceSelectionMatchesDecoded(_ base: String) throws {
-        for (strategy, parameters) in Self.cases where strategy.hasPrefix("ties") || strategy.hasPrefix("breadcrumbs") {
-            for whole in [nil, 1] as [Int?] {
-                let inPlace = try Selection.$wholeOverride.withValue(whole) { try merge(strategy, parameters, jobs: 2, base: base) }
+    func inPlaceMatchesDecoded(_ base: String) throws {
+        for (strategy, parameters) in Self.cases + [("task_arithmetic", []), ("dare_linear", [("density", ["0.3"])])] {
+            for dtype in [nil, DType.F32, .F16, .F64] {
+                let whole = strategy.hasPrefix("breadcrumbs") ? 1 : nil
+                let inPlace = try Selection.$wholeOverride.withValue(whole) { try merge(strategy, parameters, jobs: 2, base: base, dtype: dtype) }
                 let decoded = try Lockstep.$rawKernelsEnabled.withValue(false) {
-                    try Selection.$wholeOverride.withValue(whole) { try merge(strategy, parameters, jobs: 2, base: base) }
+                    try Selection.$wholeOverride.withValue(whole) { try merge(strategy, parameters, jobs: 2, base: base, dtype: dtype) }
                 }
-                #expect(inPlace == decoded, "\(strategy) against \(base)")
+                #expect(inPlace == decoded, "\(strategy) against \(base) as \(dtype?.rawValue ?? "the inputs' dtype")")
             }
+        }
+    }
+
+    /// A base and three fine-tunes large enough for many blocks and tiles: BF16 tensors of
+    /// 10 000 and 90 × 70 elements with quantised values (many exact ties) and, in one input, an
+    /// infinity (its blocks go the decoded way).
+    static func largeModels() throws -> [String] {
+        var g = SplitMix(seed: 7)
+        func bf16(_ x: Double) -> [UInt8] { Bytes.le(UInt16(Float(x).bitPattern >> 16)) }
+        return try (0..<4).map { m in
+            var data: [UInt8] = []
+            for j in 0..<16_300 {
+                var value = Double(Int(g.next() % 61) - 30) / 64 + (m == 0 ? 0 : Double(Int(g.next() % 9) - 4) / 512)
+                if m == 2 && j == 12_345 { value = .infinity }
+                data += bf16(value)
+            }
+            let header = "{\"a\":{\"dtype\":\"BF16\",\"shape\":[10000],\"data_offsets\":[0,20000]},"
+                + "\"b\":{\"dtype\":\"BF16\",\"shape\":[90,70],\"data_offsets\":[20000,32600]}}"
+            return try Bytes.temporaryFile(Bytes.safetensors(header, data: data), name: "m\(m).safetensors")
+        }
+    }
+
+    /// The stored-element paths (selection scans and the writing pass) over many blocks and tiles,
+    /// with sampled brackets, give the bytes of the decoded path.
+    @Test func inPlaceMatchesDecodedOverManyBlocks() throws {
+        let models = try Self.largeModels()
+        defer { for path in models { Bytes.removeDirectory(of: path) } }
+        for (strategy, parameters) in Self.cases + [("dare_linear", [("density", ["0.3"])])] {
+            func merge() throws -> Data {
+                let out = NSTemporaryDirectory() + "tv-\(UUID().uuidString).safetensors"
+                defer { try? FileManager.default.removeItem(atPath: out) }
+                var request = Merger.Request(inputs: Array(models[1...]), strategy: strategy, output: OutputOptions(path: out, layout: .safetensors))
+                request.base = models[0]
+                request.jobs = 2
+                let declaration = try #require(Strategies.named(strategy)).declaration
+                try request.parameters.assign("weight", words: ["1", "0.5", "-0.25"], for: declaration)
+                for (name, words) in parameters { try request.parameters.assign(name, words: words, for: declaration) }
+                _ = try Merger.run(request)
+                return try Data(contentsOf: URL(fileURLWithPath: out))
+            }
+            let inPlace = try merge()
+            let decoded = try Lockstep.$rawKernelsEnabled.withValue(false) { try merge() }
+            #expect(inPlace == decoded, "\(strategy)")
         }
     }
 }

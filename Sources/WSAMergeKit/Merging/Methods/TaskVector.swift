@@ -102,7 +102,14 @@ public struct TaskVector<Kind: TaskVectorKind>: MergeStrategy, TensorMerge {
         let rules = try keepRules(item, settings: s)
         let readers = try context.readers(item) + [try context.baseReader(item)]
         var tally = Tally(inputs: n)
-        try Lockstep.run(readers, jobs: context.jobs, output: output, positioned: { inputs, count, out, position in
+        let kinds = readers.compactMap(\.tensor.dtype.rawKind)
+        var raw: Lockstep.PositionedRawKernel<Tally>?
+        if kinds.count == readers.count, let outKind = output.dtype.rawKind {
+            raw = { inputs, count, out, position in
+                combiner.merge(stored: inputs, kinds: kinds, rules: rules, count: count, at: position, outKind: outKind, into: out!)
+            }
+        }
+        try Lockstep.run(readers, jobs: context.jobs, output: output, raw: raw, positioned: { inputs, count, out, position in
             var block = Tally(inputs: n)
             for k in 0..<n { block.kept[k] = rules[k].trim(inputs[k], base: inputs[n], count: count, at: position) }
             block.add(combiner.apply(trimmed: Array(inputs[0..<n]), base: inputs[n], count: count, into: out))
@@ -295,20 +302,58 @@ struct Combiner: Sendable {
     let normalize: Bool
     let lambda: Double
 
+    /// The divisor of the methods that do not elect: Σ w_i, or 1 when |Σ w_i| < 1e-8.
+    var plainDivisor: Double {
+        var sum = 0.0
+        for w in weights { sum += w }
+        return Swift.abs(sum) < 1e-8 ? 1 : sum
+    }
+
     /// `out[j] = b[j] + λ·mixed[j]` from the trimmed task vectors `d_k` (unweighted); see
     /// `wsk_tv_combine`.
     func apply(trimmed d: [UnsafeMutablePointer<Double>], base b: UnsafePointer<Double>, count: Int,
                into out: UnsafeMutablePointer<Double>) -> Tally {
         var tally = Tally(inputs: 0)
-        var weightSum = 0.0
-        for w in weights { weightSum += w }
-        let plainDivisor = Swift.abs(weightSum) < 1e-8 ? 1 : weightSum
         var dropped: Int64 = 0
         let pointers: [UnsafeMutablePointer<Double>?] = d
         let nonFinite = wsk_tv_combine(pointers, weights, d.count, b, count, electsSigns ? 1 : 0, normalize ? 1 : 0, lambda,
                                        plainDivisor, out, &dropped)
         tally.dropped = Int(dropped)
         tally.nonFinite = nonFinite != 0
+        return tally
+    }
+
+    /// The whole merge of a block on the stored elements (`stored[k]` of input k, the base last),
+    /// encoded as `outKind` into `out` (`wsk_tv_merge`); nil when the block must go through the
+    /// decoded path.
+    func merge(stored: [UnsafeRawPointer], kinds: [Int32], rules: [KeepRule], count: Int, at position: Int, outKind: Int32,
+               into out: UnsafeMutableRawPointer) -> Tally? {
+        let n = rules.count
+        var inputs = (0..<n).map { k in
+            var input = wsk_tv_input()
+            input.x = stored[k]
+            input.kind = kinds[k]
+            input.weight = weights[k]
+            input.scale = rules[k].scale
+            if let window = rules[k].window {
+                input.rule = Int32(WSK_KEEP_WINDOW)
+                input.window = window.kernelWindow(at: position)
+            } else if let (draws, density) = rules[k].draws {
+                input.rule = Int32(WSK_KEEP_DRAWS)
+                input.key = draws.key
+                input.density = density
+            } else {
+                input.rule = Int32(WSK_KEEP_ALL)
+            }
+            return input
+        }
+        var dropped: Int64 = 0
+        let redo = wsk_tv_merge(&inputs, n, stored[n], kinds[n], count, Int64(position), electsSigns ? 1 : 0, normalize ? 1 : 0,
+                                lambda, plainDivisor, outKind, out, &dropped)
+        guard redo == 0 else { return nil }
+        var tally = Tally(inputs: n)
+        for k in 0..<n { tally.kept[k] = Int(inputs[k].kept) }
+        tally.dropped = Int(dropped)
         return tally
     }
 }
