@@ -11,6 +11,12 @@ import CKernels
 /// out = b + λ · (normalize ? mixed / divisor : mixed)
 /// ```
 /// Each method is a `TaskVectorKind`: which sparsifier, whether it elects signs, its defaults.
+///
+/// Passes per tensor: the sparsifier's read-only passes (`keepRules`: for magnitude and
+/// outliers one sampled selection pass over every input at once, see `Selection`; for DARE's
+/// rescale one pass of sums), then one writing pass on the stored elements (`wsk_tv_merge`),
+/// whose blocks go through decoded float64 (`KeepRule.trim`, `Combiner.apply`) when the C kernel
+/// cannot finish them. DELLA ranks row by row instead (`RankedRandom`).
 public struct TaskVector<Kind: TaskVectorKind>: MergeStrategy, TensorMerge {
     public static var declaration: StrategyDeclaration {
         var parameters = [
@@ -445,10 +451,17 @@ struct RankedRandom: Sendable {
         let values = readers.map { _ in RawBuffer(byteCount: capacity * 8) }
         for first in Swift.stride(from: 0, to: slabs, by: perGroup) {
             let count = Swift.min(perGroup, slabs - first)
+            let elements = count * slabElements
             for (k, reader) in readers.enumerated() {
-                let bytes = raw[k].prefix(count * slabElements * (reader.tensor.dtype.byteWidth ?? 1))
-                try reader.read(into: bytes)
-                reader.tensor.dtype.decode(bytes.baseAddress!, count: count * slabElements, into: values[k].doubles(count * slabElements))
+                try reader.read(into: raw[k].prefix(elements * (reader.tensor.dtype.byteWidth ?? 1)))
+            }
+            // Decoded side by side, in pieces of whole blocks.
+            let dtypes = readers.map(\.tensor.dtype), piece = Partition.blockElements * 16
+            _ = try parallelMap(sizes: [Int](repeating: 1, count: (elements + piece - 1) / piece), jobs: context.jobs) { p, _ in
+                let from = p * piece, n = Swift.min(piece, elements - from)
+                for (k, dtype) in dtypes.enumerated() {
+                    dtype.decode(raw[k].base + from * (dtype.byteWidth ?? 1), count: n, into: values[k].doubles(elements) + from)
+                }
             }
             try body(values, first, count)
         }
