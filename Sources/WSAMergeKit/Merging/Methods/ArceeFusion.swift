@@ -41,15 +41,20 @@ public struct ArceeFusionStrategy: MergeStrategy, TensorMerge {
             if c[j].isNaN || c[j] > mc { mc = c[j] }
             if b[j].isNaN || b[j] > mb { mb = b[j] }
         }
+        // Each exponential once, kept for the second loop.
+        let ec = UnsafeMutablePointer<Double>.allocate(capacity: 2 * length), eb = ec + length
+        defer { ec.deallocate() }
         var zc = 0.0, zb = 0.0
         for j in 0..<length {
-            zc += exp(c[j] - mc)
-            zb += exp(b[j] - mb)
+            ec[j] = exp(c[j] - mc)
+            eb[j] = exp(b[j] - mb)
+            zc += ec[j]
+            zb += eb[j]
         }
         var kl = 0.0
         for j in 0..<length {
-            let p = exp(c[j] - mc) / zc + 1e-8
-            let q = exp(b[j] - mb) / zb + 1e-8
+            let p = ec[j] / zc + 1e-8
+            let q = eb[j] / zb + 1e-8
             kl += p * log(p / q)
         }
         return kl
@@ -60,8 +65,21 @@ public struct ArceeFusionStrategy: MergeStrategy, TensorMerge {
         guard count > 0 else { return TensorMergeResult(method: "arcee_fusion") }
         let length = item.output.shape.last ?? 1
         let (kl, negatives) = try rowDivergences(item, length: length)
-        @Sendable func rowKL(_ c: Double, _ b: Double, _ index: Int) -> Double {
-            length == 1 ? Self.singleDivergence(c, b) : kl[index / length]
+        /// The KL of each element's row over a block of `count` elements from C-order `start`.
+        @Sendable func rowKL(_ c: UnsafePointer<Double>, _ b: UnsafePointer<Double>, _ start: Int, _ count: Int,
+                             into out: UnsafeMutablePointer<Double>) {
+            if length == 1 {
+                for j in 0..<count { out[j] = Self.singleDivergence(c[j], b[j]) }
+                return
+            }
+            var row = start / length, next = (row + 1) * length
+            for j in 0..<count {
+                if start + j == next {
+                    row += 1
+                    next += length
+                }
+                out[j] = kl[row]
+            }
         }
 
         // The quantiles of imp, exact. Selection orders non-negative keys; a row's KL can round to
@@ -75,8 +93,10 @@ public struct ArceeFusionStrategy: MergeStrategy, TensorMerge {
         let below = positions.filter { $0 < negatives }, above = positions.filter { $0 >= negatives }
         if !below.isEmpty {
             let pass = KeyPass(readers: readers, count: count, jobs: context.jobs, keys: { inputs, count, keys, start in
+                let c = inputs[0], b = inputs[1]
+                rowKL(c, b, start, count, into: keys)
                 for j in 0..<count {
-                    let imp = Self.importance(inputs[0][j], inputs[1][j], rowKL(inputs[0][j], inputs[1][j], start + j))
+                    let imp = Self.importance(c[j], b[j], keys[j])
                     keys[j] = imp < 0 ? -imp : .infinity
                 }
             })
@@ -85,8 +105,10 @@ public struct ArceeFusionStrategy: MergeStrategy, TensorMerge {
         }
         if !above.isEmpty {
             let pass = KeyPass(readers: readers, count: count, jobs: context.jobs, keys: { inputs, count, keys, start in
+                let c = inputs[0], b = inputs[1]
+                rowKL(c, b, start, count, into: keys)
                 for j in 0..<count {
-                    let imp = Self.importance(inputs[0][j], inputs[1][j], rowKL(inputs[0][j], inputs[1][j], start + j))
+                    let imp = Self.importance(c[j], b[j], keys[j])
                     keys[j] = imp.isNaN ? .nan : (imp > 0 ? imp : 0)
                 }
             })
@@ -102,8 +124,9 @@ public struct ArceeFusionStrategy: MergeStrategy, TensorMerge {
         try Lockstep.run(try readers(), jobs: context.jobs, output: output, positioned: { inputs, count, out, start in
             var block = Block()
             let c = inputs[0], b = inputs[1]
+            rowKL(c, b, start, count, into: out)
             for j in 0..<count {
-                let keep = Self.importance(c[j], b[j], rowKL(c[j], b[j], start + j)) >= threshold
+                let keep = Self.importance(c[j], b[j], out[j]) >= threshold
                 let y = b[j] + (c[j] - b[j]) * (keep ? 1 : 0)
                 out[j] = y
                 if c[j] != b[j] {
