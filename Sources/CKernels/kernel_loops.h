@@ -363,11 +363,13 @@ static int64_t LEVELED(trim_window)(double *x, const double *b, size_t n, double
     int bands = w->bands;
     v8lu values[2] = {(v8lu){0} + (bands > 0 ? w->value[0] : (uint64_t)-1), (v8lu){0} + (bands > 1 ? w->value[1] : (uint64_t)-1)};
     int64_t seen[2] = {w->seen[0], w->seen[1]}, first[2] = {w->first[0], w->first[1]}, last[2] = {w->end[0], w->end[1]};
+    v8lu always0 = (v8lu){0} + (w->always > 0 ? w->always_value[0] : (uint64_t)-1),
+         always1 = (v8lu){0} + (w->always > 1 ? w->always_value[1] : (uint64_t)-1);
     size_t end = n & ~(size_t)7, i = 0;
     for (; i < end; i += 8) {
         v8d d = load8d(x + i) - load8d(b + i);
         v8lu k = (v8lu)d & ~SIGN64;
-        v8l keep = (v8l)((k >= from) & (k <= to));
+        v8l keep = (v8l)(((k >= from) & (k <= to)) | (k == always0) | (k == always1));
         for (int band = 0; band < bands; band++) {
             v8l tie = (v8l)(k == values[band]);
             unsigned lanes = lane_bits8(tie);

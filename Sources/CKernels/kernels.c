@@ -467,6 +467,7 @@ static inline uint64_t key_bits(double x, double b) {
 /* Whether a window keeps the key with these bits (advancing its tie counters). */
 static inline int window_keeps(wsk_window *w, uint64_t key) {
     int kept = key >= w->from && key <= w->to;
+    for (int i = 0; i < w->always; i++) kept |= key == w->always_value[i];
     for (int i = 0; i < w->bands; i++) {
         if (key == w->value[i]) {
             kept |= w->seen[i] >= w->first[i] && w->seen[i] < w->end[i];

@@ -122,12 +122,16 @@ void wsk_count_u64(const uint64_t *values, size_t n, uint64_t value, int64_t *le
 /// Which task-vector elements a rank window keeps, by the bits of |δ|: those in [from, to], and
 /// of the keys equal to value[i] (outside [from, to]), those whose rank among them in C order
 /// is in [first[i], end[i]). `seen[i]` counts the keys equal to value[i] before the block and
-/// is advanced past it.
+/// is advanced past it; keys equal to always_value[i] (i < always) are kept.
 typedef struct {
     uint64_t from, to;
     int bands;
     uint64_t value[2];
     int64_t first[2], end[2], seen[2];
+    /// Keys equal to these are kept whatever their rank (a band whose ties in this block all
+    /// fall in its range).
+    int always;
+    uint64_t always_value[2];
 } wsk_window;
 
 /// The trimmed task vector in place of the input: x[i] ← (x[i] − b[i])·scale where element i is

@@ -479,23 +479,42 @@ struct RankWindow: Sendable {
         return (total, kept, keptCount)
     }
 
-    /// The window for the C kernels from the block starting at C-order `position` on.
+    /// The window for the C kernels from the block starting at C-order `position` on. A band
+    /// whose ties in this block (known from `before`) all fall in its range is kept by value,
+    /// and one whose ties all fall outside it is left out, so only a block where a band's range
+    /// starts or ends counts ties one by one.
     func kernelWindow(at position: Int) -> wsk_window {
         var window = wsk_window()
         window.from = from
         window.to = to
-        window.bands = Int32(bands.count)
-        window.value = (bands.first?.value ?? 0, bands.count > 1 ? bands[1].value : 0)
-        func field(_ pick: (Band) -> Int) -> (Int64, Int64) {
-            (Int64(bands.first.map(pick) ?? 0), Int64(bands.count > 1 ? pick(bands[1]) : 0))
+        let block = position / Partition.blockElements
+        var partial: [(Band, Int)] = [], always: [UInt64] = []
+        for band in bands {
+            let seen = band.before.isEmpty ? 0 : band.before[block]
+            if block + 1 < band.before.count {
+                let ties = seen..<band.before[block + 1]
+                if ties.isEmpty || band.ranks.isEmpty || ties.upperBound <= band.ranks.lowerBound || ties.lowerBound >= band.ranks.upperBound {
+                    continue
+                }
+                if ties.lowerBound >= band.ranks.lowerBound && ties.upperBound <= band.ranks.upperBound {
+                    always.append(band.value)
+                    continue
+                }
+            }
+            partial.append((band, seen))
         }
-        window.first = field { $0.ranks.lowerBound }
-        window.end = field { $0.ranks.upperBound }
-        window.seen = field { $0.before.isEmpty ? 0 : $0.before[position / Partition.blockElements] }
+        window.bands = Int32(partial.count)
+        window.value = (partial.first?.0.value ?? 0, partial.count > 1 ? partial[1].0.value : 0)
+        window.first = (Int64(partial.first?.0.ranks.lowerBound ?? 0), Int64(partial.count > 1 ? partial[1].0.ranks.lowerBound : 0))
+        window.end = (Int64(partial.first?.0.ranks.upperBound ?? 0), Int64(partial.count > 1 ? partial[1].0.ranks.upperBound : 0))
+        window.seen = (Int64(partial.first?.1 ?? 0), Int64(partial.count > 1 ? partial[1].1 : 0))
+        window.always = Int32(always.count)
+        window.always_value = (always.first ?? 0, always.count > 1 ? always[1] : 0)
         return window
     }
 
-    /// A per-block cursor that answers "is the key at this position kept?" in C order.
+    /// A cursor that answers "is the key at this position kept?" in C order, for the block of
+    /// `Partition.blockElements` keys starting at `position` (a pass makes one per block).
     func cursor(at position: Int) -> Cursor { Cursor(window: kernelWindow(at: position)) }
 
     /// The window's bounds and its (at most two) bands in plain fields, for the per-element loop.
@@ -507,6 +526,8 @@ struct RankWindow: Sendable {
         mutating func keeps(_ key: Double) -> Bool {
             let bits = Selection.bits(key)
             var kept = window.from <= bits && bits <= window.to
+            if window.always > 0 && bits == window.always_value.0 { kept = true }
+            if window.always > 1 && bits == window.always_value.1 { kept = true }
             if window.bands > 0 && bits == window.value.0 {
                 if window.seen.0 >= window.first.0 && window.seen.0 < window.end.0 { kept = true }
                 window.seen.0 += 1
