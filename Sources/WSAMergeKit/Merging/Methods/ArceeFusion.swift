@@ -91,27 +91,21 @@ public struct ArceeFusionStrategy: MergeStrategy, TensorMerge {
         let positions = [0.25, 0.5, 0.75].map { Int($0 * Double(count - 1)) }
         var values: [Int: Double] = [:]
         let below = positions.filter { $0 < negatives }, above = positions.filter { $0 >= negatives }
-        if !below.isEmpty {
-            let pass = KeyPass(readers: readers, count: count, jobs: context.jobs, keys: { inputs, count, keys, start in
+        /// The pass whose keys are `key(imp)` of every element.
+        func importances(_ key: @escaping @Sendable (Double) -> Double) -> KeyPass {
+            KeyPass(readers: readers, count: count, jobs: context.jobs, keys: { inputs, count, keys, start in
                 let c = inputs[0], b = inputs[1]
                 rowKL(c, b, start, count, into: keys)
-                for j in 0..<count {
-                    let imp = Self.importance(c[j], b[j], keys[j])
-                    keys[j] = imp < 0 ? -imp : .infinity
-                }
+                for j in 0..<count { keys[j] = key(Self.importance(c[j], b[j], keys[j])) }
             })
+        }
+        if !below.isEmpty {
+            let pass = importances { $0 < 0 ? -$0 : .infinity }
             let ranks = try Selection.ranks([below.map { negatives - 1 - $0 }], of: pass)[0]
             for (position, rank) in zip(below, ranks) { values[position] = -rank.value }
         }
         if !above.isEmpty {
-            let pass = KeyPass(readers: readers, count: count, jobs: context.jobs, keys: { inputs, count, keys, start in
-                let c = inputs[0], b = inputs[1]
-                rowKL(c, b, start, count, into: keys)
-                for j in 0..<count {
-                    let imp = Self.importance(c[j], b[j], keys[j])
-                    keys[j] = imp.isNaN ? .nan : (imp > 0 ? imp : 0)
-                }
-            })
+            let pass = importances { $0.isNaN ? .nan : ($0 > 0 ? $0 : 0) }
             let ranks = try Selection.ranks([above], of: pass)[0]
             for (position, rank) in zip(above, ranks) { values[position] = rank.value }
         }

@@ -55,6 +55,19 @@ public struct SCEStrategy: MergeStrategy, TensorMerge {
         for j in 0..<count { variances[j] /= size }
     }
 
+    /// `selected[j]` = 1 where element j of the block at C-order `position` is selected by
+    /// `window` (by its variance; every element without a window), else 0.
+    static func mark(_ inputs: [UnsafeMutablePointer<Double>], _ n: Int, _ b: UnsafeMutablePointer<Double>, count: Int,
+                     _ window: RankWindow?, at position: Int, into selected: UnsafeMutablePointer<Double>) {
+        guard let window else {
+            selected.update(repeating: 1, count: count)
+            return
+        }
+        variances(inputs, n, b, count: count, into: selected)
+        var cursor = window.cursor(at: position)
+        for j in 0..<count { selected[j] = cursor.keeps(selected[j]) ? 1 : 0 }
+    }
+
     public func merge(_ item: MergePlan.Item, output: Lockstep.Output) throws -> TensorMergeResult {
         let topk = try context.parameters.number("select_topk", tensor: item.name)
         let n = item.sources.count, count = item.output.elementCount
@@ -87,16 +100,9 @@ public struct SCEStrategy: MergeStrategy, TensorMerge {
         try Lockstep.run(try readers(), jobs: context.jobs, output: nil, positioned: { inputs, count, _, position in
             var block = Squares(sums: [Double](repeating: 0, count: n), selected: 0)
             let b = inputs[n]
-            // keep[j]: 1 where element j is selected (the variances in the output scratch).
             let keep = UnsafeMutablePointer<Double>.allocate(capacity: count)
             defer { keep.deallocate() }
-            if selecting {
-                Self.variances(inputs, n, b, count: count, into: keep)
-                var cursor = rule.cursor(at: position)
-                for j in 0..<count { keep[j] = cursor.keeps(keep[j]) ? 1 : 0 }
-            } else {
-                keep.update(repeating: 1, count: count)
-            }
+            Self.mark(inputs, n, b, count: count, selecting ? rule : nil, at: position, into: keep)
             for j in 0..<count where keep[j] != 0 { block.selected += 1 }
             for k in 0..<n {
                 let x = inputs[k]
@@ -129,13 +135,7 @@ public struct SCEStrategy: MergeStrategy, TensorMerge {
             let mixed = UnsafeMutablePointer<Double>.allocate(capacity: count)
             let divisor = UnsafeMutablePointer<Double>.allocate(capacity: count)
             defer { sum.deallocate(); mixed.deallocate(); divisor.deallocate() }
-            if selecting {
-                Self.variances(inputs, n, b, count: count, into: mixed)
-                var cursor = rule.cursor(at: position)
-                for j in 0..<count { divisor[j] = cursor.keeps(mixed[j]) ? 1 : 0 }
-            } else {
-                divisor.update(repeating: 1, count: count)
-            }
+            Self.mark(inputs, n, b, count: count, selecting ? rule : nil, at: position, into: divisor)
             sum.update(repeating: 0, count: count)
             for k in 0..<n {
                 let x = inputs[k]
