@@ -75,7 +75,7 @@ public struct Lockstep {
     /// With `raw`, each block first goes to the raw kernel; blocks it cannot finish run `kernel`.
     public static func run<T: Sendable>(_ readers: [TensorReader], jobs: Int, output: Output?, raw: RawKernel<T>? = nil,
                                         kernel: @escaping Kernel<T>, fold: ([T]) throws -> Void) throws {
-        try run(readers, jobs: jobs, output: output, raw: raw.map { raw in { inputs, count, out, _ in raw(inputs, count, out) } },
+        try run(readers, jobs: jobs, output: output, raw: raw.map { raw in { @Sendable inputs, count, out, _ in raw(inputs, count, out) } },
                 positioned: { inputs, count, out, _ in kernel(inputs, count, out) }, fold: fold)
     }
 
