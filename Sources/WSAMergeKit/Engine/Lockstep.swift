@@ -181,6 +181,24 @@ public struct Lockstep {
     }
 }
 
+extension Lockstep {
+    /// Reads the next `count` elements of each reader into `raw[k]` and decodes them to float64
+    /// in `values[k]`, the decoding side by side in pieces of whole blocks (for passes that hold
+    /// whole rows at a time instead of streaming blocks).
+    static func readDecoded(_ readers: [TensorReader], count: Int, raw: [RawBuffer], into values: [RawBuffer], jobs: Int) throws {
+        for (k, reader) in readers.enumerated() {
+            try reader.read(into: raw[k].prefix(count * (reader.tensor.dtype.byteWidth ?? 1)))
+        }
+        let dtypes = readers.map(\.tensor.dtype), piece = Partition.blockElements * 16
+        _ = try parallelMap(sizes: [Int](repeating: 1, count: (count + piece - 1) / piece), jobs: jobs) { p, _ in
+            let from = p * piece, n = Swift.min(piece, count - from)
+            for (k, dtype) in dtypes.enumerated() {
+                dtype.decode(raw[k].base + from * (dtype.byteWidth ?? 1), count: n, into: values[k].doubles(count) + from)
+            }
+        }
+    }
+}
+
 /// The writer thread of a pass; its first error is rethrown.
 final class BackgroundWriter: Sendable {
     private struct State {

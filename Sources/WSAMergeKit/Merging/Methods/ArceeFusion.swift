@@ -164,11 +164,7 @@ public struct ArceeFusionStrategy: MergeStrategy, TensorMerge {
         var row = 0
         while row < rows {
             let m = Swift.min(groupRows, rows - row), elements = m * length
-            for (k, reader) in readers.enumerated() {
-                let bytes = raw[k].prefix(elements * (reader.tensor.dtype.byteWidth ?? 1))
-                try reader.read(into: bytes)
-                reader.tensor.dtype.decode(bytes.baseAddress!, count: elements, into: values[k].doubles(elements))
-            }
+            try Lockstep.readDecoded(readers, count: elements, raw: raw, into: values, jobs: context.jobs)
             let tasks = (m + taskRows - 1) / taskRows
             let counts = BlockResults<Int>(count: tasks)
             let (cBuffer, bBuffer) = (values[0], values[1])

@@ -451,18 +451,7 @@ struct RankedRandom: Sendable {
         let values = readers.map { _ in RawBuffer(byteCount: capacity * 8) }
         for first in Swift.stride(from: 0, to: slabs, by: perGroup) {
             let count = Swift.min(perGroup, slabs - first)
-            let elements = count * slabElements
-            for (k, reader) in readers.enumerated() {
-                try reader.read(into: raw[k].prefix(elements * (reader.tensor.dtype.byteWidth ?? 1)))
-            }
-            // Decoded side by side, in pieces of whole blocks.
-            let dtypes = readers.map(\.tensor.dtype), piece = Partition.blockElements * 16
-            _ = try parallelMap(sizes: [Int](repeating: 1, count: (elements + piece - 1) / piece), jobs: context.jobs) { p, _ in
-                let from = p * piece, n = Swift.min(piece, elements - from)
-                for (k, dtype) in dtypes.enumerated() {
-                    dtype.decode(raw[k].base + from * (dtype.byteWidth ?? 1), count: n, into: values[k].doubles(elements) + from)
-                }
-            }
+            try Lockstep.readDecoded(readers, count: count * slabElements, raw: raw, into: values, jobs: context.jobs)
             try body(values, first, count)
         }
     }
