@@ -196,14 +196,18 @@ struct TaskVectorSums: Sendable {
                         jobs: Int) throws -> TaskVectorSums {
         var windows: [RankWindow] = []
         if count > 0 {
+            // Every input's selection in one pass over the base and the inputs (a key stream each).
             let k = Swift.max(1, Int((density * Double(count)).rounded(.down)))
-            for i in 1...n {
-                let pass = KeyPass(readers: { [try reader(0), try reader(i)] }, count: count, jobs: jobs,
-                                   keys: { inputs, count, keys, _ in
-                                       for e in 0..<count { keys[e] = key(inputs[0][e], inputs[1][e]) }
-                                   })
-                var window = try RankWindow.largest(k, of: pass)
-                if window.needsCensus { _ = try window.census(pass) }
+            let pass = KeyPass(readers: { try (0...n).map(reader) }, count: count, streams: n, jobs: jobs,
+                               keys: { inputs, count, keys, _ in
+                                   for i in 0..<n {
+                                       for e in 0..<count { keys[i][e] = key(inputs[0][e], inputs[i + 1][e]) }
+                                   }
+                               })
+            let cuts = k < count ? try Selection.ranks([[Int]](repeating: [count - k], count: n), of: pass) : []
+            for i in 0..<n {
+                var window = RankWindow.largest(k, count: count, cut: cuts[i][0])
+                if window.needsCensus { _ = try window.census(pass, stream: i) }
                 windows.append(window)
             }
         }
