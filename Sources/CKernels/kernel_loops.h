@@ -357,42 +357,66 @@ static int64_t LEVELED(trim_all)(double *x, const double *b, size_t n, double sc
     return (int64_t)n;
 }
 
+/* A window over 8 keys at a time: open it at a block's start, ask which lanes it keeps (in C
+ * order, advancing the bands' tie counters), close it to store the counters back. */
+static inline __attribute__((always_inline)) void LEVELED(window8_open)(window8 *s, const wsk_window *w) {
+    s->from = (v8lu){0} + w->from;
+    s->to = (v8lu){0} + w->to;
+    s->bands = w->bands;
+    s->value[0] = (v8lu){0} + (w->bands > 0 ? w->value[0] : (uint64_t)-1);
+    s->value[1] = (v8lu){0} + (w->bands > 1 ? w->value[1] : (uint64_t)-1);
+    s->always[0] = (v8lu){0} + (w->always > 0 ? w->always_value[0] : (uint64_t)-1);
+    s->always[1] = (v8lu){0} + (w->always > 1 ? w->always_value[1] : (uint64_t)-1);
+    for (int band = 0; band < 2; band++) {
+        s->seen[band] = w->seen[band];
+        s->first[band] = w->first[band];
+        s->last[band] = w->end[band];
+    }
+}
+
+static inline __attribute__((always_inline)) void LEVELED(window8_keep)(window8 *s, const v8lu *key, v8l *kept) {
+    v8lu k = *key;
+    v8l keep = (v8l)(((k >= s->from) & (k <= s->to)) | (k == s->always[0]) | (k == s->always[1]));
+    for (int band = 0; band < s->bands; band++) {
+        v8l tie = (v8l)(k == s->value[band]);
+        unsigned lanes = lane_bits8(tie);
+        int64_t ties = __builtin_popcount(lanes), seen = s->seen[band], first = s->first[band], last = s->last[band];
+        /* Branch-free in the common cases: all these ties in the band's range, or none. */
+        int64_t all = -(int64_t)(seen >= first && seen + ties <= last);
+        keep |= tie & all;
+        if (!all && ties && seen < last && seen + ties > first) {
+            /* the range starts or ends inside these lanes: rank them one by one */
+            int64_t rank = seen;
+            for (int l = 0; l < 8; l++) {
+                if (!(lanes >> l & 1)) continue;
+                if (rank >= first && rank < last) keep[l] = -1;
+                rank++;
+            }
+        }
+        s->seen[band] = seen + ties;
+    }
+    *kept = keep;
+}
+
+static inline __attribute__((always_inline)) void LEVELED(window8_close)(const window8 *s, wsk_window *w) {
+    w->seen[0] = s->seen[0];
+    w->seen[1] = s->seen[1];
+}
+
 static int64_t LEVELED(trim_window)(double *x, const double *b, size_t n, double scale, wsk_window *w) {
     v8l kept8 = {0};
-    v8lu from = (v8lu){0} + w->from, to = (v8lu){0} + w->to;
-    int bands = w->bands;
-    v8lu values[2] = {(v8lu){0} + (bands > 0 ? w->value[0] : (uint64_t)-1), (v8lu){0} + (bands > 1 ? w->value[1] : (uint64_t)-1)};
-    int64_t seen[2] = {w->seen[0], w->seen[1]}, first[2] = {w->first[0], w->first[1]}, last[2] = {w->end[0], w->end[1]};
-    v8lu always0 = (v8lu){0} + (w->always > 0 ? w->always_value[0] : (uint64_t)-1),
-         always1 = (v8lu){0} + (w->always > 1 ? w->always_value[1] : (uint64_t)-1);
+    window8 s;
+    LEVELED(window8_open)(&s, w);
     size_t end = n & ~(size_t)7, i = 0;
     for (; i < end; i += 8) {
         v8d d = load8d(x + i) - load8d(b + i);
         v8lu k = (v8lu)d & ~SIGN64;
-        v8l keep = (v8l)(((k >= from) & (k <= to)) | (k == always0) | (k == always1));
-        for (int band = 0; band < bands; band++) {
-            v8l tie = (v8l)(k == values[band]);
-            unsigned lanes = lane_bits8(tie);
-            int64_t ties = __builtin_popcount(lanes), s = seen[band];
-            /* Branch-free in the common cases: all these ties in the band's range, or none. */
-            int64_t all = -(int64_t)(s >= first[band] && s + ties <= last[band]);
-            keep |= tie & all;
-            if (!all && ties && s < last[band] && s + ties > first[band]) {
-                /* the range starts or ends inside these lanes: rank them one by one */
-                int64_t rank = s;
-                for (int l = 0; l < 8; l++) {
-                    if (!(lanes >> l & 1)) continue;
-                    if (rank >= first[band] && rank < last[band]) keep[l] = -1;
-                    rank++;
-                }
-            }
-            seen[band] = s + ties;
-        }
+        v8l keep;
+        LEVELED(window8_keep)(&s, &k, &keep);
         store8(x + i, (v8d)((v8l)(d * scale) & keep));
         kept8 -= keep;
     }
-    w->seen[0] = seen[0];
-    w->seen[1] = seen[1];
+    LEVELED(window8_close)(&s, w);
     int64_t kept = 0;
     for (int l = 0; l < 8; l++) kept += kept8[l];
     for (; i < n; i++) {
@@ -584,6 +608,122 @@ static int LEVELED(tv_merge)(wsk_tv_input *in, size_t count, const void *b, int 
     return redo;
 }
 
+/* SCE: the variance of the task vectors x[k] − b over the inputs, 8 elements at a time and one by one. */
+#define SCE_VARIANCE8(x, inputs, b, i, var)                                                  \
+    do {                                                                                      \
+        v8d b_ = load8d((b) + (i)), mean_ = splat8(0), var_ = splat8(0), size_ = splat8((double)(inputs)); \
+        for (size_t k_ = 0; k_ < (inputs); k_++) mean_ += load8d((x)[k_] + (i)) - b_;          \
+        mean_ = mean_ / size_;                                                                \
+        for (size_t k_ = 0; k_ < (inputs); k_++) {                                            \
+            v8d d_ = (load8d((x)[k_] + (i)) - b_) - mean_;                                    \
+            var_ += d_ * d_;                                                                  \
+        }                                                                                     \
+        (var) = var_ / size_;                                                                 \
+    } while (0)
+
+static void LEVELED(sce_variances)(double *const *x, size_t inputs, const double *b, size_t n, double *var) {
+    size_t end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) {
+        v8d v;
+        SCE_VARIANCE8(x, inputs, b, i, v);
+        store8(var + i, v);
+    }
+    for (; i < n; i++) var[i] = sce_variance_one(x, inputs, b, i);
+}
+
+/* The lanes of 8 elements from i that SCE selects: all without a window, else by variance. */
+#define SCE_SELECT8(x, inputs, b, i, window, s, keep)                                          \
+    do {                                                                                      \
+        if (window) {                                                                         \
+            v8d v_;                                                                           \
+            SCE_VARIANCE8(x, inputs, b, i, v_);                                               \
+            v8lu k_ = (v8lu)v_ & ~SIGN64;                                                     \
+            LEVELED(window8_keep)(&(s), &k_, &(keep));                                        \
+        } else {                                                                              \
+            (keep) = (v8l){0} - 1;                                                            \
+        }                                                                                     \
+    } while (0)
+
+static void LEVELED(sce_squares)(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window,
+                                 double *squares, int64_t *selected) {
+    window8 s = {0};
+    if (window) LEVELED(window8_open)(&s, window);
+    v8l masks[TILE / 8], count8 = {0};
+    int64_t chosen = 0;
+    uint8_t tail[8];
+    size_t end = n & ~(size_t)7;
+    for (size_t start = 0; start < n; start += TILE) {
+        size_t stop = start + TILE < end ? start + TILE : end, i;
+        for (i = start; i < stop; i += 8) {
+            SCE_SELECT8(x, inputs, b, i, window, s, masks[(i - start) / 8]);
+            count8 -= masks[(i - start) / 8];
+        }
+        if (stop == end && end < n) { /* the last elements, one by one (the window's counters closed first) */
+            if (window) LEVELED(window8_close)(&s, window);
+            for (size_t j = end; j < n; j++) {
+                tail[j - end] = window ? window_keeps(window, key_bits(sce_variance_one(x, inputs, b, j), 0)) : 1;
+                chosen += tail[j - end];
+            }
+        }
+        for (size_t k = 0; k < inputs; k++) {
+            v8d acc = splat8(0);
+            for (i = start; i < stop; i += 8) {
+                v8d d = load8d(x[k] + i) - load8d(b + i);
+                acc += (v8d)((v8l)(d * d) & masks[(i - start) / 8]);
+            }
+            double sum = fold8(acc);
+            if (stop == end)
+                for (size_t j = end; j < n; j++) {
+                    double d = x[k][j] - b[j];
+                    if (tail[j - end]) sum += d * d;
+                }
+            squares[k] += sum;
+        }
+        if (stop == end) break;
+    }
+    if (window && end == n) LEVELED(window8_close)(&s, window);
+    for (int l = 0; l < 8; l++) chosen += count8[l];
+    *selected += chosen;
+}
+
+static int LEVELED(sce_merge)(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window,
+                              const double *weights, double *out) {
+    window8 s = {0};
+    if (window) LEVELED(window8_open)(&s, window);
+    size_t end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) {
+        v8l keep;
+        SCE_SELECT8(x, inputs, b, i, window, s, keep);
+        v8d bb = load8d(b + i), sum = splat8(0), mixed = splat8(0), divisor = splat8(0);
+        for (size_t k = 0; k < inputs; k++) sum += (v8d)((v8l)(load8d(x[k] + i) - bb) & keep);
+        v8l positive = (v8l)(sum >= 0);
+        for (size_t k = 0; k < inputs; k++) {
+            v8d d = (v8d)((v8l)(load8d(x[k] + i) - bb) & keep), w = splat8(weights[k]);
+            v8l agrees = (positive & (v8l)(d > 0)) | (~positive & (v8l)(d < 0));
+            mixed += (v8d)((v8l)(w * d) & agrees);
+            divisor += (v8d)((v8l)w & agrees);
+        }
+        v8d floor = splat8(1e-6);
+        v8l small = (v8l)(floor >= divisor);
+        v8d q = (v8d)(((v8l)floor & small) | ((v8l)divisor & ~small));
+        store8(out + i, bb + mixed / q);
+    }
+    if (window) LEVELED(window8_close)(&s, window);
+    for (; i < n; i++) {
+        int keep = window ? window_keeps(window, key_bits(sce_variance_one(x, inputs, b, i), 0)) : 1;
+        double sum = 0, mixed = 0, divisor = 0;
+        for (size_t k = 0; k < inputs; k++) sum += keep ? x[k][i] - b[i] : 0;
+        for (size_t k = 0; k < inputs; k++) {
+            double d = keep ? x[k][i] - b[i] : 0;
+            int agrees = sum >= 0 ? d > 0 : d < 0;
+            mixed += agrees ? weights[k] * d : 0;
+            divisor += agrees ? weights[k] : 0;
+        }
+        out[i] = b[i] + mixed / (1e-6 >= divisor ? 1e-6 : divisor);
+    }
+    return LEVELED(nonfinite)(out, n);
+}
+
 static const wsk_kernels LEVELED(kernels) = {
     .decode_bf16 = LEVELED(decode_bf16),
     .decode_f32 = LEVELED(decode_f32),
@@ -614,4 +754,7 @@ static const wsk_kernels LEVELED(kernels) = {
     .trim_mask = LEVELED(trim_mask),
     .masked_abs_sums = LEVELED(masked_abs_sums),
     .draws = LEVELED(draws),
+    .sce_variances = LEVELED(sce_variances),
+    .sce_squares = LEVELED(sce_squares),
+    .sce_merge = LEVELED(sce_merge),
 };

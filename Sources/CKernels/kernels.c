@@ -477,6 +477,25 @@ static inline int window_keeps(wsk_window *w, uint64_t key) {
     return kept;
 }
 
+/* SCE's variance of element i (see wsk_sce_variances). */
+static inline double sce_variance_one(double *const *x, size_t inputs, const double *b, size_t i) {
+    double mean = 0, var = 0, size = (double)inputs;
+    for (size_t k = 0; k < inputs; k++) mean += x[k][i] - b[i];
+    mean = mean / size;
+    for (size_t k = 0; k < inputs; k++) {
+        double d = (x[k][i] - b[i]) - mean;
+        var += d * d;
+    }
+    return var / size;
+}
+
+/* A rank window unpacked for the 8-lane loops (see window8_open/_keep/_close). */
+typedef struct {
+    v8lu from, to, value[2], always[2];
+    int bands;
+    int64_t seen[2], first[2], last[2];
+} window8;
+
 /* ---- One copy of the loops per level ---- */
 
 /* The kernels of one instruction-set level. */
@@ -510,6 +529,9 @@ typedef struct {
     int64_t (*trim_mask)(double *x, const double *b, size_t n, double scale, const uint8_t *keep);
     void (*masked_abs_sums)(const double *d, const uint8_t *keep, size_t n, double *total, double *kept);
     void (*draws)(uint64_t key, int64_t first, size_t stride, size_t n, double *u);
+    void (*sce_variances)(double *const *x, size_t inputs, const double *b, size_t n, double *var);
+    void (*sce_squares)(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, double *squares, int64_t *selected);
+    int (*sce_merge)(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, const double *weights, double *out);
 } wsk_kernels;
 
 #define LEVEL_CAT_(name, level) name##_##level
@@ -628,6 +650,9 @@ int wsk_tv_merge(wsk_tv_input *inputs, size_t count, const void *b, int base_kin
 int wsk_tv_combine(double *const *d, const double *w, size_t inputs, const double *b, size_t n, int elect, int normalize, double lambda, double divisor, double *out, int64_t *dropped) { return wsk_active()->tv_combine(d, w, inputs, b, n, elect, normalize, lambda, divisor, out, dropped); }
 int64_t wsk_trim_mask(double *x, const double *b, size_t n, double scale, const uint8_t *keep) { return wsk_active()->trim_mask(x, b, n, scale, keep); }
 void wsk_masked_abs_sums(const double *d, const uint8_t *keep, size_t n, double *total, double *kept) { wsk_active()->masked_abs_sums(d, keep, n, total, kept); }
+void wsk_sce_variances(double *const *x, size_t inputs, const double *b, size_t n, double *var) { wsk_active()->sce_variances(x, inputs, b, n, var); }
+void wsk_sce_squares(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, double *squares, int64_t *selected) { wsk_active()->sce_squares(x, inputs, b, n, window, squares, selected); }
+int wsk_sce_merge(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, const double *weights, double *out) { return wsk_active()->sce_merge(x, inputs, b, n, window, weights, out); }
 
 /* DELLA's ranking is scalar work (counting and a few small sorts), so it has one copy, not one
  * per level. */

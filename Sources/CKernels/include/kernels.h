@@ -198,6 +198,22 @@ int64_t wsk_trim_mask(double *x, const double *b, size_t n, double scale, const 
 /// total += Σ|d[i]| and kept += Σ|d[i]| over keep[i] ≠ 0 (8 lanes folded as everywhere).
 void wsk_masked_abs_sums(const double *d, const uint8_t *keep, size_t n, double *total, double *kept);
 
+/// SCE over a block of n elements of decoded inputs x[0 … inputs) and base b, d_k = x_k[i] − b[i]:
+///   var[i] = population variance of the d_k (mean = (Σ_k d_k)/inputs first, then
+///            Σ_k (d_k − mean)²/inputs; sums from 0, k ascending)                 (_variances)
+///   selected: where `window` keeps the bits of var[i] (every element when window is NULL);
+///   squares[k] += Σ d_k² over the selected elements (8 lanes folded per 256-element tile),
+///   *selected += their count                                                      (_squares)
+///   out[i] = b + Σ_k ω_k a_k d_k / max(Σ_k ω_k a_k, 1e-6) with d_k zeroed where not selected,
+///            S = Σ_k d_k and a_k = (S ≥ 0 ? d_k > 0 : d_k < 0); returns nonzero when some
+///            out[i] is not finite                                                 (_merge)
+/// The window is advanced past the block.
+void wsk_sce_variances(double *const *x, size_t inputs, const double *b, size_t n, double *var);
+void wsk_sce_squares(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, double *squares,
+                     int64_t *selected);
+int wsk_sce_merge(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, const double *weights,
+                  double *out);
+
 /// Instruction-set levels of the kernels. Every level computes the same bits; higher levels hold
 /// more lanes per instruction. WSK_SIMD_AVX512 means AVX2 and AVX-512 F, BW, DQ and VL.
 enum { WSK_SIMD_BASELINE = 0, WSK_SIMD_AVX2 = 1, WSK_SIMD_AVX512 = 2 };

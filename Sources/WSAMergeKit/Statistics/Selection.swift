@@ -192,7 +192,7 @@ public enum Selection {
     static func ranks(_ positions: [[Int]], of pass: KeyPass) throws -> [[Rank]] {
         precondition(positions.count == pass.streams)
         precondition(positions.joined().allSatisfy { $0 >= 0 && $0 < pass.count })
-        let brackets = try self.brackets(positions, of: pass)
+        let brackets = try self.brackets(of: pass) { _ in positions }
         let scans = try scan(brackets, of: pass)
         // Every position's selection side by side; the missed ones by radix passes after.
         let wanted = positions.enumerated().flatMap { s, wanted in wanted.map { (stream: s, position: $0) } }
@@ -214,17 +214,21 @@ public enum Selection {
         var positions: [Int]
     }
 
-    /// Brackets from a sample (merged where they overlap), or the whole key range for a small tensor.
-    static func brackets(_ positions: [[Int]], of pass: KeyPass) throws -> [Bracket] {
+    /// Brackets from a sample (merged where they overlap) for the positions `positions(sorted)`
+    /// wants, given each stream's sorted sample of key bits; or the whole key range for a small
+    /// tensor (which `positions(nil)` then names).
+    static func brackets(of pass: KeyPass, positions: ([[UInt64]]?) -> [[Int]]) throws -> [Bracket] {
         let count = pass.count
         let shape = sampleShape(count)
         guard count > whole && shape.runs >= 2 else {
+            let positions = positions(nil)
             return positions.indices.filter { !positions[$0].isEmpty }.map { Bracket(stream: $0, lo: 0, hi: .max, positions: positions[$0]) }
         }
-        let samples = try pass.sample(runs: shape.runs, length: shape.length)
+        let samples = try pass.sample(runs: shape.runs, length: shape.length).map { $0.map(bits).sorted() }
+        let positions = positions(samples)
         var brackets: [Bracket] = []
         for (s, wanted) in positions.enumerated() where !wanted.isEmpty {
-            let sorted = samples[s].map(bits).sorted()
+            let sorted = samples[s]
             let size = Double(sorted.count)
             var own: [Bracket] = []
             for position in wanted.sorted() {
@@ -421,6 +425,28 @@ struct RankWindow: Sendable {
     /// The `k` largest keys of `pass`.
     static func largest(_ k: Int, of pass: KeyPass) throws -> RankWindow {
         try largest(k, count: pass.count, cut: try Selection.rank(at: pass.count - k, of: pass))
+    }
+
+    /// The `k(nonzero)` largest keys of a one-stream pass, where `nonzero` is how many keys are
+    /// not 0 (SCE keeps a share of the nonzero variances): the zeros are counted in the same scan
+    /// as the cut-off's bracket (expected where the sample's share of zeros puts it), by a
+    /// bracket [0, 0] of their own.
+    static func largest(_ k: (_ nonzero: Int) -> Int, ofNonzero pass: KeyPass) throws -> (window: RankWindow, nonzero: Int) {
+        precondition(pass.streams == 1)
+        let count = pass.count
+        var brackets = try Selection.brackets(of: pass) { samples in
+            guard let sample = samples?[0], !sample.isEmpty else { return [[0]] }
+            let zeros = sample.prefix { $0 == 0 }.count
+            let nonzero = count - Int(Double(zeros) / Double(sample.count) * Double(count))
+            return [[Swift.min(Swift.max(count - k(nonzero), 0), count - 1)]]
+        }
+        brackets.append(Selection.Bracket(stream: 0, lo: 0, hi: 0, positions: []))
+        let scans = try Selection.scan(brackets, of: pass)
+        let nonzero = count - scans[scans.count - 1].atLo.reduce(0, +)
+        let kept = k(nonzero)
+        let window = try largest(kept, count: count, cut: try scans[0].rank(at: count - kept)
+                                     ?? Selection.radixRank(at: count - kept, stream: 0, of: pass))
+        return (window, nonzero)
     }
 
     /// Ascending positions `from ..< to` of a stable ascending sort (equal keys in C order),

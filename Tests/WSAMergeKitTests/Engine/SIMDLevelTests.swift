@@ -174,6 +174,33 @@ import Testing
         }
     }
 
+    /// SCE's kernels (variances, the selection window, squares, election) give the same bytes at
+    /// every level, over many blocks with ties, a tail and an infinity, whole and sampled.
+    @Test func sceMergesAgree() throws {
+        let models = try TaskVectorTests.largeModels()
+        defer { for path in models { Bytes.removeDirectory(of: path) } }
+        let previous = SIMDLevel.current
+        defer { SIMDLevel.use(previous) }
+        func merge(_ topk: String) throws -> Data {
+            let out = NSTemporaryDirectory() + "sce-\(UUID().uuidString).safetensors"
+            defer { try? FileManager.default.removeItem(atPath: out) }
+            var request = Merger.Request(inputs: Array(models[1...]), strategy: "sce", output: OutputOptions(path: out, layout: .safetensors))
+            request.base = models[0]
+            request.jobs = 2
+            try request.parameters.assign("select_topk", words: [topk], for: SCEStrategy.declaration)
+            _ = try Merger.run(request)
+            return try Data(contentsOf: URL(fileURLWithPath: out))
+        }
+        for (topk, whole) in [("0.4", nil), ("0.4", 1), ("1", nil)] as [(String, Int?)] {
+            var bytes: [SIMDLevel: Data] = [:]
+            for level in SIMDLevel.allCases where level.rawValue <= SIMDLevel.best.rawValue {
+                SIMDLevel.use(level)
+                bytes[level] = try Selection.$wholeOverride.withValue(whole) { try merge(topk) }
+            }
+            #expect(Set(bytes.values).count == 1, "select_topk \(topk): levels differ")
+        }
+    }
+
     /// The best level is what /proc/cpuinfo's flags allow (the flags the kernel leaves set are
     /// those the OS also supports).
     @Test func bestLevelFollowsTheCPUFlags() throws {

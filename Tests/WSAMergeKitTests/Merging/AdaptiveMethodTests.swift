@@ -147,6 +147,39 @@ import Testing
         // The weights are sums in another order than here: within a few ulp.
         let far = (0..<count).first { !close(merged[$0], expected[$0], rel: 1e-14) }
         #expect(far == nil, "element \(far ?? 0): \(merged[far ?? 0]) vs \(expected[far ?? 0])")
+
+        // Bracketed from a sample (whose share of zero variances only estimates k), with the
+        // default margin and with none (the cut-off then misses its bracket): the same bytes.
+        for margin in [nil, 0] as [Int?] {
+            let sampled = try Selection.$wholeOverride.withValue(1) {
+                try Selection.$marginOverride.withValue(margin) {
+                    try Self.merge("sce", base: basePath, inputs: paths, parameters: [("select_topk", "\(topk)")], jobs: 2).values
+                }
+            }
+            #expect(Self.firstDifference(sampled, merged) == nil, "margin \(margin.map(String.init) ?? "default")")
+        }
+    }
+
+    /// Nonzero variances only between the sample's runs (runs of 39 elements every 156 in a
+    /// tensor of 40 000): the sample sees none, so its estimate of k is far off, and the count
+    /// of zeros from the scan decides k (the cut-off then misses its bracket).
+    @Test func sceCountsZeroVariancesInTheScan() throws {
+        let count = 40_000, n = 2
+        var rng = SplitMix(seed: 5)
+        let b = (0..<count).map { _ in Double.random(in: -1...1, using: &rng) }
+        let moved = { (j: Int) in j % 156 >= 50 && j < count - 200 }
+        let xs = (0..<n).map { k in (0..<count).map { j in b[j] + (moved(j) ? Double(k + 1) * Double(j % 7 + 1) / 64 : 0.25) } }
+        let nonzero = (0..<count).filter(moved).count
+        let basePath = try Self.file(b, shape: [count])
+        let paths = try xs.map { try Self.file($0, shape: [count]) }
+        defer { for p in [basePath] + paths { Bytes.removeDirectory(of: p) } }
+        let whole = try Self.merge("sce", base: basePath, inputs: paths, parameters: [("select_topk", "0.5")], jobs: 2)
+        #expect(whole.report["selected"]?.doubleValue == Double(nonzero / 2) / Double(count))
+        let sampled = try Selection.$wholeOverride.withValue(1) {
+            try Self.merge("sce", base: basePath, inputs: paths, parameters: [("select_topk", "0.5")], jobs: 2)
+        }
+        #expect(Self.firstDifference(sampled.values, whole.values) == nil)
+        #expect(sampled.report["selected"] == whole.report["selected"])
     }
 
     @Test func ramPlusLiftsUniqueUpdates() throws {
