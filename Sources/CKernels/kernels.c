@@ -8,6 +8,7 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -852,3 +853,79 @@ void wsk_count_u64(const uint64_t *values, size_t n, uint64_t value, int64_t *le
     *equal += e;
 }
 
+
+/* ---- Arcee Fusion. The exponentials and logarithms are libm's (scalar), so one copy. ---- */
+
+double wsk_row_divergence(const double *c, const double *b, size_t length, double *scratch, int64_t *negatives) {
+    double mc = -INFINITY, mb = -INFINITY;
+    for (size_t j = 0; j < length; j++) {
+        if (isnan(c[j]) || c[j] > mc) mc = c[j];
+        if (isnan(b[j]) || b[j] > mb) mb = b[j];
+    }
+    double *ec = scratch, *eb = scratch + length, zc = 0, zb = 0;
+    for (size_t j = 0; j < length; j++) {
+        ec[j] = exp(c[j] - mc);
+        eb[j] = exp(b[j] - mb);
+        zc += ec[j];
+        zb += eb[j];
+    }
+    double kl = 0;
+    for (size_t j = 0; j < length; j++) {
+        double p = ec[j] / zc + 1e-8, q = eb[j] / zb + 1e-8;
+        kl += p * log(p / q);
+    }
+    int64_t below = 0;
+    for (size_t j = 0; j < length; j++) below += fabs(c[j] - b[j]) * kl < 0;
+    *negatives += below;
+    return kl;
+}
+
+/* The KL of element first + i's row: kl[row], or for rows of one element (kl NULL) exactly 0
+ * (NaN when c or b is not finite). Runs the statement (with i and the KL k) for i in [0, n), row
+ * segment by segment. */
+#define ARCEE_ROWS(kl, length, first, n, ...)                                                    \
+    do {                                                                                          \
+        if (!(kl)) {                                                                              \
+            for (size_t i = 0; i < (n); i++) {                                                    \
+                double k = 0 * ((c[i] - c[i]) + (b[i] - b[i]));                                   \
+                __VA_ARGS__                                                                       \
+            }                                                                                     \
+            break;                                                                                \
+        }                                                                                         \
+        size_t row = (size_t)(first) / (length), i = 0;                                           \
+        while (i < (n)) {                                                                         \
+            size_t stop = (row + 1) * (length) - (size_t)(first);                                 \
+            if (stop > (n)) stop = (n);                                                           \
+            double k = (kl)[row];                                                                 \
+            for (; i < stop; i++) __VA_ARGS__                                                     \
+            row++;                                                                                \
+        }                                                                                         \
+    } while (0)
+
+void wsk_arcee_keys(const double *c, const double *b, size_t n, const double *kl, size_t length, int64_t first,
+                    int negative, double *keys) {
+    if (negative)
+        ARCEE_ROWS(kl, length, first, n, {
+            double imp = fabs(c[i] - b[i]) * k;
+            keys[i] = imp < 0 ? -imp : INFINITY;
+        });
+    else
+        ARCEE_ROWS(kl, length, first, n, {
+            double imp = fabs(c[i] - b[i]) * k;
+            keys[i] = isnan(imp) ? imp : (imp > 0 ? imp : 0);
+        });
+}
+
+int wsk_arcee_merge(const double *c, const double *b, size_t n, const double *kl, size_t length, int64_t first,
+                    double threshold, double *out, int64_t counts[2]) {
+    int64_t moved = 0, kept = 0;
+    ARCEE_ROWS(kl, length, first, n, {
+        int keep = fabs(c[i] - b[i]) * k >= threshold, differs = c[i] != b[i];
+        out[i] = b[i] + (c[i] - b[i]) * (keep ? 1.0 : 0.0);
+        moved += differs;
+        kept += differs & keep;
+    });
+    counts[0] += moved;
+    counts[1] += kept;
+    return wsk_nonfinite(out, n);
+}

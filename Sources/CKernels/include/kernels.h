@@ -214,6 +214,20 @@ void wsk_sce_squares(double *const *x, size_t inputs, const double *b, size_t n,
 int wsk_sce_merge(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, const double *weights,
                   double *out);
 
+/// Arcee Fusion. The KL of one row of `length` elements, Σ p log(p/q) with p = softmax(c) + 1e-8
+/// and q = softmax(b) + 1e-8 (each softmax with its row's maximum subtracted; every sum in
+/// order; `scratch` holds 2·length); *negatives += how many |c − b|·KL are below 0.
+double wsk_row_divergence(const double *c, const double *b, size_t length, double *scratch, int64_t *negatives);
+/// Over elements first … first + n − 1 of rows of `length` whose KLs are kl[row] (kl NULL: rows
+/// of one element, whose KL is exactly 0, NaN when c or b is not finite), imp = |c − b|·KL:
+///   keys[i] = imp < 0 ? −imp : +∞ (negative ≠ 0), else NaN if imp is, else max(imp, 0)    (_keys)
+///   out[i] = b + (c − b)·[imp ≥ threshold]; counts[0] += elements where c ≠ b, counts[1] +=
+///   those kept; returns nonzero when some out[i] is not finite                          (_merge)
+void wsk_arcee_keys(const double *c, const double *b, size_t n, const double *kl, size_t length, int64_t first,
+                    int negative, double *keys);
+int wsk_arcee_merge(const double *c, const double *b, size_t n, const double *kl, size_t length, int64_t first,
+                    double threshold, double *out, int64_t counts[2]);
+
 /// Instruction-set levels of the kernels. Every level computes the same bits; higher levels hold
 /// more lanes per instruction. WSK_SIMD_AVX512 means AVX2 and AVX-512 F, BW, DQ and VL.
 enum { WSK_SIMD_BASELINE = 0, WSK_SIMD_AVX2 = 1, WSK_SIMD_AVX512 = 2 };

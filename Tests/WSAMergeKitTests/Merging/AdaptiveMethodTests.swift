@@ -72,14 +72,23 @@ import Testing
         defer { Bytes.removeDirectory(of: basePath); Bytes.removeDirectory(of: otherPath) }
 
         // METHODS.md directly: every importance in memory, sorted.
-        var imp = [Double](repeating: 0, count: count)
-        b.withUnsafeBufferPointer { bp in
-            c.withUnsafeBufferPointer { cp in
-                for r in 0..<rows {
-                    let kl = ArceeFusionStrategy.divergence(cp.baseAddress! + r * length, bp.baseAddress! + r * length, length)
-                    for j in r * length..<(r + 1) * length { imp[j] = abs(c[j] - b[j]) * kl }
-                }
+        // The row's KL in the order of operations wsamerge documents (softmax with the row's
+        // maximum subtracted, sums in order), so the importances agree to the bit.
+        func divergence(_ c: ArraySlice<Double>, _ b: ArraySlice<Double>) -> Double {
+            let ec = c.map { exp($0 - c.max()!) }, eb = b.map { exp($0 - b.max()!) }
+            let zc = ec.reduce(0, +), zb = eb.reduce(0, +)
+            var kl = 0.0
+            for (x, y) in zip(ec, eb) {
+                let p = x / zc + 1e-8, q = y / zb + 1e-8
+                kl += p * log(p / q)
             }
+            return kl
+        }
+        var imp = [Double](repeating: 0, count: count)
+        for r in 0..<rows {
+            let row = r * length..<(r + 1) * length
+            let kl = divergence(c[row], b[row])
+            for j in row { imp[j] = abs(c[j] - b[j]) * kl }
         }
         // q1 falls among the negative importances, the median among the others.
         #expect(imp.filter { $0 < 0 }.count > Int(0.25 * Double(count - 1)), "the test needs negative importances")
