@@ -724,6 +724,159 @@ static int LEVELED(sce_merge)(double *const *x, size_t inputs, const double *b, 
     return LEVELED(nonfinite)(out, n);
 }
 
+/* DELLA. */
+/* Decides the undecided elements (keep 2) of ranks [from, from + n), which hold every key of
+ * some range in index order: each element's rank lies in its bucket's ranks, and p rises with
+ * the rank, so u < p(the bucket's first rank) keeps it and u ≥ p(its last rank) drops it
+ * whatever its exact rank. Buckets that still hold an undecided element are split the same way
+ * (each level narrows the key range at least 2-fold; a few elements are sorted outright).
+ * `top`: the whole fibre, in index order (order[i] = i), every element undecided and its keep
+ * byte not yet written. */
+static void LEVELED(della_resolve)(const della_fibre *f, size_t from, size_t n, int top) {
+    uint64_t *keys = f->keys + from, *order = f->order + from;
+    const double *p = f->p + from;
+    uint64_t lo = ~(uint64_t)0, lo_nonzero = ~(uint64_t)0, hi = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t k = keys[i];
+        lo = k < lo ? k : lo;
+        hi = k > hi ? k : hi;
+        lo_nonzero = k != 0 && k < lo_nonzero ? k : lo_nonzero;
+    }
+    int sorted = lo == hi;
+    if (!sorted && n <= 24) { /* a stable insertion sort gives every rank */
+        for (size_t i = 1; i < n; i++) {
+            uint64_t k = keys[i], o = order[i];
+            size_t j = i;
+            for (; j > 0 && keys[j - 1] > k; j--) {
+                keys[j] = keys[j - 1];
+                order[j] = order[j - 1];
+            }
+            keys[j] = k;
+            order[j] = o;
+        }
+        sorted = 1;
+    }
+    if (sorted) { /* sorted, or all equal (index order): the ranks are the positions */
+        for (size_t r = 0; r < n; r++) {
+            size_t i = (size_t)order[r], j = i * f->stride;
+            if (top || f->keep[j] == 2) f->keep[j] = f->u[i] < p[r];
+        }
+        return;
+    }
+    /* Buckets spread evenly over the key bits from the smallest to the largest key (so about
+     * evenly over the octaves of |δ|), zeros in a bucket of their own (exact zeros are common
+     * and would otherwise stretch the range); up to 256, about one per element. */
+    int bits = 64 - __builtin_clzll((uint64_t)n) - 1;
+    bits = bits > 8 ? 8 : bits;
+    uint64_t buckets = (uint64_t)1 << bits;
+    uint64_t base = lo, offset = 0;
+    if (lo == 0) {
+        base = lo_nonzero;
+        offset = 1;
+    }
+    int shift = 0;
+    while (((hi - base) >> shift) > buckets - 1 - offset) shift++;
+    size_t counts[256], starts[256], next[256];
+    double first_p[256], last_p[256];
+    uint8_t needed[256];
+    memset(needed, 0, buckets);
+    int any_needed = 0;
+#define DELLA_BUCKET(k) ((k) == 0 && offset ? 0 : offset + (((k) - base) >> shift))
+    memset(counts, 0, buckets * sizeof counts[0]);
+    uint8_t *ids = f->ids + from; /* each element's bucket */
+    for (size_t i = 0; i < n; i++) {
+        uint8_t d = (uint8_t)DELLA_BUCKET(keys[i]);
+        ids[i] = d;
+        counts[d]++;
+    }
+    size_t sum = 0;
+    for (unsigned d = 0; d < buckets; d++) { /* branch-free (an empty bucket's p is never read) */
+        size_t first = sum < n ? sum : n - 1, last = sum + counts[d] - (counts[d] != 0);
+        starts[d] = sum;
+        first_p[d] = p[first];
+        last_p[d] = p[last < n ? last : n - 1];
+        sum += counts[d];
+    }
+    /* Each open element: kept (1) when u < p(its bucket's first rank), dropped (0) when
+     * u ≥ p(its last rank), else still open (2): 2 − [u < first] − 2·[u ≥ last], as both
+     * cannot hold (first_p ≤ last_p). */
+    const double *u = f->u;
+    uint8_t *keep = f->keep;
+    size_t stride = f->stride;
+    if (top) { /* every element open, in index order: a loop the compiler vectorises */
+        if (stride == 1) {
+            for (size_t i = 0; i < n; i++) {
+                double fp = first_p[ids[i]], lp = last_p[ids[i]];
+                keep[i] = (uint8_t)(2 - (u[i] < fp) - 2 * (u[i] >= lp));
+            }
+        } else {
+            for (size_t i = 0; i < n; i++) {
+                double fp = first_p[ids[i]], lp = last_p[ids[i]];
+                keep[i * stride] = (uint8_t)(2 - (u[i] < fp) - 2 * (u[i] >= lp));
+            }
+        }
+        for (size_t i = 0; i < n; i++) /* rare: a predictable branch */
+            if (keep[i * stride] == 2) {
+                needed[ids[i]] = 1;
+                any_needed = 1;
+            }
+    } else {
+        for (size_t i = 0; i < n; i++) { /* branch-free: the draws are random */
+            size_t e = (size_t)order[i], j = e * stride;
+            uint8_t d = ids[i];
+            uint8_t open = keep[j] == 2, value = (uint8_t)(2 - (u[e] < first_p[d]) - 2 * (u[e] >= last_p[d]));
+            keep[j] = open ? value : keep[j];
+            if (open & (value == 2)) {
+                needed[d] = 1;
+                any_needed = 1;
+            }
+        }
+    }
+    if (!any_needed) return;
+    /* The needed buckets' elements gathered in index order at their ranks (a stable scatter of
+     * those alone: a branch taken for a few percent of the elements), then each resolved the
+     * same way. */
+    uint64_t *spare_keys = f->spare_keys + from, *spare_order = f->spare_order + from;
+    memcpy(next, starts, buckets * sizeof next[0]);
+    for (size_t i = 0; i < n; i++) {
+        uint8_t d = ids[i];
+        if (!needed[d]) continue;
+        size_t to = next[d]++;
+        spare_keys[to] = keys[i];
+        spare_order[to] = order[i];
+    }
+#undef DELLA_BUCKET
+    for (unsigned d = 0; d < buckets; d++) {
+        if (!needed[d]) continue;
+        memcpy(keys + starts[d], spare_keys + starts[d], counts[d] * 8);
+        memcpy(order + starts[d], spare_order + starts[d], counts[d] * 8);
+        LEVELED(della_resolve)(f, from + starts[d], counts[d], 0);
+    }
+}
+
+static void LEVELED(della_mask)(const double *delta, size_t length, size_t stride, uint64_t key, int64_t first, const double *p,
+                    uint8_t *keep, uint64_t *scratch) {
+    double *u = (double *)(scratch + 4 * length);
+    LEVELED(draws)(key, first, stride, length, u);
+    della_fibre f = {scratch, scratch + length, scratch + 2 * length, scratch + 3 * length, u, p, stride, keep,
+                     (uint8_t *)(scratch + 5 * length)};
+    if (stride == 1) /* the common case, vectorised */
+        for (size_t i = 0; i < length; i++) {
+            uint64_t k;
+            memcpy(&k, delta + i, 8);
+            f.keys[i] = k & ~SIGN64;
+            f.order[i] = i;
+        }
+    else
+        for (size_t i = 0; i < length; i++) {
+            uint64_t k;
+            memcpy(&k, delta + i * stride, 8);
+            f.keys[i] = k & ~SIGN64;
+            f.order[i] = i;
+        }
+    LEVELED(della_resolve)(&f, 0, length, 1);
+}
+
 static const wsk_kernels LEVELED(kernels) = {
     .decode_bf16 = LEVELED(decode_bf16),
     .decode_f32 = LEVELED(decode_f32),
@@ -757,4 +910,5 @@ static const wsk_kernels LEVELED(kernels) = {
     .sce_variances = LEVELED(sce_variances),
     .sce_squares = LEVELED(sce_squares),
     .sce_merge = LEVELED(sce_merge),
+    .della_mask = LEVELED(della_mask),
 };

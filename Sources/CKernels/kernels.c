@@ -490,6 +490,18 @@ static inline double sce_variance_one(double *const *x, size_t inputs, const dou
     return var / size;
 }
 
+/* DELLA: one fibre's ranking state: keys[r] and order[r] (the element's index) for ranks r, where a
+ * range of ranks holds one bucket's elements in index order until it is split. */
+typedef struct {
+    uint64_t *keys, *order, *spare_keys, *spare_order;
+    /* u[i]: element i's draw; p[r]: the keep probability at rank r */
+    const double *u, *p;
+    size_t stride;
+    uint8_t *keep;
+    /* ids[r]: the bucket of the element at rank position r in the current split */
+    uint8_t *ids;
+} della_fibre;
+
 /* A rank window unpacked for the 8-lane loops (see window8_open/_keep/_close). */
 typedef struct {
     v8lu from, to, value[2], always[2];
@@ -533,6 +545,7 @@ typedef struct {
     void (*sce_variances)(double *const *x, size_t inputs, const double *b, size_t n, double *var);
     void (*sce_squares)(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, double *squares, int64_t *selected);
     int (*sce_merge)(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, const double *weights, double *out);
+    void (*della_mask)(const double *delta, size_t length, size_t stride, uint64_t key, int64_t first, const double *p, uint8_t *keep, uint64_t *scratch);
 } wsk_kernels;
 
 #define LEVEL_CAT_(name, level) name##_##level
@@ -654,141 +667,7 @@ void wsk_masked_abs_sums(const double *d, const uint8_t *keep, size_t n, double 
 void wsk_sce_variances(double *const *x, size_t inputs, const double *b, size_t n, double *var) { wsk_active()->sce_variances(x, inputs, b, n, var); }
 void wsk_sce_squares(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, double *squares, int64_t *selected) { wsk_active()->sce_squares(x, inputs, b, n, window, squares, selected); }
 int wsk_sce_merge(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, const double *weights, double *out) { return wsk_active()->sce_merge(x, inputs, b, n, window, weights, out); }
-
-/* DELLA's ranking is scalar work (counting and a few small sorts), so it has one copy, not one
- * per level. */
-
-/* The keep probability at `rank`: (density − ε) + 2ε·rank/(length − 1), or density − ε alone. */
-static inline double della_p(double low_p, double span, size_t length, size_t rank) {
-    return length == 1 ? low_p : low_p + span * (double)rank / (double)(length - 1);
-}
-
-/* One fibre's ranking state: keys[r] and order[r] (the element's index) for ranks r, where a
- * range of ranks holds one bucket's elements in index order until it is split. */
-typedef struct {
-    uint64_t *keys, *order, *spare_keys, *spare_order;
-    /* u[i]: element i's draw */
-    const double *u;
-    size_t length, stride;
-    double low_p, span;
-    uint8_t *keep;
-} della_fibre;
-
-/* Decides the undecided elements (keep 2) of ranks [from, from + n), which hold every key of
- * some range in index order: each element's rank lies in its bucket's ranks, and p rises with
- * the rank, so u < p(the bucket's first rank) keeps it and u ≥ p(its last rank) drops it
- * whatever its exact rank. Buckets that still hold an undecided element are split the same way
- * (each level narrows the key range at least 2-fold; a few elements are sorted outright). */
-static void della_resolve(const della_fibre *f, size_t from, size_t n) {
-    uint64_t *keys = f->keys + from, *order = f->order + from;
-    uint64_t lo = ~(uint64_t)0, lo_nonzero = ~(uint64_t)0, hi = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint64_t k = keys[i];
-        lo = k < lo ? k : lo;
-        hi = k > hi ? k : hi;
-        lo_nonzero = k != 0 && k < lo_nonzero ? k : lo_nonzero;
-    }
-    int sorted = lo == hi;
-    if (!sorted && n <= 24) { /* a stable insertion sort gives every rank */
-        for (size_t i = 1; i < n; i++) {
-            uint64_t k = keys[i], o = order[i];
-            size_t j = i;
-            for (; j > 0 && keys[j - 1] > k; j--) {
-                keys[j] = keys[j - 1];
-                order[j] = order[j - 1];
-            }
-            keys[j] = k;
-            order[j] = o;
-        }
-        sorted = 1;
-    }
-    if (sorted) { /* sorted, or all equal (index order): the ranks are the positions */
-        for (size_t r = 0; r < n; r++) {
-            size_t i = (size_t)order[r], j = i * f->stride;
-            if (f->keep[j] == 2) f->keep[j] = f->u[i] < della_p(f->low_p, f->span, f->length, from + r);
-        }
-        return;
-    }
-    /* Buckets spread evenly over the key bits from the smallest to the largest key (so about
-     * evenly over the octaves of |δ|), zeros in a bucket of their own (exact zeros are common
-     * and would otherwise stretch the range); up to 256, about one per element. */
-    int bits = 64 - __builtin_clzll((uint64_t)n) - 1;
-    bits = bits > 8 ? 8 : bits;
-    uint64_t buckets = (uint64_t)1 << bits;
-    uint64_t base = lo, offset = 0;
-    if (lo == 0) {
-        base = lo_nonzero;
-        offset = 1;
-    }
-    int shift = 0;
-    while (((hi - base) >> shift) > buckets - 1 - offset) shift++;
-    size_t counts[256], starts[256];
-    double first_p[256], last_p[256];
-    uint8_t needed[256];
-    memset(counts, 0, buckets * sizeof counts[0]);
-    memset(needed, 0, buckets);
-    int any_needed = 0;
-#define DELLA_BUCKET(k) ((k) == 0 && offset ? 0 : offset + (((k) - base) >> shift))
-    for (size_t i = 0; i < n; i++) counts[DELLA_BUCKET(keys[i])]++;
-    size_t sum = 0;
-    for (unsigned d = 0; d < buckets; d++) {
-        starts[d] = sum;
-        if (counts[d]) {
-            first_p[d] = della_p(f->low_p, f->span, f->length, from + sum);
-            last_p[d] = della_p(f->low_p, f->span, f->length, from + sum + counts[d] - 1);
-        }
-        sum += counts[d];
-    }
-    for (size_t i = 0; i < n; i++) { /* branch-free: the draws are random */
-        size_t e = (size_t)order[i], j = e * f->stride;
-        uint64_t d = DELLA_BUCKET(keys[i]);
-        double u = f->u[e];
-        uint8_t open = f->keep[j] == 2, decided = (uint8_t)(u < first_p[d]) | (uint8_t)((u >= last_p[d]) << 1);
-        /* decided: 1 keep, 2 drop, 0 still open (both cannot hold: first_p ≤ last_p) */
-        uint8_t value = decided == 1 ? 1 : decided == 2 ? 0 : 2;
-        f->keep[j] = open ? value : f->keep[j];
-        if (open & (value == 2)) { /* rare: a predictable branch, no chain through needed[] */
-            needed[d] = 1;
-            any_needed = 1;
-        }
-    }
-    if (!any_needed) return;
-    /* The needed buckets' elements gathered in index order at their ranks (a stable scatter of
-     * those alone), then each resolved the same way. */
-    uint64_t *spare_keys = f->spare_keys + from, *spare_order = f->spare_order + from;
-    size_t next[256];
-    memcpy(next, starts, buckets * sizeof next[0]);
-    for (size_t i = 0; i < n; i++) {
-        uint64_t d = DELLA_BUCKET(keys[i]);
-        if (!needed[d]) continue;
-        size_t to = next[d]++;
-        spare_keys[to] = keys[i];
-        spare_order[to] = order[i];
-    }
-#undef DELLA_BUCKET
-    for (unsigned d = 0; d < buckets; d++) {
-        if (!needed[d]) continue;
-        memcpy(keys + starts[d], spare_keys + starts[d], counts[d] * 8);
-        memcpy(order + starts[d], spare_order + starts[d], counts[d] * 8);
-        della_resolve(f, from + starts[d], counts[d]);
-    }
-}
-
-void wsk_della_mask(const double *delta, size_t length, size_t stride, uint64_t key, int64_t first, double density,
-                    double epsilon, uint8_t *keep, uint64_t *scratch) {
-    double *u = (double *)(scratch + 4 * length);
-    wsk_active()->draws(key, first, stride, length, u);
-    della_fibre f = {scratch, scratch + length, scratch + 2 * length, scratch + 3 * length, u, length, stride,
-                     density - epsilon, 2 * epsilon, keep};
-    for (size_t i = 0; i < length; i++) {
-        uint64_t k;
-        memcpy(&k, delta + i * stride, 8);
-        f.keys[i] = k & ~SIGN64;
-        f.order[i] = i;
-        keep[i * stride] = 2;
-    }
-    della_resolve(&f, 0, length);
-}
+void wsk_della_mask(const double *delta, size_t length, size_t stride, uint64_t key, int64_t first, const double *p, uint8_t *keep, uint64_t *scratch) { wsk_active()->della_mask(delta, length, stride, key, first, p, keep, scratch); }
 
 void wsk_pack_bits(const uint8_t *keep, size_t n, uint8_t *bits) {
     size_t end = n & ~(size_t)7, i = 0;
@@ -853,6 +732,11 @@ void wsk_count_u64(const uint64_t *values, size_t n, uint64_t value, int64_t *le
     *equal += e;
 }
 
+/* DELLA's keep probabilities by rank (see kernels.h). */
+void wsk_della_probabilities(size_t length, double density, double epsilon, double *p) {
+    double low_p = density - epsilon, span = 2 * epsilon;
+    for (size_t r = 0; r < length; r++) p[r] = length == 1 ? low_p : low_p + span * (double)r / (double)(length - 1);
+}
 
 /* ---- Arcee Fusion. The exponentials and logarithms are libm's (scalar), so one copy. ---- */
 

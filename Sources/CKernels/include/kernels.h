@@ -182,13 +182,16 @@ typedef struct {
 int wsk_tv_merge(wsk_tv_input *inputs, size_t count, const void *b, int base_kind, size_t n, int64_t position, int elect,
                  int normalize, double lambda, double divisor, int out_kind, void *dst, int64_t *dropped);
 
-/// DELLA's keep decisions for one fibre of `length` task-vector elements delta[i·stride]: the
-/// elements are ranked by |δ| ascending (equal keys in index order; a stable LSD radix sort on
-/// the key bits that vary), and element i is kept (keep[i·stride] = 1, else 0) iff the draw
-/// u(first + i·stride) < p with p = (density − ε) + 2ε·rank/(length − 1), or density − ε when
-/// length is 1. `scratch` holds 5·length words.
-void wsk_della_mask(const double *delta, size_t length, size_t stride, uint64_t key, int64_t first, double density,
-                    double epsilon, uint8_t *keep, uint64_t *scratch);
+/// DELLA's keep probabilities by rank: p[r] = (density − ε) + 2ε·r/(length − 1) for r < length,
+/// or density − ε when length is 1.
+void wsk_della_probabilities(size_t length, double density, double epsilon, double *p);
+/// DELLA's keep decisions for one fibre of `length` task-vector elements delta[i·stride]: with
+/// the elements ranked by |δ| ascending (equal keys in index order), element i is kept
+/// (keep[i·stride] = 1, else 0) iff the draw u(first + i·stride) < p[its rank] (`p` from
+/// `wsk_della_probabilities`). Since p rises with the rank, most elements are decided from the
+/// range of ranks of their bucket of key bits, without a sort. `scratch` holds 6·length words.
+void wsk_della_mask(const double *delta, size_t length, size_t stride, uint64_t key, int64_t first, const double *p,
+                    uint8_t *keep, uint64_t *scratch);
 /// keep[i] ≠ 0 as bits (bit i % 8 of byte i / 8), and back to 0/1 bytes.
 void wsk_pack_bits(const uint8_t *keep, size_t n, uint8_t *bits);
 void wsk_unpack_bits(const uint8_t *bits, size_t n, uint8_t *keep);

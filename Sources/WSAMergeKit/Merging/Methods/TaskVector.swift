@@ -396,6 +396,8 @@ struct RankedRandom: Sendable {
     let context: MergeContext
     /// Slabs, row length L (axis 1) and the stride between a fibre's elements.
     let slabs: Int, length: Int, stride: Int
+    /// Per input, p by rank (`wsk_della_probabilities`; empty when density ≥ 1 or ≤ 0).
+    let probabilities: [[Double]]
 
     init<K>(item: MergePlan.Item, settings: TaskVector<K>.Settings, context: MergeContext) {
         self.item = item
@@ -408,6 +410,14 @@ struct RankedRandom: Sendable {
         case 0: (slabs, length, stride) = (1, 1, 1)
         case 1: (slabs, length, stride) = (1, shape[0], 1)
         default: (slabs, length, stride) = (shape[0], shape[1], shape[2...].reduce(1, *))
+        }
+        let length = self.length
+        probabilities = zip(settings.densities, settings.epsilons).map { density, epsilon in
+            guard density > 0 && density < 1 else { return [] }
+            return [Double](unsafeUninitializedCapacity: length) { p, initialized in
+                wsk_della_probabilities(length, density, epsilon, p.baseAddress)
+                initialized = length
+            }
         }
     }
 
@@ -430,15 +440,17 @@ struct RankedRandom: Sendable {
     /// Marks in `keep` which elements of input `k`'s slab `a` are kept, from its task vector
     /// `delta` (`wsk_della_mask` per fibre).
     func mask(_ delta: UnsafePointer<Double>, input k: Int, slab a: Int, keep: UnsafeMutablePointer<UInt8>) {
-        let density = settings.densities[k], epsilon = settings.epsilons[k]
+        let density = settings.densities[k]
         let count = slabElements
         if density >= 1 { keep.update(repeating: 1, count: count); return }
         if density <= 0 { keep.update(repeating: 0, count: count); return }
         let draws = Draws(seed: settings.seed, name: item.name, input: item.sources[k].input)
-        let scratch = UnsafeMutablePointer<UInt64>.allocate(capacity: 5 * length)
+        let scratch = UnsafeMutablePointer<UInt64>.allocate(capacity: 6 * length)
         defer { scratch.deallocate() }
-        for r in 0..<stride {
-            wsk_della_mask(delta + r, length, stride, draws.key, Int64(a * count + r), density, epsilon, keep + r, scratch)
+        probabilities[k].withUnsafeBufferPointer { p in
+            for r in 0..<stride {
+                wsk_della_mask(delta + r, length, stride, draws.key, Int64(a * count + r), p.baseAddress, keep + r, scratch)
+            }
         }
     }
 
