@@ -449,19 +449,21 @@ static int64_t LEVELED(trim_draws)(double *x, const double *b, size_t n, double 
     return kept;
 }
 
-static void LEVELED(draw_sums)(const double *x, const double *b, size_t n, uint64_t key, int64_t position, double density,
-                               double *total, double *kept) {
+/* DARE's rescale sums over |x − b| of elements of kinds `kind` and `base_kind`. */
+static inline __attribute__((always_inline)) void LEVELED(draw_sums_impl)(int kind, int base_kind, const void *x, const void *b,
+                                                                           size_t n, uint64_t key, int64_t position, double density,
+                                                                           double *total, double *kept) {
     v8d t8 = splat8(0), k8 = splat8(0);
     size_t end = n & ~(size_t)7, i = 0;
     for (; i < end; i += 8) {
-        v8d a = (v8d)((v8lu)(load8d(x + i) - load8d(b + i)) & ~SIGN64);
+        v8d a = (v8d)((v8lu)(load8x(x, kind, i) - load8x(b, base_kind, i)) & ~SIGN64);
         v8l keep = (v8l)(draw8(key, (uint64_t)position + i) < density);
         t8 += a;
         k8 += (v8d)((v8l)a & keep);
     }
     double t = fold8(t8), k = fold8(k8);
     for (; i < n; i++) {
-        double a = fabs_bits(x[i] - b[i]);
+        double a = fabs_bits(load_one(x, kind, i) - load_one(b, base_kind, i));
         t += a;
         if (draw_one(key, (uint64_t)position + i) < density) k += a;
     }
@@ -469,58 +471,80 @@ static void LEVELED(draw_sums)(const double *x, const double *b, size_t n, uint6
     *kept += k;
 }
 
+static void LEVELED(draw_sums)(const double *x, const double *b, size_t n, uint64_t key, int64_t position, double density,
+                               double *total, double *kept) {
+    LEVELED(draw_sums_impl)(WSK_F64, WSK_F64, x, b, n, key, position, density, total, kept);
+}
+
+static void LEVELED(draw_sums_stored)(const void *x, int kind, const void *b, int base_kind, size_t n, uint64_t key,
+                                      int64_t position, double density, double *total, double *kept) {
+    if (kind == WSK_BF16 && base_kind == WSK_BF16)
+        LEVELED(draw_sums_impl)(WSK_BF16, WSK_BF16, x, b, n, key, position, density, total, kept);
+    else if (kind == WSK_F16 && base_kind == WSK_F16)
+        LEVELED(draw_sums_impl)(WSK_F16, WSK_F16, x, b, n, key, position, density, total, kept);
+    else if (kind == WSK_F32 && base_kind == WSK_F32)
+        LEVELED(draw_sums_impl)(WSK_F32, WSK_F32, x, b, n, key, position, density, total, kept);
+    else
+        LEVELED(draw_sums_impl)(kind, base_kind, x, b, n, key, position, density, total, kept);
+}
+
 static int LEVELED(tv_combine)(double *const *d, const double *w, size_t inputs, const double *b, size_t n, int elect,
                                int normalize, double lambda, double divisor, double *out, int64_t *dropped) {
-    double sum[TILE] __attribute__((aligned(64))), mixed[TILE] __attribute__((aligned(64))),
-        den[TILE] __attribute__((aligned(64)));
-    int64_t lost[TILE];
-    v8l bad = {0};
-    int64_t drops = 0;
-    for (size_t start = 0; start < n; start += TILE) {
-        size_t m = n - start < TILE ? n - start : TILE;
-        if (elect) {
-            for (size_t i = 0; i < m; i++) sum[i] = 0;
+    /* 8 elements at a time through every input, the sums in registers (from 0, k ascending, as
+     * in the scalar tail), then the rest one by one. */
+    size_t end = n & ~(size_t)7, i = 0;
+    v8d lam = splat8(lambda);
+    if (elect) {
+        v8l lost8 = {0};
+        for (; i < end; i += 8) {
+            v8d sum = splat8(0), mixed = splat8(0), den = splat8(0);
+            v8l lost = {0};
+            for (size_t k = 0; k < inputs; k++) sum += splat8(w[k]) * load8d(d[k] + i);
+            v8l positive = (v8l)(sum >= 0);
             for (size_t k = 0; k < inputs; k++) {
-                const double *dk = d[k] + start;
-                double wk = w[k];
-                for (size_t i = 0; i < m; i++) sum[i] += wk * dk[i];
+                v8d wk = splat8(w[k]), v = wk * load8d(d[k] + i);
+                v8l nonzero = (v8l)(v != 0), agree = nonzero & ~((v8l)(v > 0) ^ positive);
+                mixed += (v8d)((v8l)v & agree);
+                den += (v8d)((v8l)wk & agree);
+                lost |= nonzero & ~agree;
             }
-            for (size_t i = 0; i < m; i++) {
-                mixed[i] = 0;
-                den[i] = 0;
-                lost[i] = 0;
-            }
+            v8l zero = (v8l)(den == 0);
+            v8d q = (v8d)(((v8l)splat8(1.0) & zero) | ((v8l)den & ~zero));
+            v8d y = normalize ? mixed / q : mixed;
+            store8(out + i, load8d(b + i) + lam * y);
+            lost8 -= lost;
+        }
+        int64_t drops = 0;
+        for (int l = 0; l < 8; l++) drops += lost8[l];
+        for (; i < n; i++) {
+            double sum = 0, mixed = 0, den = 0;
+            int lost = 0;
+            for (size_t k = 0; k < inputs; k++) sum += w[k] * d[k][i];
             for (size_t k = 0; k < inputs; k++) {
-                const double *dk = d[k] + start;
-                double wk = w[k];
-                for (size_t i = 0; i < m; i++) {
-                    double v = wk * dk[i];
-                    int nonzero = v != 0, agree = nonzero & ((v > 0) == (sum[i] >= 0));
-                    mixed[i] += agree ? v : 0;
-                    den[i] += agree ? wk : 0;
-                    lost[i] |= nonzero & !agree;
-                }
+                double v = w[k] * d[k][i];
+                int nonzero = v != 0, agree = nonzero & ((v > 0) == (sum >= 0));
+                mixed += agree ? v : 0;
+                den += agree ? w[k] : 0;
+                lost |= nonzero & !agree;
             }
-            for (size_t i = 0; i < m; i++) {
-                double q = den[i] == 0 ? 1 : den[i];
-                double y = normalize ? mixed[i] / q : mixed[i];
-                out[start + i] = b[start + i] + lambda * y;
-                drops += lost[i];
-            }
-        } else {
-            for (size_t i = 0; i < m; i++) mixed[i] = 0;
-            for (size_t k = 0; k < inputs; k++) {
-                const double *dk = d[k] + start;
-                double wk = w[k];
-                for (size_t i = 0; i < m; i++) mixed[i] += wk * dk[i];
-            }
-            for (size_t i = 0; i < m; i++) {
-                double y = normalize ? mixed[i] / divisor : mixed[i];
-                out[start + i] = b[start + i] + lambda * y;
-            }
+            double q = den == 0 ? 1 : den;
+            out[i] = b[i] + lambda * (normalize ? mixed / q : mixed);
+            drops += lost;
+        }
+        *dropped += drops;
+    } else {
+        v8d div = splat8(divisor);
+        for (; i < end; i += 8) {
+            v8d mixed = splat8(0);
+            for (size_t k = 0; k < inputs; k++) mixed += splat8(w[k]) * load8d(d[k] + i);
+            store8(out + i, load8d(b + i) + lam * (normalize ? mixed / div : mixed));
+        }
+        for (; i < n; i++) {
+            double mixed = 0;
+            for (size_t k = 0; k < inputs; k++) mixed += w[k] * d[k][i];
+            out[i] = b[i] + lambda * (normalize ? mixed / divisor : mixed);
         }
     }
-    *dropped += drops;
     return LEVELED(nonfinite)(out, n);
 }
 
@@ -902,6 +926,7 @@ static const wsk_kernels LEVELED(kernels) = {
     .trim_window = LEVELED(trim_window),
     .trim_draws = LEVELED(trim_draws),
     .draw_sums = LEVELED(draw_sums),
+    .draw_sums_stored = LEVELED(draw_sums_stored),
     .tv_combine = LEVELED(tv_combine),
     .tv_merge = LEVELED(tv_merge),
     .trim_mask = LEVELED(trim_mask),

@@ -145,6 +145,10 @@ int64_t wsk_trim_draws(double *x, const double *b, size_t n, double scale, uint6
 /// whose draw u(position + i) < density (8 lanes folded as everywhere).
 void wsk_draw_sums(const double *x, const double *b, size_t n, uint64_t key, int64_t position, double density,
                    double *total, double *kept);
+/// The same sums over stored elements of kinds `kind` and `base_kind` (WSK_BF16 … WSK_F16),
+/// exactly as over their decoded values.
+void wsk_draw_sums_stored(const void *x, int kind, const void *b, int base_kind, size_t n, uint64_t key, int64_t position,
+                          double density, double *total, double *kept);
 
 /// Merges trimmed task vectors d[k] (unweighted) with weights w[k] into out = b + λ·mixed:
 ///   elect:  S = Σ w_k d_k (from 0, k ascending), s = S ≥ 0; mixed = Σ w_k d_k over the nonzero

@@ -142,14 +142,31 @@ public struct TaskVector<Kind: TaskVectorKind>: MergeStrategy, TensorMerge {
                 var total = [Double](repeating: 0, count: drawing.count), kept = total
                 let readers = try drawing.map { try context.plan.inputs[item.sources[$0].input].reader(for: item.sources[$0].index) }
                     + [try context.baseReader(item)]
-                try Lockstep.run(readers, jobs: context.jobs, output: nil, positioned: { inputs, count, _, position in
+                // On the stored elements where every tensor is read in place, else decoded.
+                let kinds = readers.compactMap(\.tensor.dtype.rawKind)
+                /// Every drawing input's two sums over a block.
+                @Sendable func sums(_ sum: (_ i: Int, _ total: inout Double, _ kept: inout Double) -> Void) -> [Double] {
                     var sums: [Double] = []
-                    for (i, (draw, density)) in draws.enumerated() {
+                    for i in draws.indices {
                         var total = 0.0, kept = 0.0
-                        wsk_draw_sums(inputs[i], inputs[draws.count], count, draw.key, Int64(position), density, &total, &kept)
+                        sum(i, &total, &kept)
                         sums += [total, kept]
                     }
                     return sums
+                }
+                var stored: Lockstep.PositionedRawKernel<[Double]>?
+                if kinds.count == readers.count {
+                    stored = { inputs, count, _, position in
+                        sums { i, total, kept in
+                            wsk_draw_sums_stored(inputs[i], kinds[i], inputs[draws.count], kinds[draws.count], count, draws[i].0.key,
+                                                 Int64(position), draws[i].1, &total, &kept)
+                        }
+                    }
+                }
+                try Lockstep.run(readers, jobs: context.jobs, output: nil, raw: stored, positioned: { inputs, count, _, position in
+                    sums { i, total, kept in
+                        wsk_draw_sums(inputs[i], inputs[draws.count], count, draws[i].0.key, Int64(position), draws[i].1, &total, &kept)
+                    }
                 }, fold: { blocks in
                     for block in blocks {
                         for i in drawing.indices {
