@@ -19,10 +19,13 @@ deps:
 	fi
 
 ## Python environment for fixtures, interop tests and benchmarks (numpy, safetensors, ml_dtypes).
+## ml_dtypes below 0.7: 0.7.0 takes 0.6 s to import (its extension's start-up), 0.5 and 0.6 about
+## 0.1 s, and the tests start Python over a hundred times. Reinstalled whenever the Makefile changes.
+VENV_PACKAGES = numpy safetensors "ml_dtypes>=0.5,<0.7"
 venv: $(VENV)/.installed
-$(VENV)/.installed:
+$(VENV)/.installed: Makefile
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check numpy safetensors ml_dtypes
+	$(VENV)/bin/pip install -q --disable-pip-version-check $(VENV_PACKAGES)
 	touch $@
 
 build: deps
