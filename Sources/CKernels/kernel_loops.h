@@ -901,6 +901,15 @@ static void LEVELED(della_mask)(const double *delta, size_t length, size_t strid
     LEVELED(della_resolve)(&f, 0, length, 1);
 }
 
+static double LEVELED(dot)(const double *x, const double *y, size_t n) {
+    v8d acc = splat8(0);
+    size_t end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) acc += load8d(x + i) * load8d(y + i);
+    double sum = fold8(acc);
+    for (; i < n; i++) sum += x[i] * y[i];
+    return sum;
+}
+
 static const wsk_kernels LEVELED(kernels) = {
     .decode_bf16 = LEVELED(decode_bf16),
     .decode_f32 = LEVELED(decode_f32),
@@ -936,4 +945,5 @@ static const wsk_kernels LEVELED(kernels) = {
     .sce_squares = LEVELED(sce_squares),
     .sce_merge = LEVELED(sce_merge),
     .della_mask = LEVELED(della_mask),
+    .dot = LEVELED(dot),
 };

@@ -547,6 +547,7 @@ typedef struct {
     void (*sce_squares)(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, double *squares, int64_t *selected);
     int (*sce_merge)(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, const double *weights, double *out);
     void (*della_mask)(const double *delta, size_t length, size_t stride, uint64_t key, int64_t first, const double *p, uint8_t *keep, uint64_t *scratch);
+    double (*dot)(const double *x, const double *y, size_t n);
 } wsk_kernels;
 
 #define LEVEL_CAT_(name, level) name##_##level
@@ -669,6 +670,7 @@ void wsk_masked_abs_sums(const double *d, const uint8_t *keep, size_t n, double 
 void wsk_sce_variances(double *const *x, size_t inputs, const double *b, size_t n, double *var) { wsk_active()->sce_variances(x, inputs, b, n, var); }
 void wsk_sce_squares(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, double *squares, int64_t *selected) { wsk_active()->sce_squares(x, inputs, b, n, window, squares, selected); }
 int wsk_sce_merge(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, const double *weights, double *out) { return wsk_active()->sce_merge(x, inputs, b, n, window, weights, out); }
+double wsk_dot(const double *x, const double *y, size_t n) { return wsk_active()->dot(x, y, n); }
 void wsk_della_mask(const double *delta, size_t length, size_t stride, uint64_t key, int64_t first, const double *p, uint8_t *keep, uint64_t *scratch) { wsk_active()->della_mask(delta, length, stride, key, first, p, keep, scratch); }
 
 void wsk_pack_bits(const uint8_t *keep, size_t n, uint8_t *bits) {

@@ -33,6 +33,8 @@ void wsk_encode_f32(const double *src, size_t n, void *dst);
 /// NaN (the caller then redoes the call with a careful encoder).
 int wsk_encode_f16(const double *src, size_t n, void *dst);
 
+/// Σ x[i]·y[i]: 8 lanes over the first n − n % 8 elements, folded, then the rest in order.
+double wsk_dot(const double *x, const double *y, size_t n);
 /// out[i] = w * x[i].
 void wsk_scale(double *out, const double *x, double w, size_t n);
 /// out[i] += w * x[i].

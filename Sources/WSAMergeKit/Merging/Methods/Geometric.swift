@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// How a tensor is cut into the vectors a geometric method works on.
@@ -35,8 +36,9 @@ enum VectorLayout: Sendable, Equatable {
 
 /// Inner products of a few vectors derived from the inputs, per vector of a layout, in one
 /// streamed pass: `sums[v][p] = Σ_j a_p(j)·b_p(j)` over the elements j of vector v, for every
-/// pair p = (a, b) of the derived vectors. Block sums are folded in block order, so the result
-/// does not depend on `--jobs`.
+/// pair p = (a, b) of the derived vectors. Each run of a vector's elements within a block is
+/// summed by `wsk_dot` (8 lanes); block sums are folded in block order, so the result does not
+/// depend on `--jobs`.
 ///
 /// - Parameters:
 ///   - derive: fills `derived[k]` (count values each) from the decoded inputs of a block.
@@ -76,12 +78,7 @@ func innerProducts(_ readers: [TensorReader], jobs: Int, layout: VectorLayout, d
                     case .axis0: end = j + 1
                     }
                     let slot = sums.baseAddress! + v * P
-                    for (p, (a, b)) in pairs.enumerated() {
-                        let x = derived[a], y = derived[b]
-                        var acc = slot[p]
-                        for i in j..<end { acc += x[i] * y[i] }
-                        slot[p] = acc
-                    }
+                    for (p, (a, b)) in pairs.enumerated() { slot[p] += wsk_dot(derived[a] + j, derived[b] + j, end - j) }
                     j = end
                 }
             }
