@@ -750,22 +750,25 @@ static int LEVELED(sce_merge)(double *const *x, size_t inputs, const double *b, 
 
 /* DELLA. */
 /* Decides the undecided elements (keep 2) of ranks [from, from + n), which hold every key of
- * some range in index order: each element's rank lies in its bucket's ranks, and p rises with
- * the rank, so u < p(the bucket's first rank) keeps it and u ≥ p(its last rank) drops it
- * whatever its exact rank. Buckets that still hold an undecided element are split the same way
+ * some range in index order: each element's rank lies in its bucket's ranks, and p is monotone
+ * in the rank, so u below the p of both ends of that range keeps it and u at or above both
+ * drops it whatever its exact rank. Buckets that still hold an undecided element are split the same way
  * (each level narrows the key range at least 2-fold; a few elements are sorted outright).
  * `top`: the whole fibre, in index order (order[i] = i), every element undecided and its keep
  * byte not yet written. */
 static void LEVELED(della_resolve)(const della_fibre *f, size_t from, size_t n, int top) {
     uint64_t *keys = f->keys + from, *order = f->order + from;
     const double *p = f->p + from;
-    uint64_t lo = ~(uint64_t)0, lo_nonzero = ~(uint64_t)0, hi = 0;
+    /* The smallest and largest key, and the smallest nonzero one (as the smallest k − 1, which
+     * wraps a zero key to the top): min/max reductions the compiler vectorises. */
+    uint64_t lo = ~(uint64_t)0, below_nonzero = ~(uint64_t)0, hi = 0;
     for (size_t i = 0; i < n; i++) {
         uint64_t k = keys[i];
         lo = k < lo ? k : lo;
         hi = k > hi ? k : hi;
-        lo_nonzero = k != 0 && k < lo_nonzero ? k : lo_nonzero;
+        below_nonzero = k - 1 < below_nonzero ? k - 1 : below_nonzero;
     }
+    uint64_t lo_nonzero = below_nonzero == ~(uint64_t)0 ? below_nonzero : below_nonzero + 1;
     int sorted = lo == hi;
     if (!sorted && n <= 24) { /* a stable insertion sort gives every rank */
         for (size_t i = 1; i < n; i++) {
@@ -800,50 +803,49 @@ static void LEVELED(della_resolve)(const della_fibre *f, size_t from, size_t n, 
     }
     int shift = 0;
     while (((hi - base) >> shift) > buckets - 1 - offset) shift++;
-    size_t counts[256], starts[256], next[256];
+    size_t counts[256], starts[256];
+    uint32_t head[256]; /* each bucket's last element; links[i] the one before i (none: ~0) */
     double first_p[256], last_p[256];
     uint8_t needed[256];
     memset(needed, 0, buckets);
     int any_needed = 0;
 #define DELLA_BUCKET(k) ((k) == 0 && offset ? 0 : offset + (((k) - base) >> shift))
     memset(counts, 0, buckets * sizeof counts[0]);
+    memset(head, 0xFF, buckets * sizeof head[0]);
     uint8_t *ids = f->ids + from; /* each element's bucket */
+    uint32_t *links = f->links + from;
     for (size_t i = 0; i < n; i++) {
         uint8_t d = (uint8_t)DELLA_BUCKET(keys[i]);
         ids[i] = d;
         counts[d]++;
+        links[i] = head[d];
+        head[d] = (uint32_t)i;
     }
     size_t sum = 0;
     for (unsigned d = 0; d < buckets; d++) { /* branch-free (an empty bucket's p is never read) */
         size_t first = sum < n ? sum : n - 1, last = sum + counts[d] - (counts[d] != 0);
+        double a = p[first], b = p[last < n ? last : n - 1];
+        /* p rises with the rank, or falls when ε < 0: the bucket's smallest and largest p */
         starts[d] = sum;
-        first_p[d] = p[first];
-        last_p[d] = p[last < n ? last : n - 1];
+        first_p[d] = a < b ? a : b;
+        last_p[d] = a < b ? b : a;
         sum += counts[d];
     }
-    /* Each open element: kept (1) when u < p(its bucket's first rank), dropped (0) when
-     * u ≥ p(its last rank), else still open (2): 2 − [u < first] − 2·[u ≥ last], as both
-     * cannot hold (first_p ≤ last_p). */
+    /* Each open element: kept (1) when u is below every p of its bucket's ranks, dropped (0)
+     * when it is at or above all of them, else still open (2): 2 − [u < first_p] −
+     * 2·[u ≥ last_p], as both cannot hold (first_p ≤ last_p). */
     const double *u = f->u;
     uint8_t *keep = f->keep;
     size_t stride = f->stride;
-    if (top) { /* every element open, in index order: a loop the compiler vectorises */
-        if (stride == 1) {
-            for (size_t i = 0; i < n; i++) {
-                double fp = first_p[ids[i]], lp = last_p[ids[i]];
-                keep[i] = (uint8_t)(2 - (u[i] < fp) - 2 * (u[i] >= lp));
-            }
-        } else {
-            for (size_t i = 0; i < n; i++) {
-                double fp = first_p[ids[i]], lp = last_p[ids[i]];
-                keep[i * stride] = (uint8_t)(2 - (u[i] < fp) - 2 * (u[i] >= lp));
-            }
-        }
-        for (size_t i = 0; i < n; i++) /* rare: a predictable branch */
-            if (keep[i * stride] == 2) {
-                needed[ids[i]] = 1;
+    if (top) { /* every element open, in index order */
+        for (size_t i = 0; i < n; i++) {
+            uint8_t d = ids[i], value = (uint8_t)(2 - (u[i] < first_p[d]) - 2 * (u[i] >= last_p[d]));
+            keep[i * stride] = value;
+            if (value == 2) { /* rare: a predictable branch, no chain through needed[] */
+                needed[d] = 1;
                 any_needed = 1;
             }
+        }
     } else {
         for (size_t i = 0; i < n; i++) { /* branch-free: the draws are random */
             size_t e = (size_t)order[i], j = e * stride;
@@ -857,17 +859,18 @@ static void LEVELED(della_resolve)(const della_fibre *f, size_t from, size_t n, 
         }
     }
     if (!any_needed) return;
-    /* The needed buckets' elements gathered in index order at their ranks (a stable scatter of
-     * those alone: a branch taken for a few percent of the elements), then each resolved the
-     * same way. */
+    /* The needed buckets' elements gathered in index order at their ranks (each bucket's list,
+     * walked from its last element), all of them before any is resolved the same way (the
+     * children reuse their ranges' links). */
     uint64_t *spare_keys = f->spare_keys + from, *spare_order = f->spare_order + from;
-    memcpy(next, starts, buckets * sizeof next[0]);
-    for (size_t i = 0; i < n; i++) {
-        uint8_t d = ids[i];
+    for (unsigned d = 0; d < buckets; d++) {
         if (!needed[d]) continue;
-        size_t to = next[d]++;
-        spare_keys[to] = keys[i];
-        spare_order[to] = order[i];
+        size_t to = starts[d] + counts[d];
+        for (uint32_t i = head[d]; i != ~(uint32_t)0; i = links[i]) {
+            to--;
+            spare_keys[to] = keys[i];
+            spare_order[to] = order[i];
+        }
     }
 #undef DELLA_BUCKET
     for (unsigned d = 0; d < buckets; d++) {
@@ -883,7 +886,7 @@ static void LEVELED(della_mask)(const double *delta, size_t length, size_t strid
     double *u = (double *)(scratch + 4 * length);
     LEVELED(draws)(key, first, stride, length, u);
     della_fibre f = {scratch, scratch + length, scratch + 2 * length, scratch + 3 * length, u, p, stride, keep,
-                     (uint8_t *)(scratch + 5 * length)};
+                     (uint8_t *)(scratch + 5 * length), (uint32_t *)(scratch + 5 * length + (length + 7) / 8)};
     if (stride == 1) /* the common case, vectorised */
         for (size_t i = 0; i < length; i++) {
             uint64_t k;
@@ -940,7 +943,6 @@ static const wsk_kernels LEVELED(kernels) = {
     .tv_merge = LEVELED(tv_merge),
     .trim_mask = LEVELED(trim_mask),
     .masked_abs_sums = LEVELED(masked_abs_sums),
-    .draws = LEVELED(draws),
     .sce_variances = LEVELED(sce_variances),
     .sce_squares = LEVELED(sce_squares),
     .sce_merge = LEVELED(sce_merge),

@@ -498,8 +498,10 @@ typedef struct {
     const double *u, *p;
     size_t stride;
     uint8_t *keep;
-    /* ids[r]: the bucket of the element at rank position r in the current split */
+    /* ids[r]: the bucket of the element at position r in the current split; links[r]: the
+     * position of the previous element of its bucket */
     uint8_t *ids;
+    uint32_t *links;
 } della_fibre;
 
 /* A rank window unpacked for the 8-lane loops (see window8_open/_keep/_close). */
@@ -542,7 +544,6 @@ typedef struct {
     int (*tv_merge)(wsk_tv_input *inputs, size_t count, const void *b, int base_kind, size_t n, int64_t position, int elect, int normalize, double lambda, double divisor, int out_kind, void *dst, int64_t *dropped);
     int64_t (*trim_mask)(double *x, const double *b, size_t n, double scale, const uint8_t *keep);
     void (*masked_abs_sums)(const double *d, const uint8_t *keep, size_t n, double *total, double *kept);
-    void (*draws)(uint64_t key, int64_t first, size_t stride, size_t n, double *u);
     void (*sce_variances)(double *const *x, size_t inputs, const double *b, size_t n, double *var);
     void (*sce_squares)(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, double *squares, int64_t *selected);
     int (*sce_merge)(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, const double *weights, double *out);
@@ -800,7 +801,7 @@ void wsk_arcee_keys(const double *c, const double *b, size_t n, const double *kl
     else
         ARCEE_ROWS(kl, length, first, n, {
             double imp = fabs(c[i] - b[i]) * k;
-            keys[i] = isnan(imp) ? imp : (imp > 0 ? imp : 0);
+            keys[i] = isnan(imp) ? NAN : (imp > 0 ? imp : 0);
         });
 }
 

@@ -194,8 +194,8 @@ void wsk_della_probabilities(size_t length, double density, double epsilon, doub
 /// DELLA's keep decisions for one fibre of `length` task-vector elements delta[i·stride]: with
 /// the elements ranked by |δ| ascending (equal keys in index order), element i is kept
 /// (keep[i·stride] = 1, else 0) iff the draw u(first + i·stride) < p[its rank] (`p` from
-/// `wsk_della_probabilities`). Since p rises with the rank, most elements are decided from the
-/// range of ranks of their bucket of key bits, without a sort. `scratch` holds 6·length words.
+/// `wsk_della_probabilities`). Since p is monotone in the rank, most elements are decided from
+/// the range of ranks of their bucket of key bits, without a sort. `scratch` holds 7·length words.
 void wsk_della_mask(const double *delta, size_t length, size_t stride, uint64_t key, int64_t first, const double *p,
                     uint8_t *keep, uint64_t *scratch);
 /// keep[i] ≠ 0 as bits (bit i % 8 of byte i / 8), and back to 0/1 bytes.
@@ -229,7 +229,8 @@ int wsk_sce_merge(double *const *x, size_t inputs, const double *b, size_t n, ws
 double wsk_row_divergence(const double *c, const double *b, size_t length, double *scratch, int64_t *negatives);
 /// Over elements first … first + n − 1 of rows of `length` whose KLs are kl[row] (kl NULL: rows
 /// of one element, whose KL is exactly 0, NaN when c or b is not finite), imp = |c − b|·KL:
-///   keys[i] = imp < 0 ? −imp : +∞ (negative ≠ 0), else NaN if imp is, else max(imp, 0)    (_keys)
+///   keys[i] = imp < 0 ? −imp : +∞ (negative ≠ 0), else NaN (the default NaN) if imp is NaN,
+///   else max(imp, 0)                                                                     (_keys)
 ///   out[i] = b + (c − b)·[imp ≥ threshold]; counts[0] += elements where c ≠ b, counts[1] +=
 ///   those kept; returns nonzero when some out[i] is not finite                          (_merge)
 void wsk_arcee_keys(const double *c, const double *b, size_t n, const double *kl, size_t length, int64_t first,

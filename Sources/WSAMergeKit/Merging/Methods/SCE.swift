@@ -42,13 +42,15 @@ public struct SCEStrategy: MergeStrategy, TensorMerge {
         // Which elements are selected: every one, or the top-k by variance, found in the same
         // pass that counts the nonzero variances.
         var window: RankWindow?
-        if topk < 1 {
+        if topk <= 0 {
+            window = RankWindow.none
+        } else if topk < 1 {
             let pass = KeyPass(readers: readers, count: count, jobs: context.jobs, keys: { inputs, count, keys, _ in
                 let tensors: [UnsafeMutablePointer<Double>?] = inputs
                 wsk_sce_variances(tensors, n, inputs[n], count, keys)
             })
-            // ⌊nonzero·select_topk⌋ of the float64 product; ≤ 0 keeps none.
-            var (selection, _) = try RankWindow.largest({ topk <= 0 ? 0 : Int(topk * Double($0)) }, ofNonzero: pass)
+            // ⌊nonzero·select_topk⌋ of the float64 product (select_topk ≤ 0 keeps none).
+            var (selection, _) = try RankWindow.largest({ Int(topk * Double($0)) }, ofNonzero: pass)
             if selection.needsCensus { _ = try selection.census(pass) }
             window = selection
         }

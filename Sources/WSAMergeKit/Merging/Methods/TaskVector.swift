@@ -462,7 +462,7 @@ struct RankedRandom: Sendable {
         if density >= 1 { keep.update(repeating: 1, count: count); return }
         if density <= 0 { keep.update(repeating: 0, count: count); return }
         let draws = Draws(seed: settings.seed, name: item.name, input: item.sources[k].input)
-        let scratch = UnsafeMutablePointer<UInt64>.allocate(capacity: 6 * length)
+        let scratch = UnsafeMutablePointer<UInt64>.allocate(capacity: 7 * length)
         defer { scratch.deallocate() }
         probabilities[k].withUnsafeBufferPointer { p in
             for r in 0..<stride {
