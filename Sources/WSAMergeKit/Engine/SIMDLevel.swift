@@ -16,9 +16,10 @@ public enum SIMDLevel: Int32, CaseIterable, Sendable, CustomStringConvertible {
     /// The level in use.
     public static var current: SIMDLevel { SIMDLevel(rawValue: wsk_simd_level()) ?? .baseline }
 
-    /// Uses `level` (capped at `best`) from now on; returns the level in use.
+    /// Uses `level` (capped at `best`) from now on; returns the level in use. For tests, which
+    /// compare the levels' bytes; users cap the level with `WSAMERGE_SIMD`.
     @discardableResult
-    public static func use(_ level: SIMDLevel) -> SIMDLevel {
+    static func use(_ level: SIMDLevel) -> SIMDLevel {
         SIMDLevel(rawValue: wsk_use_simd_level(level.rawValue)) ?? .baseline
     }
 
