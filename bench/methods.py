@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Every merge method of wsamerge beside mergekit 0.1.5 (`mergekit-yaml`, on the CPU), and the peak
-memory of a few methods on one 2 GB tensor.
+memory of the methods on one 2 GB tensor.
 
 usage: bench/methods.py --bin .build/release/wsamerge [--rounds 3] [--layers 2] [--hidden 512]
                         [--vocab 8000] [--workdir /tmp/wsamerge-bench-methods] [--keep]
@@ -22,8 +22,10 @@ usage: bench/methods.py --bin .build/release/wsamerge [--rounds 3] [--layers 2] 
    family and slerp). mergekit's fixed cost (starting Python, importing torch and mergekit) is
    measured as its own job, so the ratio can also be read without it.
 4. Writes a base and two fine-tunes of one F32 tensor of --big-elements elements (2 GiB each by
-   default) streamed chunk by chunk into safetensors, and reports the peak RSS of `wsamerge fuse`
-   with ties, della, arcee_fusion (when registered) and slerp on them (target ≤ 512 MB).
+   default) streamed chunk by chunk into safetensors, and reports the wall time and peak RSS of
+   `wsamerge fuse` with every method whose memory could grow with a tensor (whole-tensor
+   selections, quantiles, per-row work, norms; linear and passthrough are average's one pass) on
+   them (target ≤ 512 MB).
    Skipped, with a message, when the disk lacks the space.
 
 Not a test: nothing fails on speed. Generated files stay in --workdir (removed unless --keep).
@@ -393,24 +395,32 @@ def big(have, report):
     paths = write_big(d, n)
     out = os.path.join(d, "out.safetensors")
     subprocess.run(["cat"] + paths, stdout=subprocess.DEVNULL)
-    cases = [("average", [], False), ("ties", ["--weights", "1,1", "--param", "density=0.5"], True),
-             ("della", ["--weights", "1,1", "--param", "density=0.5", "--param", "epsilon=0.15"], True),
-             ("arcee_fusion", [], True), ("slerp", ["--param", "t=0.5"], True)]
+    # Every method whose memory could grow with the tensor: whole-tensor selections, quantiles,
+    # per-row work and norms (linear and passthrough are `average`'s single pass).
+    w2 = ["--weights", "1,1"]
+    cases = [("average", [], False), ("task_arithmetic", w2, True), ("ties", w2 + ["--param", "density=0.5"], True),
+             ("dare_ties", w2 + ["--param", "density=0.5"], True),
+             ("breadcrumbs", w2 + ["--param", "density=0.5", "--param", "gamma=0.01"], True),
+             ("della", w2 + ["--param", "density=0.5", "--param", "epsilon=0.15"], True),
+             ("slerp", ["--param", "t=0.5"], True), ("nuslerp", w2, True), ("multislerp", w2, True),
+             ("karcher", [], False), ("model_stock", [], True), ("nearswap", ["--param", "t=0.001"], True),
+             ("sce", ["--param", "select_topk=0.5"], True), ("arcee_fusion", [], True), ("ram", [], True),
+             ("ramplus_tl", [], True)]
     print(f"\nbig tensor: one F32 tensor of {n} elements ({4 * n / 2**30:.1f} GiB per file):")
     report["big"] = {}
     for m, extra, base in cases:
         if m not in have:
-            print(f"  {m:13} not registered, skipped")
+            print(f"  {m:16} not registered, skipped")
             continue
-        inputs = paths[1:2] if m in ("arcee_fusion", "slerp") else paths[1:]
+        inputs = paths[1:2] if m in ("arcee_fusion", "slerp", "nearswap") else paths[1:]
         cmd = [BIN, "fuse", "--strategy", m] + (["--base", paths[0]] if base else [paths[0]]) + inputs + extra + ["-o", out]
         wall, peak, err = run(cmd, out)
         if err:
-            print(f"  {m:13} failed: {err}")
+            print(f"  {m:16} failed: {err}")
             report["big"][m] = dict(error=err)
             continue
         flag = "" if peak <= 512 else "  (over the 512 MB target)"
-        print(f"  {m:13} {wall:7.2f} s  peak RSS {peak:5.0f} MB{flag}")
+        print(f"  {m:16} {wall:7.2f} s  peak RSS {peak:5.0f} MB{flag}")
         report["big"][m] = dict(wall=wall, rss=peak)
     if os.path.exists(out):
         os.unlink(out)
