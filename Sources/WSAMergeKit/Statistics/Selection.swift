@@ -422,11 +422,6 @@ struct RankWindow: Sendable {
                           bands: [Band(value: cut.bits, ranks: 0..<(k - above), before: cut.equalBefore ?? [])])
     }
 
-    /// The `k` largest keys of `pass`.
-    static func largest(_ k: Int, of pass: KeyPass) throws -> RankWindow {
-        try largest(k, count: pass.count, cut: try Selection.rank(at: pass.count - k, of: pass))
-    }
-
     /// The `k(nonzero)` largest keys of a one-stream pass, where `nonzero` is how many keys are
     /// not 0 (SCE keeps a share of the nonzero variances): the zeros are counted in the same scan
     /// as the cut-off's bracket (expected where the sample's share of zeros puts it), by a

@@ -36,7 +36,7 @@ import Testing
                 #expect(rank.equal == sorted.filter { $0 == sorted[position] }.count)
             }
             // The k largest, ties at the cut-off earliest first: exactly k kept.
-            var window = try RankWindow.largest(1234, of: keys)
+            var window = try RankWindow.largest(1234, count: keys.count, cut: try Selection.rank(at: keys.count - 1234, of: keys))
             _ = try window.census(keys)
             // A cursor per block, as the passes use them.
             var cursor = window.cursor(at: 0)
