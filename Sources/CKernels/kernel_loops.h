@@ -352,6 +352,51 @@ static size_t LEVELED(bracket_delta)(const void *x, int kind, const void *b, int
     return LEVELED(bracket_delta_impl)(kind, base_kind, x, b, n, lo, hi, counts, inside);
 }
 
+/* Decodes elements [start, start + m) of stored kind `kind` into dst. */
+static void LEVELED(decode_tile)(const void *src, int kind, size_t start, size_t m, double *dst) {
+    const unsigned char *s = src;
+    if (kind == WSK_BF16) LEVELED(decode_bf16)(s + 2 * start, m, dst);
+    else if (kind == WSK_F32) LEVELED(decode_f32)(s + 4 * start, m, dst);
+    else if (kind == WSK_F16) LEVELED(decode_f16)(s + 2 * start, m, dst);
+    else memcpy(dst, s + 8 * start, 8 * m);
+}
+
+/* wsk_bracket_deltas for a constant kind: per 256-element tile, the base decoded once, each
+ * stream's key bits once (into `keys`), then every bracket of that stream over them. */
+static inline __attribute__((always_inline)) void LEVELED(bracket_deltas_impl)(int kind, wsk_bracket_span *spans, size_t count,
+                                                                               const void *b, size_t n) {
+    double base[TILE] __attribute__((aligned(64)));
+    uint64_t keys[TILE] __attribute__((aligned(64)));
+    for (size_t s = 0; s < count; s++) spans[s].held = 0;
+    for (size_t start = 0; start < n; start += TILE) {
+        size_t t = n - start < TILE ? n - start : TILE, end = t & ~(size_t)7;
+        LEVELED(decode_tile)(b, kind, start, t, base);
+        for (size_t s = 0; s < count; s++) {
+            if (s == 0 || spans[s].x != spans[s - 1].x) {
+                size_t i = 0;
+                for (; i < end; i += 8) {
+                    v8lu k = (v8lu)(load8x(spans[s].x, kind, start + i) - load8d(base + i)) & ~SIGN64;
+                    memcpy(keys + i, &k, 64);
+                }
+                for (; i < t; i++) {
+                    double d = load_one(spans[s].x, kind, start + i) - base[i];
+                    memcpy(keys + i, &d, 8);
+                    keys[i] &= ~SIGN64;
+                }
+            }
+            spans[s].held += LEVELED(bracket)((const double *)keys, t, spans[s].lo, spans[s].hi, spans[s].counts,
+                                              spans[s].inside + spans[s].held);
+        }
+    }
+}
+
+static void LEVELED(bracket_deltas)(wsk_bracket_span *spans, size_t count, const void *b, int kind, size_t n) {
+    if (kind == WSK_BF16) LEVELED(bracket_deltas_impl)(WSK_BF16, spans, count, b, n);
+    else if (kind == WSK_F16) LEVELED(bracket_deltas_impl)(WSK_F16, spans, count, b, n);
+    else if (kind == WSK_F32) LEVELED(bracket_deltas_impl)(WSK_F32, spans, count, b, n);
+    else LEVELED(bracket_deltas_impl)(WSK_F64, spans, count, b, n);
+}
+
 static int64_t LEVELED(trim_all)(double *x, const double *b, size_t n, double scale) {
     for (size_t i = 0; i < n; i++) x[i] = (x[i] - b[i]) * scale;
     return (int64_t)n;
@@ -586,15 +631,6 @@ static void LEVELED(masked_abs_sums)(const double *d, const uint8_t *keep, size_
     }
     *total += t;
     *kept += k;
-}
-
-/* Decodes elements [start, start + m) of stored kind `kind` into dst. */
-static void LEVELED(decode_tile)(const void *src, int kind, size_t start, size_t m, double *dst) {
-    const unsigned char *s = src;
-    if (kind == WSK_BF16) LEVELED(decode_bf16)(s + 2 * start, m, dst);
-    else if (kind == WSK_F32) LEVELED(decode_f32)(s + 4 * start, m, dst);
-    else if (kind == WSK_F16) LEVELED(decode_f16)(s + 2 * start, m, dst);
-    else memcpy(dst, s + 8 * start, 8 * m);
 }
 
 static int LEVELED(tv_merge)(wsk_tv_input *in, size_t count, const void *b, int base_kind, size_t n, int64_t position,
@@ -934,6 +970,7 @@ static const wsk_kernels LEVELED(kernels) = {
     .combine = LEVELED(combine),
     .bracket = LEVELED(bracket),
     .bracket_delta = LEVELED(bracket_delta),
+    .bracket_deltas = LEVELED(bracket_deltas),
     .trim_all = LEVELED(trim_all),
     .trim_window = LEVELED(trim_window),
     .trim_draws = LEVELED(trim_draws),

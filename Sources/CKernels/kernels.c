@@ -535,6 +535,7 @@ typedef struct {
     int (*combine)(const wsk_term *terms, size_t count, int mode, double target, double epsilon, size_t n, int out_kind, void *dst);
     size_t (*bracket)(const double *keys, size_t n, uint64_t lo, uint64_t hi, int64_t counts[3], uint64_t *inside);
     size_t (*bracket_delta)(const void *x, int kind, const void *b, int base_kind, size_t n, uint64_t lo, uint64_t hi, int64_t counts[3], uint64_t *inside);
+    void (*bracket_deltas)(wsk_bracket_span *brackets, size_t count, const void *b, int kind, size_t n);
     int64_t (*trim_all)(double *x, const double *b, size_t n, double scale);
     int64_t (*trim_window)(double *x, const double *b, size_t n, double scale, wsk_window *window);
     int64_t (*trim_draws)(double *x, const double *b, size_t n, double scale, uint64_t key, int64_t position, double density);
@@ -659,6 +660,7 @@ void wsk_squares_signs(const void *f, int kind, size_t n, double *squares, int *
 int wsk_combine(const wsk_term *terms, size_t count, int mode, double target, double epsilon, size_t n, int out_kind, void *dst) { return wsk_active()->combine(terms, count, mode, target, epsilon, n, out_kind, dst); }
 size_t wsk_bracket(const double *keys, size_t n, uint64_t lo, uint64_t hi, int64_t counts[3], uint64_t *inside) { return wsk_active()->bracket(keys, n, lo, hi, counts, inside); }
 size_t wsk_bracket_delta(const void *x, int kind, const void *b, int base_kind, size_t n, uint64_t lo, uint64_t hi, int64_t counts[3], uint64_t *inside) { return wsk_active()->bracket_delta(x, kind, b, base_kind, n, lo, hi, counts, inside); }
+void wsk_bracket_deltas(wsk_bracket_span *brackets, size_t count, const void *b, int kind, size_t n) { wsk_active()->bracket_deltas(brackets, count, b, kind, n); }
 int64_t wsk_trim_all(double *x, const double *b, size_t n, double scale) { return wsk_active()->trim_all(x, b, n, scale); }
 int64_t wsk_trim_window(double *x, const double *b, size_t n, double scale, wsk_window *window) { return wsk_active()->trim_window(x, b, n, scale, window); }
 int64_t wsk_trim_draws(double *x, const double *b, size_t n, double scale, uint64_t key, int64_t position, double density) { return wsk_active()->trim_draws(x, b, n, scale, key, position, density); }

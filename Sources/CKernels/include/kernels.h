@@ -115,6 +115,24 @@ size_t wsk_bracket(const double *keys, size_t n, uint64_t lo, uint64_t hi, int64
 size_t wsk_bracket_delta(const void *x, int kind, const void *b, int base_kind, size_t n, uint64_t lo, uint64_t hi,
                          int64_t counts[3], uint64_t *inside);
 
+/// One bracket of `wsk_bracket_deltas`: the keys |x[i] − b[i]| of one stream against [lo, hi].
+typedef struct {
+    /// The stream's stored elements; the brackets of one stream are adjacent and share x.
+    const void *x;
+    uint64_t lo, hi;
+    /// Added to, as by `wsk_bracket`.
+    int64_t counts[3];
+    /// Room for n + 8 keys; `held` is set to how many went inside.
+    uint64_t *inside;
+    size_t held;
+} wsk_bracket_span;
+
+/// Every bracket of a block at once (as `wsk_bracket_delta` on each, the same counts and keys),
+/// with the stored elements of every stream and of the base of one kind (WSK_BF16 … WSK_F16):
+/// each tile of the base is decoded once and each stream's keys computed once, however many
+/// brackets read them.
+void wsk_bracket_deltas(wsk_bracket_span *brackets, size_t count, const void *b, int kind, size_t n);
+
 /// Moves the value of ascending rank k (0-based) of values[0 … n) to values[k] and returns it
 /// (Hoare's selection with a median-of-three pivot; deterministic).
 uint64_t wsk_select_u64(uint64_t *values, size_t n, size_t k);
