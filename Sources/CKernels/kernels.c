@@ -490,6 +490,15 @@ static inline double sce_variance_one(double *const *x, size_t inputs, const dou
     return var / size;
 }
 
+/* DELLA: the bucket tables of a whole fibre's level (up to 2048 buckets; the levels below keep
+ * up to 256 on their own stack). */
+typedef struct {
+    size_t counts[2048], starts[2048];
+    uint32_t head[2048];
+    double first_p[2048], last_p[2048];
+    uint8_t needed[2048];
+} della_tables;
+
 /* DELLA: one fibre's ranking state: keys[r] and order[r] (the element's index) for ranks r, where a
  * range of ranks holds one bucket's elements in index order until it is split. */
 typedef struct {
@@ -498,10 +507,11 @@ typedef struct {
     const double *u, *p;
     size_t stride;
     uint8_t *keep;
-    /* ids[r]: the bucket of the element at position r in the current split; links[r]: the
-     * position of the previous element of its bucket */
-    uint8_t *ids;
+    /* ids[r]: the bucket of the element at position r in the current split (up to 2048);
+     * links[r]: the position of the previous element of its bucket */
+    uint16_t *ids;
     uint32_t *links;
+    della_tables *tables;
 } della_fibre;
 
 /* A rank window unpacked for the 8-lane loops (see window8_open/_keep/_close). */
