@@ -739,6 +739,28 @@ uint64_t wsk_select_u64(uint64_t *v, size_t n, size_t k) {
     return v[want];
 }
 
+void wsk_sort_u64(uint64_t *values, size_t n, uint64_t *scratch) {
+    /* LSD radix sort, a byte a pass; a pass whose byte is the same in every value is skipped
+     * (the high bytes of nearby magnitudes usually are). */
+    uint64_t *from = values, *to = scratch;
+    for (int shift = 0; shift < 64; shift += 8) {
+        size_t counts[256] = {0};
+        for (size_t i = 0; i < n; i++) counts[(from[i] >> shift) & 0xFF]++;
+        if (n == 0 || counts[(from[0] >> shift) & 0xFF] == n) continue;
+        size_t sum = 0;
+        for (int d = 0; d < 256; d++) {
+            size_t c = counts[d];
+            counts[d] = sum;
+            sum += c;
+        }
+        for (size_t i = 0; i < n; i++) to[counts[(from[i] >> shift) & 0xFF]++] = from[i];
+        uint64_t *t = from;
+        from = to;
+        to = t;
+    }
+    if (from != values) memcpy(values, from, n * sizeof *values);
+}
+
 void wsk_count_u64(const uint64_t *values, size_t n, uint64_t value, int64_t *less, int64_t *equal) {
     int64_t l = 0, e = 0;
     for (size_t i = 0; i < n; i++) {

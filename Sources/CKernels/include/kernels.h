@@ -136,6 +136,8 @@ void wsk_bracket_deltas(wsk_bracket_span *brackets, size_t count, const void *b,
 /// Moves the value of ascending rank k (0-based) of values[0 … n) to values[k] and returns it
 /// (Hoare's selection with a median-of-three pivot; deterministic).
 uint64_t wsk_select_u64(uint64_t *values, size_t n, size_t k);
+/// Sorts values[0 … n) ascending (`scratch` holds n values).
+void wsk_sort_u64(uint64_t *values, size_t n, uint64_t *scratch);
 /// less += how many values[i] < value, equal += how many == value.
 void wsk_count_u64(const uint64_t *values, size_t n, uint64_t value, int64_t *less, int64_t *equal);
 

@@ -224,7 +224,11 @@ public enum Selection {
             let positions = positions(nil)
             return positions.indices.filter { !positions[$0].isEmpty }.map { Bracket(stream: $0, lo: 0, hi: .max, positions: positions[$0]) }
         }
-        let samples = try pass.sample(runs: shape.runs, length: shape.length).map { $0.map(bits).sorted() }
+        let samples = try pass.sample(runs: shape.runs, length: shape.length).map { keys in
+            var sorted = keys.map(bits), scratch = sorted
+            wsk_sort_u64(&sorted, sorted.count, &scratch)
+            return sorted
+        }
         let positions = positions(samples)
         var brackets: [Bracket] = []
         for (s, wanted) in positions.enumerated() where !wanted.isEmpty {

@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 import Testing
 @testable import WSAMergeKit
@@ -77,6 +78,25 @@ import Testing
                     #expect(before[b] == values[0..<Swift.min(values.count, b * block)].filter { $0 == sorted[position] }.count)
                 }
             }
+        }
+    }
+
+    /// The samples' radix sort (`wsk_sort_u64`) orders like `sorted()`: empty, one key, many
+    /// equal keys, keys that differ only in their low or only in their high bytes.
+    @Test func sampleSortMatchesSorted() {
+        var g = SystemRandomNumberGenerator()
+        let cases: [[UInt64]] = [
+            [], [42], [UInt64](repeating: 7, count: 100),
+            (0..<5000).map { _ in UInt64.random(in: 0...UInt64.max, using: &g) },
+            (0..<5000).map { _ in 0x3F50_0000_0000_0000 | UInt64.random(in: 0..<4096, using: &g) },
+            (0..<5000).map { _ in UInt64.random(in: 0..<8, using: &g) << 56 | 0x1234 },
+            (0..<16384).map { _ in Selection.bits(Double(Int.random(in: 0..<300, using: &g)) * 0.125) },
+        ]
+        for keys in cases {
+            var sorted = keys, scratch = keys
+            wsk_sort_u64(&sorted, sorted.count, &scratch)
+            let same = sorted == keys.sorted()  // a Bool, so a failure does not print the arrays
+            #expect(same, "\(keys.count) keys")
         }
     }
 
