@@ -761,14 +761,50 @@ void wsk_sort_u64(uint64_t *values, size_t n, uint64_t *scratch) {
     if (from != values) memcpy(values, from, n * sizeof *values);
 }
 
-void wsk_count_u64(const uint64_t *values, size_t n, uint64_t value, int64_t *less, int64_t *equal) {
-    int64_t l = 0, e = 0;
-    for (size_t i = 0; i < n; i++) {
-        l += values[i] < value;
-        e += values[i] == value;
+uint64_t wsk_rank_inside(const uint64_t *keys, const size_t *sizes, size_t count, size_t k, int64_t *less, int64_t *equal_before,
+                         uint64_t *scratch) {
+    /* 4096 buckets evenly from the smallest key to the largest; the bucket holding rank k is
+     * gathered (in block order, so its equal keys can be counted per block) and selected in. */
+    enum { BUCKETS = 4096 };
+    size_t total = 0;
+    for (size_t b = 0; b < count; b++) total += sizes[b];
+    uint64_t first = ~(uint64_t)0, last = 0;
+    for (size_t i = 0; i < total; i++) {
+        first = keys[i] < first ? keys[i] : first;
+        last = keys[i] > last ? keys[i] : last;
     }
-    *less += l;
-    *equal += e;
+    int shift = 0;
+    while (((last - first) >> shift) >= BUCKETS) shift++;
+    size_t counts[BUCKETS] = {0};
+    for (size_t i = 0; i < total; i++) counts[(keys[i] - first) >> shift]++;
+    size_t below = 0, bucket = 0;
+    while (below + counts[bucket] <= k) below += counts[bucket++];
+    /* the bucket's keys in block order (equal_before[b + 1] holding, for now, how many precede
+     * block b's end), and a copy for the selection to permute */
+    size_t m = 0;
+    uint64_t *candidates = scratch;
+    equal_before[0] = 0;
+    for (size_t b = 0, i = 0; b < count; b++) {
+        for (size_t end = i + sizes[b]; i < end; i++) {
+            candidates[m] = keys[i];
+            m += ((keys[i] - first) >> shift) == bucket;
+        }
+        equal_before[b + 1] = (int64_t)m;
+    }
+    uint64_t *selected = scratch + m;
+    memcpy(selected, candidates, m * sizeof *selected);
+    uint64_t value = wsk_select_u64(selected, m, k - below);
+    int64_t smaller = (int64_t)below, equal = 0;
+    size_t c = 0;
+    for (size_t b = 0; b < count; b++) {
+        for (size_t end = (size_t)equal_before[b + 1]; c < end; c++) {
+            smaller += candidates[c] < value;
+            equal += candidates[c] == value;
+        }
+        equal_before[b + 1] = equal;
+    }
+    *less += smaller;
+    return value;
 }
 
 /* DELLA's keep probabilities by rank (see kernels.h). */

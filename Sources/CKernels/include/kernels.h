@@ -136,10 +136,15 @@ void wsk_bracket_deltas(wsk_bracket_span *brackets, size_t count, const void *b,
 /// Moves the value of ascending rank k (0-based) of values[0 … n) to values[k] and returns it
 /// (Hoare's selection with a median-of-three pivot; deterministic).
 uint64_t wsk_select_u64(uint64_t *values, size_t n, size_t k);
+/// The key of ascending rank k (k < the number of keys) among `keys`, `count` blocks of sizes[b]
+/// keys one after another: *less += how many keys are below it, equal_before[b] = how many keys
+/// equal to it the blocks before b hold (b = 0 … count). A histogram of 4096 buckets from the
+/// smallest key to the largest finds the bucket of rank k, whose keys alone are selected in
+/// (`wsk_select_u64`); `scratch` holds twice the keys plus one.
+uint64_t wsk_rank_inside(const uint64_t *keys, const size_t *sizes, size_t count, size_t k, int64_t *less, int64_t *equal_before,
+                         uint64_t *scratch);
 /// Sorts values[0 … n) ascending (`scratch` holds n values).
 void wsk_sort_u64(uint64_t *values, size_t n, uint64_t *scratch);
-/// less += how many values[i] < value, equal += how many == value.
-void wsk_count_u64(const uint64_t *values, size_t n, uint64_t value, int64_t *less, int64_t *equal);
 
 /// Which task-vector elements a rank window keeps, by the bits of |δ|: those in [from, to], and
 /// of the keys equal to value[i] (outside [from, to]), those whose rank among them in C order

@@ -212,6 +212,8 @@ public enum Selection {
         let stream: Int
         var lo: UInt64, hi: UInt64
         var positions: [Int]
+        /// The share of the sample's keys inside, so a scan can reserve room for the tensor's.
+        var share = 0.0
     }
 
     /// Brackets from a sample (merged where they overlap) for the positions `positions(sorted)`
@@ -244,12 +246,14 @@ public enum Selection {
                 let r = Int(f * size)
                 let lo = r - margin < 0 ? 0 : sorted[r - margin]
                 let hi = r + margin >= sorted.count ? UInt64.max : sorted[r + margin]
+                let share = Double(Swift.min(r + margin, sorted.count) - Swift.max(r - margin, 0)) / size
                 if var last = own.last, lo <= last.hi {
                     last.hi = Swift.max(last.hi, hi)
                     last.positions.append(position)
+                    last.share += share
                     own[own.count - 1] = last
                 } else {
-                    own.append(Bracket(stream: s, lo: lo, hi: hi, positions: [position]))
+                    own.append(Bracket(stream: s, lo: lo, hi: hi, positions: [position], share: share))
                 }
             }
             brackets += own
@@ -263,8 +267,10 @@ public enum Selection {
         var below = 0
         /// Keys equal to lo and to hi (hi ≠ lo) per block.
         var atLo: [Int] = [], atHi: [Int] = []
-        /// The keys strictly inside, block by block in C order; nil once they exceeded the limit.
-        var inside: [[UInt64]]? = []
+        /// The keys strictly inside, in C order; nil once they exceeded the limit.
+        var inside: [UInt64]? = []
+        /// How many of them each block holds.
+        var insideSizes: [Int] = []
         /// How many keys are strictly inside.
         var between = 0
 
@@ -277,16 +283,13 @@ public enum Selection {
             }
             if position < below + lo + between {
                 guard let inside else { return nil }
-                var scratch = Array(inside.joined())
-                let value = scratch.withUnsafeMutableBufferPointer { wsk_select_u64($0.baseAddress!, $0.count, position - below - lo) }
-                var smaller = Int64(below + lo), equal: Int64 = 0
-                var equalBefore = [0]
-                equalBefore.reserveCapacity(inside.count + 1)
-                for keys in inside {
-                    keys.withUnsafeBufferPointer { wsk_count_u64($0.baseAddress, $0.count, value, &smaller, &equal) }
-                    equalBefore.append(Int(equal))
-                }
-                return Rank(bits: value, less: Int(smaller), equal: Int(equal), equalBefore: equalBefore)
+                let scratch = UnsafeMutablePointer<UInt64>.allocate(capacity: 2 * inside.count + 1)
+                defer { scratch.deallocate() }
+                var smaller = Int64(below + lo)
+                var equalBefore = [Int64](repeating: 0, count: insideSizes.count + 1)
+                let value = wsk_rank_inside(inside, insideSizes, insideSizes.count, position - below - lo, &smaller, &equalBefore, scratch)
+                return Rank(bits: value, less: Int(smaller), equal: Int(equalBefore[insideSizes.count]),
+                            equalBefore: equalBefore.map(Int.init))
             }
             if position < below + lo + between + hi {
                 return Rank(bits: bracket.hi, less: below + lo + between, equal: hi, equalBefore: prefixSums(atHi))
@@ -310,6 +313,9 @@ public enum Selection {
         }
         let limits = brackets.map { ($0.stream, $0.lo, $0.hi) }
         var scans = brackets.map { Scan(bracket: $0) }
+        for b in scans.indices {
+            scans[b].inside?.reserveCapacity(Swift.min(Self.limit, Int(brackets[b].share * 1.1 * Double(pass.count))))
+        }
         /// One block's scan, `bracket(stream, lo, hi, counts, held)` scanning one stream.
         @Sendable func scanBlock(_ count: Int, _ bracket: (Int, UInt64, UInt64, inout [Int64], UnsafeMutablePointer<UInt64>) -> Int) -> Block {
             var block = Block(counts: [], inside: [])
@@ -354,7 +360,8 @@ public enum Selection {
                     scans[b].atLo.append(block.counts[3 * b + 1])
                     scans[b].atHi.append(block.counts[3 * b + 2])
                     scans[b].between += block.inside[b].count
-                    scans[b].inside?.append(block.inside[b])
+                    scans[b].inside?.append(contentsOf: block.inside[b])
+                    scans[b].insideSizes.append(block.inside[b].count)
                     if scans[b].between > limit { scans[b].inside = nil }
                 }
             }
@@ -384,7 +391,8 @@ public enum Selection {
                 let bracket = Bracket(stream: stream, lo: 0, hi: 0, positions: [position])
                 // Every candidate as "inside" a bracket whose ends hold nothing.
                 let scan = Scan(bracket: bracket, below: below, atLo: blocks.map { _ in 0 }, atHi: blocks.map { _ in 0 },
-                                inside: blocks, between: blocks.reduce(0) { $0 + $1.count })
+                                inside: Array(blocks.joined()), insideSizes: blocks.map(\.count),
+                                between: blocks.reduce(0) { $0 + $1.count })
                 return scan.rank(at: position)!
             }
             let digitShift = UInt64(48 - prefixBits)
