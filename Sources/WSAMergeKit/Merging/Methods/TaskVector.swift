@@ -513,7 +513,7 @@ struct RankedRandom: Sendable {
                     var sums: [Double] = []
                     for (i, k) in ranked.enumerated() {
                         let x = values[i].doubles((s + 1) * size) + s * size
-                        for j in 0..<size { x[j] = x[j] - b[j] }
+                        _ = wsk_trim_all(x, b, size, 1)  // x − b, in the kernels' vectors (× 1 keeps every bit)
                         mask(x, input: k, slab: first + s, keep: keep)
                         if let bits = stored[k] { wsk_pack_bits(keep, size, bits.base.assumingMemoryBound(to: UInt8.self) + (first + s) * slabBytes) }
                         var total = 0.0, kept = 0.0
