@@ -320,38 +320,6 @@ static size_t LEVELED(bracket)(const double *keys, size_t n, uint64_t lo, uint64
     BRACKET_TAIL((memcpy(&bits, keys + i, 8), bits));
 }
 
-/* The same over keys |x − b| of stored elements (kinds constant once inlined). */
-static inline __attribute__((always_inline)) size_t LEVELED(bracket_delta_impl)(int kind, int base_kind, const void *x, const void *b,
-                                                                       size_t n, uint64_t lo, uint64_t hi, int64_t counts[3],
-                                                                       uint64_t *inside) {
-    v8l below = {0}, at_lo = {0}, at_hi = {0};
-    size_t m = 0, end = n & ~(size_t)7, i = 0;
-    for (; i < end; i += 8) {
-        v8lu k = (v8lu)(load8x(x, kind, i) - load8x(b, base_kind, i)) & ~SIGN64;
-        BRACKET8(k);
-    }
-    double d;
-    uint64_t bits;
-    BRACKET_TAIL((d = load_one(x, kind, i) - load_one(b, base_kind, i), memcpy(&bits, &d, 8), bits));
-}
-
-static inline __attribute__((always_inline)) size_t LEVELED(bracket_delta_same)(int kind, const void *x, const void *b, size_t n,
-                                                                       uint64_t lo, uint64_t hi, int64_t counts[3],
-                                                                       uint64_t *inside) {
-    return LEVELED(bracket_delta_impl)(kind, kind, x, b, n, lo, hi, counts, inside);
-}
-
-static size_t LEVELED(bracket_delta)(const void *x, int kind, const void *b, int base_kind, size_t n, uint64_t lo,
-                                     uint64_t hi, int64_t counts[3], uint64_t *inside) {
-    if (kind == base_kind) {
-        if (kind == WSK_BF16) return LEVELED(bracket_delta_same)(WSK_BF16, x, b, n, lo, hi, counts, inside);
-        if (kind == WSK_F16) return LEVELED(bracket_delta_same)(WSK_F16, x, b, n, lo, hi, counts, inside);
-        if (kind == WSK_F32) return LEVELED(bracket_delta_same)(WSK_F32, x, b, n, lo, hi, counts, inside);
-        return LEVELED(bracket_delta_same)(WSK_F64, x, b, n, lo, hi, counts, inside);
-    }
-    return LEVELED(bracket_delta_impl)(kind, base_kind, x, b, n, lo, hi, counts, inside);
-}
-
 /* Decodes elements [start, start + m) of stored kind `kind` into dst. */
 static void LEVELED(decode_tile)(const void *src, int kind, size_t start, size_t m, double *dst) {
     const unsigned char *s = src;
@@ -361,25 +329,28 @@ static void LEVELED(decode_tile)(const void *src, int kind, size_t start, size_t
     else memcpy(dst, s + 8 * start, 8 * m);
 }
 
-/* wsk_bracket_deltas for a constant kind: per 256-element tile, the base decoded once, each
- * stream's key bits once (into `keys`), then every bracket of that stream over them. */
+/* wsk_bracket_deltas, with `kind` the kind of the base and every stream when it is a constant
+ * (the common case, compiled tight for each), or −1 for each span's own: per 256-element tile,
+ * the base decoded once, each stream's key bits once (into `keys`), then every bracket of that
+ * stream over them. */
 static inline __attribute__((always_inline)) void LEVELED(bracket_deltas_impl)(int kind, wsk_bracket_span *spans, size_t count,
-                                                                               const void *b, size_t n) {
+                                                                               const void *b, int base_kind, size_t n) {
     double base[TILE] __attribute__((aligned(64)));
     uint64_t keys[TILE] __attribute__((aligned(64)));
     for (size_t s = 0; s < count; s++) spans[s].held = 0;
     for (size_t start = 0; start < n; start += TILE) {
         size_t t = n - start < TILE ? n - start : TILE, end = t & ~(size_t)7;
-        LEVELED(decode_tile)(b, kind, start, t, base);
+        LEVELED(decode_tile)(b, kind >= 0 ? kind : base_kind, start, t, base);
         for (size_t s = 0; s < count; s++) {
             if (s == 0 || spans[s].x != spans[s - 1].x) {
+                int own = kind >= 0 ? kind : spans[s].kind;
                 size_t i = 0;
                 for (; i < end; i += 8) {
-                    v8lu k = (v8lu)(load8x(spans[s].x, kind, start + i) - load8d(base + i)) & ~SIGN64;
+                    v8lu k = (v8lu)(load8x(spans[s].x, own, start + i) - load8d(base + i)) & ~SIGN64;
                     memcpy(keys + i, &k, 64);
                 }
                 for (; i < t; i++) {
-                    double d = load_one(spans[s].x, kind, start + i) - base[i];
+                    double d = load_one(spans[s].x, own, start + i) - base[i];
                     memcpy(keys + i, &d, 8);
                     keys[i] &= ~SIGN64;
                 }
@@ -390,11 +361,14 @@ static inline __attribute__((always_inline)) void LEVELED(bracket_deltas_impl)(i
     }
 }
 
-static void LEVELED(bracket_deltas)(wsk_bracket_span *spans, size_t count, const void *b, int kind, size_t n) {
-    if (kind == WSK_BF16) LEVELED(bracket_deltas_impl)(WSK_BF16, spans, count, b, n);
-    else if (kind == WSK_F16) LEVELED(bracket_deltas_impl)(WSK_F16, spans, count, b, n);
-    else if (kind == WSK_F32) LEVELED(bracket_deltas_impl)(WSK_F32, spans, count, b, n);
-    else LEVELED(bracket_deltas_impl)(WSK_F64, spans, count, b, n);
+static void LEVELED(bracket_deltas)(wsk_bracket_span *spans, size_t count, const void *b, int base_kind, size_t n) {
+    int same = 1;
+    for (size_t s = 0; s < count; s++) same &= spans[s].kind == base_kind;
+    if (same && base_kind == WSK_BF16) LEVELED(bracket_deltas_impl)(WSK_BF16, spans, count, b, base_kind, n);
+    else if (same && base_kind == WSK_F16) LEVELED(bracket_deltas_impl)(WSK_F16, spans, count, b, base_kind, n);
+    else if (same && base_kind == WSK_F32) LEVELED(bracket_deltas_impl)(WSK_F32, spans, count, b, base_kind, n);
+    else if (same) LEVELED(bracket_deltas_impl)(WSK_F64, spans, count, b, base_kind, n);
+    else LEVELED(bracket_deltas_impl)(-1, spans, count, b, base_kind, n);
 }
 
 static int64_t LEVELED(trim_all)(double *x, const double *b, size_t n, double scale) {
@@ -994,7 +968,6 @@ static const wsk_kernels LEVELED(kernels) = {
     .squares_signs = LEVELED(squares_signs),
     .combine = LEVELED(combine),
     .bracket = LEVELED(bracket),
-    .bracket_delta = LEVELED(bracket_delta),
     .bracket_deltas = LEVELED(bracket_deltas),
     .trim_all = LEVELED(trim_all),
     .trim_window = LEVELED(trim_window),

@@ -544,8 +544,7 @@ typedef struct {
     void (*squares_signs)(const void *f, int kind, size_t n, double *squares, int *signs);
     int (*combine)(const wsk_term *terms, size_t count, int mode, double target, double epsilon, size_t n, int out_kind, void *dst);
     size_t (*bracket)(const double *keys, size_t n, uint64_t lo, uint64_t hi, int64_t counts[3], uint64_t *inside);
-    size_t (*bracket_delta)(const void *x, int kind, const void *b, int base_kind, size_t n, uint64_t lo, uint64_t hi, int64_t counts[3], uint64_t *inside);
-    void (*bracket_deltas)(wsk_bracket_span *brackets, size_t count, const void *b, int kind, size_t n);
+    void (*bracket_deltas)(wsk_bracket_span *brackets, size_t count, const void *b, int base_kind, size_t n);
     int64_t (*trim_all)(double *x, const double *b, size_t n, double scale);
     int64_t (*trim_window)(double *x, const double *b, size_t n, double scale, wsk_window *window);
     int64_t (*trim_draws)(double *x, const double *b, size_t n, double scale, uint64_t key, int64_t position, double density);
@@ -669,8 +668,7 @@ void wsk_squares_min(const void *f, int kind, size_t n, double *squares, double 
 void wsk_squares_signs(const void *f, int kind, size_t n, double *squares, int *signs) { wsk_active()->squares_signs(f, kind, n, squares, signs); }
 int wsk_combine(const wsk_term *terms, size_t count, int mode, double target, double epsilon, size_t n, int out_kind, void *dst) { return wsk_active()->combine(terms, count, mode, target, epsilon, n, out_kind, dst); }
 size_t wsk_bracket(const double *keys, size_t n, uint64_t lo, uint64_t hi, int64_t counts[3], uint64_t *inside) { return wsk_active()->bracket(keys, n, lo, hi, counts, inside); }
-size_t wsk_bracket_delta(const void *x, int kind, const void *b, int base_kind, size_t n, uint64_t lo, uint64_t hi, int64_t counts[3], uint64_t *inside) { return wsk_active()->bracket_delta(x, kind, b, base_kind, n, lo, hi, counts, inside); }
-void wsk_bracket_deltas(wsk_bracket_span *brackets, size_t count, const void *b, int kind, size_t n) { wsk_active()->bracket_deltas(brackets, count, b, kind, n); }
+void wsk_bracket_deltas(wsk_bracket_span *brackets, size_t count, const void *b, int base_kind, size_t n) { wsk_active()->bracket_deltas(brackets, count, b, base_kind, n); }
 int64_t wsk_trim_all(double *x, const double *b, size_t n, double scale) { return wsk_active()->trim_all(x, b, n, scale); }
 int64_t wsk_trim_window(double *x, const double *b, size_t n, double scale, wsk_window *window) { return wsk_active()->trim_window(x, b, n, scale, window); }
 int64_t wsk_trim_draws(double *x, const double *b, size_t n, double scale, uint64_t key, int64_t position, double density) { return wsk_active()->trim_draws(x, b, n, scale, key, position, density); }
@@ -713,7 +711,9 @@ void wsk_unpack_bits(const uint8_t *bits, size_t n, uint8_t *keep) {
     for (; i < n; i++) keep[i] = (bits[i / 8] >> (i % 8)) & 1;
 }
 
-uint64_t wsk_select_u64(uint64_t *v, size_t n, size_t k) {
+/* Moves the value of ascending rank k (0-based) of v[0 … n) to v[k] and returns it (Hoare's
+ * selection with a median-of-three pivot; deterministic). */
+static uint64_t select_u64(uint64_t *v, size_t n, size_t k) {
     ptrdiff_t lo = 0, hi = (ptrdiff_t)n - 1, want = (ptrdiff_t)k;
     while (lo < hi) {
         ptrdiff_t mid = lo + (hi - lo) / 2;
@@ -793,7 +793,7 @@ uint64_t wsk_rank_inside(const uint64_t *keys, const size_t *sizes, size_t count
     }
     uint64_t *selected = scratch + m;
     memcpy(selected, candidates, m * sizeof *selected);
-    uint64_t value = wsk_select_u64(selected, m, k - below);
+    uint64_t value = select_u64(selected, m, k - below);
     int64_t smaller = (int64_t)below, equal = 0;
     size_t c = 0;
     for (size_t b = 0; b < count; b++) {

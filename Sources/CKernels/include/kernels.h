@@ -110,15 +110,12 @@ int wsk_combine(const wsk_term *terms, size_t count, int mode, double target, do
 /// keys strictly between go to `inside` (room for n + 8), in order. Returns how many went there.
 size_t wsk_bracket(const double *keys, size_t n, uint64_t lo, uint64_t hi, int64_t counts[3], uint64_t *inside);
 
-/// `wsk_bracket` over the keys |x[i] − b[i]| of stored elements (kinds WSK_BF16 … WSK_F16),
-/// exactly as over their decoded differences.
-size_t wsk_bracket_delta(const void *x, int kind, const void *b, int base_kind, size_t n, uint64_t lo, uint64_t hi,
-                         int64_t counts[3], uint64_t *inside);
-
 /// One bracket of `wsk_bracket_deltas`: the keys |x[i] − b[i]| of one stream against [lo, hi].
 typedef struct {
-    /// The stream's stored elements; the brackets of one stream are adjacent and share x.
+    /// The stream's stored elements, of kind `kind`; the brackets of one stream are adjacent and
+    /// share x.
     const void *x;
+    int kind;
     uint64_t lo, hi;
     /// Added to, as by `wsk_bracket`.
     int64_t counts[3];
@@ -127,20 +124,17 @@ typedef struct {
     size_t held;
 } wsk_bracket_span;
 
-/// Every bracket of a block at once (as `wsk_bracket_delta` on each, the same counts and keys),
-/// with the stored elements of every stream and of the base of one kind (WSK_BF16 … WSK_F16):
-/// each tile of the base is decoded once and each stream's keys computed once, however many
-/// brackets read them.
-void wsk_bracket_deltas(wsk_bracket_span *brackets, size_t count, const void *b, int kind, size_t n);
+/// Every bracket of a block at once, each as `wsk_bracket` over its stream's decoded keys
+/// |x − b| (the same counts and keys), on the stored elements of the streams and of the base
+/// (kind `base_kind`; kinds WSK_BF16 … WSK_F16, any mix): each tile of the base is decoded once
+/// and each stream's keys computed once, however many brackets read them.
+void wsk_bracket_deltas(wsk_bracket_span *brackets, size_t count, const void *b, int base_kind, size_t n);
 
-/// Moves the value of ascending rank k (0-based) of values[0 … n) to values[k] and returns it
-/// (Hoare's selection with a median-of-three pivot; deterministic).
-uint64_t wsk_select_u64(uint64_t *values, size_t n, size_t k);
 /// The key of ascending rank k (k < the number of keys) among `keys`, `count` blocks of sizes[b]
 /// keys one after another: *less += how many keys are below it, equal_before[b] = how many keys
 /// equal to it the blocks before b hold (b = 0 … count). A histogram of 4096 buckets from the
 /// smallest key to the largest finds the bucket of rank k, whose keys alone are selected in
-/// (`wsk_select_u64`); `scratch` holds twice the keys plus one.
+/// (Hoare's selection); `scratch` holds twice the keys plus one.
 uint64_t wsk_rank_inside(const uint64_t *keys, const size_t *sizes, size_t count, size_t k, int64_t *less, int64_t *equal_before,
                          uint64_t *scratch);
 /// Sorts values[0 … n) ascending (`scratch` holds n values).

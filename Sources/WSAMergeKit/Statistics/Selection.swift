@@ -333,17 +333,13 @@ public enum Selection {
         try pass.runStreams({ keys, count, _ in
             scanBlock(count) { stream, lo, hi, counts, held in wsk_bracket(keys[stream], count, lo, hi, &counts, held) }
         }, raw: { inputs, kinds, count in
-            guard kinds.allSatisfy({ $0 == kinds[streams] }) else {
-                return scanBlock(count) { stream, lo, hi, counts, held in
-                    wsk_bracket_delta(inputs[stream], kinds[stream], inputs[streams], kinds[streams], count, lo, hi, &counts, held)
-                }
-            }
-            // One kind throughout: every bracket at once, each stream's keys computed once.
+            // Every bracket at once, each stream's keys computed once.
             let held = UnsafeMutablePointer<UInt64>.allocate(capacity: limits.count * (count + 8))
             defer { held.deallocate() }
             var spans = limits.enumerated().map { b, limit in
                 var span = wsk_bracket_span()
                 span.x = inputs[limit.0]
+                span.kind = kinds[limit.0]
                 span.lo = limit.1
                 span.hi = limit.2
                 span.inside = held + b * (count + 8)

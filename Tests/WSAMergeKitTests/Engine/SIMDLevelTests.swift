@@ -158,25 +158,34 @@ import Testing
     }
 
     /// The selection's scan of every bracket at once (`wsk_bracket_deltas`: the base decoded once
-    /// per tile, each stream's keys once) counts and keeps exactly what one `wsk_bracket_delta`
-    /// per bracket does, for every stored kind, one and two brackets per stream, ties at both
-    /// ends and tails past the tiles, at every level.
+    /// per tile, each stream's keys once) counts and keeps exactly what `wsk_bracket` does over
+    /// the decoded keys |x − b|, for every stored kind and a mix of kinds, one and two brackets
+    /// per stream, ties at both ends and tails past the tiles, at every level.
     @Test func bracketScansAgree() {
+        /// A value as stored in `kind` (bytes) and as decoded back.
+        func store(_ v: Double, _ kind: Int32) -> (bytes: [UInt8], value: Double) {
+            switch Int(kind) {
+            case Int(WSK_BF16):
+                let h = UInt16(Float(v).bitPattern >> 16)
+                return (withUnsafeBytes(of: h) { Array($0) }, Double(Float(bitPattern: UInt32(h) << 16)))
+            case Int(WSK_F16): return (withUnsafeBytes(of: Float16(v).bitPattern) { Array($0) }, Double(Float16(v)))
+            case Int(WSK_F32): return (withUnsafeBytes(of: Float(v)) { Array($0) }, Double(Float(v)))
+            default: return (withUnsafeBytes(of: v) { Array($0) }, v)
+            }
+        }
+        let (bf16, f16, f32, f64) = (Int32(WSK_BF16), Int32(WSK_F16), Int32(WSK_F32), Int32(WSK_F64))
+        // The kinds of stream 0, stream 1 and the base.
+        let mixes: [[Int32]] = [[bf16, bf16, bf16], [f16, f16, f16], [f32, f32, f32], [f64, f64, f64], [bf16, f32, f16]]
+        let ends: [(stream: Int, lo: Double, hi: Double)] = [(0, 1.0 / 256, 8.0 / 256), (0, 10.0 / 256, 10.0 / 256),
+                                                             (1, 0, 3.0 / 256)]
         for n in Self.lengths {
-            let values = (0..<3).map { Self.values(n, seed: UInt64(100 + $0)) }
-            // Keys of one quantised grid, so that the brackets' ends have ties.
-            let grid = values.map { $0.map { $0.isFinite ? ($0 * 256).rounded() / 256 : $0 } }
-            let stored: [(Int32, [[UInt8]])] = [
-                (Int32(WSK_BF16), grid.map { $0.flatMap { withUnsafeBytes(of: UInt16(Float($0).bitPattern >> 16)) { Array($0) } } }),
-                (Int32(WSK_F16), grid.map { $0.flatMap { withUnsafeBytes(of: Float16($0).bitPattern) { Array($0) } } }),
-                (Int32(WSK_F32), grid.map { $0.flatMap { withUnsafeBytes(of: Float($0)) { Array($0) } } }),
-                (Int32(WSK_F64), grid.map { $0.flatMap { withUnsafeBytes(of: $0) { Array($0) } } }),
-            ]
-            let ends: [(stream: Int, lo: Double, hi: Double)] = [(0, 1.0 / 256, 8.0 / 256), (0, 10.0 / 256, 10.0 / 256),
-                                                                 (1, 0, 3.0 / 256)]
-            for (kind, streams) in stored {
+            // Values on one quantised grid, so that the brackets' ends have ties.
+            let grid = (0..<3).map { Self.values(n, seed: UInt64(100 + $0)).map { $0.isFinite ? ($0 * 256).rounded() / 256 : $0 } }
+            for kinds in mixes {
+                let stored = (0..<3).map { k in grid[k].map { store($0, kinds[k]) } }
                 // The stored elements in memory that outlives the calls.
-                let memory = streams.map { bytes -> UnsafeMutableRawPointer in
+                let memory = stored.map { elements -> UnsafeMutableRawPointer in
+                    let bytes = elements.flatMap(\.bytes)
                     let p = UnsafeMutableRawPointer.allocate(byteCount: bytes.count + 1, alignment: 8)
                     p.copyMemory(from: bytes, byteCount: bytes.count)
                     return p
@@ -184,30 +193,31 @@ import Testing
                 defer { memory.forEach { $0.deallocate() } }
                 let held = UnsafeMutablePointer<UInt64>.allocate(capacity: ends.count * (n + 8))
                 defer { held.deallocate() }
-                expectSameBits("bracket scans of kind \(kind), n = \(n)") {
-                    var oneByOne: [UInt64] = []
+                expectSameBits("bracket scans of kinds \(kinds), n = \(n)") {
+                    var expected: [UInt64] = []
                     for (b, end) in ends.enumerated() {
+                        let keys = (0..<n).map { Swift.abs(stored[end.stream][$0].value - stored[2][$0].value) }
                         var counts: [Int64] = [0, 0, 0]
-                        let m = wsk_bracket_delta(memory[end.stream], kind, memory[2], kind, n, Selection.bits(end.lo), Selection.bits(end.hi),
-                                                  &counts, held + b * (n + 8))
-                        oneByOne += counts.map { UInt64(bitPattern: $0) } + [UInt64(m)] + Array(UnsafeBufferPointer(start: held + b * (n + 8), count: m))
+                        let m = wsk_bracket(keys, n, Selection.bits(end.lo), Selection.bits(end.hi), &counts, held + b * (n + 8))
+                        expected += counts.map { UInt64(bitPattern: $0) } + [UInt64(m)] + Array(UnsafeBufferPointer(start: held + b * (n + 8), count: m))
                     }
                     var spans = ends.enumerated().map { b, end in
                         var span = wsk_bracket_span()
                         span.x = UnsafeRawPointer(memory[end.stream])
+                        span.kind = kinds[end.stream]
                         span.lo = Selection.bits(end.lo)
                         span.hi = Selection.bits(end.hi)
                         span.inside = held + b * (n + 8)
                         return span
                     }
-                    wsk_bracket_deltas(&spans, spans.count, memory[2], kind, n)
+                    wsk_bracket_deltas(&spans, spans.count, memory[2], kinds[2], n)
                     let atOnce = spans.flatMap { span in
                         [span.counts.0, span.counts.1, span.counts.2].map { UInt64(bitPattern: $0) } + [UInt64(span.held)]
                             + Array(UnsafeBufferPointer(start: span.inside, count: span.held))
                     }
-                    let same = atOnce == oneByOne  // a Bool, so a failure does not print the arrays
-                    #expect(same, "kind \(kind), n = \(n), \(SIMDLevel.current)")
-                    return oneByOne
+                    let same = atOnce == expected  // a Bool, so a failure does not print the arrays
+                    #expect(same, "kinds \(kinds), n = \(n), \(SIMDLevel.current)")
+                    return atOnce
                 }
             }
         }
