@@ -316,22 +316,19 @@ public enum Selection {
         for b in scans.indices {
             scans[b].inside?.reserveCapacity(Swift.min(Self.limit, Int(brackets[b].share * 1.1 * Double(pass.count))))
         }
-        /// One block's scan, `bracket(stream, lo, hi, counts, held)` scanning one stream.
-        @Sendable func scanBlock(_ count: Int, _ bracket: (Int, UInt64, UInt64, inout [Int64], UnsafeMutablePointer<UInt64>) -> Int) -> Block {
+        let streams = pass.streams
+        try pass.runStreams({ keys, count, _ in
+            // Decoded keys: one bracket at a time.
             var block = Block(counts: [], inside: [])
             let held = UnsafeMutablePointer<UInt64>.allocate(capacity: count + 8)
             defer { held.deallocate() }
             for (stream, lo, hi) in limits {
                 var counts: [Int64] = [0, 0, 0]
-                let m = bracket(stream, lo, hi, &counts, held)
+                let m = wsk_bracket(keys[stream], count, lo, hi, &counts, held)
                 block.counts += counts.map(Int.init)
                 block.inside.append(Array(UnsafeBufferPointer(start: held, count: m)))
             }
             return block
-        }
-        let streams = pass.streams
-        try pass.runStreams({ keys, count, _ in
-            scanBlock(count) { stream, lo, hi, counts, held in wsk_bracket(keys[stream], count, lo, hi, &counts, held) }
         }, raw: { inputs, kinds, count in
             // Every bracket at once, each stream's keys computed once.
             let held = UnsafeMutablePointer<UInt64>.allocate(capacity: limits.count * (count + 8))
