@@ -114,8 +114,8 @@ extension WSAMerge {
                 emit(Merger.dryRunJSON(prepared, output: request.output.path))
                 return
             }
-            let report = try Merger.run(request, strategy: strategyType, progress: Progress.forTerminal(label: "fuse", quiet: common.quiet))
-            try files.write(report: report)
+            let report = try Merger.run(request, strategy: strategyType, progress: Progress.forTerminal(label: "fuse", quiet: common.quiet),
+                                        companions: files.files)
             warnSummary("have NaN or infinite input values", tensors: report.nonFiniteTensors, quiet: common.quiet)
             warnSummary("fell back from the strategy", tensors: report.fallbacks, quiet: common.quiet)
             switch common.format {

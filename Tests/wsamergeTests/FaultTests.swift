@@ -101,6 +101,30 @@ struct FaultTests {
         #expect(shards.isEmpty, "\(shards)")
     }
 
+    /// A model directory appears as a whole: its config, tokenizer, recipe and card are synced
+    /// with the weights and linked in with them, so a run killed while syncing the files beside
+    /// the weights leaves neither (not weights without a config).
+    @Test(arguments: [1, 3])
+    func killWhileSyncingModelFilesLeavesNothing(syncs: Int) throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let source = dir + "/source"
+        try FileManager.default.createDirectory(atPath: source + "/1_Pooling", withIntermediateDirectories: true)
+        for name in ["config.json", "tokenizer.json", "1_Pooling/config.json"] {
+            try "{}".write(toFile: source + "/" + name, atomically: true, encoding: .utf8)
+        }
+        let out = dir + "/merged"
+        // Sync 0 is the weights'; the ones after it the files beside them.
+        let process = try killMidWrite(["fuse"] + Self.large + ["--copy-files-from", source, "-o", out + "/"], pause: "sync:60:\(syncs)")
+        #expect(process.terminationReason == .uncaughtSignal)
+        let left = (FileManager.default.enumerator(atPath: out)?.allObjects as? [String] ?? []).filter { !$0.hasSuffix("1_Pooling") }
+        #expect(left.isEmpty, "the kill left \(left)")
+        // Let go instead, the run writes them all.
+        let run = try runPaused(["fuse"] + Self.large + ["--copy-files-from", source, "-o", out + "/"], pause: "sync:60:\(syncs)", kill: false)
+        #expect(run.terminationStatus == 0)
+        #expect(try leftovers(out) == ["1_Pooling", "README.md", "config.json", "model.safetensors", "tokenizer.json", "wsamerge_recipe.yml"])
+    }
+
     /// A sharded output appears as a whole: every shard is synced before the first is linked in,
     /// so a run killed after syncing its second shard leaves the earlier checkpoint as it was.
     @Test func killWhileSyncingShardsKeepsTheOldSet() throws {

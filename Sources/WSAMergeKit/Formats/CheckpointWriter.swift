@@ -65,6 +65,16 @@ public protocol CheckpointWriter: AnyObject {
     func write(_ bytes: UnsafeRawBufferPointer) throws
     /// Checks every tensor was written completely and puts the output in place.
     func finish() throws
+    /// Files written beside a directory output (a model directory's recipe, config, tokenizer
+    /// files and card), which `finish()` puts in place together with the weights, so that a
+    /// failed or killed run leaves neither. Only directory outputs have them.
+    func add(companions: [OutputFile])
+}
+
+extension CheckpointWriter {
+    public func add(companions: [OutputFile]) {
+        precondition(companions.isEmpty, "only a directory output has files beside its weights")
+    }
 }
 
 /// Makes the writer for `options`.

@@ -169,7 +169,10 @@ public struct Merger {
     }
 
     /// Runs the merge and puts the output in place; nothing appears at `-o` unless it succeeds.
-    public static func run(_ request: Request, strategy: (any MergeStrategy.Type)? = nil, progress: Progress? = nil) throws -> Report {
+    /// `companions` writes the files that go beside a directory output's weights (see
+    /// `ModelDirectoryOutput.files`), which appear with them.
+    public static func run(_ request: Request, strategy: (any MergeStrategy.Type)? = nil, progress: Progress? = nil,
+                           companions: ((Report) throws -> [OutputFile])? = nil) throws -> Report {
         let prepared = try prepare(request, strategy: strategy)
         let plan = prepared.plan
         let merger = try prepared.strategy.measured()
@@ -210,10 +213,12 @@ public struct Merger {
             }
             progress?.tensorDone(bytes: item.output.byteCount)
         }
+        let report = Report(prepared: prepared, output: request.output.path, results: results, metadata: metadata,
+                            nonFiniteTensors: nonFinite)
+        if let companions { writer.add(companions: try companions(report)) }
         try writer.finish()
         progress?.finish()
-        return Report(prepared: prepared, output: request.output.path, results: results, metadata: metadata,
-                      nonFiniteTensors: nonFinite)
+        return report
     }
 
     /// Every file the merge reads — models, base, Fisher files, the target scope — which `-o` may not name.

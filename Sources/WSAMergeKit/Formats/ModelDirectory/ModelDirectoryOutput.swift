@@ -9,7 +9,8 @@ import Darwin
 /// directory (config, generation config, tokenizer files, `modules.json`, sub-module configs such
 /// as `1_Pooling/config.json`, chat templates…; regular files only, recursively, never through a
 /// link out of the directory), `config.json`'s `torch_dtype`/`dtype` rewritten to the output dtype,
-/// and a `README.md` model card. Checked before the merge, written after the weights.
+/// and a `README.md` model card. Checked before the merge, written once the weights are, and put
+/// in place with them (`CheckpointWriter.add(companions:)`).
 public struct ModelDirectoryOutput {
     public static let recipeName = "wsamerge_recipe.yml"
 
@@ -67,42 +68,44 @@ public struct ModelDirectoryOutput {
         }
     }
 
-    /// Writes the recipe, the copies and the model card into the output directory (nothing for
-    /// a file output).
-    public func write(report: Merger.Report? = nil) throws {
-        guard let directory else { return }
-        let recipeFile = try OutputFile(destination: directory + "/" + Self.recipeName, force: true, inputs: [], directIO: false)
-        try recipeFile.write(recipe)
-        try recipeFile.commit()
+    /// The recipe, the copies and the model card, written into unnamed files in the output
+    /// directory for the checkpoint's writer to put in place (none for a file output).
+    public func files(report: Merger.Report) throws -> [OutputFile] {
+        guard let directory else { return [] }
+        var files: [OutputFile] = []
+        /// A new output file `name` in the directory, filled by `body`.
+        func file(_ name: String, force: Bool, inputs: Set<FileIdentity>, _ body: (OutputFile) throws -> Void) throws {
+            let output = try OutputFile(destination: directory + "/" + name, force: force, inputs: inputs, directIO: false)
+            try body(output)
+            try output.finishWriting()  // its write buffers freed while it waits for the weights
+            files.append(output)
+        }
+        try file(Self.recipeName, force: true, inputs: []) { try $0.write(recipe) }
         for (source, name) in copies {
-            if name == "config.json", let dtype {
-                let input = try ReadableFile(path: source)
-                let text = String(decoding: try input.readBytes(at: 0, count: input.size), as: UTF8.self)
-                let output = try OutputFile(destination: directory + "/" + name, force: force, inputs: [input.identity], directIO: false)
-                try output.write(Self.config(text, dtype: dtype))
-                try output.commit()
-                continue
-            }
             var parent = ""
             for part in name.split(separator: "/").dropLast() {
                 parent += "/" + part
                 try makeDirectory(directory + parent)
             }
             let input = try ReadableFile(path: source)
-            let output = try OutputFile(destination: directory + "/" + name, force: force, inputs: [input.identity], directIO: false)
-            var offset = 0
-            while offset < input.size {
-                let count = min(1 << 20, input.size - offset)
-                try output.write(try input.readBytes(at: offset, count: count))
-                offset += count
+            try file(name, force: force, inputs: [input.identity]) { output in
+                if name == "config.json", let dtype {
+                    let text = String(decoding: try input.readBytes(at: 0, count: input.size), as: UTF8.self)
+                    try output.write(Self.config(text, dtype: dtype))
+                    return
+                }
+                var offset = 0
+                while offset < input.size {
+                    let count = min(1 << 20, input.size - offset)
+                    try output.write(try input.readBytes(at: offset, count: count))
+                    offset += count
+                }
             }
-            try output.commit()
         }
-        if source != nil, let report {
-            let card = try OutputFile(destination: directory + "/README.md", force: true, inputs: [], directIO: false)
-            try card.write(Self.modelCard(report, recipe: recipe, source: source!))
-            try card.commit()
+        if let source {
+            try file("README.md", force: true, inputs: []) { try $0.write(Self.modelCard(report, recipe: recipe, source: source)) }
         }
+        return files
     }
 
     /// The model card: what was merged, how, and with which wsamerge.

@@ -66,7 +66,11 @@ final class ModuleRoutingWriter: CheckpointWriter {
         }
     }
 
+    /// The modules' weights first, then the directory's own with the companions.
     func finish() throws {
-        for writer in writers { try writer.finish() }
+        for writer in writers.dropFirst() { try writer.finish() }
+        try writers[0].finish()
     }
+
+    func add(companions: [OutputFile]) { writers[0].add(companions: companions) }
 }

@@ -97,6 +97,8 @@ final class ShardedSafetensorsWriter: CheckpointWriter {
     private let directory: String
     private let shards: [SafetensorsWriter]
     private let index: OutputFile?
+    /// Files put in place with the shards (see `CheckpointWriter.add(companions:)`).
+    private var companions: [OutputFile] = []
     private let inputs: Set<FileIdentity>
     private var shard = 0
     private let createdDirectory: Bool
@@ -238,13 +240,17 @@ final class ShardedSafetensorsWriter: CheckpointWriter {
         try shards[shard].write(bytes)
     }
 
+    func add(companions: [OutputFile]) { self.companions += companions }
+
     func finish() throws {
         // Every file synced first (the slow part), then all of them linked into place at once:
         // a run killed while syncing leaves none of them, not the first shards of the set.
         for writer in shards { try writer.sync() }
+        for file in companions { try file.sync() }
         try index?.sync()
-        let destinations = shards.map(\.destination) + (index.map { [$0.destination] } ?? [])
-        let written = Set(destinations.map { baseName(of: $0) })
+        let checkpoint = shards.map(\.destination) + (index.map { [$0.destination] } ?? [])
+        let destinations = checkpoint + companions.map(\.destination)
+        let written = Set(checkpoint.map { baseName(of: $0) })
         // What the commit replaces, read again under the lock (the directory may have changed
         // while this run computed, though not through another wsamerge run).
         let replaced = Self.replacedFiles(in: directory, writing: Array(written).sorted())
@@ -258,7 +264,7 @@ final class ShardedSafetensorsWriter: CheckpointWriter {
         defer { for slot in slots { CleanupOnSignal.remove(slot) } }
         do {
             for path in destinations where pathKind(path) == .file {
-                let backup = "\(directory)/.\(baseName(of: path)).wsamerge-\(getpid()).old"
+                let backup = "\(parentDirectory(of: path))/.\(baseName(of: path)).wsamerge-\(getpid()).old"
                 unlink(backup)
                 guard link(path, backup) == 0 else {
                     throw WSAMergeError.cannotCreate(file: path, reason: "cannot keep the file it replaces: \(systemError(errno))")
@@ -272,6 +278,10 @@ final class ShardedSafetensorsWriter: CheckpointWriter {
             for writer in shards {
                 try writer.finish()
                 linked.append(writer.destination)
+            }
+            for file in companions {
+                try file.commit()
+                linked.append(file.destination)
             }
             if let index {
                 try index.commit()
@@ -299,6 +309,7 @@ final class ShardedSafetensorsWriter: CheckpointWriter {
         // temporaries go first, then the directory.
         if !finished {
             for writer in shards { writer.discard() }
+            for file in companions { file.discard() }
             index?.discard()
             if createdDirectory { rmdir(directory) }
         }
