@@ -551,7 +551,8 @@ struct RankedRandom: Sendable {
                     if let bits = stored[k] {
                         wsk_unpack_bits(bits.base.assumingMemoryBound(to: UInt8.self) + (first + s) * slabBytes, size, keep)
                     } else {
-                        for j in 0..<size { y[j] = x[j] - b[j] }
+                        y.update(from: x, count: size)
+                        _ = wsk_trim_all(y, b, size, 1)  // y = x − b, in the kernels' vectors
                         mask(y, input: k, slab: first + s, keep: keep)
                     }
                     tally.kept[k] += Int(wsk_trim_mask(x, b, size, factors[k], keep))
