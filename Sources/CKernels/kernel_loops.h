@@ -342,7 +342,7 @@ static inline __attribute__((always_inline)) void LEVELED(bracket_deltas_impl)(i
         size_t t = n - start < TILE ? n - start : TILE, end = t & ~(size_t)7;
         LEVELED(decode_tile)(b, kind >= 0 ? kind : base_kind, start, t, base);
         for (size_t s = 0; s < count; s++) {
-            if (s == 0 || spans[s].x != spans[s - 1].x) {
+            if (s == 0 || spans[s].x != spans[s - 1].x || spans[s].kind != spans[s - 1].kind) {
                 int own = kind >= 0 ? kind : spans[s].kind;
                 size_t i = 0;
                 for (; i < end; i += 8) {
