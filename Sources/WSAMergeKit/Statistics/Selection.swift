@@ -91,33 +91,35 @@ public struct KeyPass: Sendable {
 
     /// The keys of `runs` runs of `length` consecutive elements spread evenly over the tensors
     /// (the first at the start, the last at the end), per stream, read without the elements
-    /// between them where the sources allow it.
+    /// between them where the sources allow it. Each tensor's runs are read and decoded on their
+    /// own, the tensors side by side (the runs are many small reads: a seventh of a ties run when
+    /// they were read one tensor after another).
     func sample(runs: Int, length: Int) throws -> [[Double]] {
         precondition(runs >= 2 && runs * length <= count)
         let readers = try self.readers()
-        var values = readers.map { _ in [Double](repeating: 0, count: length) }
-        var raw = [UInt8](repeating: 0, count: length * (readers.map { $0.tensor.dtype.byteWidth ?? 1 }.max() ?? 1))
-        var samples = [[Double]](repeating: [], count: streams)
-        var keyBuffers = [[Double]](repeating: [Double](repeating: 0, count: length), count: streams)
-        var next = 0
-        for r in 0..<runs {
-            let start = (count - length) / (runs - 1) * r + (r == runs - 1 ? (count - length) % (runs - 1) : 0)
-            for (k, reader) in readers.enumerated() {
-                let width = reader.tensor.dtype.byteWidth ?? 1
-                try reader.skip((start - next) * width)
-                try raw.withUnsafeMutableBytes { bytes in
-                    let part = UnsafeMutableRawBufferPointer(rebasing: bytes[0..<(length * width)])
-                    try reader.read(into: part)
-                    values[k].withUnsafeMutableBufferPointer { reader.tensor.dtype.decode(part.baseAddress!, count: length, into: $0.baseAddress!) }
+        let count = self.count
+        let starts = (0..<runs).map { r in (count - length) / (runs - 1) * r + (r == runs - 1 ? (count - length) % (runs - 1) : 0) }
+        let values = try parallelMap(sizes: readers.map { _ in 1 }, jobs: jobs, serial: !readers.allSatisfy(\.readsConcurrently)) { k, _ in
+            let reader = readers[k], dtype = reader.tensor.dtype, width = dtype.byteWidth ?? 1
+            let raw = RawBuffer(byteCount: runs * length * width)
+            try reader.readRuns(at: starts.map { $0 * width }, count: length * width, into: raw.base)
+            return [Double](unsafeUninitializedCapacity: runs * length) { decoded, initialized in
+                dtype.decode(raw.base, count: runs * length, into: decoded.baseAddress!)
+                initialized = runs * length
+            }
+        }
+        // The keys of each run, from every tensor's decoded run (one flat array per side).
+        let n = runs * length
+        var inputs = Array(values.joined()), samples = [Double](repeating: 0, count: streams * n)
+        inputs.withUnsafeMutableBufferPointer { inputs in
+            samples.withUnsafeMutableBufferPointer { samples in
+                for (r, start) in starts.enumerated() {
+                    keys(values.indices.map { inputs.baseAddress! + $0 * n + r * length }, length,
+                         (0..<streams).map { samples.baseAddress! + $0 * n + r * length }, start)
                 }
             }
-            next = start + length
-            let inputs = values.indices.map { k in values[k].withUnsafeMutableBufferPointer { $0.baseAddress! } }
-            let outs = keyBuffers.indices.map { s in keyBuffers[s].withUnsafeMutableBufferPointer { $0.baseAddress! } }
-            keys(inputs, length, outs, start)
-            for s in 0..<streams { samples[s] += keyBuffers[s] }
         }
-        return samples
+        return (0..<streams).map { Array(samples[($0 * n)..<($0 * n + n)]) }
     }
 }
 
@@ -226,8 +228,9 @@ public enum Selection {
             let positions = positions(nil)
             return positions.indices.filter { !positions[$0].isEmpty }.map { Bracket(stream: $0, lo: 0, hi: .max, positions: positions[$0]) }
         }
-        let samples = try pass.sample(runs: shape.runs, length: shape.length).map { keys in
-            var sorted = keys.map(bits), scratch = sorted
+        let raw = try pass.sample(runs: shape.runs, length: shape.length)
+        let samples = try parallelMap(sizes: raw.map(\.count), jobs: pass.jobs) { s, _ in
+            var sorted = raw[s].map(bits), scratch = sorted
             wsk_sort_u64(&sorted, sorted.count, &scratch)
             return sorted
         }

@@ -16,13 +16,50 @@ public final class TensorReader: @unchecked Sendable {
     /// Bytes handed out so far.
     public private(set) var position = 0
 
+    /// Whether this reader may read while readers of other tensors of its file do, on other
+    /// threads (`TensorSource.readsConcurrently`).
+    let readsConcurrently: Bool
+
     init(_ source: any TensorSource) throws {
         tensor = source.tensor
         stream = try source.makeStream()
+        readsConcurrently = source.readsConcurrently
     }
 
     /// Bytes not read yet.
     public var remaining: Int { tensor.byteCount - position }
+
+
+    /// Reads runs of `count` bytes starting at bytes `starts` (ascending, non-overlapping, from
+    /// the current position on) into `buffer`, one after another: a `pread` each for a slice of
+    /// a plain file, else by skipping and reading in order. The position moves past the last run.
+    func readRuns(at starts: [Int], count: Int, into buffer: UnsafeMutableRawPointer) throws {
+        guard var slice = stream as? FileSliceStream else {
+            var next = position
+            for (r, start) in starts.enumerated() {
+                try skip(start - next)
+                try read(into: UnsafeMutableRawBufferPointer(start: buffer + r * count, count: count))
+                next = start + count
+            }
+            return
+        }
+        precondition(starts.allSatisfy { $0 >= position && $0 + count <= tensor.byteCount }, "read past the end of a tensor")
+        let base = slice.offset - position
+        for (r, start) in starts.enumerated() {
+            let part = UnsafeMutableRawBufferPointer(start: buffer + r * count, count: count)
+            do {
+                try slice.file.read(into: part, at: base + start)
+            } catch let error as WSAMergeError {
+                throw error.naming(tensor: tensor.name)
+            }
+            if slice.swapWidth > 1 { swapBytes(part, width: slice.swapWidth) }
+        }
+        if let last = starts.last {
+            slice.offset = base + last + count
+            stream = slice
+            position = last + count
+        }
+    }
 
     /// Fills `buffer` with the next `buffer.count` bytes of the tensor.
     ///

@@ -51,6 +51,38 @@ import Testing
         }
     }
 
+    /// A pass's sample holds the keys of its evenly spread runs (the first at the start, the last
+    /// at the end), whether the tensors are read in place with a `pread` per run (safetensors, a
+    /// big-endian .npy swapped) or in order (a Fortran-ordered .npy): keys `|x − b|` of two tensors.
+    @Test func sampleHoldsTheRunsKeys() throws {
+        let (rows, columns) = (40, 50), count = rows * columns
+        let x = (0..<count).map { Double($0) * 0.5 }, b = (0..<count).map { Double($0 % 7) }
+        func le(_ values: [Double]) -> [UInt8] { values.flatMap(Bytes.le) }
+        func be(_ values: [Double]) -> [UInt8] { values.flatMap { Array(Bytes.le($0).reversed()) } }
+        /// C-order values stored in Fortran order (column by column).
+        func fortran(_ values: [Double]) -> [Double] { (0..<count).map { i in values[(i % rows) * columns + i / rows] } }
+        let header = "{\"t\":{\"dtype\":\"F64\",\"shape\":[\(rows),\(columns)],\"data_offsets\":[0,\(count * 8)]}}"
+        let files = try [
+            ("safetensors", Bytes.safetensors(header, data: le(x)), Bytes.safetensors(header, data: le(b))),
+            ("npy", Bytes.npy("{'descr': '>f8', 'fortran_order': False, 'shape': (\(rows), \(columns)), }", data: be(x)),
+             Bytes.npy("{'descr': '>f8', 'fortran_order': False, 'shape': (\(rows), \(columns)), }", data: be(b))),
+            ("npy", Bytes.npy("{'descr': '<f8', 'fortran_order': True, 'shape': (\(rows), \(columns)), }", data: le(fortran(x))),
+             Bytes.npy("{'descr': '<f8', 'fortran_order': True, 'shape': (\(rows), \(columns)), }", data: le(fortran(b)))),
+        ].map { ext, xBytes, bBytes in
+            (try CheckpointReader.open(try Bytes.temporaryFile(xBytes, name: "x.\(ext)")),
+             try CheckpointReader.open(try Bytes.temporaryFile(bBytes, name: "b.\(ext)")))
+        }
+        defer { for (a, c) in files { Bytes.removeDirectory(of: a.path); Bytes.removeDirectory(of: c.path) } }
+        let (runs, length) = (9, 13)
+        let step = (count - length) / (runs - 1)
+        let starts = (0..<runs).map { $0 == runs - 1 ? count - length : $0 * step }
+        let expected = starts.flatMap { start in (start..<(start + length)).map { Swift.abs(x[$0] - b[$0]) } }
+        for (xFile, bFile) in files {
+            let pass = KeyPass(differences: { [try xFile.reader(for: 0), try bFile.reader(for: 0)] }, count: count, streams: 1, jobs: 2)
+            #expect(try pass.sample(runs: runs, length: length) == [expected], "\(xFile.path)")
+        }
+    }
+
     /// Ranks bracketed from a sample (the whole-tensor size lowered), with brackets so narrow
     /// that most miss (margin 0: the radix fallback), several positions at once.
     @Test(arguments: [nil, 0, 2] as [Int?])
