@@ -125,6 +125,32 @@ struct FaultTests {
         #expect(try leftovers(out) == ["1_Pooling", "README.md", "config.json", "model.safetensors", "tokenizer.json", "wsamerge_recipe.yml"])
     }
 
+    /// A sentence-transformers module's weights (`2_Dense/model.safetensors`) are linked in with
+    /// the directory's own: a run killed while syncing them leaves neither.
+    @Test func killWhileSyncingModuleWeightsLeavesNothing() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        var models: [String] = []
+        for k in 0..<2 {
+            let model = dir + "/st\(k)"
+            let made = try TestSupport.python("""
+                import os, sys, numpy as np; from safetensors.numpy import save_file
+                d = sys.argv[1]; os.makedirs(d + "/2_Dense")
+                save_file({"w": np.full((64, 64), float(sys.argv[2]), np.float32)}, d + "/model.safetensors")
+                save_file({"linear.weight": np.full((3, 4), float(sys.argv[2]), np.float32)}, d + "/2_Dense/model.safetensors")
+                open(d + "/modules.json", "w").write('[{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}, {"idx": 1, "name": "1", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}]')
+                """, [model, "\(k + 1)"])
+            #expect(made.status == 0, "\(made.stderr)")
+            models.append(model)
+        }
+        let out = dir + "/merged"
+        // Sync 0 is the directory's weights, 1 the module's.
+        let process = try killMidWrite(["fuse"] + models + ["-o", out + "/"], pause: "sync:60:1")
+        #expect(process.terminationReason == .uncaughtSignal)
+        let left = (FileManager.default.enumerator(atPath: out)?.allObjects as? [String] ?? []).filter { $0 != "2_Dense" }
+        #expect(left.isEmpty, "the kill left \(left)")
+    }
+
     /// A sharded output appears as a whole: every shard is synced before the first is linked in,
     /// so a run killed after syncing its second shard leaves the earlier checkpoint as it was.
     @Test func killWhileSyncingShardsKeepsTheOldSet() throws {

@@ -2,7 +2,9 @@
 /// named `2_Dense.<name>` goes, as `<name>`, to `<directory>/2_Dense/model.safetensors`, where
 /// sentence-transformers loads it from; every other tensor to the directory's own weights.
 final class ModuleRoutingWriter: CheckpointWriter {
+    /// The directory's own writer, then one per module (`modules`), as `route` numbers them.
     private let writers: [any CheckpointWriter]
+    private let modules: [SafetensorsWriter]
     /// Per output tensor (in write order): its writer and byte size.
     private let route: [Int]
     private let sizes: [Int]
@@ -22,7 +24,8 @@ final class ModuleRoutingWriter: CheckpointWriter {
             return try makeWriter(options, tensors: tensors, metadata: metadata, inputs: inputs)
         }
         let main = tensors.filter { module(of: $0) == nil }
-        var writers: [any CheckpointWriter] = [try makeWriter(options, tensors: main, metadata: metadata, inputs: inputs)]
+        let root = try makeWriter(options, tensors: main, metadata: metadata, inputs: inputs)
+        var moduleWriters: [SafetensorsWriter] = []
         var slot: [Int: Int] = [:]
         var directory = options.path
         while directory.count > 1 && directory.hasSuffix("/") { directory.removeLast() }
@@ -34,16 +37,17 @@ final class ModuleRoutingWriter: CheckpointWriter {
             }
             guard !own.isEmpty else { continue }
             try makeDirectory(joinPath(directory, name))
-            slot[m] = writers.count
-            writers.append(try SafetensorsWriter(destination: joinPath(joinPath(directory, name), "model.safetensors"), tensors: own,
-                                                 metadata: metadata, force: options.force, inputs: inputs))
+            slot[m] = 1 + moduleWriters.count
+            moduleWriters.append(try SafetensorsWriter(destination: joinPath(joinPath(directory, name), "model.safetensors"), tensors: own,
+                                                       metadata: metadata, force: options.force, inputs: inputs))
         }
-        return ModuleRoutingWriter(writers: writers, route: tensors.map { module(of: $0).flatMap { slot[$0] } ?? 0 },
+        return ModuleRoutingWriter(root: root, modules: moduleWriters, route: tensors.map { module(of: $0).flatMap { slot[$0] } ?? 0 },
                                    sizes: tensors.map(\.byteCount))
     }
 
-    private init(writers: [any CheckpointWriter], route: [Int], sizes: [Int]) {
-        self.writers = writers
+    private init(root: any CheckpointWriter, modules: [SafetensorsWriter], route: [Int], sizes: [Int]) {
+        writers = [root] + modules
+        self.modules = modules
         self.route = route
         self.sizes = sizes
     }
@@ -66,9 +70,9 @@ final class ModuleRoutingWriter: CheckpointWriter {
         }
     }
 
-    /// The modules' weights first, then the directory's own with the companions.
+    /// The modules' weights are linked in with the directory's own weights and companions.
     func finish() throws {
-        for writer in writers.dropFirst() { try writer.finish() }
+        writers[0].add(companions: try modules.map { try $0.completed() })
         try writers[0].finish()
     }
 

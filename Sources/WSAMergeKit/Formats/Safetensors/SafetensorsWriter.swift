@@ -79,6 +79,14 @@ final class SafetensorsWriter: CheckpointWriter {
         try sync()
         try output.commit()
     }
+
+    /// Checks that every tensor was written and hands over the file, still unnamed, for a
+    /// writer that links it in with its own (a model directory's module weights).
+    func completed() throws -> OutputFile {
+        try cursor.checkComplete(file: output.destination)
+        try output.finishWriting()
+        return output
+    }
 }
 
 /// Writes a sharded checkpoint: `model-00001-of-0000N.safetensors` files of at most
