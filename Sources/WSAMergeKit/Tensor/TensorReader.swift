@@ -29,7 +29,6 @@ public final class TensorReader: @unchecked Sendable {
     /// Bytes not read yet.
     public var remaining: Int { tensor.byteCount - position }
 
-
     /// Reads runs of `count` bytes starting at bytes `starts` (ascending, non-overlapping, from
     /// the current position on) into `buffer`, one after another: a `pread` each for a slice of
     /// a plain file, else by skipping and reading in order. The position moves past the last run.
@@ -45,17 +44,15 @@ public final class TensorReader: @unchecked Sendable {
         }
         precondition(starts.allSatisfy { $0 >= position && $0 + count <= tensor.byteCount }, "read past the end of a tensor")
         let base = slice.offset - position
-        for (r, start) in starts.enumerated() {
-            let part = UnsafeMutableRawBufferPointer(start: buffer + r * count, count: count)
-            do {
-                try slice.file.read(into: part, at: base + start)
-            } catch let error as WSAMergeError {
-                throw error.naming(tensor: tensor.name)
+        do {
+            for (r, start) in starts.enumerated() {
+                slice.offset = base + start
+                try slice.read(into: UnsafeMutableRawBufferPointer(start: buffer + r * count, count: count))
             }
-            if slice.swapWidth > 1 { swapBytes(part, width: slice.swapWidth) }
+        } catch let error as WSAMergeError {
+            throw error.naming(tensor: tensor.name)
         }
         if let last = starts.last {
-            slice.offset = base + last + count
             stream = slice
             position = last + count
         }

@@ -2,10 +2,10 @@
 /// named `2_Dense.<name>` goes, as `<name>`, to `<directory>/2_Dense/model.safetensors`, where
 /// sentence-transformers loads it from; every other tensor to the directory's own weights.
 final class ModuleRoutingWriter: CheckpointWriter {
-    /// The directory's own writer, then one per module (`modules`), as `route` numbers them.
-    private let writers: [any CheckpointWriter]
+    /// The directory's own writer (number 0 in `route`) and one per module (1, 2, …).
+    private let root: any CheckpointWriter
     private let modules: [SafetensorsWriter]
-    /// Per output tensor (in write order): its writer and byte size.
+    /// Per output tensor (in write order): its writer's number and byte size.
     private let route: [Int]
     private let sizes: [Int]
     private var current = 0
@@ -46,7 +46,7 @@ final class ModuleRoutingWriter: CheckpointWriter {
     }
 
     private init(root: any CheckpointWriter, modules: [SafetensorsWriter], route: [Int], sizes: [Int]) {
-        writers = [root] + modules
+        self.root = root
         self.modules = modules
         self.route = route
         self.sizes = sizes
@@ -60,7 +60,8 @@ final class ModuleRoutingWriter: CheckpointWriter {
                 throw WSAMergeError.io(file: "", reason: "internal error: more bytes written than the tensors hold")
             }
             let n = Swift.min(sizes[current] - written, bytes.count - offset)
-            try writers[route[current]].write(UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + n)]))
+            let writer: any CheckpointWriter = route[current] == 0 ? root : modules[route[current] - 1]
+            try writer.write(UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + n)]))
             offset += n
             written += n
             if written == sizes[current] {
@@ -72,9 +73,9 @@ final class ModuleRoutingWriter: CheckpointWriter {
 
     /// The modules' weights are linked in with the directory's own weights and companions.
     func finish() throws {
-        writers[0].add(companions: try modules.map { try $0.completed() })
-        try writers[0].finish()
+        root.add(companions: try modules.map { try $0.completed() })
+        try root.finish()
     }
 
-    func add(companions: [OutputFile]) { writers[0].add(companions: companions) }
+    func add(companions: [OutputFile]) { root.add(companions: companions) }
 }
