@@ -450,10 +450,12 @@ static int64_t LEVELED(trim_window)(double *x, const double *b, size_t n, double
 static int64_t LEVELED(trim_draws)(double *x, const double *b, size_t n, double scale, uint64_t key, int64_t position,
                                    double density) {
     v8l kept8 = {0};
+    uint64_t limit = draw_limit(density);
+    v8lu counters = draw_counters8(key, (uint64_t)position);
     size_t end = n & ~(size_t)7, i = 0;
     for (; i < end; i += 8) {
         v8d d = load8d(x + i) - load8d(b + i);
-        v8l keep = (v8l)(draw8(key, (uint64_t)position + i) < density);
+        v8l keep = draw_keeps8(counters, limit);
         store8(x + i, (v8d)((v8l)(d * scale) & keep));
         kept8 -= keep;
     }
@@ -461,7 +463,7 @@ static int64_t LEVELED(trim_draws)(double *x, const double *b, size_t n, double 
     for (int l = 0; l < 8; l++) kept += kept8[l];
     for (; i < n; i++) {
         double d = x[i] - b[i];
-        int keep = draw_one(key, (uint64_t)position + i) < density;
+        int keep = draw_keeps(key, (uint64_t)position + i, limit);
         x[i] = keep ? d * scale : 0;
         kept += keep;
     }
@@ -473,10 +475,12 @@ static inline __attribute__((always_inline)) void LEVELED(draw_sums_impl)(int ki
                                                                            size_t n, uint64_t key, int64_t position, double density,
                                                                            double *total, double *kept) {
     v8d t8 = splat8(0), k8 = splat8(0);
+    uint64_t limit = draw_limit(density);
+    v8lu counters = draw_counters8(key, (uint64_t)position);
     size_t end = n & ~(size_t)7, i = 0;
     for (; i < end; i += 8) {
         v8d a = (v8d)((v8lu)(load8x(x, kind, i) - load8x(b, base_kind, i)) & ~SIGN64);
-        v8l keep = (v8l)(draw8(key, (uint64_t)position + i) < density);
+        v8l keep = draw_keeps8(counters, limit);
         t8 += a;
         k8 += (v8d)((v8l)a & keep);
     }
@@ -484,7 +488,7 @@ static inline __attribute__((always_inline)) void LEVELED(draw_sums_impl)(int ki
     for (; i < n; i++) {
         double a = fabs_bits(load_one(x, kind, i) - load_one(b, base_kind, i));
         t += a;
-        if (draw_one(key, (uint64_t)position + i) < density) k += a;
+        if (draw_keeps(key, (uint64_t)position + i, limit)) k += a;
     }
     *total += t;
     *kept += k;

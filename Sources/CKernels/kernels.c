@@ -448,6 +448,27 @@ static inline double draw_one(uint64_t key, uint64_t j) { return (double)(int64_
         __builtin_convertvector((v8l)(mix8((key) + i_ * DRAW_GAMMA) >> 11), v8d) * 0x1p-53;                   \
     })
 
+/* Whether u_j < density, as an integer compare: u_j = m·2⁻⁵³ with m = mix(…) >> 11 < 2⁵³, and
+ * density·2⁵³ is exact, so u_j < density exactly when m < ⌈density·2⁵³⌉ (the limit, clamped to
+ * [0, 2⁵³]; NaN keeps nothing, as u_j < NaN is false). The eight-lane form walks the counters
+ * key + (j+1)·γ of consecutive elements by adding 8γ (the same values, mod 2⁶⁴). */
+static inline uint64_t draw_limit(double density) {
+    if (!(density > 0)) return 0;
+    if (density >= 1) return 1ull << 53;
+    double scaled = density * 0x1p53;
+    uint64_t limit = (uint64_t)scaled;
+    return (double)limit < scaled ? limit + 1 : limit;
+}
+static inline int draw_keeps(uint64_t key, uint64_t j, uint64_t limit) { return (mix64(key + (j + 1) * DRAW_GAMMA) >> 11) < limit; }
+/* The counters of elements j … j+7, and one draw step of eight lanes (advancing the counters). */
+#define draw_counters8(key, j) ((key) + ((v8lu){0, 1, 2, 3, 4, 5, 6, 7} + (uint64_t)(j) + 1) * DRAW_GAMMA)
+#define draw_keeps8(counters, limit)                                                                        \
+    ({                                                                                                      \
+        v8l keep_ = (v8l)((mix8(counters) >> 11) < ((v8lu){0} + (limit)));                                  \
+        (counters) += 8 * DRAW_GAMMA;                                                                       \
+        keep_;                                                                                              \
+    })
+
 /* |d| by clearing the sign bit. */
 static inline double fabs_bits(double d) {
     uint64_t u;

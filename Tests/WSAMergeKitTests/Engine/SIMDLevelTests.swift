@@ -269,6 +269,33 @@ import Testing
 
     /// The best level is what /proc/cpuinfo's flags allow (the flags the kernel leaves set are
     /// those the OS also supports).
+    /// DARE's keep test `u_j < density` (done on the draws' integer bits in the kernels) keeps
+    /// exactly what the formula in doubles keeps, at every level, in the vector lanes and the
+    /// tails: densities equal to a draw, one ulp either side of it, 0, 1, NaN and tiny ones.
+    @Test func drawKeepsMatchTheFormula() {
+        let draws = Draws(seed: 3, name: "w", input: 1)
+        let position = 1_000_003, n = 1031
+        let u = (0..<n).map { draws.u(position + $0) }
+        var densities: [Double] = [0, 1, .nan, 0.5, 0x1p-53, 0x1p-60, 1 - 0x1p-53, 0.3, -0.5, 2]
+        for j in [0, 7, 8, 500, 1030] { densities += [u[j], u[j].nextUp, u[j].nextDown] }
+        let previous = SIMDLevel.current
+        defer { SIMDLevel.use(previous) }
+        for level in SIMDLevel.allCases where level.rawValue <= SIMDLevel.best.rawValue {
+            SIMDLevel.use(level)
+            for density in densities {
+                var x = [Double](repeating: 1, count: n)
+                let b = [Double](repeating: 0, count: n)
+                let kept = wsk_trim_draws(&x, b, n, 1, draws.key, Int64(position), density)
+                let expected = u.map { $0 < density }
+                #expect(x.map { $0 == 1 } == expected, "\(level) density \(density)")
+                #expect(Int(kept) == expected.filter { $0 }.count)
+                var total = 0.0, keptSum = 0.0
+                wsk_draw_sums(x.map { _ in 1 }, b, n, draws.key, Int64(position), density, &total, &keptSum)
+                #expect(total == Double(n) && keptSum == Double(expected.filter { $0 }.count), "\(level) sums at density \(density)")
+            }
+        }
+    }
+
     @Test func bestLevelFollowsTheCPUFlags() throws {
         #if arch(x86_64) && os(Linux)
         let info = try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)
