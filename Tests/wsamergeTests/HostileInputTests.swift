@@ -33,15 +33,17 @@ struct HostileInputTests {
             return buf.getvalue()
         def bomb(path, declared_shape, lie_about_size):
             # One deflated member: a small .npy header followed by 1 GiB of zeros (about 1 MB compressed).
+            # After a full flush the compressor starts afresh, so every further 16 MiB of zeros
+            # deflates to the same bytes: one such block is made and repeated.
             head = header(declared_shape)
             comp = zlib.compressobj(9, zlib.DEFLATED, -15)
-            chunks = [comp.compress(head)]
             zeros = bytes(1 << 24)
+            first = comp.compress(head) + comp.compress(zeros) + comp.flush(zlib.Z_FULL_FLUSH)
+            block = comp.compress(zeros) + comp.flush(zlib.Z_FULL_FLUSH)
+            data = first + block * 63 + comp.flush()
             crc = zlib.crc32(head)
             for _ in range(64):
-                chunks.append(comp.compress(zeros)); crc = zlib.crc32(zeros, crc)
-            chunks.append(comp.flush())
-            data = b"".join(chunks)
+                crc = zlib.crc32(zeros, crc)
             size = len(head) + (64 << 24)
             if lie_about_size:
                 size = len(head) + 8 * int(np.prod(declared_shape))
