@@ -789,6 +789,11 @@ uint64_t wsk_rank_inside(const uint64_t *keys, const size_t *sizes, size_t count
     enum { BUCKETS = 4096 };
     size_t total = 0;
     for (size_t b = 0; b < count; b++) total += sizes[b];
+    if (k >= total) { /* no such key: every key is below the rank */
+        *less += (int64_t)total;
+        for (size_t b = 0; b <= count; b++) equal_before[b] = 0;
+        return ~(uint64_t)0;
+    }
     uint64_t first = ~(uint64_t)0, last = 0;
     for (size_t i = 0; i < total; i++) {
         first = keys[i] < first ? keys[i] : first;

@@ -130,11 +130,13 @@ typedef struct {
 /// and each stream's keys computed once, however many brackets read them.
 void wsk_bracket_deltas(wsk_bracket_span *brackets, size_t count, const void *b, int base_kind, size_t n);
 
-/// The key of ascending rank k (k < the number of keys) among `keys`, `count` blocks of sizes[b]
+/// The key of ascending rank k among `keys`, `count` blocks of sizes[b]
 /// keys one after another: *less += how many keys are below it, equal_before[b] = how many keys
 /// equal to it the blocks before b hold (b = 0 … count). A histogram of 4096 buckets from the
 /// smallest key to the largest finds the bucket of rank k, whose keys alone are selected in
-/// (Hoare's selection); `scratch` holds twice the keys plus one.
+/// (Hoare's selection); `scratch` holds twice the keys plus one. With k at or past the number of
+/// keys there is no such key: *less += the number of keys, equal_before is all 0, and the result
+/// is all ones.
 uint64_t wsk_rank_inside(const uint64_t *keys, const size_t *sizes, size_t count, size_t k, int64_t *less, int64_t *equal_before,
                          uint64_t *scratch);
 /// Sorts values[0 … n) ascending (`scratch` holds n values).

@@ -155,4 +155,27 @@ import Testing
             #expect(rank?.equalBefore?.last == sorted.filter { $0 == value }.count)
         }
     }
+
+    /// `wsk_rank_inside` at every rank of keys in three blocks (ties across blocks) gives the
+    /// sorted key, how many are below it and its equal keys per block; past the last rank it
+    /// reports no key instead of reading past its tables.
+    @Test func rankInsideGivesEveryRankAndNoneBeyond() {
+        let blocks: [[UInt64]] = [[5, 3, 9, 3], [], [3, 7, 5, 5, 1]]
+        let keys = blocks.flatMap { $0 }, sorted = keys.sorted()
+        var scratch = [UInt64](repeating: 0, count: 2 * keys.count + 1)
+        for k in 0...(keys.count + 2) {
+            var less: Int64 = 0
+            var before = [Int64](repeating: -1, count: blocks.count + 1)
+            let key = wsk_rank_inside(keys, blocks.map(\.count), blocks.count, k, &less, &before, &scratch)
+            if k >= keys.count {
+                #expect(key == .max && less == Int64(keys.count) && before.allSatisfy { $0 == 0 }, "rank \(k)")
+                continue
+            }
+            #expect(key == sorted[k], "rank \(k)")
+            #expect(less == Int64(sorted.firstIndex(of: key)!))
+            var counted: [Int64] = [0]
+            for block in blocks { counted.append(counted.last! + Int64(block.filter { $0 == key }.count)) }
+            #expect(before == counted, "rank \(k)")
+        }
+    }
 }
