@@ -422,7 +422,47 @@ static inline __attribute__((always_inline)) void LEVELED(window8_close)(const w
     w->seen[1] = s->seen[1];
 }
 
+/* trim_window for a window that is a range of keys [from, to] alone (no band ranks its ties and
+ * none is kept whole: most blocks), with `bounded` false when `to` is the largest key (a
+ * magnitude cut-off), so one compare decides. */
+static inline __attribute__((always_inline)) int64_t LEVELED(trim_range_impl)(double *x, const double *b, size_t n, double scale,
+                                                                                uint64_t from, uint64_t to, int bounded) {
+    v8l kept8 = {0};
+    v8lu lo = (v8lu){0} + from, hi = (v8lu){0} + to;
+    size_t end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) {
+        v8d d = load8d(x + i) - load8d(b + i);
+        v8lu k = (v8lu)d & ~SIGN64;
+        v8l keep = bounded ? (v8l)((k >= lo) & (k <= hi)) : (v8l)(k >= lo);
+        store8(x + i, (v8d)((v8l)(d * scale) & keep));
+        kept8 -= keep;
+    }
+    int64_t kept = 0;
+    for (int l = 0; l < 8; l++) kept += kept8[l];
+    for (; i < n; i++) {
+        double d = x[i] - b[i];
+        uint64_t k = key_bits(x[i], b[i]);
+        int keep = k >= from && k <= to;
+        x[i] = keep ? d * scale : 0;
+        kept += keep;
+    }
+    return kept;
+}
+
 static int64_t LEVELED(trim_window)(double *x, const double *b, size_t n, double scale, wsk_window *w) {
+    if (w->bands == 0) {
+        /* keys kept whole that border the range (a cut-off's ties in a block before the cut:
+         * from − 1, or to + 1) widen it; then a range alone takes the short loop */
+        uint64_t from = w->from, to = w->to;
+        int others = 0;
+        for (int a = 0; a < w->always; a++) {
+            uint64_t v = w->always_value[a];
+            if (from <= to && from > 0 && v == from - 1) from = v;
+            else if (from <= to && to < ~(uint64_t)0 && v == to + 1) to = v;
+            else others++;
+        }
+        if (others == 0) return LEVELED(trim_range_impl)(x, b, n, scale, from, to, to != ~(uint64_t)0);
+    }
     v8l kept8 = {0};
     window8 s;
     LEVELED(window8_open)(&s, w);

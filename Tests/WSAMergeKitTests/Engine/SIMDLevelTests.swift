@@ -296,6 +296,64 @@ import Testing
         }
     }
 
+    /// `wsk_trim_window` keeps what its rule says (kernels.h), at every level: keys in [from, to],
+    /// keys equal to an always-kept value (next to the range, which widens it, or apart from it),
+    /// and a band's ties by their rank in C order; on quantised keys with many ties.
+    @Test func trimWindowKeepsWhatTheRuleSays() {
+        var rng = SplitMix(seed: 11)
+        let n = 1031
+        let b = (0..<n).map { _ in Double(Int(rng.next() % 9) - 4) / 8 }
+        let x = b.map { $0 + Double(Int(rng.next() % 13) - 6) / 16 }
+        let keys = zip(x, b).map { Selection.bits($0 - $1) }
+        let values = Array(Set(keys)).sorted()
+        func bits(_ k: Int) -> UInt64 { values[Swift.min(Swift.max(k, 0), values.count - 1)] }
+        // Ranges as the selections make them: keys above a cut-off value c (from = c + 1 in bits,
+        // to the largest key), or between two values (c + 1 … d − 1); always-kept keys at c or d
+        // (bordering the range) or elsewhere; a band at c.
+        var windows: [wsk_window] = []
+        for (c, d) in [(2, nil), (1, 5), (0, 1), (4, 3)] as [(Int, Int?)] {
+            for always in [[], [c], d.map { [$0] } ?? [7], [c] + (d.map { [$0] } ?? [0]), [c + 6]] {
+                for band in [nil, c] as [Int?] {
+                    var w = wsk_window()
+                    w.from = bits(c) + 1
+                    w.to = d.map { bits($0) - 1 } ?? .max
+                    w.always = Int32(always.count)
+                    w.always_value = (always.count > 0 ? bits(always[0]) : 0, always.count > 1 ? bits(always[1]) : 0)
+                    if let band {
+                        w.bands = 1
+                        w.value = (bits(band), 0)
+                        w.first = (3, 0)
+                        w.end = (40, 0)
+                    }
+                    windows.append(w)
+                }
+            }
+        }
+        let previous = SIMDLevel.current
+        defer { SIMDLevel.use(previous) }
+        for level in SIMDLevel.allCases where level.rawValue <= SIMDLevel.best.rawValue {
+            SIMDLevel.use(level)
+            for window in windows {
+                var seen = 0
+                let expected = keys.map { k -> Bool in
+                    var keep = window.from <= k && k <= window.to
+                    if window.always > 0 && k == window.always_value.0 { keep = true }
+                    if window.always > 1 && k == window.always_value.1 { keep = true }
+                    if window.bands > 0 && k == window.value.0 {
+                        if seen >= window.first.0 && seen < window.end.0 { keep = true }
+                        seen += 1
+                    }
+                    return keep
+                }
+                var w = window, trimmed = x
+                let kept = wsk_trim_window(&trimmed, b, n, 2, &w)
+                let want = (0..<n).map { expected[$0] ? (x[$0] - b[$0]) * 2 : 0 }
+                #expect(trimmed == want && Int(kept) == expected.filter { $0 }.count,
+                        "\(level) from \(window.from) to \(window.to) always \(window.always) bands \(window.bands)")
+            }
+        }
+    }
+
     @Test func bestLevelFollowsTheCPUFlags() throws {
         #if arch(x86_64) && os(Linux)
         let info = try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)
