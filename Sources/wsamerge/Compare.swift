@@ -48,8 +48,8 @@ extension WSAMerge {
         }
 
         func run() throws {
-            let checkpoints = try CheckpointReader.open(files)
-            let baseCheckpoint = try base.map { try CheckpointReader.open($0) }
+            let checkpoints = try common.open(files)
+            let baseCheckpoint = try base.map { try common.open([$0])[0] }
             let identities = (checkpoints + (baseCheckpoint.map { [$0] } ?? [])).reduce(into: Set<FileIdentity>()) { $0.formUnion($1.identities) }
             if let plot { try OutputFile.precheck(plot, force: force, inputs: identities) }
             var comparison = try Comparison(checkpoints, base: baseCheckpoint, density: density ?? 0.2,

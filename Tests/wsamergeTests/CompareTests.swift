@@ -166,6 +166,25 @@ import Testing
                                   mentions: [shaped, "model.embed.weight", "shape"])
     }
 
+    /// `--strip-prefix` applies to the inputs and to `--base`: a copy whose names carry a prefix
+    /// pairs with the original, tensor by tensor, as if it had none.
+    @Test func stripPrefixPairsPrefixedNames() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let prefixed = dir + "/p.safetensors"
+        try TestSupport.pythonOK("""
+            from safetensors.numpy import load_file, save_file
+            save_file({"module." + k: v for k, v in load_file(sys.argv[1]).items()}, sys.argv[2])
+            """, [Self.merge[1], prefixed])
+        for arguments in [[Self.merge[0], prefixed], [Self.merge[0], "--base", prefixed]] {
+            let plain = try TestSupport.wsamerge(["compare"] + arguments.map { $0 == prefixed ? Self.merge[1] : $0 })
+            let stripped = try TestSupport.wsamerge(["compare", "--strip-prefix", "module."] + arguments)
+            let json = try stripped.json() as? [String: Any]
+            #expect(stripped.status == 0 && json?["missing"] == nil, "\(arguments): \(stripped.stderr)")
+            #expect((json?["tensors"] as? [Any])?.count == ((try plain.json() as? [String: Any])?["tensors"] as? [Any])?.count)
+        }
+    }
+
     // MARK: - Plots
 
     /// Element names and `class` attributes of an SVG document, and the point count of every path.
