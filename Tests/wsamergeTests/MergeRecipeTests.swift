@@ -215,6 +215,41 @@ struct MergeRecipeTests {
         #expect(TestSupport.fileExists(tmp + "/out/wsamerge_recipe.yml"))
     }
 
+    @Test("strip_prefix applies to the models of slices as to models")
+    func slicesStripPrefixes() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        try TestSupport.pythonOK("""
+            from safetensors.numpy import load_file, save_file
+            for source, target in zip(sys.argv[1::2], sys.argv[2::2]):
+                save_file({"module." + k: v for k, v in load_file(source).items()}, target)
+            """, [Self.m(1), tmp + "/p1.safetensors", Self.m(2), tmp + "/p2.safetensors"])
+        func stack(_ first: String, _ second: String, strip: Bool) throws -> String {
+            let recipe = try Self.recipe("""
+                slices:
+                  - sources:
+                    - model: \(first)
+                      layer_range: [0, 2]
+                  - sources:
+                    - model: \(second)
+                      layer_range: [1, 3]
+                merge_method: passthrough
+                \(strip ? "strip_prefix: [module.]" : "")
+                """, in: tmp, name: strip ? "stripped.yml" : "plain.yml")
+            let out = tmp + (strip ? "/stripped.safetensors" : "/plain.safetensors")
+            try Self.fuse(["--recipe", recipe, "-o", out])
+            return out
+        }
+        let plain = try stack(Self.m(1), Self.m(2), strip: false)
+        let stripped = try stack(tmp + "/p1.safetensors", tmp + "/p2.safetensors", strip: true)
+        try TestSupport.pythonOK("""
+            from safetensors.numpy import load_file
+            a, b = load_file(sys.argv[1]), load_file(sys.argv[2])
+            assert sorted(a) == sorted(b), (sorted(a), sorted(b))
+            assert all(a[k].tobytes() == b[k].tobytes() for k in a)
+            """, [plain, stripped])
+    }
+
     @Test("slices with linear merge each slice's sources, gradients evaluated slice by slice")
     func slicesWithLinear() throws {
         let tmp = try TestSupport.temporaryDirectory()

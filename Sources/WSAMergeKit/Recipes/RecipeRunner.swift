@@ -114,7 +114,7 @@ public enum RecipeRunner {
             let resolved = try resolve(source.model, "\(path).model")
             let checkpoint: Checkpoint
             if let known = opened[resolved] { checkpoint = known } else {
-                do { checkpoint = try CheckpointReader.open(resolved) } catch let error as WSAMergeError {
+                do { checkpoint = try CheckpointReader.open([resolved], stripping: recipe.stripPrefix)[0] } catch let error as WSAMergeError {
                     if case .missingInput = error { throw document.error("\(path).model", wrapping: error) }
                     throw error
                 }
