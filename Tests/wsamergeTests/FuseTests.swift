@@ -53,6 +53,20 @@ struct FuseTests {
         try fuseMatchesReference(inputs: Self.f32, strategy: "fisher", options: options)
     }
 
+    /// Weights whose sum overflows (each finite) are the same ratios as small ones: the merge
+    /// matches the reference with weights 1, 2, 1 (they once normalised to zeros).
+    @Test(arguments: ["average", "fisher", "wsa"])
+    func hugeWeightsKeepTheirRatios(_ strategy: String) throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let out = dir + "/merged.safetensors", fisher = strategy == "fisher" ? Self.fisherArgs : []
+        let run = try TestSupport.wsamerge(["fuse", "--strategy", strategy] + Self.f32 + fisher + ["--weights", "8e307,1.6e308,8e307", "-o", out])
+        #expect(run.status == 0, "\(run.stderr)")
+        let reference = try TestSupport.run(TestSupport.python, [TestSupport.fixtures + "/reference_merge.py", out, "--strategy", strategy,
+                                                                 "--inputs"] + Self.f32 + fisher + ["--weights", "1,2,1"])
+        #expect(reference.status == 0 && reference.stdout.contains("max_ulp"), "reference: \(reference.stdout) \(reference.stderr)")
+    }
+
     @Test func averageWithWeightsAndDType() throws {
         try fuseMatchesReference(inputs: Self.bf16, strategy: "average", options: ["--weights", "0.2,0.3,0.5", "--dtype", "F32"])
     }

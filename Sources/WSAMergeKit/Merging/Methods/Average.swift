@@ -26,8 +26,9 @@ public struct AverageStrategy: MergeStrategy, TensorMerge {
     func weights(_ item: MergePlan.Item) throws -> (weights: [Double], divisor: Double) {
         let parameters = context.parameters
         let method = parameters.declaration.identifier
-        let raw = try item.sources.map { try parameters.number("weight", input: $0.input, tensor: item.name) }
+        var raw = try item.sources.map { try parameters.number("weight", input: $0.input, tensor: item.name) }
         guard try parameters.bool("normalize", tensor: item.name) else { return (raw, 1) }
+        raw = Weights.unoverflowed(raw)
         let sum = raw.reduce(0, +)
         guard sum != 0, sum.isFinite else {
             throw WSAMergeError.hinted(.usage("\(method): the weights sum to 0, so they cannot be normalised (tensor '\(item.name)')"),
