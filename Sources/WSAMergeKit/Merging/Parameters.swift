@@ -106,7 +106,9 @@ public struct ParameterSettings: Sendable, Equatable {
     }
 
     /// Sets `name` from command-line words: one word for the whole merge, or one word per input
-    /// for a per-input parameter. Words are read as the declared type wants them.
+    /// for a per-input parameter. Words are read as the declared type wants them. A later
+    /// assignment replaces an earlier one, per input or not (`--weights 1,2 --param weight=0` is
+    /// 0 for every input).
     public mutating func assign(_ name: String, words: [String], for declaration: StrategyDeclaration) throws {
         let method = declaration.identifier
         guard let parameter = declaration.parameter(name) else {
@@ -116,6 +118,7 @@ public struct ParameterSettings: Sendable, Equatable {
         }
         let values = words.map { ParameterSetting.value(ParameterValue(parsing: $0, as: parameter.kind)) }
         if values.count == 1 {
+            perInput.removeAll { $0.name == name }
             set(name, values[0])
         } else {
             guard parameter.scope == .perInput else {

@@ -30,6 +30,19 @@ import Testing
         #expect(try p.string("mode", tensor: "x") == "a")
     }
 
+    /// On the command line a later assignment replaces an earlier one, also a single value after
+    /// a per-input list (`--weights 1,2 --param weight=0`), and a list after a single value.
+    @Test func laterAssignmentsReplaceEarlierOnes() throws {
+        var settings = ParameterSettings()
+        try settings.assign("weight", words: ["1", "2"], for: Self.declaration)
+        try settings.assign("weight", words: ["0"], for: Self.declaration)
+        try settings.assign("density", words: ["0.3"], for: Self.declaration)
+        try settings.assign("density", words: ["0.4", "0.6"], for: Self.declaration)
+        let p = try resolve(settings)
+        #expect(try p.numbers("weight", tensor: "x") == [0, 0])
+        #expect(try p.numbers("density", tensor: "x") == [0.4, 0.6])
+    }
+
     @Test func gradientFollowsTheLayers() throws {
         var settings = ParameterSettings()
         settings.set("weight", .gradient([0, 1]))
