@@ -91,6 +91,23 @@ struct MergeRecipeTests {
         #expect(piped.status == 0, "\(piped.stderr)")
     }
 
+    @Test("a seed of 2^53 or more replays from the printed recipe (integers read as integers)")
+    func largeSeedRoundTrip() throws {
+        guard Self.strategies.contains("dare_linear") else { return }
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        let flags = [Self.m(1), Self.m(2), "--base", Self.m(0), "--strategy", "dare_linear", "--weights", "1,1",
+                     "--param", "density=0.5", "--seed", "9007199254740993"]
+        let printed = try Self.fuse(flags + ["-o", tmp + "/a.safetensors", "--print-recipe"]).stdout
+        #expect(printed.contains("seed: 9007199254740993"))
+        try Self.fuse(flags + ["-o", tmp + "/a.safetensors"])
+        let recipe = tmp + "/printed.yml"
+        try printed.write(toFile: recipe, atomically: true, encoding: .utf8)
+        try Self.fuse(["--recipe", recipe, "-o", tmp + "/b.safetensors"])
+        let a = TestSupport.read(tmp + "/a.safetensors"), b = TestSupport.read(tmp + "/b.safetensors")
+        #expect(a != nil && a == b)
+    }
+
     @Test("fisher and wsa recipes replay byte for byte (per-model fisher files, shared parameters)")
     func fisherAndWSARoundTrip() throws {
         let tmp = try TestSupport.temporaryDirectory()

@@ -347,7 +347,10 @@ public enum RecipeParser {
             let text = scalar.string
             var value: ParameterValue?
             switch parameter.kind {
-            case .number, .integer:
+            case .integer:
+                // whole numbers as integers, exactly (a seed of 2⁵³ or more is no double)
+                if plain, let n = Int(text) { value = .integer(n) } else if plain, let x = Double(text) { value = .number(x) }
+            case .number:
                 if plain, let x = Double(text) { value = .number(x) }
             case .bool:
                 if plain {
