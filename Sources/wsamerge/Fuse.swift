@@ -72,7 +72,7 @@ extension WSAMerge {
         @Flag(name: .customLong("dry-run"), help: "Check everything and print the plan; write nothing.")
         var dryRun = false
 
-        @Flag(help: "Refuse NaN or infinite input values instead of warning.")
+        @Flag(help: "Refuse NaN or infinite values (in the inputs or the merged result) instead of warning.")
         var strict = false
 
         @Option(name: .customLong("copy-files-from"), help: "A directory output gets this model directory's config, tokenizer and other non-weight files (default: the base's, else the first input's, when it is a model directory).")
@@ -116,7 +116,7 @@ extension WSAMerge {
             }
             let report = try Merger.run(request, strategy: strategyType, progress: Progress.forTerminal(label: "fuse", quiet: common.quiet),
                                         companions: files.files)
-            warnSummary("have NaN or infinite input values", tensors: report.nonFiniteTensors, quiet: common.quiet)
+            warnSummary("have NaN or infinite values (in an input or the merged result)", tensors: report.nonFiniteTensors, quiet: common.quiet)
             warnSummary("fell back from the strategy", tensors: report.fallbacks, quiet: common.quiet)
             switch common.format {
             case .json: emit(report.json)

@@ -339,6 +339,13 @@ struct FuseTests {
         let strict = try TestSupport.wsamerge(["fuse", "--strict", Self.f32[0], nan, "-o", dir + "/s.safetensors"])
         TestSupport.expectRefusal(strict, code: 65, mentions: [nan + ": tensor 'model.embed.weight'", "strict mode"])
         #expect(!TestSupport.fileExists(dir + "/s.safetensors"))
+        // Finite inputs whose merge overflows: the output is named, not an input.
+        let methods = TestSupport.fixtures + "/methods/"
+        let overflow = try TestSupport.wsamerge(["fuse", "--strict", "--strategy", "slerp", "--param", "t=1e308", "--base",
+                                                 methods + "slerp_a.safetensors", methods + "slerp_c.safetensors", "-o", dir + "/o.safetensors"])
+        TestSupport.expectRefusal(overflow, code: 65, mentions: [dir + "/o.safetensors: tensor", "every input is finite"])
+        #expect(!overflow.stderr.contains("slerp_a"))
+        #expect(!TestSupport.fileExists(dir + "/o.safetensors"))
     }
 
     /// `fuse --format table` prints name, dtype and method per tensor instead of the JSON report.

@@ -44,7 +44,7 @@ public struct Merger {
         public let output: String
         public let results: [TensorMergeResult?]
         public let metadata: [String: String]
-        /// Tensors with NaN or infinite input values.
+        /// Tensors with NaN or infinite values, in an input or in the merged result.
         public let nonFiniteTensors: [String]
 
         /// Merged tensors whose strategy fell back to another method (zero std, missing target).
@@ -197,15 +197,19 @@ public struct Merger {
                 let result = try merger.merge(item, output: Lockstep.Output(dtype: item.output.dtype, writer: writer))
                 if result.nonFinite {
                     if request.strict {
-                        // Find the input that holds them (only on this error path).
+                        // Find the input that holds them (only on this error path); when none
+                        // does, the merged values themselves overflowed.
                         var holders = item.sources.map { (plan.inputs[$0.input], $0.index) }
                         if let base = plan.base, let index = item.base { holders.insert((base, index), at: 0) }
-                        var culprit = holders[0].0.path
                         for (checkpoint, index) in holders {
                             let m = try TensorStatistics.compute(try checkpoint.reader(for: index), jobs: request.jobs).moments
-                            if let m, m.nan + m.inf > 0 { culprit = checkpoint.path; break }
+                            if let m, m.nan + m.inf > 0 {
+                                throw WSAMergeError.malformed(file: checkpoint.path, tensor: item.name,
+                                                              reason: "NaN or infinite values (refused in strict mode)")
+                            }
                         }
-                        throw WSAMergeError.malformed(file: culprit, tensor: item.name, reason: "NaN or infinite values (refused in strict mode)")
+                        throw WSAMergeError.malformed(file: request.output.path, tensor: item.name,
+                                                      reason: "the merged values are NaN or infinite though every input is finite (refused in strict mode; check the weights and parameters)")
                     }
                     nonFinite.append(item.name)
                 }
