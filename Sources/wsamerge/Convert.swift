@@ -40,6 +40,7 @@ struct OutputArguments: ParsableArguments {
     var force = false
 
     func options() throws -> OutputOptions {
+        guard !output.isEmpty else { throw ValidationError("-o needs a path") }
         let maxBytes = try maxShardSize.map { try parseSize($0) }
         return try OutputOptions.inferred(path: output, maxShardBytes: maxBytes, compress: compress, force: force)
     }

@@ -111,6 +111,14 @@ struct ModelDirectoryTests {
         #expect(redirected.status == 0, "\(redirected.stderr)")
         // No --dtype: the dtype is kept, and so is config.json.
         #expect(try String(contentsOfFile: root + "/redirected/config.json", encoding: .utf8) == #"{"torch_dtype": "float16"}"#)
+        // A source that does not exist is a missing input (66), named; a file is a usage error.
+        let missing = try TestSupport.wsamerge(["fuse", a, Self.methods + "/ft1.safetensors", "--copy-files-from", root + "/nowhere",
+                                                "-o", root + "/missing/"])
+        TestSupport.expectRefusal(missing, code: 66, mentions: [root + "/nowhere: no such directory"])
+        let file = try TestSupport.wsamerge(["fuse", a, Self.methods + "/ft1.safetensors", "--copy-files-from", a + "/config.json",
+                                             "-o", root + "/file/"])
+        TestSupport.expectRefusal(file, code: 64, mentions: ["is not a directory"])
+        #expect(!TestSupport.fileExists(root + "/missing") && !TestSupport.fileExists(root + "/file"))
     }
 
     /// transformers is not in the test venv; install it there to run this check (see README).

@@ -252,7 +252,8 @@ struct RefusalTests {
         for arguments in [["frobnicate"], ["stats"], ["stats", "--format", "xml", basic], ["stats", "--jobs", "0", basic],
                           ["stats", "--include", "(", basic], ["stats", "--exclude", "[", basic], ["stats", "--group-by", "block", basic],
                           ["convert", basic], ["convert", basic, "-o", "x.safetensors", "--compress"],
-                          ["convert", basic, "-o", "x.npz", "--max-shard-size", "1GB"], ["convert", basic, "-o", "x", "--max-shard-size", "0"]] {
+                          ["convert", basic, "-o", "x.npz", "--max-shard-size", "1GB"], ["convert", basic, "-o", "x", "--max-shard-size", "0"],
+                          ["convert", basic, "-o", ""], ["fuse", basic, basic, "-o", ""]] {
             let result = try TestSupport.wsamerge(arguments)
             TestSupport.expectRefusal(result, code: 64)
             #expect(result.stdout.isEmpty, "\(arguments)")

@@ -55,8 +55,10 @@ public struct ModelDirectoryOutput {
         guard let directory else {
             throw WSAMergeError.usage("a model's tokenizer and config files go beside the weights, so the output must be a directory")
         }
-        guard pathKind(tokenizerSource) == .directory else {
-            throw WSAMergeError.usage("the config and tokenizer files come from a model directory, and '\(tokenizerSource)' is not a directory")
+        switch pathKind(tokenizerSource) {
+        case .directory: break
+        case .missing: throw WSAMergeError.missingInput(file: tokenizerSource, reason: "no such directory (the config and tokenizer files come from a model directory)")
+        default: throw WSAMergeError.usage("the config and tokenizer files come from a model directory, and '\(tokenizerSource)' is not a directory")
         }
         var found: [(String, String)] = []
         Self.collect(tokenizerSource, root: Self.allowedRoot(tokenizerSource), prefix: "", into: &found)
