@@ -15,12 +15,21 @@ extension WSAMerge {
         @Option(help: "Re-encode float tensors as F64, F32, F16 or BF16 (round to nearest, ties to even).")
         var dtype: TargetDType?
 
+        @Option(name: .customLong("copy-files-from"), help: "A directory output gets this model directory's config, tokenizer, model card and other non-weight files (default: the input's, when it is a model directory).")
+        var copyFilesFrom: String?
+
+        @Flag(name: .customLong("no-copy-files"), help: "A directory output gets the weights only.")
+        var noCopyFiles = false
+
         @OptionGroup var common: CommonOptions
 
         func run() throws {
             let checkpoint = try common.open([input])[0]
-            try Converter.convert(checkpoint, to: try output.options(), dtype: dtype?.dtype, filter: try common.filter(),
-                                  jobs: common.workerCount, progress: Progress.forTerminal(label: "convert", quiet: common.quiet))
+            let options = try output.options()
+            let source = ModelDirectoryOutput.source(converting: input, output: options, explicit: copyFilesFrom, disabled: noCopyFiles)
+            let directory = try ModelDirectoryOutput(converting: options, dtype: dtype?.dtype, source: source)
+            try Converter.convert(checkpoint, to: options, dtype: dtype?.dtype, filter: try common.filter(), jobs: common.workerCount,
+                                  directory: directory, progress: Progress.forTerminal(label: "convert", quiet: common.quiet))
         }
     }
 }

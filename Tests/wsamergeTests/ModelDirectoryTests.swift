@@ -97,6 +97,33 @@ struct ModelDirectoryTests {
         #expect(check.status == 0, "\(check.stderr)")
     }
 
+    /// `convert` of a model directory into a directory gives a model directory: the same tensors
+    /// and every non-weight file, the source's own model card included (the same model), and
+    /// `config.json`'s dtype rewritten with `--dtype`; `--no-copy-files` writes the weights alone.
+    @Test func convertedDirectoryIsAModelDirectory() throws {
+        let root = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(root) }
+        let source = try modelDirectory(root, "m", weights: Self.methods + "/ft0.safetensors")
+        let plain = try TestSupport.wsamerge(["convert", source, "-o", root + "/plain/"])
+        #expect(plain.status == 0, "\(plain.stderr)")
+        #expect(listing(root + "/plain") == ["1_Pooling/config.json", "README.md", "config.json", "model.safetensors", "modules.json",
+                                             "tokenizer.json"])
+        #expect(try String(contentsOfFile: root + "/plain/README.md", encoding: .utf8) == "# m\n")
+        #expect(try String(contentsOfFile: root + "/plain/config.json", encoding: .utf8)
+            == (try String(contentsOfFile: source + "/config.json", encoding: .utf8)))
+        try TestSupport.pythonOK("""
+            from safetensors.numpy import load_file
+            a, b = load_file(sys.argv[1]), load_file(sys.argv[2])
+            assert sorted(a) == sorted(b) and all(a[k].tobytes() == b[k].tobytes() for k in a)
+            """, [source + "/model.safetensors", root + "/plain/model.safetensors"])
+        let half = try TestSupport.wsamerge(["convert", source, "--dtype", "F16", "-o", root + "/half/"])
+        #expect(half.status == 0, "\(half.stderr)")
+        #expect(try String(contentsOfFile: root + "/half/config.json", encoding: .utf8).contains(#""torch_dtype": "float16""#))
+        let bare = try TestSupport.wsamerge(["convert", source, "--no-copy-files", "-o", root + "/bare/"])
+        #expect(bare.status == 0, "\(bare.stderr)")
+        #expect(listing(root + "/bare") == ["model.safetensors"])
+    }
+
     @Test func copyingCanBeTurnedOffOrRedirected() throws {
         let root = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(root) }

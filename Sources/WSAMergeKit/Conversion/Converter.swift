@@ -2,12 +2,15 @@
 public enum Converter {
     /// Writes the tensors of `checkpoint` that `filter` selects to `output`. Without `dtype` every
     /// tensor is copied byte for byte; with it, float tensors are re-encoded (ties to even) and
-    /// integer and bool tensors are copied. Metadata is kept.
+    /// integer and bool tensors are copied. Metadata is kept. A directory output also gets the
+    /// files of `directory` (a model directory's config, tokenizer and card), put in place with
+    /// the weights.
     ///
     /// - Returns: the tensors written.
     @discardableResult
     public static func convert(_ checkpoint: Checkpoint, to output: OutputOptions, dtype: DType?,
-                               filter: TensorFilter, jobs: Int = 1, progress: Progress? = nil) throws -> [TensorInfo] {
+                               filter: TensorFilter, jobs: Int = 1, directory: ModelDirectoryOutput? = nil,
+                               progress: Progress? = nil) throws -> [TensorInfo] {
         if let dtype, !DType.targets.contains(dtype) {
             throw WSAMergeError.usage("--dtype \(dtype.rawValue) is not a supported target (use F64, F32, F16 or BF16)")
         }
@@ -42,6 +45,7 @@ public enum Converter {
             }
             progress?.tensorDone(bytes: target.byteCount)
         }
+        if let directory { writer.add(companions: try directory.files()) }
         try writer.finish()
         progress?.finish()
         return outputs

@@ -9,14 +9,17 @@ import Darwin
 /// directory (config, generation config, tokenizer files, `modules.json`, sub-module configs such
 /// as `1_Pooling/config.json`, chat templates…; regular files only, recursively, never through a
 /// link out of the directory), `config.json`'s `torch_dtype`/`dtype` rewritten to the output dtype,
-/// and a `README.md` model card. Checked before the merge, written once the weights are, and put
-/// in place with them (`CheckpointWriter.add(companions:)`).
+/// and a `README.md` model card. A conversion (`convert`) is the same model in another format:
+/// it has no recipe and keeps the source's own model card. Checked before the merge or
+/// conversion, written once the weights are, and put in place with them
+/// (`CheckpointWriter.add(companions:)`).
 public struct ModelDirectoryOutput {
     public static let recipeName = "wsamerge_recipe.yml"
 
     /// The output directory, or nil when the output is a single file.
     public let directory: String?
-    public let recipe: String
+    /// The merge's recipe; nil for a conversion.
+    public let recipe: String?
     /// The model directory whose files are copied, if any.
     public let source: String?
     /// Files to copy: source path, path relative to the output directory.
@@ -37,12 +40,30 @@ public struct ModelDirectoryOutput {
     /// Plans the files for `request` (whose `recipe` is set), copying from the model directory
     /// `source` when given.
     public init(_ request: Merger.Request, source tokenizerSource: String?) throws {
-        recipe = request.recipe ?? ""
+        try self.init(output: request.output, dtype: request.dtype, recipe: request.recipe ?? "", source: tokenizerSource)
+    }
+
+    /// The model directory whose files a converted directory gets: `explicit`
+    /// (`--copy-files-from`), else the input when it is a directory; nil when `disabled` or the
+    /// output is a single file.
+    public static func source(converting input: String, output: OutputOptions, explicit: String?, disabled: Bool) -> String? {
+        guard !disabled, case .sharded = output.layout else { return nil }
+        return explicit ?? (pathKind(input) == .directory ? input : nil)
+    }
+
+    /// Plans the files of a conversion to `output` (as `dtype` when given), copying from the
+    /// model directory `source` when given, its model card included.
+    public init(converting output: OutputOptions, dtype: DType?, source: String?) throws {
+        try self.init(output: output, dtype: dtype, recipe: nil, source: source)
+    }
+
+    private init(output: OutputOptions, dtype: DType?, recipe: String?, source tokenizerSource: String?) throws {
+        self.recipe = recipe
         source = tokenizerSource
-        dtype = request.dtype
-        force = request.output.force
-        if case .sharded = request.output.layout {
-            var dir = request.output.path
+        self.dtype = dtype
+        force = output.force
+        if case .sharded = output.layout {
+            var dir = output.path
             while dir.count > 1 && dir.hasSuffix("/") { dir.removeLast() }
             directory = dir
         } else {
@@ -61,7 +82,7 @@ public struct ModelDirectoryOutput {
         default: throw WSAMergeError.usage("the config and tokenizer files come from a model directory, and '\(tokenizerSource)' is not a directory")
         }
         var found: [(String, String)] = []
-        Self.collect(tokenizerSource, root: Self.allowedRoot(tokenizerSource), prefix: "", into: &found)
+        Self.collect(tokenizerSource, root: Self.allowedRoot(tokenizerSource), prefix: "", keepingCard: recipe == nil, into: &found)
         copies = found
         if !force {
             for (_, name) in copies where pathKind(directory + "/" + name) != .missing {
@@ -73,6 +94,13 @@ public struct ModelDirectoryOutput {
     /// The recipe, the copies and the model card, written into unnamed files in the output
     /// directory for the checkpoint's writer to put in place (none for a file output).
     public func files(report: Merger.Report) throws -> [OutputFile] {
+        try files(card: source.map { Self.modelCard(report, recipe: recipe ?? "", source: $0) })
+    }
+
+    /// The files of a conversion: the copies, the source's model card among them.
+    public func files() throws -> [OutputFile] { try files(card: nil) }
+
+    private func files(card: String?) throws -> [OutputFile] {
         guard let directory else { return [] }
         var files: [OutputFile] = []
         /// A new output file `name` in the directory, filled by `body`.
@@ -82,7 +110,7 @@ public struct ModelDirectoryOutput {
             try output.finishWriting()  // its write buffers freed while it waits for the weights
             files.append(output)
         }
-        try file(Self.recipeName, force: true, inputs: []) { try $0.write(recipe) }
+        if let recipe { try file(Self.recipeName, force: true, inputs: []) { try $0.write(recipe) } }
         for (source, name) in copies {
             var parent = ""
             for part in name.split(separator: "/").dropLast() {
@@ -104,9 +132,7 @@ public struct ModelDirectoryOutput {
                 }
             }
         }
-        if let source {
-            try file("README.md", force: true, inputs: []) { try $0.write(Self.modelCard(report, recipe: recipe, source: source)) }
-        }
+        if let card { try file("README.md", force: true, inputs: []) { try $0.write(card) } }
         return files
     }
 
@@ -158,12 +184,12 @@ public struct ModelDirectoryOutput {
         return result
     }
 
-    /// Weight files and indexes, and the model card, are not copied.
-    static func isWeightFile(_ name: String) -> Bool {
+    /// Weight files and indexes, and (unless `keepingCard`) the model card, are not copied.
+    static func isWeightFile(_ name: String, keepingCard: Bool = false) -> Bool {
         let lower = name.lowercased()
         let extensions = [".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".npz", ".npy"]
-        return extensions.contains { lower.hasSuffix($0) } || lower.hasSuffix(".index.json") || lower == "readme.md"
-            || lower == recipeName || lower.hasPrefix(".") || lower == "wsamerge_recipe.yml"
+        return extensions.contains { lower.hasSuffix($0) } || lower.hasSuffix(".index.json") || (lower == "readme.md" && !keepingCard)
+            || lower == recipeName || lower.hasPrefix(".")
     }
 
     /// Links may point within the model directory, or, for a Hugging Face cache snapshot,
@@ -177,13 +203,13 @@ public struct ModelDirectoryOutput {
         return real
     }
 
-    static func collect(_ directory: String, root: String, prefix: String, into found: inout [(String, String)]) {
-        for entry in listDirectory(directory) where !isWeightFile(entry) {
+    static func collect(_ directory: String, root: String, prefix: String, keepingCard: Bool, into found: inout [(String, String)]) {
+        for entry in listDirectory(directory) where !isWeightFile(entry, keepingCard: keepingCard && prefix.isEmpty) {
             let path = directory + "/" + entry
             guard let real = realPath(path), real == root || real.hasPrefix(root + "/") else { continue }
             switch pathKind(path) {
             case .file: found.append((path, prefix + entry))
-            case .directory: collect(path, root: root, prefix: prefix + entry + "/", into: &found)
+            case .directory: collect(path, root: root, prefix: prefix + entry + "/", keepingCard: keepingCard, into: &found)
             default: break
             }
         }
