@@ -23,6 +23,10 @@ extension WSAMerge {
 
         @OptionGroup var common: CommonOptions
 
+        func validate() throws {
+            if copyFilesFrom != nil && noCopyFiles { throw ValidationError("--copy-files-from and --no-copy-files contradict each other") }
+        }
+
         func run() throws {
             let checkpoint = try common.open([input])[0]
             let options = try output.options()

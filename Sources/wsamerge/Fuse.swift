@@ -84,6 +84,10 @@ extension WSAMerge {
         @OptionGroup var output: OutputArguments
         @OptionGroup var common: CommonOptions
 
+        func validate() throws {
+            if copyFilesFrom != nil && noCopyFiles { throw ValidationError("--copy-files-from and --no-copy-files contradict each other") }
+        }
+
         func run() throws {
             var request: Merger.Request
             let files: ModelDirectoryOutput

@@ -146,6 +146,14 @@ struct ModelDirectoryTests {
                                              "-o", root + "/file/"])
         TestSupport.expectRefusal(file, code: 64, mentions: ["is not a directory"])
         #expect(!TestSupport.fileExists(root + "/missing") && !TestSupport.fileExists(root + "/file"))
+        // Not silently ignored: with a single-file output, or together with --no-copy-files.
+        for (command, output, extra) in [("fuse", root + "/single.safetensors", []), ("fuse", root + "/both/", ["--no-copy-files"]),
+                                         ("convert", root + "/single.safetensors", [])] {
+            let inputs = command == "fuse" ? [a, Self.methods + "/ft1.safetensors"] : [a]
+            let run = try TestSupport.wsamerge([command] + inputs + ["--copy-files-from", other, "-o", output] + extra)
+            TestSupport.expectRefusal(run, code: 64, mentions: [extra.isEmpty ? "must be a directory" : "contradict"])
+            #expect(!TestSupport.fileExists(output))
+        }
     }
 
     /// transformers is not in the test venv; install it there to run this check (see README).

@@ -31,9 +31,10 @@ public struct ModelDirectoryOutput {
     /// The model directory whose files a directory output gets: `explicit` (`--copy-files-from`),
     /// else the base when it is a directory, else the first input when it is; nil when `disabled`
     /// or the output is a single file.
+    /// An explicit source with a single-file output is returned, for `init` to refuse.
     public static func source(for request: Merger.Request, explicit: String?, disabled: Bool) -> String? {
+        if let explicit, !disabled { return explicit }
         guard !disabled, case .sharded = request.output.layout else { return nil }
-        if let explicit { return explicit }
         return ([request.base].compactMap { $0 } + request.inputs.prefix(1)).first { pathKind($0) == .directory }
     }
 
@@ -47,8 +48,9 @@ public struct ModelDirectoryOutput {
     /// (`--copy-files-from`), else the input when it is a directory; nil when `disabled` or the
     /// output is a single file.
     public static func source(converting input: String, output: OutputOptions, explicit: String?, disabled: Bool) -> String? {
+        if let explicit, !disabled { return explicit }
         guard !disabled, case .sharded = output.layout else { return nil }
-        return explicit ?? (pathKind(input) == .directory ? input : nil)
+        return pathKind(input) == .directory ? input : nil
     }
 
     /// Plans the files of a conversion to `output` (as `dtype` when given), copying from the
