@@ -80,6 +80,26 @@ struct ScopeTests {
         #expect(missing.first?["missing_from"] as? [String] == [lacking])
     }
 
+    /// A tensor with no finite values in one model has no scope there: its std ratio, fused
+    /// scope and divergence are null under every fusion rule, not numbers.
+    @Test func undefinedScopesGiveNulls() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let nan = dir + "/nan.safetensors"
+        try TestSupport.pythonOK("""
+            from safetensors.numpy import load_file, save_file
+            t = load_file(sys.argv[1]); t["model.embed.weight"] = np.full_like(t["model.embed.weight"], np.nan); save_file(t, sys.argv[2])
+            """, [Self.models[1], nan])
+        for fusion in ["linear", "quadratic", "mixture"] {
+            let run = try TestSupport.wsamerge(["scope", "--scope-fusion", fusion, Self.models[0], nan])
+            let tensors = try #require((try run.json() as? [String: Any])?["tensors"] as? [[String: Any]])
+            let row = try #require(tensors.first { $0["name"] as? String == "model.embed.weight" })
+            let fused = row["fused"] as? [String: Any]
+            #expect(row["std_ratio"] is NSNull && row["kl"] is NSNull, "\(fusion): \(row)")
+            #expect(fused?["mean"] is NSNull && fused?["std"] is NSNull, "\(fusion): \(row)")
+        }
+    }
+
     @Test func tensorsOfAnotherKindAreReportedNotDropped() throws {
         let dir = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(dir) }

@@ -82,7 +82,7 @@ public struct ScopeComparison {
             let stds = scopes.map(\.std)
             let lo = stds.min()!, hi = stds.max()!
             let kls = scopes.map { ScopeFusion.kl($0, fused) }
-            rows.append(Row(name: entry.name, scopes: scopes, fused: fused, stdRatio: lo > 0 ? hi / lo : nil,
+            rows.append(Row(name: entry.name, scopes: scopes, fused: fused, stdRatio: lo > 0 && !stds.contains(where: \.isNaN) ? hi / lo : nil,
                             kl: kls.contains { $0 == nil } ? nil : kls.map { $0! }.max()))
         }
         self.rows = rows

@@ -40,7 +40,8 @@ public enum ScopeFusion: String, CaseIterable, Sendable {
             std = std.squareRoot()
         case .mixture:
             for (s, w) in zip(scopes, weights) { std += w * (s.std * s.std + s.mean * s.mean) }
-            std = Swift.max(0, std - mean * mean).squareRoot()
+            let variance = std - mean * mean
+            std = variance.isNaN ? .nan : Swift.max(0, variance).squareRoot()  // undefined stays undefined
         }
         return Scope(mean: mean, std: std)
     }

@@ -30,6 +30,15 @@ import Testing
         #expect(abs(mixture.std - variance.squareRoot()) < 1e-15)
     }
 
+    /// A scope that is undefined (no finite values: NaN mean and std) leaves the fused scope
+    /// undefined under every rule, never a std of 0.
+    @Test func undefinedScopesStayUndefined() {
+        for rule in ScopeFusion.allCases {
+            let fused = rule.fuse([scopes[0], Scope(mean: .nan, std: .nan)], weights: w)
+            #expect(fused.mean.isNaN && fused.std.isNaN, "\(rule)")
+        }
+    }
+
     @Test func klDivergence() throws {
         #expect(ScopeFusion.kl(scopes[0], scopes[0]) == 0)
         let kl = try #require(ScopeFusion.kl(Scope(mean: 0, std: 1), Scope(mean: 1, std: 2)))
