@@ -185,6 +185,23 @@ import Testing
         }
     }
 
+    /// A tensor with no finite element has no task-vector norm: null, as stats gives null for
+    /// statistics over no finite values (not 0).
+    @Test func noFiniteElementsGiveNullNorms() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let nan = dir + "/nan.safetensors"
+        try TestSupport.pythonOK("""
+            from safetensors.numpy import load_file, save_file
+            t = load_file(sys.argv[1]); t["model.embed.weight"] = np.full_like(t["model.embed.weight"], np.nan); save_file(t, sys.argv[2])
+            """, [Self.merge[1], nan])
+        let run = try TestSupport.wsamerge(["compare", "--base", Self.merge[0], nan, Self.merge[2]])
+        let tensors = try #require((try run.json() as? [String: Any])?["tensors"] as? [[String: Any]])
+        let row = try #require(tensors.first { $0["name"] as? String == "model.embed.weight" })
+        let vectors = try #require(row["task_vectors"] as? [[String: Any]])
+        #expect(vectors.allSatisfy { $0["norm"] is NSNull && $0["rel_norm"] is NSNull }, "\(row)")
+    }
+
     // MARK: - Plots
 
     /// Element names and `class` attributes of an SVG document, and the point count of every path.

@@ -215,7 +215,9 @@ public struct Comparison: Sendable {
                 let n = s.inputs
                 let baseNorm = s.baseSquares.squareRoot()
                 let norms = (0..<n).map { s.gram[$0 * n + $0].squareRoot() }
-                taskVectors = norms.map { TaskVector(norm: $0, relNorm: baseNorm > 0 ? $0 / baseNorm : nil) }
+                let finite = s.count - s.nonfinite
+                // over the finite elements, as in stats: null when there are none
+                taskVectors = norms.map { TaskVector(norm: finite > 0 ? $0 : nil, relNorm: finite > 0 && baseNorm > 0 ? $0 / baseNorm : nil) }
                 for i in 0..<n {
                     for j in (i + 1)..<Swift.max(i + 1, n) {
                         let both = s.intersections[i * n + j]
@@ -224,7 +226,6 @@ public struct Comparison: Sendable {
                                           overlap: union > 0 ? Double(both) / Double(union) : nil))
                     }
                 }
-                let finite = s.count - s.nonfinite
                 signConflict = finite > 0 ? Double(s.conflicts) / Double(finite) : nil
             }
         }
