@@ -166,7 +166,7 @@ public struct ModelDirectoryOutput {
             let stds = scopes.map(\.1.std)
             lines += ["Fused weight scopes: \(scopes.count) tensors, std from \(stds.min()!) to \(stds.max()!).", ""]
         }
-        lines += ["## Recipe", "", "Replay it with `wsamerge fuse --recipe wsamerge_recipe.yml -o OUT/`:", "", "```yaml", recipe.trimmingSuffix("\n"), "```", ""]
+        lines += ["## Recipe", "", "Replay it with `wsamerge fuse --recipe wsamerge_recipe.yml -o OUT/`, run from the directory the merge ran in (relative model paths are as they were given):", "", "```yaml", recipe.trimmingSuffix("\n"), "```", ""]
         return lines.joined(separator: "\n")
     }
 
