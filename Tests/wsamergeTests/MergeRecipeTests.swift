@@ -108,6 +108,21 @@ struct MergeRecipeTests {
         #expect(a != nil && a == b)
     }
 
+    @Test("a merge with no input besides the base prints a recipe that replays (the base listed as its model)")
+    func baseOnlyRoundTrip() throws {
+        guard Self.strategies.contains("ties") else { return }
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        let flags = ["--base", Self.m(0), "--strategy", "ties"]
+        let printed = try Self.fuse(flags + ["-o", tmp + "/a.safetensors", "--print-recipe"]).stdout
+        try Self.fuse(flags + ["-o", tmp + "/a.safetensors"])
+        let recipe = tmp + "/printed.yml"
+        try printed.write(toFile: recipe, atomically: true, encoding: .utf8)
+        try Self.fuse(["--recipe", recipe, "-o", tmp + "/b.safetensors"])
+        let a = TestSupport.read(tmp + "/a.safetensors"), b = TestSupport.read(tmp + "/b.safetensors")
+        #expect(a != nil && a == b)
+    }
+
     @Test("fisher and wsa recipes replay byte for byte (per-model fisher files, shared parameters)")
     func fisherAndWSARoundTrip() throws {
         let tmp = try TestSupport.temporaryDirectory()

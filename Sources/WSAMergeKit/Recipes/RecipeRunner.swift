@@ -223,6 +223,9 @@ extension Recipe {
                 files.append(File(role.name, paths[0]))
             }
         }
+        // No input besides the base (the output is the base): a recipe needs models, so the base
+        // is listed, as mergekit recipes often do (a model equal to base_model is no input).
+        if models.isEmpty, let base = request.base { models = [Model(base)] }
         // mergekit's `dtype` is the output dtype when no `out_dtype` is given.
         dtype = request.dtype
         onMissing = request.onMissing == .error ? nil : request.onMissing
