@@ -69,6 +69,12 @@ public struct Moments: Sendable, Equatable {
         var second = wsk_pass2()
         wsk_moments_pass2(values, count, mean, &second)
         let c1 = second.s1, c2 = second.s2, c3 = second.s3, c4 = second.s4
+        guard c2.isFinite, c3.isFinite, c4.isFinite else {
+            // Powers of deviations that overflow (|x| past about 1e77): the scaled path keeps
+            // the mean and whatever moments a Double holds, and never turns ∞ − ∞ into a std of 0.
+            self = Moments(scaling: values, count: count, largest: Swift.max(minimum.magnitude, maximum.magnitude))
+            return
+        }
         let c = c1 / n
         mean += c
         m2 = c2 - n * c * c
@@ -172,8 +178,9 @@ public struct Moments: Sendable, Equatable {
         }
     }
 
-    /// Population variance `M2 / n`, or `nil` without finite values.
-    public var variance: Double? { n > 0 ? Swift.max(0, m2 / n) : nil }
+    /// Population variance `M2 / n`, or `nil` without finite values (∞ when M2 overflows,
+    /// reported as `null`).
+    public var variance: Double? { n > 0 ? (m2.isNaN ? .nan : Swift.max(0, m2 / n)) : nil }
     /// Population standard deviation (ddof = 0).
     public var std: Double? { variance.map { $0.squareRoot() } }
     public var finiteMean: Double? { n > 0 ? mean : nil }
@@ -237,7 +244,8 @@ struct ScopeMoments: Sendable {
     /// take its fast path too.
     private init?(values: UnsafePointer<Double>, count: Int, sum: Double, minimum: Double, maximum: Double) {
         let largest = Swift.max(minimum.magnitude, maximum.magnitude)
-        guard sum.isFinite, largest * Double(count) < 0x1p1000 else { return nil }
+        // Σx, Σ|x| and the squares of the deviations all finite (else `Moments`' careful paths)
+        guard sum.isFinite, largest * Double(count) < 0x1p1000, largest < 0x1p500 else { return nil }
         self.init()
         n = Double(count)
         guard count > 0 else { return }
@@ -272,6 +280,6 @@ struct ScopeMoments: Sendable {
 
     /// Mean and population std of the finite values (0 and 0 without any).
     var scope: Scope {
-        n > 0 ? Scope(mean: mean, std: Swift.max(0, m2 / n).squareRoot()) : Scope(mean: 0, std: 0)
+        n > 0 ? Scope(mean: mean, std: m2.isNaN ? .nan : Swift.max(0, m2 / n).squareRoot()) : Scope(mean: 0, std: 0)
     }
 }

@@ -145,6 +145,22 @@ import Testing
         #expect(halves.finiteMean == 0)
     }
 
+    /// Finite sums whose squares overflow (|x| past 1e154, fourth powers past 1e77): the std is
+    /// right when M2 fits a Double, ∞ (`null`) when it does not, never 0, in any order; the
+    /// scope part agrees.
+    @Test func finiteValuesWhosePowersOverflow() {
+        for values in [[1e200, -1e200, 3e199], [3e199, 1e200, -1e200]] {
+            let m = moments(values)
+            #expect(m.std == .infinity && m.finiteMean! > 9.9e198 && m.finiteMean! < 1.01e199, "\(values): \(m)")
+            let scope = values.withUnsafeBufferPointer { ScopeMoments(values: $0.baseAddress!, count: $0.count) }.scope
+            #expect(scope.std == .infinity, "\(values)")
+        }
+        // numpy: std 8.286535263104036e99; M4 ≈ 1e400 does not fit, so the kurtosis is not finite.
+        let representable = moments([1e100, -1e100, 3e99])
+        #expect(abs(representable.std! / 8.286535263104036e99 - 1) < 1e-15)
+        #expect(representable.skewness?.isFinite == true && representable.excessKurtosis?.isFinite != true)
+    }
+
     /// `ScopeMoments` (WSA's measure pass) gives `Moments`' count, mean and M2 bit for bit, on
     /// its fast path, on the careful paths and folded over blocks, from doubles and from BF16.
     @Test func scopeMomentsEqualMoments() {
