@@ -72,7 +72,7 @@ public struct ScopeComparison {
         let work = measured.flatMap(\.sources)
         let scopes = try parallelMap(sizes: work.map { $0.checkpoint.tensors[$0.index].byteCount }, jobs: jobs,
                                      serial: checkpoints.contains { !$0.readsTensorsInParallel }) { k, jobs in
-            let m = try TensorStatistics.compute(try work[k].checkpoint.reader(for: work[k].index), jobs: jobs).moments!
+            let m = try TensorStatistics.compute(try work[k].checkpoint.readerInAnyOrder(for: work[k].index), jobs: jobs).moments!
             return Scope(mean: m.finiteMean ?? .nan, std: m.std ?? .nan)
         }
         var rows: [Row] = []

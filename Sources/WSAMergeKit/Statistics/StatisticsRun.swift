@@ -9,7 +9,7 @@ public enum StatisticsRun {
         progress?.start(tensors: selected.count, bytes: bytes.reduce(0, +))
         defer { progress?.finish() }
         return try parallelMap(sizes: bytes, jobs: jobs, serial: !checkpoint.readsTensorsInParallel) { k, jobs in
-            let statistics = try TensorStatistics.compute(try checkpoint.reader(for: selected[k]), jobs: jobs)
+            let statistics = try TensorStatistics.compute(try checkpoint.readerInAnyOrder(for: selected[k]), jobs: jobs)
             progress?.tensorDone(bytes: bytes[k])
             return statistics
         }

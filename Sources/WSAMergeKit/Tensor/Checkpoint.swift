@@ -46,6 +46,12 @@ public final class Checkpoint: @unchecked Sendable {
         try TensorReader(sources[index])
     }
 
+    /// A reader of tensor `index`'s elements in any order (`TensorSource.makeStreamInAnyOrder`),
+    /// for passes whose result does not depend on it.
+    public func readerInAnyOrder(for index: Int) throws -> TensorReader {
+        try TensorReader(sources[index], anyOrder: true)
+    }
+
     /// Whether several of its tensors may be read at once (see `TensorSource.readsConcurrently`).
     public var readsTensorsInParallel: Bool { sources.allSatisfy(\.readsConcurrently) }
 
@@ -91,4 +97,5 @@ struct RenamedSource: TensorSource {
     var path: String { original.path }
     var readsConcurrently: Bool { original.readsConcurrently }
     func makeStream() throws -> any ByteStream { try original.makeStream() }
+    func makeStreamInAnyOrder() throws -> any ByteStream { try original.makeStreamInAnyOrder() }
 }

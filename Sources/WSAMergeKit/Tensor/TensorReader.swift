@@ -20,9 +20,9 @@ public final class TensorReader: @unchecked Sendable {
     /// threads (`TensorSource.readsConcurrently`).
     let readsConcurrently: Bool
 
-    init(_ source: any TensorSource) throws {
+    init(_ source: any TensorSource, anyOrder: Bool = false) throws {
         tensor = source.tensor
-        stream = try source.makeStream()
+        stream = try anyOrder ? source.makeStreamInAnyOrder() : source.makeStream()
         readsConcurrently = source.readsConcurrently
     }
 
@@ -156,7 +156,17 @@ struct FileSliceStream: ByteStream {
 /// A Fortran-ordered array read whole and served in C order (rare in checkpoints; bounded by
 /// `maxBytes` so memory stays small).
 struct TransposedStream: ByteStream {
-    static let maxBytes = 256 << 20
+    static var maxBytes: Int {
+        #if DEBUG
+        if let maxBytesOverride { return maxBytesOverride }
+        #endif
+        return 256 << 20
+    }
+
+    #if DEBUG
+    /// Tests lower the limit to refuse small arrays.
+    @TaskLocal static var maxBytesOverride: Int?
+    #endif
 
     private var bytes: [UInt8]
     private var offset = 0

@@ -11,6 +11,13 @@ public protocol TensorSource: Sendable {
     var readsConcurrently: Bool { get }
     /// A stream of the tensor's bytes from the start, in C order and little-endian.
     func makeStream() throws -> any ByteStream
+    /// The same elements in any order (for passes whose result does not depend on it, such as
+    /// statistics): the stored order where serving C order would need a transpose.
+    func makeStreamInAnyOrder() throws -> any ByteStream
+}
+
+extension TensorSource {
+    public func makeStreamInAnyOrder() throws -> any ByteStream { try makeStream() }
 }
 
 /// A source of consecutive bytes.
@@ -42,7 +49,8 @@ public struct FileSlice: TensorSource {
 }
 
 /// A tensor stored in Fortran (column-major) order: read whole and served in C order (rare in
-/// checkpoints; at most `TransposedStream.maxBytes`, one tensor at a time).
+/// checkpoints; at most `TransposedStream.maxBytes`, one tensor at a time), or streamed as
+/// stored to passes that take any order.
 public struct FortranOrder: TensorSource {
     let stored: any TensorSource
 
@@ -55,10 +63,13 @@ public struct FortranOrder: TensorSource {
     public func makeStream() throws -> any ByteStream {
         guard tensor.byteCount <= TransposedStream.maxBytes else {
             throw WSAMergeError.malformed(file: path, tensor: tensor.name,
-                                          reason: "Fortran-order arrays over \(TransposedStream.maxBytes >> 20) MiB are not supported (save it with numpy.ascontiguousarray)")
+                                          reason: "Fortran-order arrays over \(TransposedStream.maxBytes >> 20) MiB are read by stats and scope only (save it with numpy.ascontiguousarray to merge or convert it)")
         }
         return try TransposedStream(fortranOrdered: try stored.makeStream(), tensor: tensor)
     }
+
+    /// The stored (column-major) order, streamed like any file slice, whatever the size.
+    public func makeStreamInAnyOrder() throws -> any ByteStream { try stored.makeStream() }
 }
 
 /// A stream whose elements are byte-swapped as they are read (big-endian data).
