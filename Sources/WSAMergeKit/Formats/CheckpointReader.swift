@@ -23,6 +23,9 @@ public enum CheckpointReader {
         if head.starts(with: NpyHeader.magic) {
             return try NumPyReader.openNpy(file)
         }
+        guard file.size >= 8 else {
+            throw WSAMergeError.malformed(file: path, reason: "file is \(file.size) bytes, too small to be a checkpoint (.safetensors, .npz, .npy or PyTorch)")
+        }
         if !Self.looksLikeSafetensors(head, size: file.size), let refusal = PyTorchReader.rawPickleRefusal(head, path: path) {
             throw refusal
         }
