@@ -253,11 +253,13 @@ struct RefusalTests {
                           ["stats", "--include", "(", basic], ["stats", "--exclude", "[", basic], ["stats", "--group-by", "block", basic],
                           ["convert", basic], ["convert", basic, "-o", "x.safetensors", "--compress"],
                           ["convert", basic, "-o", "x.npz", "--max-shard-size", "1GB"], ["convert", basic, "-o", "x", "--max-shard-size", "0"],
-                          ["convert", basic, "-o", ""], ["fuse", basic, basic, "-o", ""]] {
+                          ["convert", basic, "-o", ""], ["fuse", basic, basic, "-o", ""], ["convert", basic, "-o", "x.bin"],
+                          ["fuse", basic, basic, "-o", "merged.pt"]] {
             let result = try TestSupport.wsamerge(arguments)
             TestSupport.expectRefusal(result, code: 64)
             #expect(result.stdout.isEmpty, "\(arguments)")
         }
-        #expect(!TestSupport.fileExists("x.safetensors") && !TestSupport.fileExists("x.npz") && !TestSupport.fileExists("x"))
+        #expect(!TestSupport.fileExists("x.safetensors") && !TestSupport.fileExists("x.npz") && !TestSupport.fileExists("x")
+                && !TestSupport.fileExists("x.bin") && !TestSupport.fileExists("merged.pt"))
     }
 }

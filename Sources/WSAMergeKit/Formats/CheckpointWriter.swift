@@ -42,6 +42,9 @@ public struct OutputOptions: Sendable {
             guard maxShardBytes == nil else { throw WSAMergeError.usage("--max-shard-size applies to safetensors output, not .npz") }
             return OutputOptions(path: path, layout: .npz(compressed: compress), force: force)
         }
+        for suffix in [".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5"] where lower.hasSuffix(suffix) {
+            throw WSAMergeError.usage("\(path): wsamerge writes .safetensors, .npz, .npy or a model directory, never \(suffix) (PyTorch and other formats are read only)")
+        }
         guard !compress else { throw WSAMergeError.usage("--compress applies to .npz output only") }
         if lower.hasSuffix(".npy") {
             guard maxShardBytes == nil else { throw WSAMergeError.usage("--max-shard-size applies to safetensors output, not .npy") }
