@@ -95,6 +95,18 @@ struct ModelDirectoryTests {
             assert not any(k.startswith("2_Dense") for k in main) and "model.norm.weight" in main, list(main)
             """, [out])
         #expect(check.status == 0, "\(check.stderr)")
+        // convert routes them the same way: the module's weights back in its own folder.
+        let converted = root + "/converted/"
+        let conversion = try TestSupport.wsamerge(["convert", dirs[0], "-o", converted])
+        #expect(conversion.status == 0, "\(conversion.stderr)")
+        let same = try TestSupport.python("""
+            import sys, numpy as np; from safetensors.numpy import load_file
+            dense = load_file(sys.argv[1] + "/2_Dense/model.safetensors")
+            assert list(dense) == ["linear.weight"] and np.all(dense["linear.weight"] == 1), dense
+            assert not any(k.startswith("2_Dense") for k in load_file(sys.argv[1] + "/model.safetensors"))
+            """, [converted])
+        #expect(same.status == 0, "\(same.stderr)")
+        #expect(listing(converted).contains("2_Dense/config.json"))
     }
 
     /// `convert` of a model directory into a directory gives a model directory: the same tensors

@@ -34,7 +34,9 @@ public enum Converter {
             }
             outputs.append(try TensorInfo(name: tensor.name, dtype: target, shape: tensor.shape, file: output.path))
         }
-        let writer = try makeWriter(output, tensors: outputs, metadata: checkpoint.metadata, inputs: checkpoint.identities)
+        // A sentence-transformers module's weights go to its own folder of a directory output.
+        let writer = try ModuleRoutingWriter.make(output, tensors: outputs, metadata: checkpoint.metadata, inputs: checkpoint.identities,
+                                                  modules: checkpoint.modules)
         progress?.start(tensors: outputs.count, bytes: outputs.reduce(0) { $0 + $1.byteCount })
         for (i, target) in zip(selected, outputs) {
             let reader = try checkpoint.reader(for: i)
