@@ -20,8 +20,10 @@ public struct Pickle: Sendable {
     public static let maxMemo = 1 << 20
     public static let maxStack = 1 << 20
     public static let maxMarkDepth = 256
-    /// Digits of a protocol 0 `LONG` and bytes of a `LONG1`/`LONG4` integer.
-    public static let maxIntegerBytes = 4096
+    /// Digits of a protocol 0 `LONG` and bytes of a `LONG1`/`LONG4` integer (256 bytes: 617
+    /// digits, far beyond any integer a checkpoint holds; converting one to decimal costs the
+    /// product of its bytes and digits, so a larger cap let a small pickle take minutes).
+    public static let maxIntegerBytes = 256
 
     public subscript(id: Int) -> PickleObject { objects[id] }
 

@@ -133,6 +133,8 @@ import Testing
             ([0x80, 0x02, 0x28, 0x4E, 0x2E], "open MARK"),
             (Self.text("I12x\n."), "not an integer"),
             ([0x80, 0x02, 0x58, 0x02, 0, 0, 0, 0xC3, 0x28, 0x2E], "not valid UTF-8"),
+            // A LONG4 past 256 bytes (its decimal text would cost bytes × digits to make).
+            ([0x80, 0x02, 0x8B] + Bytes.le(UInt32(257)) + [UInt8](repeating: 0x7F, count: 257) + [0x2E], "more than 256 bytes"),
         ]
         for (bytes, mention) in cases {
             expectMalformed("p.pt: ", mention) { _ = try parse(bytes) }
