@@ -30,7 +30,7 @@ struct PyTorchTests {
     @Test(arguments: [("dtypes_p2.pt", "dtypes_p2"), ("dtypes_p5.pt", "dtypes_p5"), ("bigendian.pt", "bigendian"),
                       ("views.pt", "views"), ("lightning.ckpt", "lightning"), ("fl_client.pth", "fl_client"),
                       ("parameters.pt", "parameters"), ("lone_tensor.pt", "lone_tensor"),
-                      ("model_dir", "model_dir__pytorch_model"), ("sharded", "sharded")])
+                      ("model_dir", "model_dir__pytorch_model"), ("sharded", "sharded"), ("complex.pt", "complex")])
     func convertGivesTheValuesTorchConverted(fixture: String, twin: String) throws {
         let out = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(out) }

@@ -118,7 +118,7 @@ public enum PickleGlobal: Equatable, Sendable {
     static let typedStorages: [String: DType] = [
         "FloatStorage": .F32, "DoubleStorage": .F64, "HalfStorage": .F16, "BFloat16Storage": .BF16,
         "LongStorage": .I64, "IntStorage": .I32, "ShortStorage": .I16, "CharStorage": .I8,
-        "ByteStorage": .U8, "BoolStorage": .BOOL,
+        "ByteStorage": .U8, "BoolStorage": .BOOL, "ComplexFloatStorage": .C64,
     ]
 
     /// Every `torch.<dtype>` name; those without a safetensors type map to nil.
