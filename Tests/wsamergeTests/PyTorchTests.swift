@@ -123,6 +123,20 @@ struct PyTorchTests {
         }
     }
 
+    /// Legacy-format shards behind a `pytorch_model.bin.index.json` get the legacy refusal,
+    /// naming the shard, as a single legacy file does (they were taken for safetensors).
+    @Test func legacyShardsAreRefusedAsLegacy() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let shard = dir + "/pytorch_model-00001-of-00001.bin"
+        try FileManager.default.copyItem(atPath: Self.dir + "/refused/legacy.pt", toPath: shard)
+        try #"{"metadata": {}, "weight_map": {"w": "pytorch_model-00001-of-00001.bin"}}"#
+            .write(toFile: dir + "/pytorch_model.bin.index.json", atomically: true, encoding: .utf8)
+        for target in [dir, dir + "/pytorch_model.bin.index.json"] {
+            TestSupport.expectRefusal(try TestSupport.wsamerge(["stats", target]), code: 65, mentions: [shard + ": ", "legacy format"])
+        }
+    }
+
     /// A pickle whose GLOBAL is posix.system with `touch <unique path>`: the file must not exist
     /// after the run, and (under strace) wsamerge starts no process at all.
     @Test func nothingIsExecuted() throws {

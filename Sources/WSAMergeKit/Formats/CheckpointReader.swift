@@ -79,20 +79,26 @@ public enum CheckpointReader {
         } catch {
             throw WSAMergeError.malformed(file: file.path, reason: "index is not valid JSON: \(error)")
         }
-        if Self.indexNamesPyTorchShards(json, directory: parentDirectory(of: file.path)) {
-            return try PyTorchReader.openSharded(index: file, json: json)
+        // By the first shard it names (in name order): a zip archive is a PyTorch shard, a raw
+        // pickle stream a legacy one (refused, saying how to re-save it), else safetensors.
+        if let (path, head) = Self.firstShard(json, directory: parentDirectory(of: file.path)) {
+            if head.starts(with: [0x50, 0x4B, 0x03, 0x04]) { return try PyTorchReader.openSharded(index: file, json: json) }
+            if !Self.looksLikeSafetensors(head, size: Int.max), let refusal = PyTorchReader.rawPickleRefusal(head, path: path) {
+                throw refusal
+            }
         }
         return try SafetensorsReader.openSharded(index: file, json: json)
     }
 
-    /// Whether the first shard an index names (in name order) is a zip archive (PyTorch shards).
-    private static func indexNamesPyTorchShards(_ json: JSON, directory: String) -> Bool {
-        guard case .object(let weightMap)? = json["weight_map"] else { return false }
+    /// The path and first bytes of the first shard an index names (in name order), when it is
+    /// a file inside the index's directory.
+    private static func firstShard(_ json: JSON, directory: String) -> (String, [UInt8])? {
+        guard case .object(let weightMap)? = json["weight_map"] else { return nil }
         let shards = weightMap.compactMap { if case .string(let s) = $0.1 { s } else { nil } }
         guard let first = shards.min(), !first.hasPrefix("/"), !first.split(separator: "/").contains(".."),
               let file = try? ReadableFile(path: directory + "/" + first), file.size >= 4,
-              let head = try? file.readBytes(at: 0, count: 4) else { return false }
-        return head == [0x50, 0x4B, 0x03, 0x04]
+              let head = try? file.readBytes(at: 0, count: min(64, file.size)) else { return nil }
+        return (file.path, head)
     }
 
     /// A model directory: its weights, plus the weights of the sentence-transformers modules
