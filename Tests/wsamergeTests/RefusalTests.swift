@@ -222,10 +222,14 @@ struct RefusalTests {
                                 shards: ["s1.safetensors": shard, "s2.safetensors": Self.st(#"{"b":\#(Self.entry()),"c":\#(Self.entry("F32", "[2]", "[8,16]"))}"#, data: Array(repeating: 0, count: 16))])
         TestSupport.expectRefusal(try TestSupport.wsamerge(["stats", unlisted]), code: 65, mentions: ["'c'", "not listed"])
         let twice = try make("twice", index: index(#"{"a": "s1.safetensors"}"#),
-                             shards: ["s1.safetensors": shard, "s2.safetensors": shard])
+                             shards: ["s1.safetensors": shard, "s2.safetensors": shard], indexName: "first.safetensors.index.json")
         try TestSupport.write(index(#"{"a": "s2.safetensors"}"#), to: dir + "/twice/other.safetensors.index.json")
         TestSupport.expectRefusal(try TestSupport.wsamerge(["stats", dir + "/twice"]), code: 65, mentions: ["several index files"])
         #expect(try TestSupport.wsamerge(["stats", twice]).status == 0)
+        // A variant beside the plain index (Hugging Face's model.fp16…): the plain one is read.
+        _ = try make("variant", index: index(#"{"a": "s1.safetensors"}"#), shards: ["s1.safetensors": shard, "s2.safetensors": [1, 2, 3]])
+        try TestSupport.write(index(#"{"a": "s2.safetensors"}"#), to: dir + "/variant/model.fp16.safetensors.index.json")
+        #expect(try TestSupport.wsamerge(["stats", dir + "/variant"]).status == 0)
         let badShard = try make("badshard", index: index(#"{"a": "s1.safetensors"}"#), shards: ["s1.safetensors": [1, 2, 3]])
         TestSupport.expectRefusal(try TestSupport.wsamerge(["stats", badShard]), code: 65, mentions: ["s1.safetensors", "too small"])
     }

@@ -144,6 +144,8 @@ public enum CheckpointReader {
         let entries = listDirectory(path)
         let indexes = entries.filter { $0.hasSuffix(".safetensors.index.json") }
         if indexes.count == 1 { return try open(joinPath(path, indexes[0])) }
+        // Beside variants (`model.fp16.safetensors.index.json`), the plain one, as transformers loads.
+        if indexes.contains("model.safetensors.index.json") { return try open(joinPath(path, "model.safetensors.index.json")) }
         if indexes.count > 1 {
             throw WSAMergeError.malformed(file: path, reason: "directory holds several index files: \(indexes.joined(separator: ", "))")
         }
