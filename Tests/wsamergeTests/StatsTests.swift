@@ -159,7 +159,8 @@ struct StatsTests {
         let rows = Array(lines.dropFirst())
         let expected = TestSupport.expectedTensors("hard.safetensors")
         #expect(rows.count == expected.count + 1)
-        #expect(rows[0].split(separator: " ").map(String.init) == ["name", "dtype", "shape", "mean", "std", "min", "max"])
+        #expect(rows[0].split(separator: " ").map(String.init) == ["name", "dtype", "shape", "count", "mean", "std", "min", "max", "abs_mean",
+                                                                    "l2_norm", "zeros", "nan", "inf", "skewness", "excess_kurtosis"])
         // Right-aligned numbers: every row ends at the same column; every column starts at the
         // same offset as its header (text columns) or ends where its header ends (numbers).
         #expect(Set(rows.map(\.count)).count == 1, "\(rows)")
@@ -173,6 +174,9 @@ struct StatsTests {
             #expect(chars[dtypeStart - 1] == " " && chars[meanEnd - 1] != " ", "\(row)")
         }
         #expect(rows.contains { $0.hasPrefix("all_nan ") && $0.hasSuffix(" -") }, "no finite value prints '-'")
+        // The non-finite counts are columns too: all_nan's 7 NaN show, where the moments are '-'.
+        let allNaN = rows.first { $0.hasPrefix("all_nan ") }?.split(separator: " ").map(String.init) ?? []
+        #expect(allNaN.count == 15 && allNaN[3] == "7" && allNaN[11] == "7" && allNaN[12] == "0", "\(allNaN)")
         #expect(result.stdout.allSatisfy { $0 != "{" })
     }
 

@@ -82,11 +82,15 @@ public enum CheckpointReports {
     }
 
     public static func statsTable(_ checkpoint: Checkpoint, _ statistics: [TensorStatistics], groupByLayer: Bool = false) -> String {
-        var table = Table(headers: ["name", "dtype", "shape", "mean", "std", "min", "max"], numericColumns: [3, 4, 5, 6])
+        // Every field of the JSON, in its order.
+        var table = Table(headers: ["name", "dtype", "shape", "count", "mean", "std", "min", "max", "abs_mean", "l2_norm", "zeros", "nan",
+                                    "inf", "skewness", "excess_kurtosis"], numericColumns: Set(3...14))
         for s in statistics {
             let m = s.moments
-            table.add([shortenMiddle(s.tensor.name), s.tensor.dtype.rawValue, shapeText(s.tensor.shape),
-                       formatNumber(m?.finiteMean), formatNumber(m?.std), formatNumber(m?.finiteMin), formatNumber(m?.finiteMax)])
+            table.add([shortenMiddle(s.tensor.name), s.tensor.dtype.rawValue, shapeText(s.tensor.shape), String(s.tensor.elementCount),
+                       formatNumber(m?.finiteMean), formatNumber(m?.std), formatNumber(m?.finiteMin), formatNumber(m?.finiteMax),
+                       formatNumber(m?.absMean), formatNumber(m?.l2Norm), m.map { String($0.zeros) } ?? "-", m.map { String($0.nan) } ?? "-",
+                       m.map { String($0.inf) } ?? "-", formatNumber(m?.skewness), formatNumber(m?.excessKurtosis)])
         }
         var text = "\(escapeControlCharacters(checkpoint.path)) (\(checkpoint.format.rawValue))\n" + table.text
         if groupByLayer {
