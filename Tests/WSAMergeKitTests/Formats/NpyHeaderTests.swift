@@ -31,6 +31,13 @@ import Testing
         #expect(try header("{'descr': '<f8', 'fortran_order': False, 'shape': (), }").shape == [])
         #expect(try header("{'descr': '|b1', 'fortran_order': False, 'shape': (5,), }").shape == [5])
         #expect(try header("{'descr': '<f4', 'fortran_order': False, 'shape': (0, 3), }").shape == [0, 3])
+        // Python 2 longs, as numpy wrote them then and still reads.
+        #expect(try header("{'descr': '<f4', 'fortran_order': False, 'shape': (2L, 3L), }").shape == [2, 3])
+    }
+
+    /// `(6)` is an integer in Python, not a tuple: numpy refuses it as a shape, and so does this.
+    @Test func refusesAParenthesisedInteger() {
+        refuses("{'descr': '<f4', 'fortran_order': False, 'shape': (6), }", "not a tuple")
     }
 
     @Test func readsVersions2And3() throws {

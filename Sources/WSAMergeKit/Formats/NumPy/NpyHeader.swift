@@ -197,7 +197,11 @@ struct DictLiteralParser {
             while true {
                 if take(")") { break }
                 items.append(try parseInteger())
-                if take(")") { break }
+                if take(")") {
+                    // `(6)` is the integer 6 in Python, not a tuple (numpy refuses it as a shape)
+                    if items.count == 1 { return .other("a parenthesised integer") }
+                    break
+                }
                 guard take(",") else { throw fail("expected ',' or ')' in shape") }
             }
             return .tuple(items)
@@ -232,6 +236,7 @@ struct DictLiteralParser {
         while i < chars.count, chars[i].isASCII, chars[i].isNumber { i += 1 }
         guard i > start else { throw fail("shape must hold non-negative integers") }
         guard let value = Int(String(chars[start..<i])) else { throw fail("shape dimension overflows") }
+        if i < chars.count, chars[i] == "L" { i += 1 }  // a Python 2 long (`(2L, 3L)`), as numpy still reads
         return value
     }
 }
