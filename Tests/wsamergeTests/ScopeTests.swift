@@ -86,10 +86,7 @@ struct ScopeTests {
         let dir = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(dir) }
         let nan = dir + "/nan.safetensors"
-        try TestSupport.pythonOK("""
-            from safetensors.numpy import load_file, save_file
-            t = load_file(sys.argv[1]); t["model.embed.weight"] = np.full_like(t["model.embed.weight"], np.nan); save_file(t, sys.argv[2])
-            """, [Self.models[1], nan])
+        try TestSupport.writeAllNaN("model.embed.weight", of: Self.models[1], to: nan)
         for fusion in ["linear", "quadratic", "mixture"] {
             let run = try TestSupport.wsamerge(["scope", "--scope-fusion", fusion, Self.models[0], nan])
             let tensors = try #require((try run.json() as? [String: Any])?["tensors"] as? [[String: Any]])

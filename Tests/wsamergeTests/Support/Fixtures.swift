@@ -46,6 +46,15 @@ extension TestSupport {
         return result.stdout
     }
 
+    /// Writes `source` (safetensors) to `target` with every value of tensor `name` NaN.
+    static func writeAllNaN(_ name: String, of source: String, to target: String,
+                            sourceLocation: SourceLocation = #_sourceLocation) throws {
+        try pythonOK("""
+            from safetensors.numpy import load_file, save_file
+            t = load_file(sys.argv[1]); t[sys.argv[3]] = np.full_like(t[sys.argv[3]], np.nan); save_file(t, sys.argv[2])
+            """, [source, target, name], sourceLocation: sourceLocation)
+    }
+
     /// Helpers every snippet may use: `st_raw(path)` reads a safetensors file, sharded index or
     /// directory without the safetensors package (any dtype): `(metadata, {name: (dtype, shape, bytes)}, [names in storage order])`;
     /// `st_arrays(path)` gives numpy arrays; `NP` maps dtype codes to numpy/ml_dtypes types.

@@ -33,9 +33,16 @@ public struct ModelDirectoryOutput {
     /// or the output is a single file.
     /// An explicit source with a single-file output is returned, for `init` to refuse.
     public static func source(for request: Merger.Request, explicit: String?, disabled: Bool) -> String? {
+        source(among: [request.base].compactMap { $0 } + request.inputs.prefix(1), output: request.output, explicit: explicit,
+               disabled: disabled)
+    }
+
+    /// `explicit` unless `disabled`, else the first of `candidates` that is a directory when the
+    /// output is one.
+    private static func source(among candidates: [String], output: OutputOptions, explicit: String?, disabled: Bool) -> String? {
         if let explicit, !disabled { return explicit }
-        guard !disabled, case .sharded = request.output.layout else { return nil }
-        return ([request.base].compactMap { $0 } + request.inputs.prefix(1)).first { pathKind($0) == .directory }
+        guard !disabled, case .sharded = output.layout else { return nil }
+        return candidates.first { pathKind($0) == .directory }
     }
 
     /// Plans the files for `request` (whose `recipe` is set), copying from the model directory
@@ -48,9 +55,7 @@ public struct ModelDirectoryOutput {
     /// (`--copy-files-from`), else the input when it is a directory; nil when `disabled` or the
     /// output is a single file.
     public static func source(converting input: String, output: OutputOptions, explicit: String?, disabled: Bool) -> String? {
-        if let explicit, !disabled { return explicit }
-        guard !disabled, case .sharded = output.layout else { return nil }
-        return pathKind(input) == .directory ? input : nil
+        source(among: [input], output: output, explicit: explicit, disabled: disabled)
     }
 
     /// Plans the files of a conversion to `output` (as `dtype` when given), copying from the
