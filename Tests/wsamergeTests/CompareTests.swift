@@ -84,7 +84,7 @@ import Testing
         }
         let casesFile = dir + "/cases.json"
         try JSONSerialization.data(withJSONObject: entries).write(to: URL(fileURLWithPath: casesFile))
-        let check = try TestSupport.run(TestSupport.python, [TestSupport.fixture("reference_compare.py"), "check", casesFile])
+        let check = try TestSupport.pythonFile(TestSupport.fixture("reference_compare.py"), ["check", casesFile])
         #expect(check.status == 0, "numpy reference disagrees:\n\(check.stdout)\(check.stderr)")
 
         // What the cases are there for, spelled out.

@@ -23,7 +23,7 @@ struct FuseTests {
         if strategy == "fisher" { fisherArgs = Self.fisherArgs }
         let run = try TestSupport.wsamerge(["fuse", "--strategy", strategy] + inputs + fisherArgs + options + ["-o", out])
         #expect(run.status == 0, "\(run.stderr)", sourceLocation: sourceLocation)
-        let reference = try TestSupport.run(TestSupport.python, [TestSupport.fixtures + "/reference_merge.py", out,
+        let reference = try TestSupport.pythonFile(TestSupport.fixtures + "/reference_merge.py", [out,
                                                                  "--strategy", strategy, "--inputs"] + inputs + fisherArgs + options)
         #expect(reference.status == 0, "reference: \(reference.stdout) \(reference.stderr)", sourceLocation: sourceLocation)
         #expect(reference.stdout.contains("max_ulp"), sourceLocation: sourceLocation)
@@ -62,7 +62,7 @@ struct FuseTests {
         let out = dir + "/merged.safetensors", fisher = strategy == "fisher" ? Self.fisherArgs : []
         let run = try TestSupport.wsamerge(["fuse", "--strategy", strategy] + Self.f32 + fisher + ["--weights", "8e307,1.6e308,8e307", "-o", out])
         #expect(run.status == 0, "\(run.stderr)")
-        let reference = try TestSupport.run(TestSupport.python, [TestSupport.fixtures + "/reference_merge.py", out, "--strategy", strategy,
+        let reference = try TestSupport.pythonFile(TestSupport.fixtures + "/reference_merge.py", [out, "--strategy", strategy,
                                                                  "--inputs"] + Self.f32 + fisher + ["--weights", "1,2,1"])
         #expect(reference.status == 0 && reference.stdout.contains("max_ulp"), "reference: \(reference.stdout) \(reference.stderr)")
     }

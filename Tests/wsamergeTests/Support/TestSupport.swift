@@ -88,14 +88,25 @@ enum TestSupport {
         try run(binary, arguments, environment: environment)
     }
 
-    /// Runs a Python snippet with the project's Python; `arguments` become `sys.argv[1:]`.
+    /// Runs a Python snippet with the project's Python (in a worker, `PythonWorkers`); `arguments`
+    /// become `sys.argv[1:]`.
     @discardableResult
     static func python(_ script: String, _ arguments: [String] = []) throws -> Result {
-        guard FileManager.default.isExecutableFile(atPath: python) else {
+        try inPythonWorker(script: script, file: nil, arguments: arguments)
+    }
+
+    /// Runs the Python script file at `path` as `python path arguments…` would.
+    @discardableResult
+    static func pythonFile(_ path: String, _ arguments: [String] = []) throws -> Result {
+        try inPythonWorker(script: "", file: path, arguments: arguments)
+    }
+
+    private static func inPythonWorker(script: String, file: String?, arguments: [String]) throws -> Result {
+        guard hasPython else {
             Issue.record("no Python environment at \(python): run the suite with `make test`")
             return Result(status: -1, stdout: "", stderr: "")
         }
-        return try run(python, ["-c", script] + arguments)
+        return try PythonWorkers.shared.run(script: script, file: file, arguments: arguments)
     }
 
     /// A fresh empty directory, removed by the caller's `defer`.
