@@ -36,7 +36,7 @@ extension WSAMerge {
                                                                valueName: "name=value"))
         var parameters: [ParameterAssignment] = []
 
-        @Option(help: "Seed of the random draws (the parameter 'seed').")
+        @Option(help: "Seed of the random draws (the parameter 'seed'; with --recipe, what mergekit's --random-seed is).")
         var seed: Int?
 
         @Option(help: "Output dtype: keep (each tensor keeps the base's, else the first input's dtype), F64, F32, F16 or BF16.")
@@ -93,14 +93,12 @@ extension WSAMerge {
             let files: ModelDirectoryOutput
             if let recipe {
                 try checkRecipeAlone()
-                let document = try RecipeParser.load(recipe)
+                let document = try withSeed(try RecipeParser.load(recipe))
                 if printRecipe { return emit(document.recipe.render()) }
                 request = try RecipeRunner.request(document, output: try output.options())
                 request.strict = strict
                 request.jobs = common.workerCount
-                files = document.recipe.tokenizerSource == nil
-                    ? try ModelDirectoryOutput(request, source: ModelDirectoryOutput.source(for: request, explicit: copyFilesFrom, disabled: noCopyFiles))
-                    : try RecipeRunner.outputFiles(document, request: request)
+                files = try RecipeRunner.outputFiles(document, request: request, explicit: copyFilesFrom, disabled: noCopyFiles)
             } else {
                 request = try makeRequest()
                 var recipe = try Recipe(request)
@@ -128,11 +126,27 @@ extension WSAMerge {
             }
         }
 
+        /// The recipe with `--seed` as its parameter `seed` (mergekit takes the seed on its command
+        /// line, `--random-seed`, beside the recipe), so the recipe written beside the output
+        /// replays the same draws. A recipe that gives its own seed is not overridden.
+        func withSeed(_ document: RecipeDocument) throws -> RecipeDocument {
+            guard let seed else { return document }
+            var recipe = document.recipe
+            guard !recipe.parameters.contains(where: { $0.name == "seed" }) else {
+                throw ValidationError("the recipe gives its own seed: drop --seed or the recipe's seed")
+            }
+            guard let parameter = RecipeRunner.strategy(named: recipe.mergeMethod)?.declaration.parameter("seed") else {
+                throw ValidationError("\(recipe.mergeMethod) draws nothing at random, so it takes no --seed")
+            }
+            recipe.parameters.append(Recipe.Setting("seed", .value(ParameterValue(parsing: String(seed), as: parameter.kind))))
+            return RecipeDocument(recipe: recipe, file: document.file, lines: document.lines)
+        }
+
         /// A recipe gives the merge: options that would say it again are refused, not mixed in.
         func checkRecipeAlone() throws {
             let given: [(String, Bool)] = [
                 ("inputs", !inputs.isEmpty), ("--strategy", strategy != nil), ("--base", base != nil),
-                ("--weights", weights != nil), ("--param", !parameters.isEmpty), ("--seed", seed != nil),
+                ("--weights", weights != nil), ("--param", !parameters.isEmpty),
                 ("--dtype", dtype != .keep), ("--on-missing", onMissing != .error), ("--fisher", !fisher.isEmpty),
                 ("--target-scope", targetScope != nil), ("--fisher-epsilon", fisherEpsilon != nil),
                 ("--fisher-normalize", fisherNormalize != nil), ("--scope-fusion", scopeFusion != nil),

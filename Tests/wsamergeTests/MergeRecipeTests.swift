@@ -457,6 +457,80 @@ struct MergeRecipeTests {
         #expect(!TestSupport.fileExists(tmp + "/out.safetensors"))
     }
 
+    @Test("slices into a directory give a model directory: the first source's files, num_hidden_layers of the output")
+    func slicesGiveAModelDirectory() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        func stack(_ ranges: [(String, String)], _ flags: [String] = [], name: String) throws -> String {
+            let slices = ranges.map { "  - sources:\n      - model: \($0.0)\n        layer_range: \($0.1)\n" }.joined()
+            let recipe = try Self.recipe("merge_method: passthrough\nslices:\n" + slices, in: tmp, name: name + ".yml")
+            try Self.fuse(["--recipe", recipe, "-o", tmp + "/" + name + "/"] + flags)
+            return tmp + "/" + name
+        }
+        let source = try String(contentsOfFile: Self.dir + "/basedir/config.json", encoding: .utf8)
+        // Deeper: 3 + 3 layers from a model directory and a file.
+        let deeper = try stack([("{DIR}/basedir", "[0, 3]"), ("{M2}", "[1, 4]")], name: "deeper")
+        #expect(TestSupport.listing(deeper) == ["README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "wsamerge_recipe.yml"])
+        #expect(try String(contentsOfFile: deeper + "/config.json", encoding: .utf8)
+                == source.replacingOccurrences(of: "\"num_hidden_layers\": 4", with: "\"num_hidden_layers\": 6"))
+        #expect(TestSupport.read(deeper + "/tokenizer.json") == TestSupport.read(Self.dir + "/basedir/tokenizer.json"))
+        // Shallower: two layers.
+        let shallower = try stack([("{DIR}/basedir", "[1, 3]")], name: "shallower")
+        #expect(try String(contentsOfFile: shallower + "/config.json", encoding: .utf8).contains("\"num_hidden_layers\": 2,"))
+        let layers = try TestSupport.pythonOK("print(sorted({n.split('.')[2] for n in st_arrays(sys.argv[1]) if '.layers.' in n}))", [shallower])
+        #expect(layers == "['0', '1']\n")
+        // The command line turns the copy off, or takes it from elsewhere.
+        let bare = try stack([("{DIR}/basedir", "[0, 3]")], ["--no-copy-files"], name: "bare")
+        #expect(TestSupport.listing(bare) == ["model.safetensors", "wsamerge_recipe.yml"])
+        let other = tmp + "/other"
+        try FileManager.default.createDirectory(atPath: other, withIntermediateDirectories: true)
+        try #"{"n_layer": 4, "text_config": {"n_layer": 4}}"#.write(toFile: other + "/config.json", atomically: true, encoding: .utf8)
+        let redirected = try stack([("{M1}", "[0, 3]")], ["--copy-files-from", other], name: "redirected")
+        #expect(try String(contentsOfFile: redirected + "/config.json", encoding: .utf8) == #"{"n_layer": 3, "text_config": {"n_layer": 4}}"#)
+    }
+
+    @Test("linear's weight is required: a filter list with no entry for some tensor is refused, a '*' filter matches all")
+    func linearWeightFilters() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        func linear(_ firstWeight: String) throws -> String {
+            try Self.recipe("merge_method: linear\nmodels:\n  - model: {M1}\n    parameters:\n      weight:\n\(firstWeight)  - model: {M2}\n    parameters: {weight: 0.75}\n", in: tmp)
+        }
+        let partial = try linear("        - filter: mlp\n          value: 3\n")
+        let refused = try TestSupport.wsamerge(["fuse", "--recipe", partial, "-o", tmp + "/out.safetensors"])
+        TestSupport.expectRefusal(refused, code: 64, mentions: ["needs parameter 'weight' for input 1", "tensor '"])
+        #expect(!TestSupport.fileExists(tmp + "/out.safetensors"))
+        try Self.fuse(["--recipe", try linear("        - filter: \"*\"\n          value: 0.25\n"), "-o", tmp + "/star.safetensors"])
+        try Self.fuse([Self.m(1), Self.m(2), "--weights", "0.25,0.75", "-o", tmp + "/flags.safetensors"])
+        let star = try TestSupport.pythonOK("_, t, _ = st_raw(sys.argv[1]); print(json.dumps({k: v[2].hex() for k, v in t.items()}))", [tmp + "/star.safetensors"])
+        let flags = try TestSupport.pythonOK("_, t, _ = st_raw(sys.argv[1]); print(json.dumps({k: v[2].hex() for k, v in t.items()}))", [tmp + "/flags.safetensors"])
+        #expect(star == flags)
+    }
+
+    @Test("--seed with a recipe is mergekit's --random-seed: the same bytes as the recipe's own seed, and written into the recipe")
+    func seedBesideARecipe() throws {
+        guard Self.strategies.contains("dare_linear") else { return }
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        let body = "merge_method: dare_linear\nbase_model: {M0}\nmodels:\n  - model: {M1}\n    parameters: {weight: 1, density: 0.5}\n  - model: {M2}\n    parameters: {weight: 1, density: 0.5}\n"
+        let plain = try Self.recipe(body, in: tmp, name: "plain.yml")
+        let seeded = try Self.recipe(body + "parameters:\n  seed: 7\n", in: tmp, name: "seeded.yml")
+        try Self.fuse(["--recipe", plain, "--seed", "7", "-o", tmp + "/flag/"])
+        try Self.fuse(["--recipe", seeded, "-o", tmp + "/own.safetensors"])
+        try Self.fuse(["--recipe", plain, "-o", tmp + "/zero.safetensors"])
+        let tensors = "_, t, _ = st_raw(sys.argv[1]); print(json.dumps({k: v[2].hex() for k, v in t.items()}))"
+        let flag = try TestSupport.pythonOK(tensors, [tmp + "/flag/model.safetensors"])
+        #expect(flag == (try TestSupport.pythonOK(tensors, [tmp + "/own.safetensors"])))
+        #expect(flag != (try TestSupport.pythonOK(tensors, [tmp + "/zero.safetensors"])))
+        #expect(try String(contentsOfFile: tmp + "/flag/wsamerge_recipe.yml", encoding: .utf8).contains("seed: 7"))
+        TestSupport.expectRefusal(try TestSupport.wsamerge(["fuse", "--recipe", seeded, "--seed", "7", "-o", tmp + "/x.safetensors"]),
+                                  code: 64, mentions: ["the recipe gives its own seed"])
+        let ties = try Self.recipe(body.replacingOccurrences(of: "dare_linear", with: "ties"), in: tmp, name: "ties.yml")
+        TestSupport.expectRefusal(try TestSupport.wsamerge(["fuse", "--recipe", ties, "--seed", "7", "-o", tmp + "/x.safetensors"]),
+                                  code: 64, mentions: ["ties draws nothing at random"])
+        #expect(!TestSupport.fileExists(tmp + "/x.safetensors"))
+    }
+
     @Test("a Hugging Face id resolves to its snapshot in the local cache; one not there is refused")
     func huggingFaceCache() throws {
         let tmp = try TestSupport.temporaryDirectory()

@@ -8,7 +8,7 @@ public indirect enum ParameterSetting: Sendable, Equatable {
     /// ```
     case gradient([Double])
     /// The first entry whose filter is a substring of the tensor's name; an entry without a
-    /// filter matches every tensor (the fallback).
+    /// filter, or with the filter `*` (as in mergekit), matches every tensor (the fallback).
     case filtered([FilteredSetting])
 
     /// The value for the tensor at `position`, or nil when no filter matches.
@@ -25,7 +25,7 @@ public indirect enum ParameterSetting: Sendable, Equatable {
             let f = x - Double(i)
             return .number(values[i] * (1 - f) + values[i + 1] * f)
         case .filtered(let entries):
-            for entry in entries where entry.filter.map({ position.name.utf8.contains(substring: $0.utf8) }) ?? true {
+            for entry in entries where entry.matches(position.name) {
                 return entry.setting.value(at: position)
             }
             return nil
@@ -60,9 +60,15 @@ public indirect enum ParameterSetting: Sendable, Equatable {
 
 /// One entry of a filtered setting.
 public struct FilteredSetting: Sendable, Equatable {
-    /// A substring of the tensor name; `nil` matches every tensor.
+    /// A substring of the tensor name; `nil` and `*` match every tensor.
     public var filter: String?
     public var setting: ParameterSetting
+
+    /// Whether the entry applies to tensor `name`.
+    func matches(_ name: String) -> Bool {
+        guard let filter, filter != "*" else { return true }
+        return name.utf8.contains(substring: filter.utf8)
+    }
 
     public init(filter: String?, setting: ParameterSetting) {
         self.filter = filter
@@ -90,6 +96,9 @@ public struct ParameterSettings: Sendable, Equatable {
     /// Settings of per-input parameters by input (inputs besides the base, in order); `nil`
     /// where an input has none of its own. They take precedence over `shared`.
     public var perInput: [(name: String, settings: [ParameterSetting?])] = []
+    /// Parameters whose declared default does not apply: a tensor no setting gives a value for
+    /// is an error (a recipe's `linear` weight, which mergekit requires).
+    public var withoutDefault: Set<String> = []
 
     public init() {}
 
@@ -134,6 +143,7 @@ public struct ParameterSettings: Sendable, Equatable {
     public static func == (a: ParameterSettings, b: ParameterSettings) -> Bool {
         a.shared.map(\.name) == b.shared.map(\.name) && a.shared.map(\.setting) == b.shared.map(\.setting)
             && a.perInput.map(\.name) == b.perInput.map(\.name) && a.perInput.map(\.settings) == b.perInput.map(\.settings)
+            && a.withoutDefault == b.withoutDefault
     }
 }
 
@@ -201,7 +211,7 @@ public struct ResolvedParameters: Sendable {
     /// Refuses, before anything is read in bulk, a required parameter that some merged tensor
     /// (or some input of it) has no value for, so no method checks its own.
     func requireEverywhere(_ plan: MergePlan) throws {
-        for parameter in declaration.parameters where parameter.defaultValue == nil {
+        for parameter in declaration.parameters where parameter.defaultValue == nil || settings.withoutDefault.contains(parameter.name) {
             for item in plan.items where item.action == .merge {
                 if parameter.scope == .shared {
                     _ = try value(parameter.name, tensor: item.name)
@@ -226,7 +236,7 @@ public struct ResolvedParameters: Sendable {
         if let shared = settings.shared.first(where: { $0.name == name })?.setting, let value = shared.value(at: position) {
             return parameter.check(value) ?? value
         }
-        if let value = parameter.defaultValue { return value }
+        if let value = parameter.defaultValue, !settings.withoutDefault.contains(name) { return value }
         let whose = input.map { " for input \($0 + 1)" } ?? ""
         throw WSAMergeError.hinted(.usage("\(method) needs parameter '\(name)'\(whose) (tensor '\(tensor)')"), .parameter(name))
     }

@@ -52,7 +52,8 @@ public enum RecipeParser {
         var parser = Parser(file: file)
         let root: Node?
         do {
-            root = try Yams.compose(yaml: text)
+            // A byte-order mark in front, as some editors save, is skipped (as PyYAML does).
+            root = try Yams.compose(yaml: text.hasPrefix("\u{FEFF}") ? String(text.dropFirst()) : text)
         } catch let error as YamlError {
             throw parser.yamlError(error)
         } catch {
@@ -97,14 +98,28 @@ public enum RecipeParser {
         }
 
         /// The pairs of a mapping, keys as strings, each key's path noted; unknown keys refused.
+        /// YAML merge keys (`<<: *defaults`, or a list of them) are expanded as PyYAML does:
+        /// the mapping's own keys win, then the merged mappings in order.
         mutating func mapping(_ node: Node, _ path: String, what: String, allowed: [String]?) throws -> [(key: String, node: Node, keyNode: Node)] {
             guard case .mapping(let mapping) = node else {
                 throw fail(node, path, "expected \(what), got \(describe(node))")
             }
             var pairs: [(String, Node, Node)] = []
+            var merged: [(Node, Node)] = []
             for (keyNode, value) in mapping {
+                guard case .scalar(let scalar) = keyNode, scalar.string == "<<", scalar.style == .plain else { continue }
+                let sources: [Node] = if case .sequence(let list) = value { Array(list) } else { [value] }
+                for source in sources {
+                    guard case .mapping(let more) = source else { throw fail(source, path, "a merge key (<<) takes a mapping or a list of mappings, got \(describe(source))") }
+                    merged += more.map { ($0.key, $0.value) }
+                }
+            }
+            let own = mapping.filter { pair in !(pair.key.scalar.map { $0.string == "<<" && $0.style == .plain } ?? false) }
+            var seen = Set<String>()
+            for (keyNode, value) in own.map({ ($0.key, $0.value) }) + merged {
                 guard case .scalar(let scalar) = keyNode else { throw fail(keyNode, path, "keys must be names, got \(describe(keyNode))") }
                 let key = scalar.string
+                guard seen.insert(key).inserted else { continue }
                 let keyPath = path.isEmpty ? key : "\(path).\(key)"
                 if let allowed, !allowed.contains(key) {
                     throw fail(keyNode, keyPath, "unknown key '\(key)' (supported\(path.isEmpty ? "" : " here"): \(allowed.joined(separator: ", ")))")
@@ -124,8 +139,14 @@ public enum RecipeParser {
             }
         }
 
+        /// Whether `node` is YAML's null (`key:` with nothing after it, `~`, `null`).
+        func isNull(_ node: Node) -> Bool {
+            guard case .scalar(let scalar) = node else { return false }
+            return scalar.style == .plain && ["", "~", "null", "Null", "NULL"].contains(scalar.string)
+        }
+
         func string(_ node: Node, _ path: String, what: String = "a string") throws -> String {
-            guard case .scalar(let scalar) = node, !(scalar.style == .plain && ["", "~", "null"].contains(scalar.string)) else {
+            guard case .scalar(let scalar) = node, !isNull(node) else {
                 throw fail(node, path, "expected \(what), got \(describe(node))")
             }
             return scalar.string
@@ -168,6 +189,9 @@ public enum RecipeParser {
                     let hint = perInputFiles.contains(key) ? "; '\(key)' is given per model, in each entry of models" : ""
                     throw fail(keyNode, key, "unknown key '\(key)' (supported: \(allowed.joined(separator: ", ")))\(hint)")
                 }
+                // A key with a null value is absent, as in mergekit's configuration (a bare
+                // `parameters:`, `tokenizer_source: null`).
+                if key != "merge_method" && isNull(node) { continue }
                 switch key {
                 case "merge_method": note(node, key)
                 case "base_model": recipe.baseModel = try string(node, key, what: "a model path or name")
@@ -186,6 +210,7 @@ public enum RecipeParser {
                                 model.model = try string(value, "\(path).model", what: "a model path or name")
                                 given = true
                             case "parameters":
+                                if isNull(value) { continue }
                                 model.parameters = try parameters(value, "\(path).parameters", declaration, perModel: true)
                             default:
                                 model.files.append(Recipe.File(field, try string(value, "\(path).\(field)", what: "a file path")))

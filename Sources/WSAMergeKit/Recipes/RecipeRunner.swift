@@ -73,6 +73,8 @@ public enum RecipeRunner {
             try assembleSlices(document, declaration: declaration, into: &request, resolve: resolve)
         }
         for setting in recipe.parameters { request.parameters.set(setting.name, setting.setting) }
+        // mergekit's linear has no default weight: a tensor no filter gives one is refused.
+        if declaration.identifier == AverageStrategy.declaration.identifier { request.parameters.withoutDefault.insert("weight") }
         for file in recipe.files { request.files[file.role] = [file.path] }
         for (key, patterns) in [("include", recipe.include), ("exclude", recipe.exclude)] {
             for pattern in patterns where (try? Regex(pattern)) == nil {
@@ -88,17 +90,34 @@ public enum RecipeRunner {
         return request
     }
 
-    /// The files written beside a directory output: the recipe, and the base's tokenizer and
-    /// config files when the recipe asks for them (checked now, written after the merge).
-    public static func outputFiles(_ document: RecipeDocument, request: Merger.Request,
+    /// The files written beside a directory output: the recipe, and the config and tokenizer
+    /// files of a model directory: `explicit` (`--copy-files-from`) unless `disabled`
+    /// (`--no-copy-files`); else the base's when the recipe says `tokenizer_source: base` (which
+    /// needs a directory output and a model directory); else, as for the command line, those of
+    /// the base, or of the first model (of the first slice), when it is a model directory.
+    /// Checked now, written after the merge.
+    public static func outputFiles(_ document: RecipeDocument, request: Merger.Request, explicit: String?, disabled: Bool,
                                    resolver: ModelResolver = .environment) throws -> ModelDirectoryOutput {
-        var source: String?
-        if document.recipe.tokenizerSource != nil, let base = document.recipe.baseModel {
-            do { source = try resolver.resolve(base) } catch let error as WSAMergeError {
-                throw document.error("base_model", wrapping: error)
+        let recipe = document.recipe
+        func resolve(_ reference: String, _ path: String) throws -> String {
+            do { return try resolver.resolve(reference) } catch let error as WSAMergeError {
+                throw document.error(path, wrapping: error)
             }
         }
-        do { return try ModelDirectoryOutput(request, source: source) } catch WSAMergeError.usage(let message) {
+        let source: String?
+        if recipe.tokenizerSource != nil, explicit == nil, !disabled, let base = recipe.baseModel {
+            source = try resolve(base, "base_model")
+        } else {
+            var candidates: [String] = []
+            if let base = recipe.baseModel { candidates.append(try resolve(base, "base_model")) }
+            if let first = recipe.models.first {
+                candidates.append(try resolve(first.model, "models[0].model"))
+            } else if let first = recipe.slices.first?.sources.first {
+                candidates.append(try resolve(first.model, "slices[0].sources[0].model"))
+            }
+            source = ModelDirectoryOutput.source(among: candidates, output: request.output, explicit: explicit, disabled: disabled)
+        }
+        do { return try ModelDirectoryOutput(request, source: source) } catch WSAMergeError.usage(let message) where recipe.tokenizerSource != nil && explicit == nil {
             throw document.error("tokenizer_source", message)
         }
     }

@@ -69,6 +69,31 @@ import Testing
         #expect(try p.number("weight", input: 0, tensor: "model.embed.weight") == 0.5)
     }
 
+    @Test("a filter '*' matches every tensor, as in mergekit")
+    func starFilterMatchesAll() throws {
+        var settings = ParameterSettings()
+        settings.set("density", .filtered([FilteredSetting(filter: "*", setting: .value(.number(0.25))),
+                                           FilteredSetting(filter: nil, setting: .value(.number(0.5)))]))
+        let p = try resolve(settings)
+        #expect(try p.number("density", input: 0, tensor: "model.embed.weight") == 0.25)
+        #expect(try p.number("density", input: 1, tensor: "model.layers.0.w") == 0.25)
+        // '*' is not a wildcard inside a longer filter: "layers.*" is a plain substring.
+        settings.set("density", .filtered([FilteredSetting(filter: "layers.*", setting: .value(.number(0.25)))]))
+        #expect(try resolve(settings).number("density", input: 0, tensor: "model.layers.0.w") == 1)
+    }
+
+    @Test("a parameter without its default (a recipe's linear weight) refuses a tensor no filter matches")
+    func withoutDefault() throws {
+        var settings = ParameterSettings()
+        settings.set("density", perInput: [.filtered([FilteredSetting(filter: "layers", setting: .value(.number(0.5)))]), .value(.number(0.2))])
+        #expect(try resolve(settings).number("density", input: 0, tensor: "model.embed.weight") == 1)
+        settings.withoutDefault.insert("density")
+        let p = try resolve(settings)
+        #expect(try p.number("density", input: 0, tensor: "model.layers.1.w") == 0.5)
+        let missing = #expect(throws: WSAMergeError.self) { try p.number("density", input: 0, tensor: "model.embed.weight") }
+        #expect(missing?.description.contains("toy needs parameter 'density' for input 1 (tensor 'model.embed.weight')") == true)
+    }
+
     @Test func mistakesNameTheMethodAndParameter() throws {
         var settings = ParameterSettings()
         let unknown = #expect(throws: WSAMergeError.self) { try settings.assign("nonsense", words: ["1"], for: Self.declaration) }

@@ -42,6 +42,43 @@ struct RecipeParserTests {
         #expect(document.lines["models[1].parameters.weight"] == 7)
     }
 
+    @Test("as in mergekit (PyYAML): null values are absent, merge keys expand, a byte-order mark is skipped")
+    func yamlAsMergekitReadsIt() throws {
+        let nulls = try RecipeParser.parse("""
+            merge_method: ties
+            base_model: a
+            tokenizer_source: null
+            parameters:
+            models:
+              - model: a
+                parameters:
+              - model: b
+                parameters: {weight: 1}
+            """, file: "r.yml").recipe
+        #expect(nulls.tokenizerSource == nil && nulls.parameters.isEmpty && nulls.models[0].parameters.isEmpty)
+        #expect(nulls.models[1].parameters == [Recipe.Setting("weight", .value(.number(1)))])
+        let merged = try RecipeParser.parse("""
+            merge_method: ties
+            base_model: a
+            models:
+              - model: b
+                parameters: &common
+                  density: 0.5
+                  weight: 0.5
+              - model: c
+                parameters:
+                  <<: *common
+                  weight: 0.3
+            """, file: "r.yml").recipe
+        #expect(merged.models[1].parameters == [Recipe.Setting("weight", .value(.number(0.3))), Recipe.Setting("density", .value(.number(0.5)))])
+        let marked = try RecipeParser.parse("\u{FEFF}merge_method: linear\nmodels:\n  - model: a\n    parameters: {weight: 1}\n", file: "r.yml")
+        #expect(marked.recipe.models.map(\.model) == ["a"] && marked.lines["models"] == 2)
+        let bad = #expect(throws: WSAMergeError.self) {
+            try RecipeParser.parse("merge_method: ties\nbase_model: a\nmodels:\n  - model: b\n    parameters:\n      <<: 3\n", file: "r.yml")
+        }
+        #expect(bad?.description.contains("r.yml:6: models[0].parameters: a merge key (<<) takes a mapping") == true, "\(String(describing: bad))")
+    }
+
     @Test("render() reads back to an equal recipe, and renders the same text again")
     func roundTrip() throws {
         var recipe = try RecipeParser.parse(Self.ties, file: "r.yml").recipe

@@ -26,6 +26,8 @@ public struct ModelDirectoryOutput {
     public let copies: [(source: String, name: String)]
     /// The output dtype when it is not the inputs' own (`config.json` is rewritten to it).
     let dtype: DType?
+    /// The output's number of layers when slices chose them (`config.json` is rewritten to it).
+    let layers: Int?
     let force: Bool
 
     /// The model directory whose files a directory output gets: `explicit` (`--copy-files-from`),
@@ -39,7 +41,7 @@ public struct ModelDirectoryOutput {
 
     /// `explicit` unless `disabled`, else the first of `candidates` that is a directory when the
     /// output is one.
-    private static func source(among candidates: [String], output: OutputOptions, explicit: String?, disabled: Bool) -> String? {
+    public static func source(among candidates: [String], output: OutputOptions, explicit: String?, disabled: Bool) -> String? {
         if let explicit, !disabled { return explicit }
         guard !disabled, case .sharded = output.layout else { return nil }
         return candidates.first { pathKind($0) == .directory }
@@ -48,7 +50,8 @@ public struct ModelDirectoryOutput {
     /// Plans the files for `request` (whose `recipe` is set), copying from the model directory
     /// `source` when given.
     public init(_ request: Merger.Request, source tokenizerSource: String?) throws {
-        try self.init(output: request.output, dtype: request.dtype, recipe: request.recipe ?? "", source: tokenizerSource)
+        try self.init(output: request.output, dtype: request.dtype, layers: request.layerPositions?.count, recipe: request.recipe ?? "",
+                      source: tokenizerSource)
     }
 
     /// The model directory whose files a converted directory gets: `explicit`
@@ -61,13 +64,14 @@ public struct ModelDirectoryOutput {
     /// Plans the files of a conversion to `output` (as `dtype` when given), copying from the
     /// model directory `source` when given, its model card included.
     public init(converting output: OutputOptions, dtype: DType?, source: String?) throws {
-        try self.init(output: output, dtype: dtype, recipe: nil, source: source)
+        try self.init(output: output, dtype: dtype, layers: nil, recipe: nil, source: source)
     }
 
-    private init(output: OutputOptions, dtype: DType?, recipe: String?, source tokenizerSource: String?) throws {
+    private init(output: OutputOptions, dtype: DType?, layers: Int?, recipe: String?, source tokenizerSource: String?) throws {
         self.recipe = recipe
         source = tokenizerSource
         self.dtype = dtype
+        self.layers = layers
         force = output.force
         if case .sharded = output.layout {
             var dir = output.path
@@ -126,9 +130,11 @@ public struct ModelDirectoryOutput {
             }
             let input = try ReadableFile(path: source)
             try file(name, force: force, inputs: [input.identity]) { output in
-                if name == "config.json", let dtype {
-                    let text = String(decoding: try input.readBytes(at: 0, count: input.size), as: UTF8.self)
-                    try output.write(Self.config(text, dtype: dtype))
+                if name == "config.json", dtype != nil || layers != nil {
+                    var text = String(decoding: try input.readBytes(at: 0, count: input.size), as: UTF8.self)
+                    if let dtype { text = Self.config(text, dtype: dtype) }
+                    if let layers { text = Self.config(text, layers: layers) }
+                    try output.write(text)
                     return
                 }
                 var offset = 0
@@ -189,6 +195,54 @@ public struct ModelDirectoryOutput {
             }
         }
         return result
+    }
+
+    /// The keys that hold a model's number of layers in `config.json` (llama and most others,
+    /// GPT-2, MPT, T5).
+    static let layerCountKeys: Set<String> = ["num_hidden_layers", "n_layer", "n_layers", "num_layers"]
+
+    /// `config.json` with the whole-number value of each `layerCountKeys` key of its top-level
+    /// object replaced by `layers`; nested objects (a vision tower's config) and the rest of the
+    /// text are left as they were.
+    static func config(_ text: String, layers: Int) -> String {
+        let bytes = Array(text.utf8)
+        var result: [UInt8] = []
+        result.reserveCapacity(bytes.count)
+        var depth = 0, i = 0
+        var lastString: [UInt8] = []
+        let digits = UInt8(ascii: "0")...UInt8(ascii: "9")
+        while i < bytes.count {
+            let c = bytes[i]
+            switch c {
+            case UInt8(ascii: "\""):
+                var j = i + 1
+                while j < bytes.count && bytes[j] != UInt8(ascii: "\"") { j += bytes[j] == UInt8(ascii: "\\") ? 2 : 1 }
+                lastString = Array(bytes[(i + 1)..<Swift.min(j, bytes.count)])
+                result += bytes[i..<Swift.min(j + 1, bytes.count)]
+                i = j + 1
+                continue
+            case UInt8(ascii: "{"), UInt8(ascii: "["): depth += 1
+            case UInt8(ascii: "}"), UInt8(ascii: "]"): depth -= 1
+            case UInt8(ascii: ":") where depth == 1 && layerCountKeys.contains(String(decoding: lastString, as: UTF8.self)):
+                result.append(c)
+                i += 1
+                while i < bytes.count && [UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: "\n"), UInt8(ascii: "\r")].contains(bytes[i]) {
+                    result.append(bytes[i])
+                    i += 1
+                }
+                var end = i
+                while end < bytes.count && digits.contains(bytes[end]) { end += 1 }
+                if end > i {
+                    result += Array(String(layers).utf8)
+                    i = end
+                }
+                continue
+            default: break
+            }
+            result.append(c)
+            i += 1
+        }
+        return String(decoding: result, as: UTF8.self)
     }
 
     /// Weight files and indexes, and (unless `keepingCard`) the model card, are not copied.
