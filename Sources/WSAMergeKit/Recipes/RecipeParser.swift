@@ -414,7 +414,7 @@ public enum RecipeParser {
             default: break
             }
             if recipe.tokenizerSource != nil && recipe.baseModel == nil {
-                throw at("tokenizer_source", "tokenizer_source: base needs base_model")
+                throw at("tokenizer_source", "'base' needs a base_model to copy from")
             }
             for (i, model) in recipe.models.enumerated() {
                 if model.model == recipe.baseModel && (declaration.base == .required || declaration.base == .optional) && !model.parameters.isEmpty {
