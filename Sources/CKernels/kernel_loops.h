@@ -361,7 +361,106 @@ static inline __attribute__((always_inline)) void LEVELED(bracket_deltas_impl)(i
     }
 }
 
+#if LEVEL_IS_AVX512
+/* wsk_bracket_deltas when the base and every stream hold floats (BF16, F16 or F32, all exact in
+ * float): a float prefilter, 16 lanes at a time, settles most keys, and only the rest are keyed
+ * in double. Why it is exact: the float difference k = fl32(x − b) and the double key
+ * K = fl64(x − b) round the same exact difference, and rounding is monotone, so K ≥ lo gives
+ * |k| ≥ pred32(fl32(lo)) and K ≤ hi gives |k| ≤ succ32(fl32(hi)) (a float step is 2^29 double
+ * steps). Keys with |k| below pred32(fl32(lo)) are counted below the bracket, keys above
+ * succ32(fl32(hi)) are past it, and the keys between (the bracket's own, a few percent, and the
+ * floats next to its ends) have their x and b compressed, in order, for `bracket` on the double
+ * keys: the same counts and the same inside keys in the same order. Comparing the floats' bits
+ * as unsigned integers orders them as |k| does, NaN above infinity as for the double keys. A
+ * bracket end that is not finite sends every key through the double path. */
+static inline __attribute__((always_inline)) void LEVELED(decode_tile_f32)(const void *src, int kind, size_t start, size_t m, float *dst) {
+    const unsigned char *p = src;
+    size_t end = m & ~(size_t)15, i = 0;
+    for (; i < end; i += 16) {
+        __m512 f;
+        if (kind == WSK_BF16) f = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p + 2 * (start + i)))), 16));
+        else if (kind == WSK_F16) f = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 2 * (start + i))));
+        else f = _mm512_loadu_ps(p + 4 * (start + i));
+        _mm512_store_ps(dst + i, f);
+    }
+    for (; i < m; i++) dst[i] = (float)load_one(src, kind, start + i);
+}
+
+/* The float bits at or below which no key of the bracket's lower end lies (0: none), and at or
+ * above which none of its upper end does (UINT32_MAX: none). */
+static inline void LEVELED(float_bounds)(uint64_t lo, uint64_t hi, uint32_t *below, uint32_t *above) {
+    double l, h;
+    memcpy(&l, &lo, 8);
+    memcpy(&h, &hi, 8);
+    *below = 0;
+    *above = UINT32_MAX;
+    if (!isfinite(l) || !isfinite(h)) return;
+    float fl = (float)l, fh = (float)h;
+    uint32_t bl, bh;
+    memcpy(&bl, &fl, 4);
+    memcpy(&bh, &fh, 4);
+    *below = bl == 0 ? 0 : bl - 1;
+    *above = bh >= 0x7F800000u ? UINT32_MAX : bh + 1;
+}
+
+static void LEVELED(bracket_floats)(wsk_bracket_span *spans, size_t count, const void *b, int base_kind, size_t n) {
+    float base[TILE] __attribute__((aligned(64))), x[TILE] __attribute__((aligned(64)));
+    float band_x[TILE + 16] __attribute__((aligned(64))), band_b[TILE + 16] __attribute__((aligned(64)));
+    double keys[TILE] __attribute__((aligned(64)));
+    enum { MAX_SPANS = 64 };
+    uint32_t below[MAX_SPANS], above[MAX_SPANS];
+    for (size_t s = 0; s < count; s++) {
+        spans[s].held = 0;
+        LEVELED(float_bounds)(spans[s].lo, spans[s].hi, &below[s], &above[s]);
+    }
+    const __m512i magnitude = _mm512_set1_epi32(0x7FFFFFFF);
+    for (size_t start = 0; start < n; start += TILE) {
+        size_t t = n - start < TILE ? n - start : TILE, end = t & ~(size_t)15;
+        LEVELED(decode_tile_f32)(b, base_kind, start, t, base);
+        for (size_t s = 0; s < count; s++) {
+            if (s == 0 || spans[s].x != spans[s - 1].x || spans[s].kind != spans[s - 1].kind)
+                LEVELED(decode_tile_f32)(spans[s].x, spans[s].kind, start, t, x);
+            const __m512i lower = _mm512_set1_epi32((int)below[s]), upper = _mm512_set1_epi32((int)above[s]);
+            int64_t settled = 0;
+            size_t m = 0, i = 0;
+            for (; i < end; i += 16) {
+                __m512 xv = _mm512_load_ps(x + i), bv = _mm512_load_ps(base + i);
+                __m512i k = _mm512_and_si512(_mm512_castps_si512(_mm512_sub_ps(xv, bv)), magnitude);
+                __mmask16 under = _mm512_cmplt_epu32_mask(k, lower);
+                __mmask16 band = _mm512_cmpge_epu32_mask(k, lower) & _mm512_cmple_epu32_mask(k, upper);
+                settled += __builtin_popcount(under);
+                /* compressed in a register and stored whole, as in BRACKET8 */
+                _mm512_storeu_ps(band_x + m, _mm512_maskz_compress_ps(band, xv));
+                _mm512_storeu_ps(band_b + m, _mm512_maskz_compress_ps(band, bv));
+                m += (size_t)__builtin_popcount(band);
+            }
+            for (; i < t; i++) {
+                float d = x[i] - base[i];
+                uint32_t k;
+                memcpy(&k, &d, 4);
+                k &= 0x7FFFFFFFu;
+                settled += k < below[s];
+                band_x[m] = x[i];
+                band_b[m] = base[i];
+                m += k >= below[s] && k <= above[s];
+            }
+            for (size_t j = 0; j < m; j++) keys[j] = (double)band_x[j] - (double)band_b[j];
+            spans[s].counts[0] += settled;
+            spans[s].held += LEVELED(bracket)(keys, m, spans[s].lo, spans[s].hi, spans[s].counts, spans[s].inside + spans[s].held);
+        }
+    }
+}
+#endif
+
 static void LEVELED(bracket_deltas)(wsk_bracket_span *spans, size_t count, const void *b, int base_kind, size_t n) {
+#if LEVEL_IS_AVX512
+    int floats = count <= 64 && (base_kind == WSK_BF16 || base_kind == WSK_F16 || base_kind == WSK_F32);
+    for (size_t s = 0; s < count; s++) floats &= spans[s].kind == WSK_BF16 || spans[s].kind == WSK_F16 || spans[s].kind == WSK_F32;
+    if (floats) {
+        LEVELED(bracket_floats)(spans, count, b, base_kind, n);
+        return;
+    }
+#endif
     int same = 1;
     for (size_t s = 0; s < count; s++) same &= spans[s].kind == base_kind;
     if (same && base_kind == WSK_BF16) LEVELED(bracket_deltas_impl)(WSK_BF16, spans, count, b, base_kind, n);

@@ -223,6 +223,68 @@ import Testing
         }
     }
 
+    /// The scan's float prefilter (base and streams of BF16, F16 or F32, keys first compared in
+    /// float) settles only what the double keys |x − b| would: bracket ends one double step from
+    /// a key and between floats, keys that need rounding in float (x and b far apart), keys past
+    /// the largest float, zeros, infinities and NaN, with the same counts and inside keys as
+    /// `wsk_bracket`, at every level.
+    @Test func bracketScanFloatPrefilterIsExact() {
+        var rng = SplitMix(seed: 11)
+        func value() -> Float {
+            switch rng.next() % 16 {
+            case 0: return [Float.nan, .infinity, -.infinity, 0, .greatestFiniteMagnitude, -.greatestFiniteMagnitude, 1e-40][Int(rng.next() % 7)]
+            case 1: return Float(bitPattern: UInt32(truncatingIfNeeded: rng.next()))  // any bits
+            default:
+                let exponent = Int(rng.next() % 61) - 30
+                return Float(Double(Int64(bitPattern: rng.next()) >> 40) * 0x1p-24) * Float(sign: .plus, exponent: exponent, significand: 1)
+            }
+        }
+        let n = 2053
+        let xs = (0..<n).map { _ in value() }
+        var bs: [Float] = []
+        for i in 0..<n {
+            if i % 5 == 0 { bs.append(xs[i]) } else if i % 7 == 0 { bs.append(Float(bitPattern: xs[i].bitPattern &+ 1)) } else { bs.append(value()) }
+        }
+        let keys: [Double] = (0..<n).map { i in Swift.abs(Double(xs[i]) - Double(bs[i])) }
+        let finite: [Double] = keys.filter { $0.isFinite }.sorted()
+        let at = { (q: Double) in finite[Int(q * Double(finite.count - 1))] }
+        // Ends at keys, one double step off them, between floats, past the largest float, 0, ∞.
+        var ends: [(Double, Double)] = [(0, 0), (0, at(0.5)), (at(0.25), at(0.75)), (at(0.25).nextUp, at(0.75).nextDown),
+                                        (at(0.25).nextDown, at(0.75).nextUp), (Double(Float(at(0.4))) + Double(Float(at(0.4)).ulp) / 2, at(0.6)),
+                                        (Double(Float.greatestFiniteMagnitude), 6e38), (at(0.9), .infinity), (at(0.1), at(0.1))]
+        ends += ends.map { ($0.0, $0.1.nextUp) }
+        let floats = xs + bs
+        let memory = UnsafeMutableRawPointer.allocate(byteCount: 8 * n, alignment: 64)
+        defer { memory.deallocate() }
+        memory.copyMemory(from: floats, byteCount: 8 * n)
+        let held = UnsafeMutablePointer<UInt64>.allocate(capacity: ends.count * (n + 8))
+        defer { held.deallocate() }
+        expectSameBits("float prefilter") {
+            var expected: [UInt64] = [], atOnce: [UInt64] = []
+            var spans: [wsk_bracket_span] = []
+            for (b, (lo, hi)) in ends.enumerated() {
+                var counts: [Int64] = [0, 0, 0]
+                let m = wsk_bracket(keys, n, Selection.bits(lo), Selection.bits(hi), &counts, held + b * (n + 8))
+                expected += counts.map { UInt64(bitPattern: $0) } + [UInt64(m)] + Array(UnsafeBufferPointer(start: held + b * (n + 8), count: m))
+                var span = wsk_bracket_span()
+                span.x = UnsafeRawPointer(memory)
+                span.kind = Int32(WSK_F32)
+                span.lo = Selection.bits(lo)
+                span.hi = Selection.bits(hi)
+                span.inside = held + b * (n + 8)
+                spans.append(span)
+            }
+            wsk_bracket_deltas(&spans, spans.count, memory + 4 * n, Int32(WSK_F32), n)
+            for span in spans {
+                atOnce += [span.counts.0, span.counts.1, span.counts.2].map { UInt64(bitPattern: $0) } + [UInt64(span.held)]
+                    + Array(UnsafeBufferPointer(start: span.inside, count: span.held))
+            }
+            let same = atOnce == expected
+            #expect(same, "\(SIMDLevel.current)")
+            return atOnce
+        }
+    }
+
     /// The task-vector kernels (selection brackets, trims, sign election) give the same bytes at
     /// every level, with whole-tensor and sampled selection.
     @Test(arguments: TaskVectorTests.cases.indices)
