@@ -105,6 +105,7 @@ struct PyTorchTests {
         ("hostile/view_past_storage.pt", ["tensor 'w'", "reaches past its storage"]),
         ("hostile/offset_past_storage.pt", ["tensor 'w'", "reaches past its storage"]),
         ("hostile/short_storage.pt", ["tensor 'w'", "holds 8 bytes"]),
+        ("hostile/view_bomb.pt", ["tensor 'w'", "declares 4398046511104 bytes over a storage of 4 bytes", "view bomb"]),
         ("hostile/overflow_stride.pt", ["tensor 'w'", "overflows"]),
         ("hostile/compressed.pt", ["is compressed"]),
         ("hostile/raw_pickle.pkl", ["raw Python pickle", "nothing was unpickled"]),

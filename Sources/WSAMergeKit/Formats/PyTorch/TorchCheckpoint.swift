@@ -343,6 +343,15 @@ enum PyTorchReader {
         return (sources, contents.nonTensors)
     }
 
+    /// How many times its storage's bytes a view may declare, beyond 64 MiB.
+    static let viewRepeats = 256
+
+    /// The most bytes a view of a storage of `storageBytes` may declare: 256 × the storage + 64 MiB.
+    static func maxViewBytes(storageBytes: Int) -> Int {
+        let (scaled, overflow) = storageBytes.multipliedReportingOverflow(by: viewRepeats)
+        return overflow ? Int.max : scaled.addingReportingOverflow(64 << 20).overflow ? Int.max : scaled + (64 << 20)
+    }
+
     /// Checks that the view lies inside its storage (checked arithmetic) and says where its bytes are:
     /// a plain file slice when it is C-contiguous, a strided view otherwise.
     static func locate(_ entry: TorchTensorEntry, info: TensorInfo, file: ReadableFile, storageStart: Int, storageBytes: Int,
@@ -368,6 +377,13 @@ enum PyTorchReader {
         let (endBytes, o4) = end.multipliedReportingOverflow(by: width)
         guard !o3, !o4, endBytes <= storageBytes else {
             throw WSAMergeError.malformed(file: path, tensor: name, reason: "its view (offset \(entry.storageOffset), size \(entry.shape), stride \(entry.strides)) reaches past its storage '\(printable(entry.storageKey))' of \(storageBytes) bytes")
+        }
+        // A view may repeat its storage's elements (stride 0, overlapping rows), but one that
+        // declares far more bytes than the file holds (a few bytes spread over terabytes) would
+        // keep every reader busy for hours: refused.
+        let viewBytes = info.elementCount.multipliedReportingOverflow(by: width)
+        if viewBytes.overflow || viewBytes.partialValue > Self.maxViewBytes(storageBytes: storageBytes) {
+            throw WSAMergeError.malformed(file: path, tensor: name, reason: "its view (size \(entry.shape), stride \(entry.strides)) declares \(viewBytes.overflow ? "more than 2^63" : String(viewBytes.partialValue)) bytes over a storage of \(storageBytes) bytes, more than \(Self.viewRepeats) times its storage plus 64 MiB (a view bomb?)")
         }
         var contiguous = true
         var expected = 1
