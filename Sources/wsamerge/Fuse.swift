@@ -91,10 +91,12 @@ extension WSAMerge {
         func run() throws {
             var request: Merger.Request
             let files: ModelDirectoryOutput
+            var recipeName: String?
             if let recipe {
                 try checkRecipeAlone()
                 let document = try withSeed(try RecipeParser.load(recipe))
                 if printRecipe { return emit(document.recipe.render()) }
+                recipeName = document.file
                 request = try RecipeRunner.request(document, output: try output.options())
                 request.strict = strict
                 request.jobs = common.workerCount
@@ -111,13 +113,19 @@ extension WSAMerge {
                                                                                              disabled: noCopyFiles))
             }
             let strategyType = RecipeRunner.strategy(named: request.strategy)
-            if dryRun {
-                let prepared = try Merger.prepare(request, strategy: strategyType)
-                emit(Merger.dryRunJSON(prepared, output: request.output.path))
-                return
-            }
-            let report = try Merger.run(request, strategy: strategyType, progress: Progress.forTerminal(label: "fuse", quiet: common.quiet),
+            let report: Merger.Report
+            do {
+                if dryRun {
+                    let prepared = try Merger.prepare(request, strategy: strategyType)
+                    emit(Merger.dryRunJSON(prepared, output: request.output.path))
+                    return
+                }
+                report = try Merger.run(request, strategy: strategyType, progress: Progress.forTerminal(label: "fuse", quiet: common.quiet),
                                         companions: files.files)
+            } catch let error as WSAMergeError {
+                guard let recipeName else { throw error }
+                throw RecipeRunFailure(error: error, file: recipeName)
+            }
             warnSummary("have NaN or infinite values (in an input or the merged result)", tensors: report.nonFiniteTensors, quiet: common.quiet)
             warnSummary("fell back from the strategy", tensors: report.fallbacks, quiet: common.quiet)
             switch common.format {

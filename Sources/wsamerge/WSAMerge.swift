@@ -27,6 +27,8 @@ struct WSAMerge: ParsableCommand {
             try command.run()
         } catch let error as WSAMergeError {
             fail(describe(error), code: error.exitCode)
+        } catch let failure as RecipeRunFailure {
+            fail(failure.message, code: failure.error.exitCode)
         } catch {
             let code = exitCode(for: error)
             if code == .success || error is CleanExit { exit(withError: error) }
@@ -58,6 +60,30 @@ func describe(_ error: WSAMergeError) -> String {
     case .stripPrefix(let prefix): option = "the names differ by '\(prefix)': pass --strip-prefix \(prefix)"
     }
     return "\(describe(inner)); \(option)"
+}
+
+/// An error of a merge a recipe describes, in the recipe's words: a usage error names the recipe,
+/// and a hint names the recipe's keys instead of options.
+struct RecipeRunFailure: Error {
+    let error: WSAMergeError
+    let file: String
+
+    var message: String {
+        var inner = error, hint: WSAMergeError.Hint?
+        if case .hinted(let unhinted, let given) = error { (inner, hint) = (unhinted, given) }
+        var text = describe(inner)
+        if case .usage = inner { text = "\(file): " + text }
+        guard let hint else { return text }
+        switch hint {
+        case .parameter("weight"): return text + "; give every model a weight (under its parameters, or the recipe's)"
+        case .parameter(let name): return text + "; give '\(name)' under the recipe's parameters or a model's"
+        case .file(let role): return text + "; give '\(role)' for every model"
+        case .onMissing: return text + "; set on_missing: intersection or union in the recipe to merge anyway"
+        case .outputDType: return text + "; set out_dtype (float64, float32, float16 or bfloat16) in the recipe"
+        case .stripPrefix(let prefix): return text + "; the names differ by '\(prefix)': add strip_prefix: \(prefix) to the recipe"
+        case .force: return describe(error)
+        }
+    }
 }
 
 /// Options every reading command shares.
