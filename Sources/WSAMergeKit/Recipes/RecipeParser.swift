@@ -97,26 +97,36 @@ public enum RecipeParser {
             if let line = node.mark?.line { lines[path] = line }
         }
 
-        /// The pairs of a mapping, keys as strings, each key's path noted; unknown keys refused.
-        /// YAML merge keys (`<<: *defaults`, or a list of them) are expanded as PyYAML does:
-        /// the mapping's own keys win, then the merged mappings in order.
+        /// The pairs of `mapping` with YAML merge keys (`<<: *defaults`, or a list of them)
+        /// expanded as PyYAML does: its own pairs, then those of the merged mappings in order
+        /// (their own merge keys expanded too). Of a key given twice, the first is read.
+        func expanded(_ mapping: Node.Mapping, _ path: String) throws -> [(Node, Node)] {
+            var own: [(Node, Node)] = [], merged: [(Node, Node)] = []
+            for (key, value) in mapping {
+                guard let scalar = key.scalar, scalar.string == "<<", scalar.style == .plain else {
+                    own.append((key, value))
+                    continue
+                }
+                let sources: [Node] = if case .sequence(let list) = value { Array(list) } else { [value] }
+                for source in sources {
+                    guard case .mapping(let more) = source else {
+                        throw fail(source, path, "a merge key (<<) takes a mapping or a list of mappings, got \(describe(source))")
+                    }
+                    merged += try expanded(more, path)
+                }
+            }
+            return own + merged
+        }
+
+        /// The pairs of a mapping (merge keys expanded), keys as strings, each key's path noted;
+        /// unknown keys refused.
         mutating func mapping(_ node: Node, _ path: String, what: String, allowed: [String]?) throws -> [(key: String, node: Node, keyNode: Node)] {
             guard case .mapping(let mapping) = node else {
                 throw fail(node, path, "expected \(what), got \(describe(node))")
             }
             var pairs: [(String, Node, Node)] = []
-            var merged: [(Node, Node)] = []
-            for (keyNode, value) in mapping {
-                guard case .scalar(let scalar) = keyNode, scalar.string == "<<", scalar.style == .plain else { continue }
-                let sources: [Node] = if case .sequence(let list) = value { Array(list) } else { [value] }
-                for source in sources {
-                    guard case .mapping(let more) = source else { throw fail(source, path, "a merge key (<<) takes a mapping or a list of mappings, got \(describe(source))") }
-                    merged += more.map { ($0.key, $0.value) }
-                }
-            }
-            let own = mapping.filter { pair in !(pair.key.scalar.map { $0.string == "<<" && $0.style == .plain } ?? false) }
             var seen = Set<String>()
-            for (keyNode, value) in own.map({ ($0.key, $0.value) }) + merged {
+            for (keyNode, value) in try expanded(mapping, path) {
                 guard case .scalar(let scalar) = keyNode else { throw fail(keyNode, path, "keys must be names, got \(describe(keyNode))") }
                 let key = scalar.string
                 guard seen.insert(key).inserted else { continue }

@@ -71,6 +71,19 @@ struct RecipeParserTests {
                   weight: 0.3
             """, file: "r.yml").recipe
         #expect(merged.models[1].parameters == [Recipe.Setting("weight", .value(.number(0.3))), Recipe.Setting("density", .value(.number(0.5)))])
+        // Merged mappings merge in turn; earlier ones win, as in PyYAML.
+        let nested = try RecipeParser.parse("""
+            merge_method: ties
+            base_model: a
+            models:
+              - model: b
+                parameters: &w {weight: 2, density: 0.4}
+              - model: c
+                parameters: &v {<<: *w, weight: 3}
+              - model: d
+                parameters: {<<: [*v, {density: 0.9, weight: 5}]}
+            """, file: "r.yml").recipe
+        #expect(nested.models[2].parameters == [Recipe.Setting("weight", .value(.number(3))), Recipe.Setting("density", .value(.number(0.4)))])
         let marked = try RecipeParser.parse("\u{FEFF}merge_method: linear\nmodels:\n  - model: a\n    parameters: {weight: 1}\n", file: "r.yml")
         #expect(marked.recipe.models.map(\.model) == ["a"] && marked.lines["models"] == 2)
         let bad = #expect(throws: WSAMergeError.self) {
