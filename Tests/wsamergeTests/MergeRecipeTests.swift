@@ -626,6 +626,8 @@ struct MergeRecipeTests {
                 line: 4, mentions: ["models[0].weigth: unknown key 'weigth'", "model, parameters"]),
         Mistake(what: "a method without its base", yaml: "merge_method: wsa\nbase_model: {M0}\nmodels:\n  - model: {M1}\n",
                 line: 2, mentions: ["base_model: wsa takes no base model"]),
+        Mistake(what: "several documents (mergekit-mega)", yaml: "merge_method: linear\nmodels:\n  - model: {M1}\n    parameters: {weight: 1}\n---\nmerge_method: linear\n",
+                line: 5, mentions: ["not valid YAML: expected a single document in the stream, but found another document", "split it"]),
         Mistake(what: "tokenizer_source without a base", yaml: "merge_method: linear\nmodels:\n  - model: {M1}\n    parameters: {weight: 1}\ntokenizer_source: base\n",
                 line: 5, mentions: ["recipe.yml:5: tokenizer_source: 'base' needs a base_model to copy from"]),
         Mistake(what: "a quoted number", yaml: "merge_method: linear\nmodels:\n  - model: {M1}\n    parameters:\n      weight: \"1\"\n",

@@ -77,8 +77,10 @@ public enum RecipeParser {
 
         func yamlError(_ error: YamlError) -> WSAMergeError {
             func at(_ mark: Mark, _ problem: String, _ context: YamlError.Context?) -> WSAMergeError {
-                let where_ = context.map { " \($0.text)" } ?? ""
-                return .usage("\(file):\(mark.line): not valid YAML: \(problem)\(where_)")
+                // "expected a single document in the stream, but found another document"
+                let text = context.map { "\($0.text), \(problem)" } ?? problem
+                let hint = problem.contains("another document") ? " (a recipe file is one merge; mergekit-mega's files of several are not read: split it)" : ""
+                return .usage("\(file):\(mark.line): not valid YAML: \(text)\(hint)")
             }
             switch error {
             case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _),
