@@ -22,6 +22,15 @@ def test_importing_wsamerge_imports_neither_numpy_nor_torch():
     assert out.stdout.strip() == "[]"
 
 
+def test_without_torch_the_torch_attribute_is_missing_and_help_works():
+    code = ("import sys; sys.modules['torch'] = None\n"  # `import torch` now raises ImportError
+            "import pydoc, wsamerge\n"
+            "assert not hasattr(wsamerge, 'torch')\n"
+            "try:\n    wsamerge.torch\nexcept AttributeError as e:\n    assert 'needs PyTorch' in str(e), e\n"
+            "assert 'load_target' in pydoc.render_doc(wsamerge)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+
+
 def test_submodules_load_on_first_use():
     assert wsamerge.regularizer.wsa_penalty is not None
     assert "regularizer" in dir(wsamerge)

@@ -98,6 +98,16 @@ def test_strip_prefix_maps_the_names():
     assert value == pytest.approx(closed_form(w, 0.0, 1.0))
 
 
+def test_ml_dtypes_floats_are_parameters_like_numpy_floats():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    w = np.random.default_rng(6).normal(0.1, 0.5, size=(4, 8)).astype(ml_dtypes.bfloat16)
+    value, grads = wsa_penalty({"fc.weight": w}, {"fc.weight": (0.0, 1.0)})
+    assert value == pytest.approx(closed_form(w.astype(np.float64), 0.0, 1.0))
+    assert grads["fc.weight"].dtype == w.dtype and grads["fc.weight"].shape == w.shape
+    with pytest.raises(TargetScopeError, match="not a floating-point parameter"):
+        wsa_penalty({"fc.weight": np.ones((2, 2), dtype=np.int8)}, {"fc.weight": (0.0, 1.0)})
+
+
 def test_bad_arguments_are_clear_errors():
     w = np.ones((2, 2))
     with pytest.raises(TargetScopeError, match="no parameter of rank >= 2 has a target scope"):

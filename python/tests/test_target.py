@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 
 import pytest
@@ -21,7 +22,7 @@ def test_load_target_reads_the_fused_scopes_of_a_scope_file(bundled_binary, tmp_
                             capture_output=True, text=True, check=True)
     doc = json.loads(report.stdout)
     scopes = load_target(target)
-    expected = {t["name"]: (t["fused"]["mean"], t["fused"]["std"]) for t in doc["tensors"] if t["fused"]}
+    expected = {t["name"]: (t["fused"]["mean"], t["fused"]["std"]) for t in doc["tensors"] if t["fused"]["mean"] is not None}
     assert scopes == expected
     assert "model.embed.weight" in scopes
     mean, std = scopes["model.embed.weight"]
@@ -32,6 +33,24 @@ def test_load_target_leaves_out_null_scopes_and_keeps_zero_std(tmp_path):
     path = write_scope(tmp_path / "t.json", {"w": (0.1, 0.02), "nan_only": None, "const": (1.0, 0.0)})
     assert load_target(path) == {"w": (0.1, 0.02), "const": (1.0, 0.0)}
     assert load_target(os.fspath(path)) == load_target(tmp_path / "t.json")
+    # what `scope` writes for a tensor with no finite values
+    (tmp_path / "t.json").write_text('{"tensors": [{"name": "w", "fused": {"mean": 0.1, "std": 0.02}},'
+                    ' {"name": "nan_only", "fused": {"mean": null, "std": null}}]}')
+    assert load_target(path) == {"w": (0.1, 0.02)}
+
+
+def test_load_target_reads_scope_files_with_a_tensor_of_no_finite_values(bundled_binary, tmp_path):
+    # a safetensors file written by hand: w (F32, finite) and all_nan (F32, NaN only)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+                         "all_nan": {"dtype": "F32", "shape": [2], "data_offsets": [16, 24]}}).encode()
+    data = struct.pack("<4f", 0.5, -0.25, 1.0, 2.0) + struct.pack("<2f", float("nan"), float("nan"))
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + data)
+    target = tmp_path / "target.json"
+    subprocess.run([bundled_binary, "scope", "--quiet", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"),
+                    "-o", str(target)], capture_output=True, check=True)
+    scopes = load_target(target)
+    assert list(scopes) == ["w"] and scopes["w"][1] > 0
 
 
 def test_missing_file_is_a_file_not_found_error(tmp_path):
@@ -54,6 +73,7 @@ def test_missing_file_is_a_file_not_found_error(tmp_path):
     (b'{"tensors": [{"name": "w", "fused": {"mean": 0, "std": true}}]}', "std must be a number"),
     (b'{"tensors": [{"name": "w", "fused": {"mean": 0, "std": -1}}]}', "std must be >= 0"),
     (b'{"tensors": [{"name": "w", "fused": {"mean": 0, "std": 1e999}}]}', "std must be finite"),
+    (b'{"tensors": [{"name": "w", "fused": {"mean": 1' + b'0' * 400 + b', "std": 1}}]}', "mean must be finite"),
     (b'{"tensors": [{"name": "w", "fused": {"mean": 0, "std": 1}}, {"name": "w", "fused": {"mean": 0, "std": 1}}]}',
      "appears twice"),
 ])
@@ -71,9 +91,13 @@ def test_a_directory_is_a_target_scope_error(tmp_path):
         load_target(tmp_path)
 
 
-def test_strip_prefixes_removes_each_prefix_in_turn():
-    assert strip_prefixes("module.model.w", ["module.", "model."]) == "w"
+def test_strip_prefixes_removes_the_first_matching_prefix_once_as_the_command_line_does():
+    # Checkpoint.stripping: the first listed prefix the name starts with (and is longer than)
+    assert strip_prefixes("module.model.w", ["module.", "model."]) == "model.w"
+    assert strip_prefixes("module.model.w", ["model.", "module."]) == "model.w"
+    assert strip_prefixes("module.model.w", ["module.model.", "module."]) == "w"
     assert strip_prefixes("model.w", ["module.", "model."]) == "w"
+    assert strip_prefixes("module.", "module.") == "module."  # nothing would be left
     assert strip_prefixes("w", ["module."]) == "w"
     assert strip_prefixes("module.w", "module.") == "w"
     assert strip_prefixes("x.module.w", "module.") == "x.module.w"  # only a leading prefix

@@ -48,8 +48,13 @@ def binary() -> str:
 
 def __getattr__(name: str):
     # `import wsamerge; wsamerge.torch.WSARegularizer(...)` works without importing torch up front.
+    # Without torch (or numpy) the attribute is missing, so hasattr() and help() work; the
+    # AttributeError carries the ImportError that says what to install.
     if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ImportError as error:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}: {error}") from error
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

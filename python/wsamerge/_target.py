@@ -61,10 +61,12 @@ def _scopes_from_document(doc: object, where: str) -> dict[str, Scope]:
         if "fused" not in entry:
             raise TargetScopeError(f"{at} ({name!r}): no \"fused\" scope")
         fused = entry["fused"]
-        if fused is None:  # no finite values in the models: nothing to aim at
-            continue
-        if not isinstance(fused, dict):
+        if not isinstance(fused, dict) and fused is not None:
             raise TargetScopeError(f"{at} ({name!r}): \"fused\" must be an object with \"mean\" and \"std\"")
+        # No finite values in the models (`scope` writes {"mean": null, "std": null}): nothing to
+        # aim at.
+        if fused is None or (fused.get("mean") is None and fused.get("std") is None):
+            continue
         if name in scopes:
             raise TargetScopeError(f"{at}: tensor {name!r} appears twice")
         scopes[name] = _checked_scope(fused.get("mean"), fused.get("std"), f"{at} ({name!r})")
@@ -75,7 +77,11 @@ def _checked_scope(mean: object, std: object, where: str) -> Scope:
     for key, value in (("mean", mean), ("std", std)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TargetScopeError(f"{where}: {key} must be a number, not {value!r}")
-        if not math.isfinite(value):
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an integer too large for a float
+            finite = False
+        if not finite:
             raise TargetScopeError(f"{where}: {key} must be finite, not {value!r}")
     if std < 0:
         raise TargetScopeError(f"{where}: std must be >= 0, not {std!r}")
@@ -125,14 +131,14 @@ def _prefix_list(strip_prefix: PrefixLike) -> tuple[str, ...]:
 
 
 def strip_prefixes(name: str, strip_prefix: PrefixLike) -> str:
-    """``name`` with each prefix of ``strip_prefix`` removed in turn where it starts with it.
-
-    As with ``--strip-prefix``: ``strip_prefixes("module.model.w", ["module.", "model."])`` is
-    ``"w"``; a name that starts with none of them is unchanged.
+    """``name`` without the first prefix of ``strip_prefix`` that it starts with (and is longer
+    than), removed once, as ``--strip-prefix`` does: ``strip_prefixes("module.model.w",
+    ["model.", "module."])`` is ``"model.w"``, whatever the order of the list; a name that starts
+    with none of them is unchanged.
     """
     for prefix in _prefix_list(strip_prefix):
-        if name.startswith(prefix):
-            name = name[len(prefix):]
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return name[len(prefix):]
     return name
 
 

@@ -67,7 +67,7 @@ def plan_for(params: Mapping[str, object], target: TargetLike, min_rank: int = 2
     def describe():
         for name, value in params.items():
             a = np.asarray(value)
-            yield name, a.ndim, a.size, bool(np.issubdtype(a.dtype, np.floating))
+            yield name, a.ndim, a.size, _is_float(a.dtype)
     return plan(describe(), target, min_rank, strip_prefix)
 
 
@@ -96,6 +96,22 @@ def wsa_penalty(params: Mapping[str, object], target: TargetLike, lam: float = 1
         value += kl
         grads[name] = (lam * grad).astype(w.dtype, copy=False)
     return lam * value, grads
+
+
+def _is_float(dtype: "np.dtype") -> bool:
+    """numpy's floats, and ml_dtypes' (bfloat16, float8…; JAX and Flax parameters), which numpy
+    does not count as np.floating."""
+    if np.issubdtype(dtype, np.floating):
+        return True
+    try:
+        import ml_dtypes
+    except ImportError:
+        return False
+    try:
+        ml_dtypes.finfo(dtype)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _checked_lambda(lam: float) -> float:
