@@ -25,6 +25,9 @@ public struct Scope: Sendable, Equatable {
 /// quadratic  σ_f = √(Σ w_i σ_i²)
 /// mixture    σ_f² = Σ w_i (σ_i² + μ_i²) − μ_f²     (the variance of the weighted mixture)
 /// ```
+/// The mixture's variance is evaluated as `Σ w_i (σ_i² + (μ_i − μ_f)²)`, equal when the weights
+/// sum to 1, which keeps its precision when |μ| ≫ σ (a LayerNorm weight: μ = 1, σ = 2e-6), where
+/// the difference of the two sums cancels.
 public enum ScopeFusion: String, CaseIterable, Sendable {
     case linear, quadratic, mixture
 
@@ -39,8 +42,8 @@ public enum ScopeFusion: String, CaseIterable, Sendable {
             for (s, w) in zip(scopes, weights) { std += w * s.std * s.std }
             std = std.squareRoot()
         case .mixture:
-            for (s, w) in zip(scopes, weights) { std += w * (s.std * s.std + s.mean * s.mean) }
-            let variance = std - mean * mean
+            var variance = 0.0
+            for (s, w) in zip(scopes, weights) { variance += w * (s.std * s.std + (s.mean - mean) * (s.mean - mean)) }
             std = variance.isNaN ? .nan : Swift.max(0, variance).squareRoot()  // undefined stays undefined
         }
         return Scope(mean: mean, std: std)

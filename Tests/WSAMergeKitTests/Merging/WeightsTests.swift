@@ -30,6 +30,18 @@ import Testing
         #expect(abs(mixture.std - variance.squareRoot()) < 1e-15)
     }
 
+    /// The mixture keeps its precision when the means dwarf the spreads (a LayerNorm weight:
+    /// μ ≈ 1e6 or 1, σ ≈ 1e-3 or 2e-6), where Σ w(σ² + μ²) − μ_f² cancels to 0 or noise.
+    @Test func mixtureOfLargeMeansKeepsItsSpread() {
+        let far = ScopeFusion.mixture.fuse([Scope(mean: 1e6, std: 1e-3), Scope(mean: 1e6, std: 1e-3), Scope(mean: 1e6, std: 1e-3)],
+                                           weights: [1.0 / 3, 1.0 / 3, 1.0 / 3])
+        #expect(abs(far.std - 1e-3) < 1e-12, "\(far.std)")
+        let norm = ScopeFusion.mixture.fuse([Scope(mean: 1, std: 2e-6), Scope(mean: 1 + 1e-6, std: 2e-6)], weights: [0.5, 0.5])
+        // σ_f² = 4e-12 + (0.5e-6)²
+        let reference = (4e-12 + 0.25e-12).squareRoot()
+        #expect(abs(norm.std - reference) < 1e-6 * reference, "\(norm.std) against \(reference)")
+    }
+
     /// A scope that is undefined (no finite values: NaN mean and std) leaves the fused scope
     /// undefined under every rule, never a std of 0.
     @Test func undefinedScopesStayUndefined() {
