@@ -162,8 +162,43 @@ import Testing
             from safetensors.numpy import load_file, save_file
             t = load_file(sys.argv[1]); t["model.embed.weight"] = t["model.embed.weight"].reshape(32, 16); save_file(t, sys.argv[2])
             """, [Self.merge[1], shaped])
-        TestSupport.expectRefusal(try TestSupport.wsamerge(["compare", Self.merge[0], shaped]), code: 65,
-                                  mentions: [shaped, "model.embed.weight", "shape"])
+        // A tensor whose shape differs is listed under skipped, as in scope, and the others compared.
+        for arguments in [[Self.merge[0], shaped], [Self.merge[1], "--base", shaped, Self.merge[0]]] {
+            let compared = try TestSupport.wsamerge(["compare"] + arguments)
+            #expect(compared.status == 0, "\(compared.stderr)")
+            let json = try compared.json() as? [String: Any]
+            let skipped = (json?["skipped"] as? [[String: Any]])?.first
+            #expect(skipped?["name"] as? String == "model.embed.weight", "\(String(describing: json?["skipped"]))")
+            let reason = skipped?["reason"] as? String ?? ""
+            #expect(reason.hasPrefix("shape ") && reason.contains("[32, 16] in \(shaped)") && reason.contains("differs from"), "\(reason)")
+            let names = (json?["tensors"] as? [[String: Any]])?.compactMap { $0["name"] as? String } ?? []
+            #expect(!names.isEmpty && !names.contains("model.embed.weight"))
+        }
+    }
+
+    /// An element that is not finite in some input is left out of everything: of the sums, and of
+    /// every input's top set (overlap_top); sums of squares that overflow give null, not a cosine
+    /// of −1.
+    @Test func nonFiniteAndOverflowingElements() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        try TestSupport.pythonOK("""
+            from safetensors.numpy import save_file
+            d = sys.argv[1]
+            save_file({"w": np.zeros(5, np.float32)}, d + "/base.safetensors")
+            save_file({"w": np.array([5, 1, 0, 0, 0], np.float32)}, d + "/a.safetensors")
+            save_file({"w": np.array([np.inf, 1, 0, 0, 0], np.float32)}, d + "/b.safetensors")
+            save_file({"p": np.array([1e200, 1e200])}, d + "/h0.safetensors")
+            save_file({"p": np.array([1e200, 1e200])}, d + "/h1.safetensors")
+            """, [dir])
+        let run = try TestSupport.wsamerge(["compare", "--base", dir + "/base.safetensors", dir + "/a.safetensors", dir + "/b.safetensors"])
+        let tensor = ((try run.json() as? [String: Any])?["tensors"] as? [[String: Any]])?.first
+        let pair = (tensor?["pairs"] as? [[String: Any]])?.first
+        #expect(tensor?["nonfinite"] as? Int == 1 && pair?["cosine"] as? Double == 1, "\(run.stdout)")
+        #expect(pair?["overlap_top"] as? Double == 1, "the top-1 of both is element 1 once element 0 is left out: \(run.stdout)")
+        let huge = try TestSupport.wsamerge(["compare", dir + "/h0.safetensors", dir + "/h1.safetensors"])
+        let hugePair = (((try huge.json() as? [String: Any])?["tensors"] as? [[String: Any]])?.first?["pairs"] as? [[String: Any]])?.first
+        #expect(hugePair?["cosine"] is NSNull && hugePair?["changed"] as? Int == 0, "\(huge.stdout)")
     }
 
     /// `--strip-prefix` applies to the inputs and to `--base`: a copy whose names carry a prefix

@@ -100,8 +100,10 @@ public struct Comparison: Sendable {
                 continue
             }
             if let k = tensors.firstIndex(where: { $0.shape != tensors[0].shape }) {
-                throw WSAMergeError.malformed(file: all[k].path, tensor: name,
-                                              reason: "shape \(tensors[k].shape) differs from \(all[0].path)'s \(tensors[0].shape)")
+                // As in `scope`: listed, and the other tensors compared (a fine-tune's resized
+                // vocabulary should not hide every other difference).
+                skipped.append((name, "shape \(tensors[k].shape) in \(all[k].path) differs from \(tensors[0].shape) in \(all[0].path)"))
+                continue
             }
             measured.append((name, tensors[0].shape, indices))
         }
@@ -206,7 +208,7 @@ public struct Comparison: Sendable {
                 pairs = s.squares.indices.map { j in
                     Pair(first: 0, second: j + 1,
                          cosine: Self.cosine(s.dots[j], referenceNorm, s.squares[j].squareRoot()),
-                         relL2: referenceNorm > 0 ? s.differenceSquares[j].squareRoot() / referenceNorm : nil,
+                         relL2: Self.ratio(s.differenceSquares[j].squareRoot(), referenceNorm),
                          maxAbsDiff: finite > 0 ? s.maxAbs[j] : nil, changed: s.changed[j])
                 }
             case .taskVectors(let s):
@@ -217,7 +219,7 @@ public struct Comparison: Sendable {
                 let norms = (0..<n).map { s.gram[$0 * n + $0].squareRoot() }
                 let finite = s.count - s.nonfinite
                 // over the finite elements, as in stats: null when there are none
-                taskVectors = norms.map { TaskVector(norm: finite > 0 ? $0 : nil, relNorm: finite > 0 && baseNorm > 0 ? $0 / baseNorm : nil) }
+                taskVectors = norms.map { TaskVector(norm: finite > 0 && $0.isFinite ? $0 : nil, relNorm: finite > 0 ? Self.ratio($0, baseNorm) : nil) }
                 for i in 0..<n {
                     for j in (i + 1)..<Swift.max(i + 1, n) {
                         let both = s.intersections[i * n + j]
@@ -230,10 +232,17 @@ public struct Comparison: Sendable {
             }
         }
 
-        /// ⟨x, y⟩ / (‖x‖ ‖y‖) within [−1, 1]; nil when a norm is 0.
+        /// ⟨x, y⟩ / (‖x‖ ‖y‖) within [−1, 1]; nil when a norm is 0, or when a sum overflowed
+        /// (values beyond about 1e154, whose squares are infinite): no value rather than a wrong one.
         static func cosine(_ dot: Double, _ x: Double, _ y: Double) -> Double? {
-            guard x > 0, y > 0 else { return nil }
+            guard x > 0, y > 0, x.isFinite, y.isFinite, dot.isFinite else { return nil }
             return Swift.min(1, Swift.max(-1, dot / x / y))
+        }
+
+        /// a / b; nil when b is 0 or either sum overflowed.
+        static func ratio(_ a: Double, _ b: Double) -> Double? {
+            guard b > 0, a.isFinite, b.isFinite else { return nil }
+            return a / b
         }
     }
 

@@ -181,11 +181,18 @@ struct TaskVectorSums: Sendable {
         conflicts += other.conflicts
     }
 
-    /// The selection key of input i at one element: |x_i − b|, or 0 where either is not finite.
-    /// The selection passes and the membership pass must compute it identically.
+    /// The selection key of input i at one element: |x_i − b| where every input and the base are
+    /// finite (`finite`), else 0, so an element that is left out of every sum is never in a top
+    /// set either. The selection passes and the membership pass must compute it identically.
     @inline(__always)
-    static func key(_ b: Double, _ x: Double) -> Double {
-        b.isFinite && x.isFinite ? (x - b).magnitude : 0
+    static func key(_ b: Double, _ x: Double, finite: Bool) -> Double {
+        finite ? (x - b).magnitude : 0
+    }
+
+    /// Whether element e of every input (the base included) is finite.
+    @inline(__always)
+    static func jointlyFinite(_ inputs: [UnsafeMutablePointer<Double>], _ e: Int) -> Bool {
+        inputs.allSatisfy { $0[e].isFinite }
     }
 
     /// Measures one tensor: per input, the exact top-k selection of |δ_i| (k = max(1, ⌊density·N⌋),
@@ -200,8 +207,11 @@ struct TaskVectorSums: Sendable {
             let k = Swift.max(1, Int((density * Double(count)).rounded(.down)))
             let pass = KeyPass(readers: { try (0...n).map(reader) }, count: count, streams: n, jobs: jobs,
                                keys: { inputs, count, keys, _ in
+                                   let anyNonFinite = inputs.contains { containsNonFinite($0, count) }
                                    for i in 0..<n {
-                                       for e in 0..<count { keys[i][e] = key(inputs[0][e], inputs[i + 1][e]) }
+                                       for e in 0..<count {
+                                           keys[i][e] = key(inputs[0][e], inputs[i + 1][e], finite: !anyNonFinite || jointlyFinite(inputs, e))
+                                       }
                                    }
                                })
             let cuts = k < count ? try Selection.ranks([[Int]](repeating: [count - k], count: n), of: pass) : []
@@ -230,7 +240,7 @@ struct TaskVectorSums: Sendable {
         let b = inputs[0]
         var finite = [Bool](repeating: true, count: count)
         if inputs.contains(where: { containsNonFinite($0, count) }) {
-            for e in 0..<count { finite[e] = inputs.allSatisfy { $0[e].isFinite } }
+            for e in 0..<count { finite[e] = jointlyFinite(inputs, e) }
             sums.nonfinite = finite.lazy.filter { !$0 }.count
         }
         // Per input: δ (0 where not jointly finite) and membership (1 when in the top set).
@@ -246,7 +256,7 @@ struct TaskVectorSums: Sendable {
                         for e in 0..<count {
                             let d = finite[e] ? x[e] - b[e] : 0
                             // Every key goes through the cursor, in C order.
-                            let inSet: UInt8 = cursor.keeps(key(b[e], x[e])) && d != 0 ? 1 : 0
+                            let inSet: UInt8 = cursor.keeps(key(b[e], x[e], finite: finite[e])) && d != 0 ? 1 : 0
                             delta[e] = d
                             member[e] = inSet
                             kept += Int(inSet)
