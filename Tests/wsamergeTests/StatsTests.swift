@@ -180,6 +180,17 @@ struct StatsTests {
         #expect(result.stdout.allSatisfy { $0 != "{" })
     }
 
+    /// The layers table has every field of the JSON's layers, the non-finite counts included.
+    @Test func layerTableHasTheJSONFields() throws {
+        let path = TestSupport.fixture("merge/a.safetensors")
+        let table = try TestSupport.wsamerge(["stats", "--group-by", "layer", "--format", "table", path])
+        let json = try TestSupport.wsamerge(["stats", "--group-by", "layer", path])
+        let layers = (try json.json() as? [String: Any])?["layers"] as? [[String: Any]] ?? []
+        let header = table.stdout.split(separator: "\n").first { $0.hasPrefix("layer ") }?.split(separator: " ").map(String.init)
+        #expect(header == ["layer", "tensors", "count", "mean", "std", "min", "max", "nan", "inf"], "\(table.stdout)")
+        #expect(!layers.isEmpty && Set(layers[0].keys) == ["layer", "tensor_count", "count", "mean", "std", "min", "max", "nan", "inf"])
+    }
+
     @Test func resultsDoNotDependOnJobs() throws {
         let dir = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(dir) }

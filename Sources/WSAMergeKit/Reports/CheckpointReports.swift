@@ -94,10 +94,12 @@ public enum CheckpointReports {
         }
         var text = "\(escapeControlCharacters(checkpoint.path)) (\(checkpoint.format.rawValue))\n" + table.text
         if groupByLayer {
-            var layers = Table(headers: ["layer", "tensors", "count", "mean", "std", "min", "max"], numericColumns: [0, 1, 2, 3, 4, 5, 6])
+            // Every field of the JSON's layers, in its order.
+            var layers = Table(headers: ["layer", "tensors", "count", "mean", "std", "min", "max", "nan", "inf"], numericColumns: Set(0...8))
             for g in LayerGroups.pool(statistics) {
                 layers.add([String(g.layer), String(g.tensorCount), String(g.elementCount), formatNumber(g.moments.finiteMean),
-                            formatNumber(g.moments.std), formatNumber(g.moments.finiteMin), formatNumber(g.moments.finiteMax)])
+                            formatNumber(g.moments.std), formatNumber(g.moments.finiteMin), formatNumber(g.moments.finiteMax),
+                            String(g.moments.nan), String(g.moments.inf)])
             }
             text += "\n" + layers.text
         }

@@ -69,19 +69,26 @@ public func shortenMiddle(_ name: String, width: Int = Table.maxNameWidth) -> St
     return head + "…" + tail
 }
 
-/// A number for people: `3.4e-05`, `0.0201`, `1.23e+06`; `-` for none.
+/// A number for people: `3.4e-05`, `0.0201`, `1.23e+06`; `-` for none, and for NaN and the
+/// infinities, which the JSON writes as `null` too (a table shows `-` where the JSON has `null`).
 public func formatNumber(_ value: Double?) -> String {
-    guard let value else { return "-" }
-    if value.isNaN { return "nan" }
-    if value.isInfinite { return value > 0 ? "inf" : "-inf" }
+    guard let value, value.isFinite else { return "-" }
     if value == 0 { return "0" }
     let magnitude = value.magnitude
     if magnitude >= 1e-3 && magnitude < 1e5 {
-        let digits = max(0, 3 - Int((log10(magnitude)).rounded(.down)))
-        return formatDecimal(value, digits: min(digits, 6))
+        let decade = Int((log10(magnitude)).rounded(.down))
+        let text = formatDecimal(value, digits: min(max(0, 3 - decade), 6))
+        // 0.99996 rounds to 1.0000: four significant digits are 1.000
+        if let shown = Double(text), shown.magnitude >= pow(10, Double(decade + 1)) {
+            return formatDecimal(value, digits: min(max(0, 2 - decade), 6))
+        }
+        return text
     }
     var exponent = Int(log10(magnitude).rounded(.down))
-    var mantissa = value / pow(10, Double(exponent))
+    // 10^exponent below about 1e-307 is subnormal and inexact: divide in two steps
+    var mantissa = exponent < -300 ? value * 1e300 / pow(10, Double(exponent + 300)) : value / pow(10, Double(exponent))
+    if mantissa.magnitude >= 10 { exponent += 1; mantissa /= 10 }
+    if mantissa.magnitude < 1 { exponent -= 1; mantissa *= 10 }
     if formatDecimal(mantissa.magnitude, digits: 2) == "10.00" { exponent += 1; mantissa /= 10 }
     let sign = exponent < 0 ? "-" : "+"
     let e = String(abs(exponent))

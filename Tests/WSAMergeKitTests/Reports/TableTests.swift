@@ -11,7 +11,13 @@ import Testing
         #expect(formatNumber(3.4e-05) == "3.40e-05")
         #expect(formatNumber(1.23e6) == "1.23e+06")
         #expect(formatNumber(9.999e-4) == "1.00e-03")
-        #expect(formatNumber(.nan) == "nan" && formatNumber(-.infinity) == "-inf")
+        // NaN and the infinities are null in the JSON, so "-" in a table
+        #expect(formatNumber(.nan) == "-" && formatNumber(-.infinity) == "-" && formatNumber(.infinity) == "-")
+        // subnormals: 10^e is inexact there
+        #expect(formatNumber(9.99e-321) == "9.99e-321" && formatNumber(1e-320) == "1.00e-320")
+        #expect(formatNumber(5e-324) == "4.94e-324" && formatNumber(-2.5e-310) == "-2.50e-310")
+        // a value that rounds up to the next decade keeps four significant digits
+        #expect(formatNumber(0.99996) == "1.000" && formatNumber(-0.99996) == "-1.000" && formatNumber(9.99996) == "10.00")
     }
 
     @Test func formatsBytes() {
