@@ -94,7 +94,8 @@ extension WSAMerge {
             var recipeName: String?
             if let recipe {
                 try checkRecipeAlone()
-                let document = try withSeed(try RecipeParser.load(recipe))
+                var document = try RecipeParser.load(recipe)
+                if let seed { document = try document.seeded(seed) }
                 if printRecipe { return emit(document.recipe.render()) }
                 recipeName = document.file
                 request = try RecipeRunner.request(document, output: try output.options())
@@ -132,22 +133,6 @@ extension WSAMerge {
             case .json: emit(report.json)
             case .table: emit(report.table)
             }
-        }
-
-        /// The recipe with `--seed` as its parameter `seed` (mergekit takes the seed on its command
-        /// line, `--random-seed`, beside the recipe), so the recipe written beside the output
-        /// replays the same draws. A recipe that gives its own seed is not overridden.
-        func withSeed(_ document: RecipeDocument) throws -> RecipeDocument {
-            guard let seed else { return document }
-            var recipe = document.recipe
-            guard !recipe.parameters.contains(where: { $0.name == "seed" }) else {
-                throw ValidationError("the recipe gives its own seed: drop --seed or the recipe's seed")
-            }
-            guard let parameter = RecipeRunner.strategy(named: recipe.mergeMethod)?.declaration.parameter("seed") else {
-                throw ValidationError("\(recipe.mergeMethod) draws nothing at random, so it takes no --seed")
-            }
-            recipe.parameters.append(Recipe.Setting("seed", .value(ParameterValue(parsing: String(seed), as: parameter.kind))))
-            return RecipeDocument(recipe: recipe, file: document.file, lines: document.lines)
         }
 
         /// A recipe gives the merge: options that would say it again are refused, not mixed in.

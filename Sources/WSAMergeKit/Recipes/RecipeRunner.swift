@@ -201,6 +201,24 @@ public enum RecipeRunner {
     }
 }
 
+extension RecipeDocument {
+    /// The recipe with `seed` as its parameter `seed`: mergekit takes the seed on its command line
+    /// (`--random-seed`) beside the recipe, wsamerge writes it into the recipe, so the recipe
+    /// written beside the output replays the same draws. A recipe that gives its own seed, or a
+    /// method that draws nothing, is refused.
+    public func seeded(_ seed: Int) throws -> RecipeDocument {
+        var recipe = recipe
+        guard !recipe.parameters.contains(where: { $0.name == "seed" }) else {
+            throw WSAMergeError.usage("the recipe gives its own seed: drop --seed or the recipe's seed")
+        }
+        guard let parameter = RecipeRunner.strategy(named: recipe.mergeMethod)?.declaration.parameter("seed") else {
+            throw WSAMergeError.usage("\(recipe.mergeMethod) draws nothing at random, so it takes no --seed")
+        }
+        recipe.parameters.append(Recipe.Setting("seed", .value(ParameterValue(parsing: String(seed), as: parameter.kind))))
+        return RecipeDocument(recipe: recipe, file: file, lines: lines)
+    }
+}
+
 extension Recipe {
     /// The recipe equivalent to a command-line request (inputs, base, method, parameters,
     /// files, dtype, missing tensors, metadata). Tensor selection patterns are the caller's to
