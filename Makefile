@@ -65,8 +65,11 @@ test: deps venv
 ## The whole suite under AddressSanitizer (Swift and the C kernels), in its own build directory;
 ## about twice the time of `make test` plus a build. It found readdir's records read past their
 ## buffer, a crash that struck one CI run in many.
+## The end-to-end tests run the binary built with it (its peak memory is not measured).
 asan: deps venv
-	WSAMERGE_PYTHON=$(PYTHON) ASAN_OPTIONS=detect_leaks=0 $(SWIFT) test --sanitize=address --scratch-path .build-asan
+	$(SWIFT) build --sanitize=address --scratch-path .build-asan
+	WSAMERGE_BIN=$(CURDIR)/.build-asan/debug/wsamerge WSAMERGE_TEST_SANITIZED=1 WSAMERGE_PYTHON=$(PYTHON) ASAN_OPTIONS=detect_leaks=0 \
+	  $(SWIFT) test --sanitize=address --scratch-path .build-asan
 
 bench: release venv
 	$(PYTHON) bench/run.py --bin $(BIN) $(BENCH_ARGS)

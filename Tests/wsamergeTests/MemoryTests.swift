@@ -13,7 +13,8 @@ import Testing
         return (result, kib * 1024)
     }
 
-    @Test func memoryStaysWithinTenTimesTheHeader() throws {
+    @Test(.disabled(if: TestSupport.sanitizedBinary, "AddressSanitizer's allocator keeps freed memory in quarantine; `make test` measures it"))
+    func memoryStaysWithinTenTimesTheHeader() throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/time") else {
             Issue.record("/usr/bin/time is needed to measure memory (apt-get install time)")
             return

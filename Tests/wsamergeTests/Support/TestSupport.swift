@@ -16,6 +16,10 @@ enum TestSupport {
     /// The binary under test: `WSAMERGE_BIN`, else the debug build `swift test` just made.
     static let binary: String = ProcessInfo.processInfo.environment["WSAMERGE_BIN"] ?? root + "/.build/debug/wsamerge"
 
+    /// Whether the binary under test is built with AddressSanitizer (`make asan` says so), whose
+    /// memory use says nothing of wsamerge's.
+    static let sanitizedBinary = ProcessInfo.processInfo.environment["WSAMERGE_TEST_SANITIZED"] == "1"
+
     /// The Python with numpy, safetensors and ml_dtypes: `WSAMERGE_PYTHON`, else `.venv`.
     static let python: String = ProcessInfo.processInfo.environment["WSAMERGE_PYTHON"] ?? root + "/.venv/bin/python"
 
