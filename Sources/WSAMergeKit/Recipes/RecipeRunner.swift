@@ -28,11 +28,7 @@ public enum RecipeRunner {
             throw document.error("merge_method", "unknown method '\(recipe.mergeMethod)'")
         }
         let declaration = strategy.declaration
-        func resolve(_ reference: String, _ path: String) throws -> String {
-            do { return try resolver.resolve(reference) } catch let error as WSAMergeError {
-                throw document.error(path, wrapping: error)
-            }
-        }
+        func resolve(_ reference: String, _ path: String) throws -> String { try document.resolve(reference, at: path, with: resolver) }
         var request = Merger.Request(inputs: [], strategy: recipe.mergeMethod, output: output)
         if recipe.slices.isEmpty {
             var models = recipe.models
@@ -99,11 +95,7 @@ public enum RecipeRunner {
     public static func outputFiles(_ document: RecipeDocument, request: Merger.Request, explicit: String?, disabled: Bool,
                                    resolver: ModelResolver = .environment) throws -> ModelDirectoryOutput {
         let recipe = document.recipe
-        func resolve(_ reference: String, _ path: String) throws -> String {
-            do { return try resolver.resolve(reference) } catch let error as WSAMergeError {
-                throw document.error(path, wrapping: error)
-            }
-        }
+        func resolve(_ reference: String, _ path: String) throws -> String { try document.resolve(reference, at: path, with: resolver) }
         let source: String?
         if recipe.tokenizerSource != nil, explicit == nil, !disabled, let base = recipe.baseModel {
             source = try resolve(base, "base_model")
@@ -202,6 +194,14 @@ public enum RecipeRunner {
 }
 
 extension RecipeDocument {
+    /// The model `reference` at key `path` resolved (a Hugging Face id to its cached snapshot);
+    /// an error names the recipe's line.
+    func resolve(_ reference: String, at path: String, with resolver: ModelResolver) throws -> String {
+        do { return try resolver.resolve(reference) } catch let error as WSAMergeError {
+            throw self.error(path, wrapping: error)
+        }
+    }
+
     /// The recipe with `seed` as its parameter `seed`: mergekit takes the seed on its command line
     /// (`--random-seed`) beside the recipe, wsamerge writes it into the recipe, so the recipe
     /// written beside the output replays the same draws. A recipe that gives its own seed, or a
