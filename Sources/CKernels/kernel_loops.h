@@ -373,6 +373,10 @@ static inline __attribute__((always_inline)) void LEVELED(bracket_deltas_impl)(i
  * keys: the same counts and the same inside keys in the same order. Comparing the floats' bits
  * as unsigned integers orders them as |k| does, NaN above infinity as for the double keys. A
  * bracket end that is not finite sends every key through the double path. */
+#ifndef FLOAT_SCAN_SPANS
+/* The most brackets one float scan takes (their float bounds are held on the stack). */
+#define FLOAT_SCAN_SPANS 64
+#endif
 static inline __attribute__((always_inline)) void LEVELED(decode_tile_f32)(const void *src, int kind, size_t start, size_t m, float *dst) {
     const unsigned char *p = src;
     size_t end = m & ~(size_t)15, i = 0;
@@ -407,8 +411,7 @@ static void LEVELED(bracket_floats)(wsk_bracket_span *spans, size_t count, const
     float base[TILE] __attribute__((aligned(64))), x[TILE] __attribute__((aligned(64)));
     float band_x[TILE + 16] __attribute__((aligned(64))), band_b[TILE + 16] __attribute__((aligned(64)));
     double keys[TILE] __attribute__((aligned(64)));
-    enum { MAX_SPANS = 64 };
-    uint32_t below[MAX_SPANS], above[MAX_SPANS];
+    uint32_t below[FLOAT_SCAN_SPANS], above[FLOAT_SCAN_SPANS];
     for (size_t s = 0; s < count; s++) {
         spans[s].held = 0;
         LEVELED(float_bounds)(spans[s].lo, spans[s].hi, &below[s], &above[s]);
@@ -454,7 +457,7 @@ static void LEVELED(bracket_floats)(wsk_bracket_span *spans, size_t count, const
 
 static void LEVELED(bracket_deltas)(wsk_bracket_span *spans, size_t count, const void *b, int base_kind, size_t n) {
 #if LEVEL_IS_AVX512
-    int floats = count <= 64 && (base_kind == WSK_BF16 || base_kind == WSK_F16 || base_kind == WSK_F32);
+    int floats = count <= FLOAT_SCAN_SPANS && (base_kind == WSK_BF16 || base_kind == WSK_F16 || base_kind == WSK_F32);
     for (size_t s = 0; s < count; s++) floats &= spans[s].kind == WSK_BF16 || spans[s].kind == WSK_F16 || spans[s].kind == WSK_F32;
     if (floats) {
         LEVELED(bracket_floats)(spans, count, b, base_kind, n);
