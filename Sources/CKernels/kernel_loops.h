@@ -922,11 +922,10 @@ static int LEVELED(sce_merge)(double *const *x, size_t inputs, const double *b, 
 /* Decides the undecided elements (keep 2) of ranks [from, from + n), which hold every key of
  * some range in index order: each element's rank lies in its bucket's ranks, and p is monotone
  * in the rank, so u below the p of both ends of that range keeps it and u at or above both
- * drops it whatever its exact rank. Buckets that still hold an undecided element are split the same way
- * (each level narrows the key range at least 2-fold; a few elements are sorted outright).
- * `top`: the whole fibre, in index order (order[i] = i), every element undecided and its keep
- * byte not yet written. */
-static void LEVELED(della_resolve)(const della_fibre *f, size_t from, size_t n, int top) {
+ * drops it whatever its exact rank. Buckets that still hold an undecided element are split the
+ * same way (each level narrows the key range at least 2-fold; a few elements are sorted
+ * outright). */
+static void LEVELED(della_resolve)(const della_fibre *f, size_t from, size_t n) {
     uint64_t *keys = f->keys + from, *order = f->order + from;
     const double *p = f->p + from;
     /* The smallest and largest key, and the smallest nonzero one (as the smallest k − 1, which
@@ -956,19 +955,14 @@ static void LEVELED(della_resolve)(const della_fibre *f, size_t from, size_t n, 
     if (sorted) { /* sorted, or all equal (index order): the ranks are the positions */
         for (size_t r = 0; r < n; r++) {
             size_t i = (size_t)order[r], j = i * f->stride;
-            if (top || f->keep[j] == 2) f->keep[j] = f->u[i] < p[r];
+            if (f->keep[j] == 2) f->keep[j] = f->u[i] < p[r];
         }
         return;
     }
-    /* Buckets spread evenly over the key bits from the smallest to the largest key (so about
-     * evenly over the octaves of |δ|), zeros in a bucket of their own (exact zeros are common
-     * and would otherwise stretch the range): about one per element up to 256, then about one
-     * per 4 elements up to 2048 for a whole fibre (256 when splitting a bucket: the tables
-     * live on the stack of each level). Long rows crowd their buckets less than with 256 at
-     * most (rows of 4096: about 20 % faster, of 11008: 30 %). */
+    /* Up to 256 buckets spread evenly over the key bits from the smallest to the largest key
+     * (so about evenly over the octaves of |δ|), zeros in a bucket of their own. */
     int bits = 64 - __builtin_clzll((uint64_t)n) - 1;
-    bits = bits <= 8 ? bits : bits - 2 < 8 ? 8 : bits - 2;
-    bits = bits > (top ? 11 : 8) ? (top ? 11 : 8) : bits;
+    bits = bits > 8 ? 8 : bits;
     uint64_t buckets = (uint64_t)1 << bits;
     uint64_t base = lo, offset = 0;
     if (lo == 0) {
@@ -977,15 +971,10 @@ static void LEVELED(della_resolve)(const della_fibre *f, size_t from, size_t n, 
     }
     int shift = 0;
     while (((hi - base) >> shift) > buckets - 1 - offset) shift++;
-    /* the tables: the fibre's (2048 entries) at the top, this level's own below */
-    size_t counts_[256], starts_[256];
-    uint32_t head_[256];
-    double first_p_[256], last_p_[256];
-    uint8_t needed_[256];
-    size_t *counts = top ? f->tables->counts : counts_, *starts = top ? f->tables->starts : starts_;
-    uint32_t *head = top ? f->tables->head : head_; /* each bucket's last element; links[i] the one before i (none: ~0) */
-    double *first_p = top ? f->tables->first_p : first_p_, *last_p = top ? f->tables->last_p : last_p_;
-    uint8_t *needed = top ? f->tables->needed : needed_;
+    size_t counts[256], starts[256];
+    uint32_t head[256]; /* each bucket's last element; links[i] the one before i (none: ~0) */
+    double first_p[256], last_p[256];
+    uint8_t needed[256];
     memset(needed, 0, buckets);
     int any_needed = 0;
 #define DELLA_BUCKET(k) ((k) == 0 && offset ? 0 : offset + (((k) - base) >> shift))
@@ -1000,6 +989,7 @@ static void LEVELED(della_resolve)(const della_fibre *f, size_t from, size_t n, 
         links[i] = head[d];
         head[d] = (uint32_t)i;
     }
+#undef DELLA_BUCKET
     size_t sum = 0;
     for (unsigned d = 0; d < buckets; d++) { /* branch-free (an empty bucket's p is never read) */
         size_t first = sum < n ? sum : n - 1, last = sum + counts[d] - (counts[d] != 0);
@@ -1016,26 +1006,14 @@ static void LEVELED(della_resolve)(const della_fibre *f, size_t from, size_t n, 
     const double *u = f->u;
     uint8_t *keep = f->keep;
     size_t stride = f->stride;
-    if (top) { /* every element open, in index order */
-        for (size_t i = 0; i < n; i++) {
-            uint16_t d = ids[i];
-            uint8_t value = (uint8_t)(2 - (u[i] < first_p[d]) - 2 * (u[i] >= last_p[d]));
-            keep[i * stride] = value;
-            if (value == 2) { /* rare: a predictable branch, no chain through needed[] */
-                needed[d] = 1;
-                any_needed = 1;
-            }
-        }
-    } else {
-        for (size_t i = 0; i < n; i++) { /* branch-free: the draws are random */
-            size_t e = (size_t)order[i], j = e * stride;
-            uint16_t d = ids[i];
-            uint8_t open = keep[j] == 2, value = (uint8_t)(2 - (u[e] < first_p[d]) - 2 * (u[e] >= last_p[d]));
-            keep[j] = open ? value : keep[j];
-            if (open & (value == 2)) {
-                needed[d] = 1;
-                any_needed = 1;
-            }
+    for (size_t i = 0; i < n; i++) { /* branch-free: the draws are random */
+        size_t e = (size_t)order[i], j = e * stride;
+        uint16_t d = ids[i];
+        uint8_t open = keep[j] == 2, value = (uint8_t)(2 - (u[e] < first_p[d]) - 2 * (u[e] >= last_p[d]));
+        keep[j] = open ? value : keep[j];
+        if (open & (value == 2)) {
+            needed[d] = 1;
+            any_needed = 1;
         }
     }
     if (!any_needed) return;
@@ -1052,12 +1030,98 @@ static void LEVELED(della_resolve)(const della_fibre *f, size_t from, size_t n, 
             spare_order[to] = order[i];
         }
     }
-#undef DELLA_BUCKET
     for (unsigned d = 0; d < buckets; d++) {
         if (!needed[d]) continue;
         memcpy(keys + starts[d], spare_keys + starts[d], counts[d] * 8);
         memcpy(order + starts[d], spare_order + starts[d], counts[d] * 8);
-        LEVELED(della_resolve)(f, from + starts[d], counts[d], 0);
+        LEVELED(della_resolve)(f, from + starts[d], counts[d]);
+    }
+}
+
+/* A whole fibre, its keys in index order: a counting sort over fine buckets of the key bits
+ * (one per element, 256 to DELLA_BUCKETS). Zeros get bucket 0; the nonzero keys are spread over
+ * the others at equal key-bit widths, at most as wide as spanning DELLA_OCTAVES octaves below the
+ * largest key needs (the few keys further down share bucket 1). The counts give each bucket its
+ * range of ranks, which decides every element whose draw lies outside the p of that range's
+ * ends; the others (about 1 %: u between the p of its bucket's ends) are resolved by splitting
+ * their buckets (`della_resolve`). */
+static void LEVELED(della_fibre_ranks)(const della_fibre *f, size_t n) {
+    const uint64_t *keys = f->keys;
+    const double *u = f->u, *p = f->p;
+    uint8_t *keep = f->keep;
+    size_t stride = f->stride;
+    uint64_t lo = ~(uint64_t)0, below_nonzero = ~(uint64_t)0, hi = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t k = keys[i];
+        lo = k < lo ? k : lo;
+        hi = k > hi ? k : hi;
+        below_nonzero = k - 1 < below_nonzero ? k - 1 : below_nonzero;
+    }
+    if (n <= 24 || lo == hi) { /* sorted outright, or one key: index order */
+        for (size_t i = 0; i < n; i++) {
+            f->order[i] = i;
+            keep[i * stride] = 2;
+        }
+        LEVELED(della_resolve)(f, 0, n);
+        return;
+    }
+    /* lo < hi, so some key is nonzero. The buckets' width: the narrowest that spans the nonzero
+     * keys, but no wider than DELLA_OCTAVES octaves need (keys further down go to bucket 1). */
+    size_t buckets = 256;
+    while (buckets < n && buckets < DELLA_BUCKETS) buckets *= 2;
+    uint64_t base = below_nonzero + 1;
+    int shift = 0, widest = 0;
+    while ((((uint64_t)DELLA_OCTAVES << 52) >> widest) > buckets - 3) widest++;
+    while (shift < widest && ((hi - base) >> shift) > buckets - 3) shift++;
+    if (((hi - base) >> shift) > buckets - 3) base = hi - ((uint64_t)(buckets - 3) << shift);
+    __typeof__(f->tables->ranks[0]) *ranks = f->tables->ranks; /* each bucket's count and first rank */
+    uint8_t *needed = f->tables->needed;
+    uint16_t *ids = f->ids;
+    /* each element's bucket: 0 for zero, 1 below base, else 2 + (k − base) >> shift */
+    for (size_t i = 0; i < n; i++) {
+        uint64_t k = keys[i];
+        uint64_t d = k < base ? (k != 0) : 2 + ((k - base) >> shift);
+        ids[i] = (uint16_t)d;
+    }
+    size_t used = 3 + ((hi - base) >> shift);
+    memset(ranks, 0, used * sizeof ranks[0]);
+    uint32_t *place = f->links; /* each element's place among its bucket's, in index order */
+    for (size_t i = 0; i < n; i++) place[i] = ranks[ids[i]].count++;
+    uint32_t sum = 0;
+    for (size_t d = 0; d < used; d++) {
+        ranks[d].start = sum;
+        sum += ranks[d].count;
+    }
+    /* Each element: kept (1) when u is below the p of both ends of its bucket's ranks, dropped
+     * (0) when at or above both, else open (2); p rises with the rank, or falls when ε < 0. */
+    int any_needed = 0;
+    memset(needed, 0, used);
+    for (size_t i = 0; i < n; i++) {
+        uint16_t d = ids[i];
+        double a = p[ranks[d].start], b = p[ranks[d].start + ranks[d].count - 1];
+        double low = a < b ? a : b, high = a < b ? b : a;
+        uint8_t value = (uint8_t)(2 - (u[i] < low) - 2 * (u[i] >= high));
+        keep[i * stride] = value;
+        if (value == 2) { /* rare: a predictable branch */
+            needed[d] = 1;
+            any_needed = 1;
+        }
+    }
+    if (!any_needed) return;
+    /* Every element at its bucket's ranks, in index order (the counting sort's second half,
+     * branch-free), then each needed bucket resolved. */
+    uint64_t *spare_keys = f->spare_keys, *spare_order = f->spare_order;
+    for (size_t i = 0; i < n; i++) {
+        size_t r = ranks[ids[i]].start + place[i];
+        spare_keys[r] = keys[i];
+        spare_order[r] = i;
+    }
+    for (size_t d = 0; d < used; d++) {
+        if (!needed[d]) continue;
+        size_t start = ranks[d].start, count = ranks[d].count;
+        memcpy(f->keys + start, spare_keys + start, count * 8);
+        memcpy(f->order + start, spare_order + start, count * 8);
+        LEVELED(della_resolve)(f, start, count);
     }
 }
 
@@ -1073,16 +1137,14 @@ static void LEVELED(della_mask)(const double *delta, size_t length, size_t strid
             uint64_t k;
             memcpy(&k, delta + i, 8);
             f.keys[i] = k & ~SIGN64;
-            f.order[i] = i;
         }
     else
         for (size_t i = 0; i < length; i++) {
             uint64_t k;
             memcpy(&k, delta + i * stride, 8);
             f.keys[i] = k & ~SIGN64;
-            f.order[i] = i;
         }
-    LEVELED(della_resolve)(&f, 0, length, 1);
+    LEVELED(della_fibre_ranks)(&f, length);
 }
 
 static double LEVELED(dot)(const double *x, const double *y, size_t n) {

@@ -511,13 +511,14 @@ static inline double sce_variance_one(double *const *x, size_t inputs, const dou
     return var / size;
 }
 
-/* DELLA: the bucket tables of a whole fibre's level (up to 2048 buckets; the levels below keep
- * up to 256 on their own stack). */
+/* DELLA: the bucket tables of a whole fibre (the levels below keep up to 256 buckets on their
+ * own stack). DELLA_OCTAVES: the octaves of |δ| below the largest that get buckets of their own. */
+#define DELLA_BUCKETS 4096
+#define DELLA_OCTAVES 8
 typedef struct {
-    size_t counts[2048], starts[2048];
-    uint32_t head[2048];
-    double first_p[2048], last_p[2048];
-    uint8_t needed[2048];
+    /* counts, then starts, side by side (arrays 16 KB apart alias in the store buffer) */
+    struct { uint32_t count, start; } ranks[DELLA_BUCKETS];
+    uint8_t needed[DELLA_BUCKETS];
 } della_tables;
 
 /* DELLA: one fibre's ranking state: keys[r] and order[r] (the element's index) for ranks r, where a

@@ -416,6 +416,54 @@ import Testing
         }
     }
 
+    /// DELLA's keep decisions (`wsk_della_mask`) equal the rule computed from a full stable sort,
+    /// at every level: `u_j < p[rank]`, ranks by |δ| ascending and equal keys in index order. Rows
+    /// of every shape the bucketing meets: short ones (sorted outright), one key, Gaussian, on a
+    /// grid (many ties, few distinct keys), clustered keys beside a far outlier (one bucket holds
+    /// nearly all and is split again), a tail many octaves down (bucket 1), zeros, NaN and
+    /// infinities, rows longer than the largest table, a stride, and p falling (ε < 0).
+    @Test func dellaMaskMatchesAFullSort() {
+        var rng = SplitMix(seed: 29)
+        func gaussian() -> Double {
+            let u = Double(rng.next() >> 11 | 1) * 0x1p-53, v = Double(rng.next() >> 11) * 0x1p-53
+            return (-2 * log(u)).squareRoot() * cos(2 * .pi * v)
+        }
+        var rows: [(String, [Double])] = []
+        for n in [1, 2, 3, 24, 25, 257, 1024, 5000] { rows.append(("gaussian \(n)", (0..<n).map { _ in 0.01 * gaussian() })) }
+        rows.append(("one key", [Double](repeating: -0.25, count: 300)))
+        rows.append(("zeros and one key", (0..<300).map { $0 % 3 == 0 ? 0 : 0.5 }))
+        rows.append(("grid", (0..<1500).map { _ in Double(Int(rng.next() % 81) - 40) * 0x1p-12 }))
+        rows.append(("clustered", (0..<1024).map { $0 == 700 ? 1e3 : 1 + 1e-12 * gaussian() }))
+        rows.append(("long tail", (0..<1024).map { _ in 0.01 * gaussian() * pow(2, -Double(rng.next() % 40)) }))
+        let specials: [Double] = [.nan, .infinity, -.infinity, 0, -0.0, 0x1p-1070]
+        rows.append(("specials", (0..<600).map { $0 % 7 == 0 ? specials[($0 / 7) % specials.count] : 0.01 * gaussian() }))
+        let draws = Draws(seed: 5, name: "della", input: 2)
+        let previous = SIMDLevel.current
+        defer { SIMDLevel.use(previous) }
+        for (name, row) in rows {
+            for (epsilon, stride) in [(0.15, 1), (-0.2, 1), (0.3, 3)] {
+                let n = row.count
+                var p = [Double](repeating: 0, count: n)
+                wsk_della_probabilities(n, 0.5, epsilon, &p)
+                let order = (0..<n).sorted { (Selection.bits(row[$0]), $0) < (Selection.bits(row[$1]), $1) }
+                var expected = [UInt8](repeating: 0, count: n)
+                for (rank, i) in order.enumerated() { expected[i] = draws.u(17 + i * stride) < p[rank] ? 1 : 0 }
+                // The fibre spread `stride` apart, the elements between it left alone.
+                var delta = [Double](repeating: 0.125, count: n * stride)
+                for i in 0..<n { delta[i * stride] = row[i] }
+                for level in SIMDLevel.allCases where level.rawValue <= SIMDLevel.best.rawValue {
+                    SIMDLevel.use(level)
+                    var keep = [UInt8](repeating: 9, count: n * stride)
+                    var scratch = [UInt64](repeating: 0, count: 7 * n)
+                    wsk_della_mask(delta, n, stride, draws.key, 17, p, &keep, &scratch)
+                    let got = (0..<n).map { keep[$0 * stride] }
+                    let same = got == expected, untouched = (0..<n * stride).allSatisfy { $0 % stride == 0 || keep[$0] == 9 }
+                    #expect(same && untouched, "\(name), ε \(epsilon), stride \(stride), \(level)")
+                }
+            }
+        }
+    }
+
     @Test func bestLevelFollowsTheCPUFlags() throws {
         #if arch(x86_64) && os(Linux)
         let info = try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)
