@@ -19,6 +19,8 @@ public enum WSAMergeError: Error, Equatable, Sendable {
     public enum Hint: Sendable, Equatable {
         /// Merge only the common tensors, or each over the inputs that hold it.
         case onMissing
+        /// Merge only the common tensors (their union is refused: the base lacks some).
+        case commonOnly
         /// Replace the existing output.
         case force
         /// Give (or change) the method's parameter.
@@ -34,6 +36,7 @@ public enum WSAMergeError: Error, Equatable, Sendable {
         public var text: String {
             switch self {
             case .onMissing: "merge the common tensors only, or their union"
+            case .commonOnly: "merge the common tensors only"
             case .force: "allow replacing it"
             case .parameter(let name): "set parameter '\(name)'"
             case .file(let role): "give the \(role) file(s)"

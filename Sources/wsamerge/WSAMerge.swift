@@ -52,6 +52,7 @@ func describe(_ error: WSAMergeError) -> String {
     let option: String
     switch hint {
     case .onMissing: option = "pass --on-missing intersection or union to merge anyway"
+    case .commonOnly: option = "pass --on-missing intersection to leave them out"
     case .force: option = "pass --force to replace it"
     case .parameter("weight"): option = "see --weights"
     case .parameter(let name): option = "see --param \(name)=VALUE"
@@ -79,6 +80,7 @@ struct RecipeRunFailure: Error {
         case .parameter(let name): return text + "; give '\(name)' under the recipe's parameters or a model's"
         case .file(let role): return text + "; give '\(role)' for every model"
         case .onMissing: return text + "; set on_missing: intersection or union in the recipe to merge anyway"
+        case .commonOnly: return text + "; set on_missing: intersection in the recipe to leave them out"
         case .outputDType: return text + "; set out_dtype (float64, float32, float16 or bfloat16) in the recipe"
         case .stripPrefix(let prefix): return text + "; the names differ by '\(prefix)': add strip_prefix: \(prefix) to the recipe"
         case .force: return describe(error)

@@ -230,6 +230,41 @@ struct FuseTests {
         #expect(dtypes == ["I64", "F16", "F16", "F16", "F16", "F16"])
     }
 
+    /// `--on-missing union` with a base: a tensor no input holds is the base's, for every method
+    /// with a base (slerp, nearswap and arcee_fusion crashed on it, reading an input that was not
+    /// there); one that fewer inputs hold than the method merges is refused, naming it and the
+    /// input; one the base lacks is refused with a hint that only intersection helps.
+    @Test func unionAgainstABase() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let lacking = dir + "/b_missing.safetensors", name = "model.layers.1.attn.weight"
+        #expect(try TestSupport.wsamerge(["convert", Self.f32[1], "-o", lacking, "--exclude", "layers\\.1\\."]).status == 0)
+        let methods: [(String, [String])] = [("slerp", ["--param", "t=0.5"]), ("nearswap", ["--param", "t=0.5"]), ("arcee_fusion", []),
+                                             ("ties", ["--weights", "1", "--param", "density=0.5"]), ("ram", []), ("multislerp", ["--weights", "1"])]
+        for (method, options) in methods {
+            let out = dir + "/\(method).safetensors"
+            let run = try TestSupport.wsamerge(["fuse", "--strategy", method, "--base", Self.f32[0], lacking, "--on-missing", "union",
+                                                "--dtype", "F16", "-o", out] + options)
+            #expect(run.status == 0, "\(method): \(run.stderr)")
+            let tensors = (try run.json() as? [String: Any])?["tensors"] as? [[String: Any]] ?? []
+            #expect(tensors.first { $0["name"] as? String == name }?["method"] as? String == "base (no input holds it)", "\(method)")
+            let same = try TestSupport.python("""
+                import sys, numpy as np
+                from safetensors.numpy import load_file
+                a, b = load_file(sys.argv[1])[sys.argv[3]], load_file(sys.argv[2])[sys.argv[3]]
+                assert b.dtype == np.float16 and np.array_equal(a.astype(np.float16), b), (a, b)
+                """, [Self.f32[0], out, name])
+            #expect(same.status == 0, "\(method): \(same.stderr)")
+        }
+        let stock = try TestSupport.wsamerge(["fuse", "--strategy", "model_stock", "--base", Self.f32[0], Self.f32[2], lacking,
+                                              "--on-missing", "union", "-o", dir + "/stock.safetensors"])
+        TestSupport.expectRefusal(stock, code: 65, mentions: [name, "b_missing.safetensors", "model_stock", "at least 2 inputs (1 hold"])
+        let baseLacks = try TestSupport.wsamerge(["fuse", "--strategy", "ties", "--base", lacking, Self.f32[0], "--weights", "1",
+                                                  "--on-missing", "union", "-o", dir + "/lacks.safetensors"])
+        TestSupport.expectRefusal(baseLacks, code: 65, mentions: [name, "missing from the base", "--on-missing intersection to leave them out"])
+        #expect(!baseLacks.stderr.contains("or union"))
+    }
+
     /// A variant of model b written by Python: `edit` is Python code changing dict `t`.
     func variant(_ dir: String, _ name: String, from source: String, _ edit: String) throws -> String {
         let path = dir + "/" + name

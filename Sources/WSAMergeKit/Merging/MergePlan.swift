@@ -93,7 +93,7 @@ public struct MergePlan: Sendable {
                 case .union:
                     // A method with a base merges against it: a tensor the base lacks cannot be.
                     if let base, baseIndex == nil {
-                        missingReports.append("'\(name)' is missing from the base \(base.path)")
+                        missingReports.append("'\(name)' is missing from the base \(base.path), which a union cannot merge it against")
                         continue
                     }
                 }
@@ -104,7 +104,8 @@ public struct MergePlan: Sendable {
         if !missingReports.isEmpty {
             let shown = missingReports.prefix(5).joined(separator: "; ")
             let more = missingReports.count > 5 ? " (and \(missingReports.count - 5) more)" : ""
-            throw WSAMergeError.hinted(.malformed(file: models[0].path, reason: "tensor sets differ: \(shown)\(more)"), .onMissing)
+            throw WSAMergeError.hinted(.malformed(file: models[0].path, reason: "tensor sets differ: \(shown)\(more)"),
+                                       onMissing == .union ? .commonOnly : .onMissing)
         }
         guard !items.isEmpty else { throw WSAMergeError.malformed(file: models[0].path, reason: "no tensor to write") }
         self.items = items

@@ -164,6 +164,13 @@ public struct Merger {
         let plan = try MergePlan(inputs: inputs, base: base, filter: request.filter, onMissing: request.onMissing,
                                  outputDType: request.dtype)
         try parameters.requireEverywhere(plan)
+        // `--on-missing union`: a tensor no input holds is the base's (below); one that fewer
+        // inputs hold than the method merges cannot be merged.
+        for item in plan.items where item.action == .merge && !item.sources.isEmpty && item.sources.count < declaration.inputs.lowerBound {
+            let lacking = plan.inputs.indices.first { k in !item.sources.contains { $0.input == k } }!
+            throw WSAMergeError.malformed(file: plan.inputs[lacking].path, tensor: item.name,
+                                          reason: "missing, and \(method) needs the tensor in at least \(declaration.inputs.lowerBound) inputs (\(item.sources.count) hold it)")
+        }
         let context = MergeContext(plan: plan, parameters: parameters, files: files, paths: paths, jobs: request.jobs)
         return Prepared(plan: plan, strategy: try strategyType.init(context), context: context, inputNames: inputPaths, baseName: basePath)
     }
@@ -193,6 +200,10 @@ public struct Merger {
                     try Converter.copy(try plan.inputs[source.input].reader(for: source.index), to: writer)
                 }
                 results.append(nil)
+            case .merge where item.sources.isEmpty:
+                // Only the base holds it (`--on-missing union`): there is nothing to merge into it.
+                try Converter.recode(try plan.base!.reader(for: item.base!), to: item.output.dtype, writer: writer, jobs: request.jobs)
+                results.append(TensorMergeResult(method: "base (no input holds it)"))
             case .merge:
                 let result = try merger.merge(item, output: Lockstep.Output(dtype: item.output.dtype, writer: writer))
                 if result.nonFinite {

@@ -210,4 +210,17 @@ import Testing
         let plain = try Self.merge("ram", base: paths[0], inputs: Array(paths[1...]), jobs: 1).values
         #expect(plain == [2.0, 3.0, 4.0, 0.0, 1.0])
     }
+
+    /// Where several inputs moved an element, ramplus_tl averages as ram does (Σδ / cnt, one
+    /// division), to the bit: dividing each δ first differed in the last bit of many F64 results.
+    @Test func ramPlusAveragesOverlapsAsRam() throws {
+        var rng = SplitMix(seed: 41)
+        let count = 4000
+        let base = (0..<count).map { _ in Double(rng.next() >> 11) * 0x1p-53 - 0.5 }
+        let models = [base] + (0..<3).map { _ in base.map { $0 + (Double(rng.next() >> 11) * 0x1p-53 - 0.5) * 0.1 } }
+        let files = try models.map { try Self.file($0, shape: [count]) }
+        let plus = try Self.merge("ramplus_tl", base: files[0], inputs: Array(files[1...]), jobs: 1).values
+        let ram = try Self.merge("ram", base: files[0], inputs: Array(files[1...]), jobs: 1).values
+        #expect(Self.firstDifference(plus, ram) == nil)
+    }
 }

@@ -211,14 +211,7 @@ public struct NuSlerpStrategy: MergeStrategy, TensorMerge {
 
     let context: MergeContext
 
-    public init(_ context: MergeContext) throws {
-        self.context = context
-        for item in context.plan.items where item.action == .merge {
-            guard item.sources.count == 2 else {
-                throw WSAMergeError.malformed(file: context.plan.inputs[0].path, tensor: item.name, reason: "nuslerp needs the tensor in both inputs")
-            }
-        }
-    }
+    public init(_ context: MergeContext) throws { self.context = context }
 
     public func merge(_ item: MergePlan.Item, output: Lockstep.Output) throws -> TensorMergeResult {
         let p = context.parameters
@@ -428,12 +421,7 @@ public struct ModelStockStrategy: MergeStrategy, TensorMerge {
 
     let context: MergeContext
 
-    public init(_ context: MergeContext) throws {
-        self.context = context
-        for item in context.plan.items where item.action == .merge && item.sources.count < 2 {
-            throw WSAMergeError.malformed(file: context.plan.inputs[0].path, tensor: item.name, reason: "model_stock needs the tensor in at least two inputs")
-        }
-    }
+    public init(_ context: MergeContext) throws { self.context = context }
 
     public func merge(_ item: MergePlan.Item, output: Lockstep.Output) throws -> TensorMergeResult {
         let n = item.sources.count

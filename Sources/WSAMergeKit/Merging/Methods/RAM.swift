@@ -33,7 +33,8 @@ public struct RAMStrategy: MergeStrategy, TensorMerge {
 /// ```
 /// shared_i = #(nz_i ∧ cnt > 1),  uniq_i = #(nz_i ∧ cnt = 1)        (over the whole tensor)
 /// ρ_i = shared_i / max(uniq_i, epsilon),  λ_i = 1 + r·clamp(ρ_i, 0, alpha)
-/// out = b + Σ_i nz_i · (cnt = 1 ? λ_i δ_i : δ_i / cnt)   where cnt ≥ 1,  b where no input moved
+/// out = b + λ_k δ_k                 where only input k moved (cnt = 1)
+/// out = b + Σ_i δ_i nz_i / cnt      where cnt > 1 (as in ram),  b where no input moved
 /// ```
 public struct RAMPlusTLStrategy: MergeStrategy, TensorMerge {
     public static let declaration = StrategyDeclaration(
@@ -124,16 +125,12 @@ struct RAMMerge {
                     if !b[j].isFinite { flag = true }
                     continue
                 }
+                // One input moved: its δ (× λ_k for ramplus_tl); several: their mean, as in ram.
                 var sum = 0.0
-                if let lambdas {
-                    for k in 0..<n where Swift.abs(inputs[k][j]) > epsilon {
-                        sum += moved == 1 ? lambdas[k] * inputs[k][j] : inputs[k][j] / Double(moved)
-                    }
-                    out[j] = b[j] + sum
-                } else {
-                    for k in 0..<n where Swift.abs(inputs[k][j]) > epsilon { sum += inputs[k][j] }
-                    out[j] = b[j] + sum / Double(moved)
+                for k in 0..<n where Swift.abs(inputs[k][j]) > epsilon {
+                    sum += (moved == 1 ? lambdas?[k] ?? 1 : 1) * inputs[k][j]  // × 1 is exact
                 }
+                out[j] = b[j] + (moved == 1 ? sum : sum / Double(moved))
                 if !out[j].isFinite { flag = true }
             }
             return (still, flag)
