@@ -498,7 +498,7 @@ struct MergeRecipeTests {
         }
         let partial = try linear("        - filter: mlp\n          value: 3\n")
         let refused = try TestSupport.wsamerge(["fuse", "--recipe", partial, "-o", tmp + "/out.safetensors"])
-        TestSupport.expectRefusal(refused, code: 64, mentions: [partial + ": ", "needs parameter 'weight' for input 1", "tensor '",
+        TestSupport.expectRefusal(refused, code: 64, mentions: [partial + ": ", "needs parameter 'weight' for input 1 (\(Self.m(1)))", "tensor '",
                                                                 "give every model a weight"])
         #expect(!refused.stderr.contains("--weights"), "a recipe's error names recipe keys, not options: \(refused.stderr)")
         #expect(!TestSupport.fileExists(tmp + "/out.safetensors"))

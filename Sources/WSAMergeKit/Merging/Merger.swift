@@ -158,7 +158,7 @@ public struct Merger {
         for role in declaration.files where role.scope == .perInput {
             if let given = request.files[role.name], !given.isEmpty { files[role.name] = try CheckpointReader.open(given, stripping: strip) }
         }
-        let parameters = try ResolvedParameters(declaration, settings: request.parameters, inputCount: inputs.count,
+        let parameters = try ResolvedParameters(declaration, settings: request.parameters, inputCount: inputs.count, inputNames: inputPaths,
                                                 tensorNames: (base ?? inputs[0]).tensors.map(\.name), layerPositions: request.layerPositions)
         try request.output.precheck(inputs: identities(models: (base.map { [$0] } ?? []) + inputs, files: files, paths: paths))
         let plan = try MergePlan(inputs: inputs, base: base, filter: request.filter, onMissing: request.onMissing,

@@ -154,12 +154,15 @@ public struct ResolvedParameters: Sendable {
     public let settings: ParameterSettings
     /// Inputs besides the base.
     public let inputCount: Int
+    /// The inputs as the user named them (for messages; may be empty).
+    public let inputNames: [String]
     /// Position `t` of each layer index, from the plan's tensor names.
     private let layerPositions: [Int: Double]
 
     /// Checks every setting against the declaration: unknown names, scope, per-input counts and
-    /// the type of every value. `layerPositions` replaces the positions read from `tensorNames`.
-    public init(_ declaration: StrategyDeclaration, settings: ParameterSettings, inputCount: Int,
+    /// the type of every value. `layerPositions` replaces the positions read from `tensorNames`;
+    /// `inputNames` name the inputs in messages.
+    public init(_ declaration: StrategyDeclaration, settings: ParameterSettings, inputCount: Int, inputNames: [String] = [],
                 tensorNames: [String] = [], layerPositions: [Int: Double]? = nil) throws {
         let method = declaration.identifier
         func unknown(_ name: String) -> WSAMergeError {
@@ -190,6 +193,7 @@ public struct ResolvedParameters: Sendable {
         self.declaration = declaration
         self.settings = settings
         self.inputCount = inputCount
+        self.inputNames = inputNames
         let layers = Set(tensorNames.compactMap { LayerGroups.layerIndex(of: $0) }).sorted()
         var positions: [Int: Double] = [:]
         for (rank, layer) in layers.enumerated() {
@@ -237,7 +241,7 @@ public struct ResolvedParameters: Sendable {
             return parameter.check(value) ?? value
         }
         if let value = parameter.defaultValue, !settings.withoutDefault.contains(name) { return value }
-        let whose = input.map { " for input \($0 + 1)" } ?? ""
+        let whose = input.map { " for input \($0 + 1)" + (inputNames.indices.contains($0) ? " (\(inputNames[$0]))" : "") } ?? ""
         throw WSAMergeError.hinted(.usage("\(method) needs parameter '\(name)'\(whose) (tensor '\(tensor)')"), .parameter(name))
     }
 
