@@ -118,24 +118,27 @@ public enum LayerGroups {
         public var moments = Moments()
     }
 
-    /// The layer index of `name`: the number after `layers.`, `layer.`, `h.` or `blocks.`.
-    public static func layerIndex(of name: String) -> Int? {
-        let parts = name.split(separator: ".", omittingEmptySubsequences: false)
-        for (i, part) in parts.enumerated().dropLast() where ["layers", "layer", "h", "blocks"].contains(part) {
-            if let n = Int(parts[i + 1]), n >= 0 { return n }
-        }
-        return nil
-    }
+    /// The layer index of `name`: the number after `layers`, `layer`, `h` or `blocks` (see `layerNumber`).
+    public static func layerIndex(of name: String) -> Int? { layerNumber(in: name)?.value }
 
     /// The tensor family of `name` (its layer index replaced by `*`, e.g. `model.layers.*.mlp.weight`)
     /// and that index, found as `layerIndex` finds it; nil for a tensor outside the layers.
     public static func family(of name: String) -> (family: String, layer: Int)? {
-        var parts = name.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
-        for i in parts.indices.dropLast() where ["layers", "layer", "h", "blocks"].contains(parts[i]) {
-            if let n = Int(parts[i + 1]), n >= 0 {
-                parts[i + 1] = "*"
-                return (parts.joined(separator: "."), n)
-            }
+        guard let (range, layer) = layerNumber(in: name) else { return nil }
+        return (name.replacingCharacters(in: range, with: "*"), layer)
+    }
+
+    /// Where the layer index is in `name` and its value: the component after `layers`, `layer`,
+    /// `h` or `blocks`, components separated by `.` (PyTorch) or `/` (TensorFlow-style npz keys).
+    static func layerNumber(in name: String) -> (range: Range<String.Index>, value: Int)? {
+        var parts: [Range<String.Index>] = [], start = name.startIndex
+        for i in name.indices where name[i] == "." || name[i] == "/" {
+            parts.append(start..<i)
+            start = name.index(after: i)
+        }
+        parts.append(start..<name.endIndex)
+        for (k, part) in parts.enumerated().dropLast() where ["layers", "layer", "h", "blocks"].contains(name[part]) {
+            if let n = Int(name[parts[k + 1]]), n >= 0 { return (parts[k + 1], n) }
         }
         return nil
     }

@@ -50,6 +50,12 @@ import Testing
         #expect(LayerGroups.layerIndex(of: "model.layers.x.weight") == nil)
         #expect(LayerGroups.layerIndex(of: "model.layers") == nil)
         #expect(LayerGroups.layerIndex(of: "h.-1.weight") == nil)
+        // npz keys written from TensorFlow-style names, and the families of both spellings
+        #expect(LayerGroups.layerIndex(of: "encoder/layers/4/kernel") == 4)
+        #expect(LayerGroups.layerIndex(of: "model/layer_4/kernel") == nil)
+        #expect(LayerGroups.family(of: "encoder/layers/4/kernel")! == ("encoder/layers/*/kernel", 4))
+        #expect(LayerGroups.family(of: "model.layers.12.mlp.up_proj.weight")! == ("model.layers.*.mlp.up_proj.weight", 12))
+        #expect(LayerGroups.family(of: "model.norm.weight") == nil)
     }
 
     @Test func filtersNamesLikeReSearch() throws {
