@@ -136,6 +136,21 @@ struct ModelDirectoryTests {
         #expect(listing(root + "/bare") == ["model.safetensors"])
     }
 
+    /// Links that loop back to the directory or a folder above are not walked again: each file
+    /// is copied once (one such link made 40 nested copies, two made the walk exponential).
+    @Test func linkLoopsAreWalkedOnce() throws {
+        let root = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(root) }
+        let source = try modelDirectory(root, "m", weights: Self.methods + "/ft0.safetensors")
+        let fm = FileManager.default
+        for name in ["self", "again"] { try fm.createSymbolicLink(atPath: source + "/" + name, withDestinationPath: ".") }
+        try fm.createSymbolicLink(atPath: source + "/1_Pooling/up", withDestinationPath: "..")
+        let run = try TestSupport.wsamerge(["convert", source, "-o", root + "/out/"])
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(listing(root + "/out") == ["1_Pooling/config.json", "README.md", "config.json", "model.safetensors", "modules.json",
+                                           "tokenizer.json"])
+    }
+
     @Test func copyingCanBeTurnedOffOrRedirected() throws {
         let root = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(root) }

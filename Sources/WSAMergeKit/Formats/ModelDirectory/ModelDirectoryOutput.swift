@@ -93,7 +93,9 @@ public struct ModelDirectoryOutput {
         default: throw WSAMergeError.usage("the config and tokenizer files come from a model directory, and '\(tokenizerSource)' is not a directory")
         }
         var found: [(String, String)] = []
-        Self.collect(tokenizerSource, root: Self.allowedRoot(tokenizerSource), prefix: "", keepingCard: recipe == nil, into: &found)
+        var visited: Set<String> = [realPath(tokenizerSource) ?? tokenizerSource]
+        Self.collect(tokenizerSource, root: Self.allowedRoot(tokenizerSource), prefix: "", keepingCard: recipe == nil, visited: &visited,
+                     into: &found)
         copies = found
         if !force {
             for (_, name) in copies where pathKind(directory + "/" + name) != .missing {
@@ -264,13 +266,19 @@ public struct ModelDirectoryOutput {
         return real
     }
 
-    static func collect(_ directory: String, root: String, prefix: String, keepingCard: Bool, into found: inout [(String, String)]) {
+    /// The files to copy from `directory` (as paths and their names under the output), sub-folders
+    /// included: links are followed within `root` only, and each folder once (`visited`: real
+    /// paths), so a link back to a folder above (a loop) is not walked again.
+    static func collect(_ directory: String, root: String, prefix: String, keepingCard: Bool, visited: inout Set<String>,
+                        into found: inout [(String, String)]) {
         for entry in listDirectory(directory) where !isWeightFile(entry, keepingCard: keepingCard && prefix.isEmpty) {
             let path = directory + "/" + entry
             guard let real = realPath(path), real == root || real.hasPrefix(root + "/") else { continue }
             switch pathKind(path) {
             case .file: found.append((path, prefix + entry))
-            case .directory: collect(path, root: root, prefix: prefix + entry + "/", keepingCard: keepingCard, into: &found)
+            case .directory:
+                guard visited.insert(real).inserted else { continue }
+                collect(path, root: root, prefix: prefix + entry + "/", keepingCard: keepingCard, visited: &visited, into: &found)
             default: break
             }
         }
