@@ -197,6 +197,79 @@ struct TransposedStream: ByteStream {
     }
 }
 
+/// A Fortran-order array of a plain file served in C order, a block of `rows` indices of axis 0
+/// at a time, in bounded memory: the block (shape `(rows, d1, …, dk)`) is itself a Fortran-order
+/// array, gathered with one read per combination of the other axes (its `rows` elements are
+/// contiguous in the file) and transposed in memory.
+struct FortranTileStream: ByteStream {
+    /// The bytes of one block (and as many again for its transpose).
+    static var tileBytes: Int {
+        #if DEBUG
+        if let tileBytesOverride { return tileBytesOverride }
+        #endif
+        return 16 << 20
+    }
+
+    #if DEBUG
+    /// Tests lower it to read many blocks.
+    @TaskLocal static var tileBytesOverride: Int?
+    #endif
+
+    let slice: FileSlice
+    let width: Int
+    /// Length of axis 0, the elements of one index of axis 0, and the indices a block holds.
+    let length: Int, columns: Int, rows: Int
+    private var next = 0
+    private var block: [UInt8] = []
+    private var served = 0
+
+    /// Nil when one index of axis 0 alone takes more than `tileBytes`.
+    init?(_ slice: FileSlice) {
+        let shape = slice.tensor.shape
+        width = slice.tensor.dtype.byteWidth!
+        length = shape[0]
+        columns = shape.dropFirst().reduce(1, *)
+        guard columns * width <= Self.tileBytes else { return nil }
+        rows = Swift.max(1, Self.tileBytes / (columns * width))
+        self.slice = slice
+    }
+
+    mutating func read(into buffer: UnsafeMutableRawBufferPointer) throws {
+        var done = 0
+        while done < buffer.count {
+            if served == block.count { try fill() }
+            let n = Swift.min(buffer.count - done, block.count - served)
+            block.withUnsafeBytes { from in (buffer.baseAddress! + done).copyMemory(from: from.baseAddress! + served, byteCount: n) }
+            served += n
+            done += n
+        }
+    }
+
+    private mutating func fill() throws {
+        guard next < length else { throw WSAMergeError.io(file: slice.path, reason: "read past the end of a Fortran-order array") }
+        let count = Swift.min(rows, length - next), run = count * width
+        var tile = [UInt8](repeating: 0, count: count * columns * width)
+        try tile.withUnsafeMutableBytes { tile throws in
+            for q in 0..<columns {
+                try slice.file.read(into: UnsafeMutableRawBufferPointer(rebasing: tile[(q * run)..<((q + 1) * run)]),
+                                    at: slice.offset + (q * length + next) * width)
+            }
+            if slice.swapWidth > 1 { swapBytes(tile, width: slice.swapWidth) }
+        }
+        block = [UInt8](repeating: 0, count: tile.count)
+        let shape = ([count] + slice.tensor.shape.dropFirst()).filter { $0 != 1 }.map { Int64($0) }
+        tile.withUnsafeBytes { from in
+            block.withUnsafeMutableBytes { to in
+                shape.withUnsafeBufferPointer { dims in
+                    wsk_fortran_to_c(from.baseAddress, to.baseAddress, dims.baseAddress, Int32(dims.count), Int64(width))
+                }
+            }
+        }
+        next += count
+        served = 0
+    }
+}
+
 /// Reverses the bytes of each `width`-byte element of `buffer` in place.
 func swapBytes(_ buffer: UnsafeMutableRawBufferPointer, width: Int) {
     let base = buffer.baseAddress!

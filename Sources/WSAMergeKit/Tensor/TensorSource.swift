@@ -48,9 +48,9 @@ public struct FileSlice: TensorSource {
     public func makeStream() throws -> any ByteStream { FileSliceStream(file: file, offset: offset, swapWidth: swapWidth) }
 }
 
-/// A tensor stored in Fortran (column-major) order: read whole and served in C order (rare in
-/// checkpoints; at most `TransposedStream.maxBytes`, one tensor at a time), or streamed as
-/// stored to passes that take any order.
+/// A tensor stored in Fortran (column-major) order, served in C order: read whole and transposed
+/// up to `TransposedStream.maxBytes` (one tensor at a time); larger ones of a plain file (`.npy`)
+/// a block at a time (`FortranTileStream`); or streamed as stored to passes that take any order.
 public struct FortranOrder: TensorSource {
     let stored: any TensorSource
 
@@ -61,11 +61,14 @@ public struct FortranOrder: TensorSource {
     public var readsConcurrently: Bool { false }
 
     public func makeStream() throws -> any ByteStream {
-        guard tensor.byteCount <= TransposedStream.maxBytes else {
-            throw WSAMergeError.malformed(file: path, tensor: tensor.name,
-                                          reason: "Fortran-order arrays over \(TransposedStream.maxBytes >> 20) MiB are read by stats and scope only (save it with numpy.ascontiguousarray to merge or convert it)")
+        if tensor.byteCount <= TransposedStream.maxBytes {
+            return try TransposedStream(fortranOrdered: try stored.makeStream(), tensor: tensor)
         }
-        return try TransposedStream(fortranOrdered: try stored.makeStream(), tensor: tensor)
+        if let slice = stored as? FileSlice, let tiles = FortranTileStream(slice) { return tiles }
+        let kind = stored is FileSlice ? "whose elements along the first axis take more than \(FortranTileStream.tileBytes >> 20) MiB"
+            : "in .npz archives"
+        throw WSAMergeError.malformed(file: path, tensor: tensor.name,
+                                      reason: "Fortran-order arrays over \(TransposedStream.maxBytes >> 20) MiB \(kind) are read by stats and scope only (save it with numpy.ascontiguousarray to merge or convert it)")
     }
 
     /// The stored (column-major) order, streamed like any file slice, whatever the size.
