@@ -919,6 +919,20 @@ static int LEVELED(sce_merge)(double *const *x, size_t inputs, const double *b, 
 }
 
 /* DELLA. */
+/* The smallest and largest of n keys, and the smallest nonzero one (~0 when all are zero; found
+ * as the smallest k − 1, which wraps a zero key to the top): min/max reductions the compiler
+ * vectorises. */
+static della_range LEVELED(della_key_range)(const uint64_t *keys, size_t n) {
+    uint64_t lo = ~(uint64_t)0, below_nonzero = ~(uint64_t)0, hi = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t k = keys[i];
+        lo = k < lo ? k : lo;
+        hi = k > hi ? k : hi;
+        below_nonzero = k - 1 < below_nonzero ? k - 1 : below_nonzero;
+    }
+    return (della_range){lo, hi, below_nonzero == ~(uint64_t)0 ? below_nonzero : below_nonzero + 1};
+}
+
 /* Decides the undecided elements (keep 2) of ranks [from, from + n), which hold every key of
  * some range in index order: each element's rank lies in its bucket's ranks, and p is monotone
  * in the rank, so u below the p of both ends of that range keeps it and u at or above both
@@ -928,16 +942,8 @@ static int LEVELED(sce_merge)(double *const *x, size_t inputs, const double *b, 
 static void LEVELED(della_resolve)(const della_fibre *f, size_t from, size_t n) {
     uint64_t *keys = f->keys + from, *order = f->order + from;
     const double *p = f->p + from;
-    /* The smallest and largest key, and the smallest nonzero one (as the smallest k − 1, which
-     * wraps a zero key to the top): min/max reductions the compiler vectorises. */
-    uint64_t lo = ~(uint64_t)0, below_nonzero = ~(uint64_t)0, hi = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint64_t k = keys[i];
-        lo = k < lo ? k : lo;
-        hi = k > hi ? k : hi;
-        below_nonzero = k - 1 < below_nonzero ? k - 1 : below_nonzero;
-    }
-    uint64_t lo_nonzero = below_nonzero == ~(uint64_t)0 ? below_nonzero : below_nonzero + 1;
+    della_range range = LEVELED(della_key_range)(keys, n);
+    uint64_t lo = range.lo, hi = range.hi, lo_nonzero = range.lo_nonzero;
     int sorted = lo == hi;
     if (!sorted && n <= 24) { /* a stable insertion sort gives every rank */
         for (size_t i = 1; i < n; i++) {
@@ -1050,14 +1056,9 @@ static void LEVELED(della_fibre_ranks)(const della_fibre *f, size_t n) {
     const double *u = f->u, *p = f->p;
     uint8_t *keep = f->keep;
     size_t stride = f->stride;
-    uint64_t lo = ~(uint64_t)0, below_nonzero = ~(uint64_t)0, hi = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint64_t k = keys[i];
-        lo = k < lo ? k : lo;
-        hi = k > hi ? k : hi;
-        below_nonzero = k - 1 < below_nonzero ? k - 1 : below_nonzero;
-    }
-    if (n <= 24 || lo == hi) { /* sorted outright, or one key: index order */
+    della_range range = LEVELED(della_key_range)(keys, n);
+    uint64_t hi = range.hi;
+    if (n <= 24 || range.lo == hi) { /* sorted outright, or one key: index order */
         for (size_t i = 0; i < n; i++) {
             f->order[i] = i;
             keep[i * stride] = 2;
@@ -1069,7 +1070,7 @@ static void LEVELED(della_fibre_ranks)(const della_fibre *f, size_t n) {
      * keys, but no wider than DELLA_OCTAVES octaves need (keys further down go to bucket 1). */
     size_t buckets = 256;
     while (buckets < n && buckets < DELLA_BUCKETS) buckets *= 2;
-    uint64_t base = below_nonzero + 1;
+    uint64_t base = range.lo_nonzero;
     int shift = 0, widest = 0;
     while ((((uint64_t)DELLA_OCTAVES << 52) >> widest) > buckets - 3) widest++;
     while (shift < widest && ((hi - base) >> shift) > buckets - 3) shift++;

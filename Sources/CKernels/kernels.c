@@ -521,6 +521,11 @@ typedef struct {
     uint8_t needed[DELLA_BUCKETS];
 } della_tables;
 
+/* DELLA: the smallest, largest and smallest nonzero key of a range (~0 when all are zero). */
+typedef struct {
+    uint64_t lo, hi, lo_nonzero;
+} della_range;
+
 /* DELLA: one fibre's ranking state: keys[r] and order[r] (the element's index) for ranks r, where a
  * range of ranks holds one bucket's elements in index order until it is split. */
 typedef struct {

@@ -201,7 +201,7 @@ struct TransposedStream: ByteStream {
 /// at a time, in bounded memory: the block (shape `(rows, d1, …, dk)`) is itself a Fortran-order
 /// array, gathered with one read per combination of the other axes (its `rows` elements are
 /// contiguous in the file) and transposed in memory.
-struct FortranTileStream: ByteStream {
+struct FortranTileStream: ChunkedStream {
     /// The bytes of one block (and as many again for its transpose).
     static var tileBytes: Int {
         #if DEBUG
@@ -220,8 +220,9 @@ struct FortranTileStream: ByteStream {
     /// Length of axis 0, the elements of one index of axis 0, and the indices a block holds.
     let length: Int, columns: Int, rows: Int
     private var next = 0
-    private var block: [UInt8] = []
-    private var served = 0
+    /// The current block in C order.
+    var chunk: [UInt8] = []
+    var served = 0
 
     /// Nil when one index of axis 0 alone takes more than `tileBytes`.
     init?(_ slice: FileSlice) {
@@ -234,18 +235,7 @@ struct FortranTileStream: ByteStream {
         self.slice = slice
     }
 
-    mutating func read(into buffer: UnsafeMutableRawBufferPointer) throws {
-        var done = 0
-        while done < buffer.count {
-            if served == block.count { try fill() }
-            let n = Swift.min(buffer.count - done, block.count - served)
-            block.withUnsafeBytes { from in (buffer.baseAddress! + done).copyMemory(from: from.baseAddress! + served, byteCount: n) }
-            served += n
-            done += n
-        }
-    }
-
-    private mutating func fill() throws {
+    mutating func fill() throws {
         guard next < length else { throw WSAMergeError.io(file: slice.path, reason: "read past the end of a Fortran-order array") }
         let count = Swift.min(rows, length - next), run = count * width
         var tile = [UInt8](repeating: 0, count: count * columns * width)
@@ -256,10 +246,10 @@ struct FortranTileStream: ByteStream {
             }
             if slice.swapWidth > 1 { swapBytes(tile, width: slice.swapWidth) }
         }
-        block = [UInt8](repeating: 0, count: tile.count)
+        chunk = [UInt8](repeating: 0, count: tile.count)
         let shape = ([count] + slice.tensor.shape.dropFirst()).filter { $0 != 1 }.map { Int64($0) }
         tile.withUnsafeBytes { from in
-            block.withUnsafeMutableBytes { to in
+            chunk.withUnsafeMutableBytes { to in
                 shape.withUnsafeBufferPointer { dims in
                     wsk_fortran_to_c(from.baseAddress, to.baseAddress, dims.baseAddress, Int32(dims.count), Int64(width))
                 }

@@ -26,6 +26,28 @@ public protocol ByteStream {
     mutating func read(into buffer: UnsafeMutableRawBufferPointer) throws
 }
 
+/// A stream made a chunk at a time: `fill()` sets `chunk` to the next bytes and `served` to 0;
+/// reads of any size are served from it.
+protocol ChunkedStream: ByteStream {
+    var chunk: [UInt8] { get set }
+    /// Bytes of `chunk` already read.
+    var served: Int { get set }
+    mutating func fill() throws
+}
+
+extension ChunkedStream {
+    mutating func read(into buffer: UnsafeMutableRawBufferPointer) throws {
+        var done = 0
+        while done < buffer.count {
+            if served == chunk.count { try fill() }
+            let n = Swift.min(buffer.count - done, chunk.count - served)
+            chunk.withUnsafeBytes { from in (buffer.baseAddress! + done).copyMemory(from: from.baseAddress! + served, byteCount: n) }
+            served += n
+            done += n
+        }
+    }
+}
+
 /// A tensor stored as one byte range of a plain file, C order (safetensors, `.npy`, PyTorch
 /// storages): read with bounded `pread`s, in pieces side by side.
 public struct FileSlice: TensorSource {

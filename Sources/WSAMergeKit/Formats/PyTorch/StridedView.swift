@@ -35,7 +35,7 @@ struct StridedSource: TensorSource {
 /// Serves a `StridedView`'s bytes in C order. Each chunk of up to `chunkElements` output elements
 /// is gathered either from one read of the storage span it touches (when that span is small or
 /// dense) or from reads of the runs of nearby elements, in storage order.
-struct StridedStream: ByteStream {
+struct StridedStream: ChunkedStream {
     static let chunkElements = 1 << 18
     /// A chunk whose elements span at most this many storage bytes is read in one piece.
     static let denseSpanBytes = 16 << 20
@@ -49,8 +49,8 @@ struct StridedStream: ByteStream {
     private var index: [Int]
     private var position: Int
     private var produced = 0
-    private var chunk: [UInt8] = []
-    private var served = 0
+    var chunk: [UInt8] = []
+    var served = 0
 
     init(view: StridedView, chunkElements: Int = Self.chunkElements, denseSpanBytes: Int = Self.denseSpanBytes) {
         self.view = view
@@ -58,19 +58,6 @@ struct StridedStream: ByteStream {
         self.denseSpanBytes = denseSpanBytes
         index = [Int](repeating: 0, count: view.shape.count)
         position = view.offset
-    }
-
-    mutating func read(into buffer: UnsafeMutableRawBufferPointer) throws {
-        var done = 0
-        while done < buffer.count {
-            if served == chunk.count { try fill() }
-            let n = min(buffer.count - done, chunk.count - served)
-            chunk.withUnsafeBytes { from in
-                (buffer.baseAddress! + done).copyMemory(from: from.baseAddress! + served, byteCount: n)
-            }
-            served += n
-            done += n
-        }
     }
 
     /// The storage positions of the next `count` output elements, advancing the C-order index.
@@ -92,7 +79,7 @@ struct StridedStream: ByteStream {
         return positions
     }
 
-    private mutating func fill() throws {
+    mutating func fill() throws {
         let count = min(chunkElements, view.elementCount - produced)
         guard count > 0 else {
             throw WSAMergeError.io(file: view.file.path, reason: "read past the end of a strided tensor")
