@@ -31,6 +31,8 @@ public enum WSAMergeError: Error, Equatable, Sendable {
         case outputDType
         /// Remove this leading prefix from the tensor names of the model that has it.
         case stripPrefix(String)
+        /// Select a single tensor (a conversion can; a merge writes every tensor of its inputs).
+        case oneTensor
 
         /// The hint in words, for callers without options of their own.
         public var text: String {
@@ -42,6 +44,7 @@ public enum WSAMergeError: Error, Equatable, Sendable {
             case .file(let role): "give the \(role) file(s)"
             case .outputDType: "choose F64, F32, F16 or BF16 as output dtype"
             case .stripPrefix(let prefix): "the names differ by the prefix '\(prefix)'"
+            case .oneTensor: "select one tensor, or write a format that holds several"
             }
         }
     }

@@ -35,6 +35,8 @@ extension WSAMerge {
 
         @OptionGroup var common: CommonOptions
 
+        @OptionGroup var report: ReportOptions
+
         func validate() throws {
             if base == nil && files.count < 2 { throw ValidationError("compare needs at least two checkpoints (or --base and one)") }
             if files.isEmpty { throw ValidationError("compare needs at least one checkpoint besides --base") }
@@ -56,7 +58,7 @@ extension WSAMerge {
                                             filter: try common.filter(), jobs: common.workerCount)
             comparison.sort(by: sort)
             if let plot { try writeText(Figures.compare(comparison).svg, to: plot, force: force, inputs: identities) }
-            switch common.format {
+            switch report.format {
             case .json: emit(comparison.json(layers: groupBy == .layer))
             case .table: emit(comparison.table(layers: groupBy == .layer))
             }

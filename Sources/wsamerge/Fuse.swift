@@ -29,7 +29,8 @@ extension WSAMerge {
         @Option(help: "The base model the inputs were fine-tuned from.")
         var base: String?
 
-        @Option(help: "Input weights w0,w1,… (the per-input parameter 'weight'). Default: uniform where the method allows.")
+        @Option(parsing: .unconditional,
+                help: "Input weights w0,w1,… (the per-input parameter 'weight'; any sign: --weights -1,2). Default: uniform where the method allows.")
         var weights: WeightList?
 
         @Option(name: .customLong("param"), help: ArgumentHelp("A strategy parameter: NAME=VALUE, or NAME=v0,v1,… for one value per input (repeatable).",
@@ -84,6 +85,8 @@ extension WSAMerge {
         @OptionGroup var output: OutputArguments
         @OptionGroup var common: CommonOptions
 
+        @OptionGroup var reportOptions: ReportOptions
+
         func validate() throws {
             if copyFilesFrom != nil && noCopyFiles { throw ValidationError("--copy-files-from and --no-copy-files contradict each other") }
         }
@@ -129,7 +132,7 @@ extension WSAMerge {
             }
             warnSummary("have NaN or infinite values (in an input or the merged result)", tensors: report.nonFiniteTensors, quiet: common.quiet)
             warnSummary("fell back from the strategy", tensors: report.fallbacks, quiet: common.quiet)
-            switch common.format {
+            switch reportOptions.format {
             case .json: emit(report.json)
             case .table: emit(report.table)
             }

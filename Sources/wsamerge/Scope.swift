@@ -31,6 +31,8 @@ extension WSAMerge {
 
         @OptionGroup var common: CommonOptions
 
+        @OptionGroup var report: ReportOptions
+
         func validate() throws {
             if let plot, plot == output { throw ValidationError("--plot and -o name the same file") }
         }
@@ -50,7 +52,7 @@ extension WSAMerge {
             comparison.sort(by: sort)
             if let output { try writeText(comparison.json.text + "\n", to: output, force: force, inputs: identities) }
             if let plot { try writeText(Figures.scope(comparison).svg, to: plot, force: force, inputs: identities) }
-            switch common.format {
+            switch report.format {
             case .json: emit(comparison.json)
             case .table: emit(comparison.table)
             }

@@ -14,6 +14,8 @@ extension WSAMerge {
 
         @OptionGroup var common: CommonOptions
 
+        @OptionGroup var report: ReportOptions
+
         enum GroupBy: String, ExpressibleByArgument { case layer }
 
         func run() throws {
@@ -21,7 +23,7 @@ extension WSAMerge {
             for checkpoint in try common.open(files) {
                 let statistics = try StatisticsRun.measure(checkpoint, filter: filter, jobs: common.workerCount,
                                                            progress: Progress.forTerminal(label: "stats", quiet: common.quiet))
-                switch common.format {
+                switch report.format {
                 case .json: emit(CheckpointReports.stats(checkpoint, statistics, groupByLayer: groupBy == .layer))
                 case .table: emit(CheckpointReports.statsTable(checkpoint, statistics, groupByLayer: groupBy == .layer))
                 }

@@ -11,9 +11,11 @@ struct WSAMerge: ParsableCommand {
         commandName: "wsamerge",
         abstract: "Measure, fuse and merge the weight scopes of neural-network checkpoints.",
         discussion: """
-            Reads safetensors (single or sharded) and NumPy .npy/.npz checkpoints, reports each \
-            tensor's weight scope as JSON, and merges checkpoints with weighted average, Fisher \
-            averaging or WSA scope-fused rescale.
+            Reads safetensors (single or sharded), NumPy .npy/.npz and PyTorch .pt/.bin checkpoints \
+            and Hugging Face model directories, reports each tensor's weight scope as JSON, and \
+            merges checkpoints with mergekit's methods (linear, TIES, DARE, DELLA, SLERP, … see \
+            'wsamerge strategies'), Fisher averaging or WSA scope-fused rescale, from flags or a \
+            mergekit YAML recipe.
             """,
         version: WSAMergeVersion.current,
         subcommands: [Inspect.self, Stats.self, ScopeCommand.self, Fuse.self, Convert.self, StrategiesCommand.self, Compare.self]
@@ -59,6 +61,7 @@ func describe(_ error: WSAMergeError) -> String {
     case .file(let role): option = "give --\(String(role.map { $0 == "_" ? "-" : $0 })) FILE" + (role == "fisher" ? " once per input, in input order" : "")
     case .outputDType: option = "pass --dtype F64, F32, F16 or BF16"
     case .stripPrefix(let prefix): option = "the names differ by '\(prefix)': pass --strip-prefix \(prefix)"
+    case .oneTensor: option = "convert --include can select one; a merge writes every tensor (--include picks those merged), so write .npz or .safetensors"
     }
     return "\(describe(inner)); \(option)"
 }
@@ -83,9 +86,15 @@ struct RecipeRunFailure: Error {
         case .commonOnly: return text + "; set on_missing: intersection in the recipe to leave them out"
         case .outputDType: return text + "; set out_dtype (float64, float32, float16 or bfloat16) in the recipe"
         case .stripPrefix(let prefix): return text + "; the names differ by '\(prefix)': add strip_prefix: \(prefix) to the recipe"
-        case .force: return describe(error)
+        case .force, .oneTensor: return describe(error)
         }
     }
+}
+
+/// The report format of the commands that print one (all but `convert`).
+struct ReportOptions: ParsableArguments {
+    @Option(help: "Output format on stdout: json or table.")
+    var format: OutputFormat = .json
 }
 
 /// Options every reading command shares.
@@ -95,9 +104,6 @@ struct CommonOptions: ParsableArguments {
 
     @Option(name: .customLong("exclude"), help: "Skip tensors whose name matches this regular expression (repeatable).")
     var exclude: [String] = []
-
-    @Option(help: "Output format on stdout: json or table.")
-    var format: OutputFormat = .json
 
     @Flag(help: "No progress or warnings on stderr.")
     var quiet = false

@@ -265,6 +265,23 @@ struct FuseTests {
         #expect(!baseLacks.stderr.contains("or union"))
     }
 
+    /// Negative weights parse as written (`--weights -0.5,1`: task negation), like `--weights=-0.5,1`.
+    @Test func negativeWeightsParseAsWritten() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let m = TestSupport.fixtures + "/methods"
+        var outputs: [[UInt8]] = []
+        for spelling in [["--weights", "-0.5,1"], ["--weights=-0.5,1"]] {
+            let out = dir + "/\(outputs.count).safetensors"
+            let run = try TestSupport.wsamerge(["fuse", "--strategy", "task_arithmetic", "--base", m + "/base.safetensors", m + "/ft0.safetensors",
+                                                m + "/ft1.safetensors", "-o", out] + spelling)
+            #expect(run.status == 0, "\(spelling): \(run.stderr)")
+            #expect((try run.json() as? [String: Any])?["weights"] as? [Double] == [-0.5, 1])
+            outputs.append(Array(try Data(contentsOf: URL(fileURLWithPath: out))))
+        }
+        #expect(outputs[0] == outputs[1])
+    }
+
     /// A variant of model b written by Python: `edit` is Python code changing dict `t`.
     func variant(_ dir: String, _ name: String, from source: String, _ edit: String) throws -> String {
         let path = dir + "/" + name

@@ -100,7 +100,7 @@ public func makeWriter(_ options: OutputOptions, tensors: [TensorInfo], metadata
                              force: options.force, inputs: inputs)
     case .npy:
         guard tensors.count == 1 else {
-            throw WSAMergeError.usage("\(options.path): a .npy file holds one array but \(tensors.count) tensors were selected (narrow them with --include)")
+            throw WSAMergeError.hinted(.usage("\(options.path): a .npy file holds one array but \(tensors.count) tensors would be written"), .oneTensor)
         }
         return try NpyWriter(destination: options.path, tensor: tensors[0], force: options.force, inputs: inputs)
     }

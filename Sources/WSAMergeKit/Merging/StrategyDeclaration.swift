@@ -37,17 +37,16 @@ public struct StrategyDeclaration: Sendable {
 
     /// The declaration as `wsamerge strategies` lists it.
     public var json: JSON {
-        var fields: [(String, JSON)] = [("identifier", .string(identifier))]
-        if !aliases.isEmpty { fields.append(("aliases", .array(aliases.map { .string($0) }))) }
-        fields += [
+        .object([
+            ("identifier", .string(identifier)),
+            ("aliases", .array(aliases.map { .string($0) })),
             ("summary", .string(summary)),
             ("base", .string(base.rawValue)),
             ("inputs", .object([("min", .int(inputs.lowerBound)),
                                 ("max", inputs.upperBound == Int.max ? .null : .int(inputs.upperBound))])),
             ("files", .array(files.map(\.json))),
             ("parameters", .array(parameters.map(\.json))),
-        ]
-        return .object(fields)
+        ])
     }
 }
 
