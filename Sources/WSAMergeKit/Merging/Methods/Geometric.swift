@@ -41,10 +41,11 @@ enum VectorLayout: Sendable, Equatable {
 /// depend on `--jobs`.
 ///
 /// - Parameters:
-///   - derive: fills `derived[k]` (count values each) from the decoded inputs of a block.
+///   - derive: fills `derived[k]` (count values each) from the decoded inputs of a block that
+///     starts at C-order `position`.
 func innerProducts(_ readers: [TensorReader], jobs: Int, layout: VectorLayout, derivedCount: Int, pairs: [(Int, Int)],
                    derive: @escaping @Sendable (_ inputs: [UnsafeMutablePointer<Double>], _ count: Int,
-                                                _ derived: [UnsafeMutablePointer<Double>]) -> Void) throws -> [[Double]] {
+                                                _ derived: [UnsafeMutablePointer<Double>], _ position: Int) -> Void) throws -> [[Double]] {
     let elements = readers[0].tensor.elementCount
     let vectors = layout.count(elements: elements)
     var sums = [[Double]](repeating: [Double](repeating: 0, count: pairs.count), count: vectors)
@@ -53,7 +54,7 @@ func innerProducts(_ readers: [TensorReader], jobs: Int, layout: VectorLayout, d
     try Lockstep.run(readers, jobs: jobs, output: nil, positioned: { inputs, count, _, position in
         let derived = (0..<derivedCount).map { _ in UnsafeMutablePointer<Double>.allocate(capacity: count) }
         defer { derived.forEach { $0.deallocate() } }
-        derive(inputs, count, derived)
+        derive(inputs, count, derived, position)
         // The vectors a block touches: a run of them (modulo the vector count for axis 0).
         let first: Int, touched: Int
         switch layout {
@@ -139,7 +140,7 @@ public struct SlerpStrategy: MergeStrategy, TensorMerge {
         let t = try context.parameters.number("t", tensor: item.name)
         let base = { try self.context.baseReader(item) }
         let sums = try innerProducts([try base(), try context.readers(item)[0]], jobs: context.jobs, layout: .whole, derivedCount: 2,
-                                     pairs: [(0, 0), (0, 1), (1, 1)]) { inputs, count, derived in
+                                     pairs: [(0, 0), (0, 1), (1, 1)]) { inputs, count, derived, _ in
             for k in 0..<2 { derived[k].update(from: inputs[k], count: count) }
         }[0]
         var na = sums[0].squareRoot(), nc = sums[2].squareRoot()
@@ -198,6 +199,9 @@ public struct NearSwapStrategy: MergeStrategy, TensorMerge {
 /// u = v/max(‖v‖, 1e-7),  cos = clamp(⟨u_0, u_1⟩, −1, 1)
 /// 1 − cos² ≤ 1e-16:  (1−t) v_0 + t v_1;   else θ = acos cos:  (sin((1−t)θ) v_0 + sin(tθ) v_1) / sin θ
 /// ```
+/// **wsamerge:** where |cos| is within 1e-6 of 1, `1 − cos²` is computed as `sin²θ` from the
+/// residual of a projection (`nearlyColinearSines`) and `θ = atan2(sin θ, cos)`, so exactly
+/// parallel or opposite vectors take the linear branch.
 public struct NuSlerpStrategy: MergeStrategy, TensorMerge {
     public static let declaration = StrategyDeclaration(
         identifier: "nuslerp", summary: "Spherical interpolation of two models (or their task vectors), whole or row by row.",
@@ -223,13 +227,24 @@ public struct NuSlerpStrategy: MergeStrategy, TensorMerge {
         let hasBase = item.base != nil
         let readers = { try self.context.readers(item) + (hasBase ? [try self.context.baseReader(item)] : []) }
         let sums = try innerProducts(try readers(), jobs: context.jobs, layout: layout, derivedCount: 2, pairs: [(0, 0), (0, 1), (1, 1)]) {
-            inputs, count, derived in taskVectors(inputs, count, derived, hasBase: hasBase)
+            inputs, count, derived, _ in taskVectors(inputs, count, derived, hasBase: hasBase)
         }
+        let cosines = sums.map { s in
+            Swift.min(Swift.max(s[1] / (Swift.max(s[0].squareRoot(), 1e-7) * Swift.max(s[2].squareRoot(), 1e-7)), -1), 1)
+        }
+        let sines = try Self.nearlyColinearSines(sums, cosines: cosines, readers: readers, layout: layout, hasBase: hasBase, jobs: context.jobs)
         // Per vector: (s0, s1, divisor): out = (s0 v0 + s1 v1) / divisor.
         var linearCount = 0
-        let coefficients: [(Double, Double, Double)] = sums.map { s in
-            let n0 = Swift.max(s[0].squareRoot(), 1e-7), n1 = Swift.max(s[2].squareRoot(), 1e-7)
-            let cos = Swift.min(Swift.max(s[1] / (n0 * n1), -1), 1)
+        let coefficients: [(Double, Double, Double)] = cosines.indices.map { v in
+            let cos = cosines[v]
+            if let sin2 = sines[v] {
+                if sin2 <= 1e-16 {
+                    linearCount += 1
+                    return (1 - t, t, 1)
+                }
+                let theta = atan2(sin2.squareRoot(), cos)
+                return (sin((1 - t) * theta), sin(t * theta), sin(theta))
+            }
             if 1 - cos * cos <= 1e-16 {
                 linearCount += 1
                 return (1 - t, t, 1)
@@ -248,6 +263,27 @@ public struct NuSlerpStrategy: MergeStrategy, TensorMerge {
         }
         return TensorMergeResult(method: "nuslerp", nonFinite: nonFinite,
                                  details: [("t", .double(t)), ("linear_vectors", .int(linearCount)), ("vectors", .int(sums.count))])
+    }
+
+    /// `sin²θ` of the vectors whose cosine is within 1e-6 of ±1 (nil for the others), from the
+    /// residual of projecting v_0 on v_1 in one more pass (only when there is such a vector):
+    /// `sin²θ = ‖v_0 − (⟨v_0,v_1⟩/‖v_1‖²) v_1‖² / ‖v_0‖²`. `1 − cos²` from the float64 cosine is
+    /// rounding noise there (exactly opposite vectors gave 4e-16 and missed the linear branch);
+    /// the residual's error enters squared.
+    static func nearlyColinearSines(_ sums: [[Double]], cosines: [Double], readers: () throws -> [TensorReader], layout: VectorLayout,
+                                    hasBase: Bool, jobs: Int) throws -> [Double?] {
+        let flagged = sums.indices.map { v in
+            sums[v][0].squareRoot() >= 1e-7 && sums[v][2].squareRoot() >= 1e-7 && 1 - Swift.abs(cosines[v]) <= 1e-6
+        }
+        guard flagged.contains(true) else { return sums.map { _ in nil } }
+        let factors = sums.indices.map { flagged[$0] ? sums[$0][1] / sums[$0][2] : 0 }
+        let residuals = try innerProducts(try readers(), jobs: jobs, layout: layout, derivedCount: 1, pairs: [(0, 0)]) { inputs, count, derived, position in
+            for j in 0..<count {
+                let b = hasBase ? inputs[2][j] : 0
+                derived[0][j] = (inputs[0][j] - b) - factors[layout.vector(of: position + j)] * (inputs[1][j] - b)
+            }
+        }
+        return sums.indices.map { flagged[$0] ? residuals[$0][0] / sums[$0][0] : nil }
     }
 }
 
@@ -285,13 +321,13 @@ public struct MultiSlerpStrategy: MergeStrategy, TensorMerge {
         let hasBase = item.base != nil
         let readers = { try self.context.readers(item) + (hasBase ? [try self.context.baseReader(item)] : []) }
         let squares = try innerProducts(try readers(), jobs: context.jobs, layout: .whole, derivedCount: n,
-                                        pairs: (0..<n).map { ($0, $0) }) { inputs, count, derived in
+                                        pairs: (0..<n).map { ($0, $0) }) { inputs, count, derived, _ in
             taskVectors(inputs, count, derived, hasBase: hasBase)
         }[0]
         let norms = squares.map { $0.squareRoot() }
         let coefficient = zip(w, norms).map { $0 / ($1 + eps) }
         // ‖m‖ from m itself, element by element.
-        let m2 = try innerProducts(try readers(), jobs: context.jobs, layout: .whole, derivedCount: 1, pairs: [(0, 0)]) { inputs, count, derived in
+        let m2 = try innerProducts(try readers(), jobs: context.jobs, layout: .whole, derivedCount: 1, pairs: [(0, 0)]) { inputs, count, derived, _ in
             for j in 0..<count {
                 var m = 0.0
                 for k in 0..<n { m = m + coefficient[k] * (hasBase ? inputs[k][j] - inputs[n][j] : inputs[k][j]) }
@@ -345,7 +381,7 @@ public struct KarcherStrategy: MergeStrategy, TensorMerge {
         let maxIter = try p.integer("max_iter", tensor: item.name), tol = try p.number("tol", tensor: item.name)
         let (pairs, pair) = upperPairs(n)
         let sums = try innerProducts(try context.readers(item), jobs: context.jobs, layout: .whole, derivedCount: n, pairs: pairs) {
-            inputs, count, derived in taskVectors(inputs, count, derived, hasBase: false)
+            inputs, count, derived, _ in taskVectors(inputs, count, derived, hasBase: false)
         }[0]
         let norms = (0..<n).map { sums[pair($0, $0)].squareRoot() }
         let alpha = 1 / Double(n)
@@ -431,7 +467,7 @@ public struct ModelStockStrategy: MergeStrategy, TensorMerge {
         let (pairs, pair) = upperPairs(n)
         let readers = { try self.context.readers(item) + [try self.context.baseReader(item)] }
         let sums = try innerProducts(try readers(), jobs: context.jobs, layout: layout, derivedCount: n, pairs: pairs) {
-            inputs, count, derived in taskVectors(inputs, count, derived, hasBase: true)
+            inputs, count, derived, _ in taskVectors(inputs, count, derived, hasBase: true)
         }
         var zeroRows = 0
         let ts: [Double] = sums.map { s in
