@@ -661,6 +661,17 @@ static inline __attribute__((always_inline)) int LEVELED(tv_combine_impl)(double
      * in the scalar tail), then the rest one by one. */
     size_t end = n & ~(size_t)7, i = 0;
     v8d lam = splat8(lambda);
+    /* non-finite outputs, as in `nonfinite`, gathered as they are stored */
+    v8lu high8 = {0};
+    uint64_t high = 0;
+#define TV_FLAG8(y) (high8 |= ((v8lu)(y) & 0x7FF0000000000000ull) + 0x0010000000000000ull)
+#define TV_FLAG1(y)                                                        \
+    do {                                                                   \
+        uint64_t u_;                                                       \
+        double y_ = (y);                                                   \
+        memcpy(&u_, &y_, 8);                                               \
+        high |= (u_ & 0x7FF0000000000000ull) + 0x0010000000000000ull;     \
+    } while (0)
     if (elect) {
         v8l lost8 = {0};
         for (; i < end; i += 8) {
@@ -677,8 +688,9 @@ static inline __attribute__((always_inline)) int LEVELED(tv_combine_impl)(double
             }
             v8l zero = (v8l)(den == 0);
             v8d q = (v8d)(((v8l)splat8(1.0) & zero) | ((v8l)den & ~zero));
-            v8d y = normalize ? mixed / q : mixed;
-            store8(out + i, load8d(b + i) + lam * y);
+            v8d y = normalize ? mixed / q : mixed, o = load8d(b + i) + lam * y;
+            store8(out + i, o);
+            TV_FLAG8(o);
             lost8 -= lost;
         }
         int64_t drops = 0;
@@ -696,6 +708,7 @@ static inline __attribute__((always_inline)) int LEVELED(tv_combine_impl)(double
             }
             double q = den == 0 ? 1 : den;
             out[i] = b[i] + lambda * (normalize ? mixed / q : mixed);
+            TV_FLAG1(out[i]);
             drops += lost;
         }
         *dropped += drops;
@@ -704,15 +717,21 @@ static inline __attribute__((always_inline)) int LEVELED(tv_combine_impl)(double
         for (; i < end; i += 8) {
             v8d mixed = splat8(0);
             for (size_t k = 0; k < inputs; k++) mixed += splat8(w[k]) * load8d(d[k] + i);
-            store8(out + i, load8d(b + i) + lam * (normalize ? mixed / div : mixed));
+            v8d o = load8d(b + i) + lam * (normalize ? mixed / div : mixed);
+            store8(out + i, o);
+            TV_FLAG8(o);
         }
         for (; i < n; i++) {
             double mixed = 0;
             for (size_t k = 0; k < inputs; k++) mixed += w[k] * d[k][i];
             out[i] = b[i] + lambda * (normalize ? mixed / divisor : mixed);
+            TV_FLAG1(out[i]);
         }
     }
-    return LEVELED(nonfinite)(out, n);
+#undef TV_FLAG8
+#undef TV_FLAG1
+    for (int l = 0; l < 8; l++) high |= high8[l];
+    return (high >> 63) != 0;
 }
 
 /* With the number of inputs a constant for the common counts, so the loops over the inputs unroll

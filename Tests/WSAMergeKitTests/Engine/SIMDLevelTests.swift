@@ -416,6 +416,39 @@ import Testing
         }
     }
 
+    /// The task-vector combine gives the same bits and sign-election drops at every level, and
+    /// reports non-finite output exactly when some output value is NaN or infinite (the flag
+    /// is gathered as values are stored, in the vector lanes and the tail).
+    @Test func taskVectorCombineAgreesAndFlagsNonFinite() {
+        for n in Self.lengths {
+            for inputs in [2, 3, 5] {
+                for (elect, normalize) in [(1, 1), (1, 0), (0, 1), (0, 0)] {
+                    for special in [false, true] {
+                        // Finite task vectors, or with the specials (NaN, ±∞, 1e300 overflowing the sum).
+                        let d = (0..<inputs).map { k in special ? Self.values(n, seed: UInt64(7 * n + k)) : Self.finite(n, seed: UInt64(7 * n + k)) }
+                        let b = Self.finite(n, seed: UInt64(n + 99)), w = [0.5, -1.25, 2, 1, 0.75].prefix(inputs).map { $0 }
+                        var flags: [Int32] = []
+                        expectSameBits("tv_combine n=\(n) inputs=\(inputs) elect=\(elect) normalize=\(normalize) special=\(special)") {
+                            var out = [Double](repeating: 0, count: n)
+                            var dropped: Int64 = 0
+                            let pointers = d.map { values in
+                                let p = UnsafeMutablePointer<Double>.allocate(capacity: max(n, 1))
+                                p.initialize(from: values, count: n)
+                                return p
+                            }
+                            defer { pointers.forEach { $0.deallocate() } }
+                            let flag = wsk_tv_combine(pointers.map { Optional($0) }, w, inputs, b, n, Int32(elect), Int32(normalize), 1.5, 2.5, &out, &dropped)
+                            flags.append(flag)
+                            #expect((flag != 0) == out.contains { !$0.isFinite }, "flag \(flag) for n=\(n) special=\(special)")
+                            return out.map(\.bitPattern) + [UInt64(bitPattern: dropped)]
+                        }
+                        #expect(Set(flags).count <= 1)
+                    }
+                }
+            }
+        }
+    }
+
     /// DELLA's keep decisions (`wsk_della_mask`) equal the rule computed from a full stable sort,
     /// at every level: `u_j < p[rank]`, ranks by |δ| ascending and equal keys in index order. Rows
     /// of every shape the bucketing meets: short ones (sorted outright), one key, Gaussian, on a
