@@ -711,6 +711,36 @@ int wsk_sce_merge(double *const *x, size_t inputs, const double *b, size_t n, ws
 double wsk_dot(const double *x, const double *y, size_t n) { return wsk_active()->dot(x, y, n); }
 void wsk_della_mask(const double *delta, size_t length, size_t stride, uint64_t key, int64_t first, const double *p, uint8_t *keep, uint64_t *scratch) { wsk_active()->della_mask(delta, length, stride, key, first, p, keep, scratch); }
 
+int wsk_encoded_nonfinite(const void *src, size_t n, int kind) {
+    /* the exponent all ones; branch-free loops the compiler vectorises */
+    const unsigned char *p = src;
+    if (kind == WSK_F64) {
+        uint64_t hits = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint64_t v;
+            memcpy(&v, p + 8 * i, 8);
+            hits |= (v & 0x7FF0000000000000ull) == 0x7FF0000000000000ull;
+        }
+        return hits != 0;
+    }
+    if (kind == WSK_F32) {
+        uint32_t hits = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint32_t v;
+            memcpy(&v, p + 4 * i, 4);
+            hits |= (v & 0x7F800000u) == 0x7F800000u;
+        }
+        return hits != 0;
+    }
+    uint16_t mask = kind == WSK_F16 ? 0x7C00 : 0x7F80, hits = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint16_t v;
+        memcpy(&v, p + 2 * i, 2);
+        hits |= (uint16_t)((v & mask) == mask);
+    }
+    return hits != 0;
+}
+
 void wsk_pack_bits(const uint8_t *keep, size_t n, uint8_t *bits) {
     size_t end = n & ~(size_t)7, i = 0;
     for (; i < end; i += 8) {

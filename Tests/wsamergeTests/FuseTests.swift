@@ -265,6 +265,27 @@ struct FuseTests {
         #expect(!baseLacks.stderr.contains("or union"))
     }
 
+    /// Merged values finite in float64 that overflow the output dtype when rounded (F16 from F32
+    /// inputs, F32 from F32 ones) count as non-finite: a warning, and refused under --strict
+    /// (both were written as ∞ silently).
+    @Test func overflowInTheOutputDTypeIsNonFinite() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        try TestSupport.pythonOK("""
+            from safetensors.numpy import save_file
+            save_file({"w": np.full((4, 4), 40000, np.float32)}, sys.argv[1] + "/x.safetensors")
+            save_file({"w": np.full((4, 4), 3e38, np.float32)}, sys.argv[1] + "/big.safetensors")
+            """, [dir])
+        for (file, dtype) in [("x", ["--dtype", "F16"]), ("big", [])] {
+            let inputs = [dir + "/\(file).safetensors", dir + "/\(file).safetensors"]
+            let strict = try TestSupport.wsamerge(["fuse", "--strict", "--param", "normalize=false"] + inputs + ["-o", dir + "/s.safetensors"] + dtype)
+            TestSupport.expectRefusal(strict, code: 65, mentions: ["tensor 'w'", "NaN or infinite as F", "every input is finite"])
+            #expect(!TestSupport.fileExists(dir + "/s.safetensors"))
+            let warned = try TestSupport.wsamerge(["fuse", "--param", "normalize=false"] + inputs + ["-o", dir + "/\(file)-out.safetensors"] + dtype)
+            #expect(warned.status == 0 && warned.stderr.contains("NaN or infinite values") && warned.stderr.contains(": w"), "\(warned.stderr)")
+        }
+    }
+
     /// Negative weights parse as written (`--weights -0.5,1`: task negation), like `--weights=-0.5,1`.
     @Test func negativeWeightsParseAsWritten() throws {
         let dir = try TestSupport.temporaryDirectory()

@@ -219,6 +219,8 @@ void wsk_della_probabilities(size_t length, double density, double epsilon, doub
 /// the range of ranks of their bucket of key bits, without a sort. `scratch` holds 7·length words.
 void wsk_della_mask(const double *delta, size_t length, size_t stride, uint64_t key, int64_t first, const double *p,
                     uint8_t *keep, uint64_t *scratch);
+/// Whether some of the n stored elements of kind `kind` (WSK_BF16 … WSK_F16) is infinite or NaN.
+int wsk_encoded_nonfinite(const void *src, size_t n, int kind);
 /// keep[i] ≠ 0 as bits (bit i % 8 of byte i / 8), and back to 0/1 bytes.
 void wsk_pack_bits(const uint8_t *keep, size_t n, uint8_t *bits);
 void wsk_unpack_bits(const uint8_t *bits, size_t n, uint8_t *keep);

@@ -1,3 +1,5 @@
+import CKernels
+
 /// `fuse`: checks everything, then streams every tensor through the strategy into the writer.
 public struct Merger {
     public struct Request: Sendable {
@@ -205,7 +207,9 @@ public struct Merger {
                 try Converter.recode(try plan.base!.reader(for: item.base!), to: item.output.dtype, writer: writer, jobs: request.jobs)
                 results.append(TensorMergeResult(method: "base (no input holds it)"))
             case .merge:
-                let result = try merger.merge(item, output: Lockstep.Output(dtype: item.output.dtype, writer: writer))
+                let watch = EncodedNonFiniteWatch(writer, dtype: item.output.dtype)
+                var result = try merger.merge(item, output: Lockstep.Output(dtype: item.output.dtype, writer: watch))
+                result.nonFinite = result.nonFinite || watch.found
                 if result.nonFinite {
                     if request.strict {
                         // Find the input that holds them (only on this error path); when none
@@ -220,7 +224,7 @@ public struct Merger {
                             }
                         }
                         throw WSAMergeError.malformed(file: request.output.path, tensor: item.name,
-                                                      reason: "the merged values are NaN or infinite though every input is finite (refused in strict mode; check the weights and parameters)")
+                                                      reason: "the merged values are NaN or infinite as \(item.output.dtype.rawValue) though every input is finite (refused in strict mode; check the weights and parameters, or the output dtype)")
                     }
                     nonFinite.append(item.name)
                 }
@@ -313,4 +317,30 @@ public struct Merger {
             })),
         ])
     }
+}
+
+/// Passes a tensor's encoded bytes on to `writer` and notes whether any is infinite or NaN: a
+/// merged value finite in float64 can overflow the output dtype (F32, F16, BF16) when rounded.
+final class EncodedNonFiniteWatch: CheckpointWriter {
+    let writer: any CheckpointWriter
+    /// The kernels' kind of the output dtype, or nil when it is not watched (F64 values are
+    /// checked before they are written; F8 has no infinity).
+    let kind: Int32?
+    private(set) var found = false
+
+    init(_ writer: any CheckpointWriter, dtype: DType) {
+        self.writer = writer
+        kind = dtype == .F64 ? nil : dtype.rawKind
+    }
+
+    func write(_ bytes: UnsafeRawBufferPointer) throws {
+        if let kind, !found, let base = bytes.baseAddress {
+            let width = kind == Int32(WSK_F32) ? 4 : 2
+            found = wsk_encoded_nonfinite(base, bytes.count / width, kind) != 0
+        }
+        try writer.write(bytes)
+    }
+
+    func finish() throws { try writer.finish() }
+    func add(companions: [OutputFile]) { writer.add(companions: companions) }
 }
