@@ -34,7 +34,7 @@ extension WSAMerge {
         @OptionGroup var report: ReportOptions
 
         func validate() throws {
-            if let plot, plot == output { throw ValidationError("--plot and -o name the same file") }
+            if let plot, let output, sameFile(plot, output) { throw ValidationError("--plot and -o name the same file") }
         }
 
         func run() throws {

@@ -489,6 +489,20 @@ struct MergeRecipeTests {
         #expect(try String(contentsOfFile: redirected + "/config.json", encoding: .utf8) == #"{"n_layer": 3, "text_config": {"n_layer": 4}}"#)
     }
 
+    /// `-o` may not name the recipe the merge reads (it replaced the recipe with the weights).
+    @Test func outputMayNotBeTheRecipe() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let recipe = dir + "/r.yml", text = "merge_method: linear\nmodels:\n  - model: \(FuseTests.f32[0])\n    parameters: {weight: 1}\n  - model: \(FuseTests.f32[1])\n    parameters: {weight: 1}\n"
+        try text.write(toFile: recipe, atomically: true, encoding: .utf8)
+        try FileManager.default.createSymbolicLink(atPath: dir + "/link.yml", withDestinationPath: recipe)
+        for given in [recipe, dir + "/link.yml"] {
+            let run = try TestSupport.wsamerge(["fuse", "--recipe", given, "-o", recipe, "--force"])
+            TestSupport.expectRefusal(run, code: 73, mentions: ["r.yml"])
+            #expect(try String(contentsOfFile: recipe, encoding: .utf8) == text)
+        }
+    }
+
     @Test("linear's weight is required: a filter list with no entry for some tensor is refused, a '*' filter matches all")
     func linearWeightFilters() throws {
         let tmp = try TestSupport.temporaryDirectory()

@@ -68,6 +68,18 @@ struct ScopeTests {
         TestSupport.expectRefusal(again, code: 73, mentions: ["--force"])
     }
 
+    /// `--plot` and `-o` naming one file however spelled (`./`, an absolute path) is refused
+    /// before anything is written: it replaced the target scope with the plot.
+    @Test func plotAndTargetMayNotBeOneFile() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        for plot in [dir + "/./same.json", dir + "/../" + (dir as NSString).lastPathComponent + "/same.json"] {
+            let run = try TestSupport.wsamerge(["scope"] + Self.models + ["-o", dir + "/same.json", "--plot", plot, "--force"])
+            TestSupport.expectRefusal(run, code: 64, mentions: ["--plot and -o name the same file"])
+            #expect(!TestSupport.fileExists(dir + "/same.json"))
+        }
+    }
+
     @Test func missingTensorsAreReported() throws {
         let dir = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(dir) }

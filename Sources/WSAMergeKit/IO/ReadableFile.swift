@@ -91,6 +91,21 @@ public struct FileIdentity: Hashable, Sendable {
     }
 }
 
+/// Whether two paths name the same file, whether it exists yet or not: the same identity, or the
+/// same name in the same (resolved) directory (`w/same.json`, `w/./same.json`, an absolute path).
+public func sameFile(_ a: String, _ b: String) -> Bool {
+    if a == b { return true }
+    if let x = FileIdentity(path: a), let y = FileIdentity(path: b) { return x == y }
+    func place(_ path: String) -> String? {
+        let slash = path.lastIndex(of: "/")
+        let parent = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+        let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
+        return realPath(parent).map { $0 + "/" + name }
+    }
+    guard let x = place(a), let y = place(b) else { return false }
+    return x == y
+}
+
 /// The C library's text for an `errno` value.
 func systemError(_ code: Int32) -> String {
     String(cString: strerror(code))

@@ -32,6 +32,8 @@ public struct Merger {
         public var layerPositions: [Int: Double]?
         /// The merge as a recipe (normalised YAML), recorded as `wsamerge.recipe`.
         public var recipe: String?
+        /// Other files the merge reads (the recipe file), which `-o` may not name either.
+        public var otherReads: [String] = []
 
         public init(inputs: [String], strategy: String, output: OutputOptions) {
             self.inputs = inputs
@@ -162,7 +164,8 @@ public struct Merger {
         }
         let parameters = try ResolvedParameters(declaration, settings: request.parameters, inputCount: inputs.count, inputNames: inputPaths,
                                                 tensorNames: (base ?? inputs[0]).tensors.map(\.name), layerPositions: request.layerPositions)
-        try request.output.precheck(inputs: identities(models: (base.map { [$0] } ?? []) + inputs, files: files, paths: paths))
+        try request.output.precheck(inputs: identities(models: (base.map { [$0] } ?? []) + inputs, files: files, paths: paths)
+            .union(request.otherReads.compactMap { FileIdentity(path: $0) }))
         let plan = try MergePlan(inputs: inputs, base: base, filter: request.filter, onMissing: request.onMissing,
                                  outputDType: request.dtype)
         try parameters.requireEverywhere(plan)

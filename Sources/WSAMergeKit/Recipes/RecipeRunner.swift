@@ -30,6 +30,7 @@ public enum RecipeRunner {
         let declaration = strategy.declaration
         func resolve(_ reference: String, _ path: String) throws -> String { try document.resolve(reference, at: path, with: resolver) }
         var request = Merger.Request(inputs: [], strategy: recipe.mergeMethod, output: output)
+        request.otherReads = document.file == "<stdin>" ? [] : [document.file]
         if recipe.slices.isEmpty {
             var models = recipe.models
             var offset = 0
