@@ -388,6 +388,17 @@ struct FuseTests {
         TestSupport.expectRefusal(wsa, code: 73, mentions: ["one of the inputs"])
     }
 
+    /// `--dry-run` runs the output format's checks too: a .npy of several tensors, BF16 in .npz.
+    @Test func dryRunChecksTheOutputFormat() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let npy = try TestSupport.wsamerge(["fuse", "--dry-run"] + Self.f32 + ["-o", dir + "/m.npy"])
+        TestSupport.expectRefusal(npy, code: 64, mentions: ["holds one array"])
+        let npz = try TestSupport.wsamerge(["fuse", "--dry-run"] + Self.bf16 + ["-o", dir + "/m.npz"])
+        TestSupport.expectRefusal(npz, code: 65, mentions: ["numpy cannot represent BF16", "--dtype F32"])
+        #expect(try TestSupport.wsamerge(["fuse", "--dry-run"] + Self.bf16 + ["-o", dir + "/m.npz", "--dtype", "F32"]).status == 0)
+    }
+
     @Test func dryRunPrintsThePlanAndWritesNothing() throws {
         let dir = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(dir) }

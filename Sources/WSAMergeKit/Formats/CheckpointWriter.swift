@@ -99,9 +99,6 @@ public func makeWriter(_ options: OutputOptions, tensors: [TensorInfo], metadata
         return try NpzWriter(destination: options.path, tensors: tensors, compressed: compressed,
                              force: options.force, inputs: inputs)
     case .npy:
-        guard tensors.count == 1 else {
-            throw WSAMergeError.hinted(.usage("\(options.path): a .npy file holds one array but \(tensors.count) tensors would be written"), .oneTensor)
-        }
         return try NpyWriter(destination: options.path, tensor: tensors[0], force: options.force, inputs: inputs)
     }
 }
@@ -112,7 +109,12 @@ extension OutputOptions.Layout {
     /// reserved key); in `.npz` a member name (`NAME.npy`) over 65,535 bytes, with a NUL (zip
     /// readers cut the name there), absolute or with a `..` component (it would unpack outside
     /// the folder). Two tensors of one name are refused everywhere; names are compared byte-wise.
-    func checkNames(_ tensors: [TensorInfo], file: String) throws {
+    /// NumPy holds no BF16 (nor F8, …) and a `.npy` file one array. Called before anything is
+    /// written (by `--dry-run` too).
+    public func checkNames(_ tensors: [TensorInfo], file: String) throws {
+        if case .npy = self, tensors.count != 1 {
+            throw WSAMergeError.hinted(.usage("\(file): a .npy file holds one array but \(tensors.count) tensors would be written"), .oneTensor)
+        }
         var names = Set<ByteKey>()
         for tensor in tensors {
             let name = tensor.name
@@ -141,6 +143,8 @@ extension OutputOptions.Layout {
             case .npy:
                 break
             }
+            if case .npz = self { _ = try NpyHeader.encoded(for: tensor, file: file) }
+            if case .npy = self { _ = try NpyHeader.encoded(for: tensor, file: file) }
         }
     }
 }

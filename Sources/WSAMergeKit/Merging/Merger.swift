@@ -176,6 +176,7 @@ public struct Merger {
             throw WSAMergeError.malformed(file: plan.inputs[lacking].path, tensor: item.name,
                                           reason: "missing, and \(method) needs the tensor in at least \(declaration.inputs.lowerBound) inputs (\(item.sources.count) hold it)")
         }
+        try request.output.layout.checkNames(plan.items.map(\.output), file: request.output.path)
         let context = MergeContext(plan: plan, parameters: parameters, files: files, paths: paths, jobs: request.jobs)
         return Prepared(plan: plan, strategy: try strategyType.init(context), context: context, inputNames: inputPaths, baseName: basePath)
     }

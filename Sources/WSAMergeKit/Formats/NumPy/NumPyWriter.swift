@@ -83,7 +83,6 @@ final class NpzWriter: CheckpointWriter {
 
     init(destination: String, tensors: [TensorInfo], compressed: Bool, force: Bool, inputs: Set<FileIdentity>) throws {
         try OutputOptions.Layout.npz(compressed: compressed).checkNames(tensors, file: destination)
-        for tensor in tensors { _ = try NpyHeader.encoded(for: tensor, file: destination) }
         zip = ZipWriter(output: try OutputFile(destination: destination, force: force, inputs: inputs), compressed: compressed)
         self.tensors = tensors
         try openMembersUntilDataNeeded()
