@@ -18,7 +18,7 @@ extension WSAMerge {
         @Option(help: "The model the inputs were fine-tuned from: compare their task vectors.")
         var base: String?
 
-        @Option(help: "Fraction of each task vector's largest magnitudes whose overlap is measured (with --base; default 0.2).")
+        @Option(parsing: .unconditional, help: "Fraction of each task vector's largest magnitudes whose overlap is measured (with --base; default 0.2).")
         var density: Double?
 
         @Option(name: .customLong("group-by"), help: "Also pool the sums per layer index parsed from names: layer.")

@@ -43,7 +43,7 @@ struct OutputArguments: ParsableArguments {
     @Option(name: .shortAndLong, help: "Output: *.safetensors, *.npz, *.npy, or a directory for shards.")
     var output: String
 
-    @Option(name: .customLong("max-shard-size"), help: "Write shards of at most this size (5GB, 500MB, bytes; powers of 1000).")
+    @Option(name: .customLong("max-shard-size"), parsing: .unconditional, help: "Write shards of at most this size (5GB, 500MB, bytes; powers of 1000).")
     var maxShardSize: String?
 
     @Flag(help: "Deflate the members of a .npz output.")

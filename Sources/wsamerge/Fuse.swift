@@ -37,7 +37,7 @@ extension WSAMerge {
                                                                valueName: "name=value"))
         var parameters: [ParameterAssignment] = []
 
-        @Option(help: "Seed of the random draws (the parameter 'seed'; with --recipe, what mergekit's --random-seed is).")
+        @Option(parsing: .unconditional, help: "Seed of the random draws (the parameter 'seed'; with --recipe, what mergekit's --random-seed is).")
         var seed: Int?
 
         @Option(help: "Output dtype: keep (each tensor keeps the base's, else the first input's dtype), F64, F32, F16 or BF16.")

@@ -11,7 +11,7 @@ extension WSAMerge {
         @Argument(help: "Checkpoints to compare.")
         var files: [String]
 
-        @Option(help: "Model weights w1,w2,… (≥ 0, normalised). Default: uniform.")
+        @Option(parsing: .unconditional, help: "Model weights w1,w2,… (≥ 0, normalised). Default: uniform.")
         var weights: WeightList?
 
         @Option(name: .customLong("scope-fusion"), help: "Fusion rule: linear, quadratic or mixture.")

@@ -25,6 +25,12 @@ struct WSAMerge: ParsableCommand {
         CleanupOnSignal.install()
         do {
             try SIMDLevel.checkEnvironment()
+            // `--option=` with nothing after '=' made the argument parser (1.8.2) take the next
+            // argument as its value: refused here instead.
+            for argument in CommandLine.arguments.dropFirst().prefix(while: { $0 != "--" })
+            where argument.hasPrefix("--") && argument.hasSuffix("=") && argument.count > 3 {
+                throw WSAMergeError.usage("\(argument.dropLast()) has an empty value")
+            }
             var command = try parseAsRoot()
             try command.run()
         } catch let error as WSAMergeError {
@@ -34,7 +40,8 @@ struct WSAMerge: ParsableCommand {
         } catch {
             let code = exitCode(for: error)
             if code == .success || error is CleanExit { exit(withError: error) }
-            var message = fullMessage(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+            var message = oneLine(fullMessage(for: error))
+            if message.isEmpty { message = "\(error)" }
             if message.hasPrefix("Error: ") { message.removeFirst(7) }
             fail(message, code: code == .validationFailure ? 64 : code.rawValue)
         }
@@ -46,6 +53,18 @@ struct WSAMerge: ParsableCommand {
         StandardStreams.write("wsamerge: \(Terminal.paint("error:", "1;31")) \(escapeControlCharacters(message))\n", to: StandardStreams.error)
         Glibc.exit(code)
     }
+}
+
+/// The argument parser's message on one line: its text before the help and usage, a list of values
+/// ("  - average" lines) joined with commas.
+func oneLine(_ message: String) -> String {
+    var text = "", items: [String] = []
+    for line in message.split(separator: "\n", omittingEmptySubsequences: false) {
+        let trimmed = line.trimmingCharacters(in: .whitespaces)
+        if trimmed.hasPrefix("Usage:") || trimmed.hasPrefix("Help:") || (trimmed.isEmpty && !text.isEmpty) { break }
+        if trimmed.hasPrefix("- ") { items.append(String(trimmed.dropFirst(2))) } else if !trimmed.isEmpty { text += (text.isEmpty ? "" : " ") + trimmed }
+    }
+    return items.isEmpty ? text : text + " " + items.joined(separator: ", ")
 }
 
 /// A library error in the command line's words: hints name the options that act on them.
@@ -108,7 +127,7 @@ struct CommonOptions: ParsableArguments {
     @Flag(help: "No progress or warnings on stderr.")
     var quiet = false
 
-    @Option(help: "Worker threads (default: all cores). Results are identical for every value.")
+    @Option(parsing: .unconditional, help: "Worker threads (default: all cores). Results are identical for every value.")
     var jobs: Int?
 
     @Option(name: .customLong("strip-prefix"), help: "Remove this leading prefix from tensor names, e.g. state_dict. or module. (repeatable).")

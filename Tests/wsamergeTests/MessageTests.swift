@@ -6,6 +6,26 @@ import Testing
     static let a = TestSupport.fixtures + "/merge/a.safetensors"
     static let b = TestSupport.fixtures + "/merge/b.safetensors"
 
+    /// Command-line mistakes, each one line naming what is wrong: `--include=` with nothing after
+    /// '=' (the argument parser took the next argument as its value: a merge of the other model
+    /// alone), a negative number given space-separated (was "Missing value"), and a value
+    /// outside a long list of choices (the list was cut off after its first line).
+    @Test func commandLineMistakesAreOneClearLine() throws {
+        let a = TestSupport.fixture("merge/a.safetensors"), b = TestSupport.fixture("merge/b.safetensors")
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let empty = try TestSupport.wsamerge(["fuse", "--include=", a, b, "-o", dir + "/m.safetensors"])
+        TestSupport.expectRefusal(empty, code: 64, mentions: ["--include has an empty value"])
+        #expect(!TestSupport.fileExists(dir + "/m.safetensors"))
+        TestSupport.expectRefusal(try TestSupport.wsamerge(["stats", "--jobs", "-1", a]), code: 64, mentions: ["--jobs must be at least 1"])
+        let strategy = try TestSupport.wsamerge(["fuse", "--strategy", "bogus", a, b, "-o", dir + "/m.safetensors"])
+        TestSupport.expectRefusal(strategy, code: 64, mentions: ["'bogus'", "average, fisher, wsa", "ramplus_tl"])
+        #expect(!strategy.stderr.contains("Help:"))
+        // After "--", an argument ending in '=' is a file name, not an option.
+        let named = try TestSupport.wsamerge(["inspect", "--", "--weird="])
+        TestSupport.expectRefusal(named, code: 66, mentions: ["--weird="])
+    }
+
     @Test func truncatedDuplicateAndEmptyNumPyFilesSayWhatTheyAre() throws {
         let dir = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(dir) }
