@@ -162,8 +162,17 @@ extension WSAMerge {
             let declaration = Strategies.named(strategy.name)!.declaration
             var request = Merger.Request(inputs: inputs, strategy: strategy.name, output: try output.options())
             request.base = base
-            // Sugar first, so an explicit --param wins.
-            if let weights { try request.parameters.assign("weight", words: weights.words, for: declaration) }
+            // Each parameter once: a flag and a --param for one parameter, or a repeated --param,
+            // would leave one of them silently unused.
+            var given: [String: String] = [:]
+            func note(_ name: String, _ spelling: String) throws {
+                if let first = given[name] { throw ValidationError("\(first) and \(spelling) both set parameter '\(name)'; give it once") }
+                given[name] = spelling
+            }
+            if let weights {
+                try note("weight", "--weights")
+                try request.parameters.assign("weight", words: weights.words, for: declaration)
+            }
             let sugar: [(String, String?)] = [
                 ("seed", seed.map { String($0) }),
                 ("fisher_epsilon", fisherEpsilon.map { "\($0)" }),
@@ -173,9 +182,12 @@ extension WSAMerge {
                 ("wsa_min_rank", wsaMinRank.map { String($0) }),
             ]
             for (name, text) in sugar {
-                if let text { try request.parameters.assign(name, words: [text], for: declaration) }
+                guard let text else { continue }
+                try note(name, "--" + name.replacingOccurrences(of: "_", with: "-"))
+                try request.parameters.assign(name, words: [text], for: declaration)
             }
             for assignment in parameters {
+                try note(assignment.name, "--param \(assignment.name)=…")
                 try request.parameters.assign(assignment.name, words: assignment.words, for: declaration)
             }
             if !fisher.isEmpty { request.files["fisher"] = fisher }

@@ -25,6 +25,11 @@ struct WSAMerge: ParsableCommand {
         CleanupOnSignal.install()
         do {
             try SIMDLevel.checkEnvironment()
+            // Arguments are UTF-8: another encoding's bytes would be decoded with replacement
+            // characters, naming a different file (or creating one).
+            for i in 1..<Int(CommandLine.argc) where CommandLine.unsafeArgv[i].map({ String(validatingCString: $0) == nil }) ?? false {
+                throw WSAMergeError.usage("argument \(i) is not UTF-8 text (\(CommandLine.arguments[i])); name the file in UTF-8")
+            }
             // `--option=` with nothing after '=' made the argument parser (1.8.2) take the next
             // argument as its value: refused here instead.
             for argument in CommandLine.arguments.dropFirst().prefix(while: { $0 != "--" })

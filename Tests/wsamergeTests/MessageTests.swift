@@ -26,6 +26,33 @@ import Testing
         TestSupport.expectRefusal(named, code: 66, mentions: ["--weird="])
     }
 
+    /// What would be silently lost or wrong is refused: a parameter given twice (a flag and a
+    /// --param, or --param repeated), a --metadata key of the provenance, a target scope that
+    /// lists a tensor twice, a non-UTF-8 argument (it named another file), and an output whose
+    /// parent is a file.
+    @Test func ambiguousOrLossyRequestsAreRefused() throws {
+        let a = TestSupport.fixture("merge/a.safetensors"), b = TestSupport.fixture("merge/b.safetensors")
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let out = dir + "/m.safetensors"
+        for (options, words) in [(["--weights", "1,1", "--param", "weight=3,4"], ["--weights and --param weight=… both set parameter 'weight'"]),
+                                 (["--param", "weight=1,1", "--param", "weight=3,4"], ["both set parameter 'weight'"]),
+                                 (["--metadata", "wsamerge.strategy=x"], ["'wsamerge.strategy'", "provenance"])] {
+            TestSupport.expectRefusal(try TestSupport.wsamerge(["fuse", a, b, "-o", out] + options), code: 64, mentions: words)
+        }
+        let target = dir + "/target.json"
+        try #"{"tensors":[{"name":"model.embed.weight","fused":{"mean":0,"std":1}},{"name":"model.embed.weight","fused":{"mean":1,"std":2}}]}"#
+            .write(toFile: target, atomically: true, encoding: .utf8)
+        let twice = try TestSupport.wsamerge(["fuse", "--strategy", "wsa", "--target-scope", target, a, b, "-o", out])
+        TestSupport.expectRefusal(twice, code: 65, mentions: ["model.embed.weight", "listed twice"])
+        // A Latin-1 file name, passed as raw bytes through the shell.
+        let latin1 = try TestSupport.run("/bin/bash", ["-c", "\"$0\" convert \"$1\" -o \"$2\"/$'caf\\xe9.safetensors'", TestSupport.binary, a, dir])
+        TestSupport.expectRefusal(latin1, code: 64, mentions: ["argument 4 is not UTF-8 text"])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix("caf") }.isEmpty)
+        TestSupport.expectRefusal(try TestSupport.wsamerge(["convert", a, "-o", a + "/x.safetensors"]), code: 73, mentions: ["is not a directory"])
+        #expect(!TestSupport.fileExists(out))
+    }
+
     @Test func truncatedDuplicateAndEmptyNumPyFilesSayWhatTheyAre() throws {
         let dir = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(dir) }

@@ -23,7 +23,7 @@ public struct OutputOptions: Sendable {
         if case .sharded = layout {
             let parent = parentDirectory(of: path.hasSuffix("/") ? String(path.dropLast()) : path)
             guard pathKind(parent) == .directory else {
-                throw WSAMergeError.cannotCreate(file: path, reason: "directory '\(parent)' does not exist")
+                throw WSAMergeError.cannotCreate(file: path, reason: pathKind(parent) == .missing ? "directory '\(parent)' does not exist" : "'\(parent)' is not a directory")
             }
             if pathKind(path) == .file { throw WSAMergeError.cannotCreate(file: path, reason: "exists and is not a directory") }
         } else {

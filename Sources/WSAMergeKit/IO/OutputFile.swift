@@ -109,7 +109,7 @@ public final class OutputFile {
         }
         let directory = parentDirectory(of: destination)
         guard pathKind(directory) == .directory else {
-            throw WSAMergeError.cannotCreate(file: destination, reason: "directory '\(directory)' does not exist")
+            throw WSAMergeError.cannotCreate(file: destination, reason: pathKind(directory) == .missing ? "directory '\(directory)' does not exist" : "'\(directory)' is not a directory")
         }
     }
 

@@ -109,6 +109,9 @@ public struct Merger {
         if let dtype = request.dtype, !DType.targets.contains(dtype) {
             throw WSAMergeError.hinted(.usage("cannot write merged values as \(dtype.rawValue)"), .outputDType)
         }
+        if let (key, _) = request.extraMetadata.first(where: { $0.0.hasPrefix("wsamerge.") }) {
+            throw WSAMergeError.usage("metadata key '\(key)': keys starting with 'wsamerge.' are the merge's provenance, written by wsamerge")
+        }
         // Roles: the base, the inputs, the extra files.
         var inputPaths = request.inputs
         var basePath = request.base

@@ -159,6 +159,7 @@ public struct TargetScope: Sendable {
         var scopes = Scopes()
         var sawTensors = false
         do {
+            var seen = Set<ByteKey>()
             try bytes.withUnsafeBytes { raw throws in
                 var reader = JSONReader(raw)
                 guard try reader.peekKind() == .object else {
@@ -186,6 +187,9 @@ public struct TargetScope: Sendable {
                         }
                         guard let name, let fused else {
                             throw WSAMergeError.malformed(file: path, reason: "a tensor entry lacks a name or a fused scope")
+                        }
+                        guard seen.insert(ByteKey(name)).inserted else {
+                            throw WSAMergeError.malformed(file: path, tensor: name, reason: "listed twice (which target would apply?)")
                         }
                         // `null` (a tensor without finite values): no target for it, as if it were absent.
                         if fused["mean"] == .null || fused["std"] == .null { return }
