@@ -711,35 +711,26 @@ int wsk_sce_merge(double *const *x, size_t inputs, const double *b, size_t n, ws
 double wsk_dot(const double *x, const double *y, size_t n) { return wsk_active()->dot(x, y, n); }
 void wsk_della_mask(const double *delta, size_t length, size_t stride, uint64_t key, int64_t first, const double *p, uint8_t *keep, uint64_t *scratch) { wsk_active()->della_mask(delta, length, stride, key, first, p, keep, scratch); }
 
+/* Whether some of n elements of `type` at p has every bit of `mask` (the exponent) set;
+ * branch-free, so the compiler vectorises it. */
+#define ANY_EXPONENT_ALL_ONES(type, p, n, mask)                 \
+    do {                                                        \
+        type hits_ = 0;                                         \
+        for (size_t i_ = 0; i_ < (n); i_++) {                   \
+            type v_;                                            \
+            memcpy(&v_, (p) + sizeof(type) * i_, sizeof(type)); \
+            hits_ |= (type)((v_ & (mask)) == (mask));           \
+        }                                                       \
+        return hits_ != 0;                                      \
+    } while (0)
+
 int wsk_encoded_nonfinite(const void *src, size_t n, int kind) {
-    /* the exponent all ones; branch-free loops the compiler vectorises */
     const unsigned char *p = src;
-    if (kind == WSK_F64) {
-        uint64_t hits = 0;
-        for (size_t i = 0; i < n; i++) {
-            uint64_t v;
-            memcpy(&v, p + 8 * i, 8);
-            hits |= (v & 0x7FF0000000000000ull) == 0x7FF0000000000000ull;
-        }
-        return hits != 0;
-    }
-    if (kind == WSK_F32) {
-        uint32_t hits = 0;
-        for (size_t i = 0; i < n; i++) {
-            uint32_t v;
-            memcpy(&v, p + 4 * i, 4);
-            hits |= (v & 0x7F800000u) == 0x7F800000u;
-        }
-        return hits != 0;
-    }
-    uint16_t mask = kind == WSK_F16 ? 0x7C00 : 0x7F80, hits = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint16_t v;
-        memcpy(&v, p + 2 * i, 2);
-        hits |= (uint16_t)((v & mask) == mask);
-    }
-    return hits != 0;
+    if (kind == WSK_F64) ANY_EXPONENT_ALL_ONES(uint64_t, p, n, 0x7FF0000000000000ull);
+    if (kind == WSK_F32) ANY_EXPONENT_ALL_ONES(uint32_t, p, n, 0x7F800000u);
+    ANY_EXPONENT_ALL_ONES(uint16_t, p, n, (uint16_t)(kind == WSK_F16 ? 0x7C00 : 0x7F80));
 }
+#undef ANY_EXPONENT_ALL_ONES
 
 void wsk_pack_bits(const uint8_t *keep, size_t n, uint8_t *bits) {
     size_t end = n & ~(size_t)7, i = 0;
