@@ -33,7 +33,7 @@ struct WSAMerge: ParsableCommand {
             // `--option=` with nothing after '=' made the argument parser (1.8.2) take the next
             // argument as its value: refused here instead.
             for argument in CommandLine.arguments.dropFirst().prefix(while: { $0 != "--" })
-            where argument.hasPrefix("--") && argument.hasSuffix("=") && argument.count > 3 {
+            where argument.hasPrefix("--") && argument.count > 3 && argument.firstIndex(of: "=") == argument.index(before: argument.endIndex) {
                 throw WSAMergeError.usage("\(argument.dropLast()) has an empty value")
             }
             var command = try parseAsRoot()

@@ -16,6 +16,10 @@ import Testing
         defer { TestSupport.remove(dir) }
         let empty = try TestSupport.wsamerge(["fuse", "--include=", a, b, "-o", dir + "/m.safetensors"])
         TestSupport.expectRefusal(empty, code: 64, mentions: ["--include has an empty value"])
+        // A value that itself ends in '=' is a value.
+        let equals = try TestSupport.wsamerge(["fuse", a, b, "--metadata=note=", "-o", dir + "/m.safetensors"])
+        #expect(equals.status == 0, "\(equals.stderr)")
+        TestSupport.remove(dir + "/m.safetensors")
         #expect(!TestSupport.fileExists(dir + "/m.safetensors"))
         TestSupport.expectRefusal(try TestSupport.wsamerge(["stats", "--jobs", "-1", a]), code: 64, mentions: ["--jobs must be at least 1"])
         let strategy = try TestSupport.wsamerge(["fuse", "--strategy", "bogus", a, b, "-o", dir + "/m.safetensors"])
