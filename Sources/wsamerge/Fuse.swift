@@ -121,7 +121,10 @@ extension WSAMerge {
             do {
                 if dryRun {
                     let prepared = try Merger.prepare(request, strategy: strategyType)
-                    emit(Merger.dryRunJSON(prepared, output: request.output.path))
+                    switch reportOptions.format {
+                    case .json: emit(Merger.dryRunJSON(prepared, output: request.output.path))
+                    case .table: emit(Merger.dryRunTable(prepared))
+                    }
                     return
                 }
                 report = try Merger.run(request, strategy: strategyType, progress: Progress.forTerminal(label: "fuse", quiet: common.quiet),

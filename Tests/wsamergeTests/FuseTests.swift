@@ -399,6 +399,18 @@ struct FuseTests {
         #expect(try TestSupport.wsamerge(["fuse", "--dry-run"] + Self.bf16 + ["-o", dir + "/m.npz", "--dtype", "F32"]).status == 0)
     }
 
+    /// `--dry-run --format table` prints the plan as a table (it printed JSON).
+    @Test func dryRunPrintsATable() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        let run = try TestSupport.wsamerge(["fuse", "--dry-run", "--format", "table"] + Self.f32 + ["-o", dir + "/m.safetensors"])
+        #expect(run.status == 0, "\(run.stderr)")
+        let lines = run.stdout.split(separator: "\n")
+        #expect(lines.first?.hasPrefix("name") == true && lines.first?.contains("action") == true, "\(run.stdout)")
+        #expect(lines.contains { $0.hasPrefix("model.embed.weight") && $0.contains("[16, 32]") && $0.hasSuffix("merge") })
+        #expect(!TestSupport.fileExists(dir + "/m.safetensors"))
+    }
+
     @Test func dryRunPrintsThePlanAndWritesNothing() throws {
         let dir = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(dir) }

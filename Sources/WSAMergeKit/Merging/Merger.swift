@@ -311,18 +311,31 @@ public struct Merger {
     public static func dryRunJSON(_ prepared: Prepared, output: String) -> JSON {
         .object([("dry_run", .bool(true))] + reportHeader(prepared, output: output) + [
             ("tensors", .array(prepared.plan.items.map { item in
-                var action: String
-                switch item.action {
-                case .merge: action = "merge"
-                case .copy(let reason): action = "copy: \(reason)"
-                }
-                return .object([
+                .object([
                     ("name", .string(item.name)), ("dtype", .string(item.output.dtype.rawValue)),
-                    ("shape", .array(item.output.shape.map { .int($0) })), ("action", .string(action)),
+                    ("shape", .array(item.output.shape.map { .int($0) })), ("action", .string(plannedAction(item))),
                     ("inputs", .int(item.sources.count + (item.base == nil ? 0 : 1))),
                 ])
             })),
         ])
+    }
+
+    /// The plan as `--format table` shows it: name, dtype, shape and action of every tensor.
+    public static func dryRunTable(_ prepared: Prepared) -> String {
+        var table = Table(headers: ["name", "dtype", "shape", "action"], numericColumns: [])
+        for item in prepared.plan.items {
+            table.add([item.name, item.output.dtype.rawValue, "[" + item.output.shape.map(String.init).joined(separator: ", ") + "]",
+                       plannedAction(item)])
+        }
+        return table.text
+    }
+
+    /// What the merge will do with `item`: merge it, take the base's (no input holds it), or copy it.
+    static func plannedAction(_ item: MergePlan.Item) -> String {
+        switch item.action {
+        case .merge: item.sources.isEmpty ? "base (no input holds it)" : "merge"
+        case .copy(let reason): "copy: \(reason)"
+        }
     }
 }
 
