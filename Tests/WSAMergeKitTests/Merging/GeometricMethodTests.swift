@@ -53,4 +53,17 @@ import Testing
         let expected = zip(generic0, generic1).map { (sin(0.25 * theta) * $0 + sin(0.75 * theta) * $1) / sin(theta) }
         for (got, want) in zip(values[8...], expected) { #expect(abs(got - want) <= 1e-12 * max(1, abs(want))) }
     }
+
+    /// karcher's `max_iter` and `tol` may not be negative (a negative tolerance never converges).
+    @Test func karcherRefusesNegativeLimits() throws {
+        let files = try [Self.a, Self.a.map { $0 * 2 }].map { try AdaptiveMethodTests.file($0, shape: [8]) }
+        let declaration = try #require(Strategies.named("karcher")).declaration
+        for (name, value) in [("max_iter", "-1"), ("tol", "-1e-5")] {
+            let out = NSTemporaryDirectory() + "karcher-\(UUID().uuidString).safetensors"
+            var request = Merger.Request(inputs: files, strategy: "karcher", output: OutputOptions(path: out, layout: .safetensors))
+            try request.parameters.assign(name, words: [value], for: declaration)
+            #expect(throws: WSAMergeError.self) { try Merger.run(request) }
+            #expect(!FileManager.default.fileExists(atPath: out))
+        }
+    }
 }

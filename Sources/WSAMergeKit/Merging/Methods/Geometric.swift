@@ -374,7 +374,15 @@ public struct KarcherStrategy: MergeStrategy, TensorMerge {
 
     let context: MergeContext
 
-    public init(_ context: MergeContext) throws { self.context = context }
+    public init(_ context: MergeContext) throws {
+        self.context = context
+        for item in context.plan.items where item.action == .merge {
+            let maxIter = try context.parameters.integer("max_iter", tensor: item.name), tol = try context.parameters.number("tol", tensor: item.name)
+            guard maxIter >= 0, tol >= 0 else {
+                throw WSAMergeError.usage("karcher: max_iter and tol must be ≥ 0 (got \(maxIter) and \(tol), tensor '\(item.name)')")
+            }
+        }
+    }
 
     public func merge(_ item: MergePlan.Item, output: Lockstep.Output) throws -> TensorMergeResult {
         let p = context.parameters, n = item.sources.count
