@@ -236,20 +236,12 @@ public struct NuSlerpStrategy: MergeStrategy, TensorMerge {
         // Per vector: (s0, s1, divisor): out = (s0 v0 + s1 v1) / divisor.
         var linearCount = 0
         let coefficients: [(Double, Double, Double)] = cosines.indices.map { v in
-            let cos = cosines[v]
-            if let sin2 = sines[v] {
-                if sin2 <= 1e-16 {
-                    linearCount += 1
-                    return (1 - t, t, 1)
-                }
-                let theta = atan2(sin2.squareRoot(), cos)
-                return (sin((1 - t) * theta), sin(t * theta), sin(theta))
-            }
-            if 1 - cos * cos <= 1e-16 {
+            let cos = cosines[v], sin2 = sines[v] ?? 1 - cos * cos
+            if sin2 <= 1e-16 {
                 linearCount += 1
                 return (1 - t, t, 1)
             }
-            let theta = acos(cos)
+            let theta = sines[v] == nil ? acos(cos) : atan2(sin2.squareRoot(), cos)
             return (sin((1 - t) * theta), sin(t * theta), sin(theta))
         }
         let nonFinite = try elementwisePass(try readers(), jobs: context.jobs, output: output) { inputs, count, out, position in
