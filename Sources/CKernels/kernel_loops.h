@@ -766,11 +766,33 @@ static int64_t LEVELED(trim_mask)(double *x, const double *b, size_t n, double s
     return kept;
 }
 
-static void LEVELED(masked_abs_sums)(const double *d, const uint8_t *keep, size_t n, double *total, double *kept) {
+/* trim_mask with the keep marks as bits (bit i % 8 of bits[i / 8]), a byte per 8 lanes. */
+static int64_t LEVELED(trim_bits)(double *x, const double *b, size_t n, double scale, const uint8_t *bits) {
+    v8l kept8 = {0};
+    const v8l lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    size_t end = n & ~(size_t)7, i = 0;
+    for (; i < end; i += 8) {
+        v8d d = load8d(x + i) - load8d(b + i);
+        v8l keep = -((((v8l){0} + bits[i / 8]) >> lane) & 1);
+        store8(x + i, (v8d)((v8l)(d * scale) & keep));
+        kept8 -= keep;
+    }
+    int64_t kept = 0;
+    for (int l = 0; l < 8; l++) kept += kept8[l];
+    for (; i < n; i++) {
+        double d = (x[i] - b[i]) * scale;
+        int on = (bits[i / 8] >> (i % 8)) & 1;
+        x[i] = on ? d : 0;
+        kept += on;
+    }
+    return kept;
+}
+
+static void LEVELED(masked_abs_sums)(const double *x, const double *b, const uint8_t *keep, size_t n, double *total, double *kept) {
     v8d t8 = splat8(0), k8 = splat8(0);
     size_t end = n & ~(size_t)7, i = 0;
     for (; i < end; i += 8) {
-        v8d a = (v8d)((v8lu)load8d(d + i) & ~SIGN64);
+        v8d a = (v8d)((v8lu)(load8d(x + i) - load8d(b + i)) & ~SIGN64);
         v8l on = {keep[i] ? -1 : 0, keep[i + 1] ? -1 : 0, keep[i + 2] ? -1 : 0, keep[i + 3] ? -1 : 0,
                   keep[i + 4] ? -1 : 0, keep[i + 5] ? -1 : 0, keep[i + 6] ? -1 : 0, keep[i + 7] ? -1 : 0};
         t8 += a;
@@ -778,7 +800,7 @@ static void LEVELED(masked_abs_sums)(const double *d, const uint8_t *keep, size_
     }
     double t = fold8(t8), k = fold8(k8);
     for (; i < n; i++) {
-        double a = fabs_bits(d[i]);
+        double a = fabs_bits(x[i] - b[i]);
         t += a;
         if (keep[i]) k += a;
     }
@@ -809,6 +831,7 @@ static int LEVELED(tv_merge)(wsk_tv_input *in, size_t count, const void *b, int 
             if (in[k].rule == WSK_KEEP_WINDOW) in[k].kept += LEVELED(trim_window)(tiles[k], base, m, in[k].scale, &in[k].window);
             else if (in[k].rule == WSK_KEEP_DRAWS)
                 in[k].kept += LEVELED(trim_draws)(tiles[k], base, m, in[k].scale, in[k].key, position + (int64_t)start, in[k].density);
+            else if (in[k].rule == WSK_KEEP_BITS) in[k].kept += LEVELED(trim_bits)(tiles[k], base, m, in[k].scale, in[k].bits + start / 8);
             else in[k].kept += LEVELED(trim_all)(tiles[k], base, m, in[k].scale);
         }
         redo |= LEVELED(tv_combine)(d, w, count, base, m, elect, normalize, lambda, divisor, out, &drops);
@@ -1112,41 +1135,72 @@ static void LEVELED(della_fibre_ranks)(const della_fibre *f, size_t n) {
         ranks[d].start = sum;
         sum += ranks[d].count;
     }
-    /* Each element: kept (1) when u is below the p of both ends of its bucket's ranks, dropped
-     * (0) when at or above both, else open (2); p rises with the rank, or falls when ε < 0. */
-    int any_needed = 0;
-    memset(needed, 0, used);
+    /* Each element: kept (1) when u is below every p of the fibre, dropped (0) when at or above
+     * all of them (a vectorised loop over the draws alone); the others (2ε of them) listed, in
+     * index order, and looked up below. p rises with the rank, or falls when ε < 0. */
+    double p_first = p[0], p_last = p[n - 1];
+    double p_low = p_first < p_last ? p_first : p_last, p_high = p_first < p_last ? p_last : p_first;
+    uint32_t *middle = (uint32_t *)f->spare_keys; /* free until the scatter below */
+    size_t middles = 0;
     for (size_t i = 0; i < n; i++) {
+        uint8_t value = (uint8_t)(2 - (u[i] < p_low) - 2 * (u[i] >= p_high));
+        keep[i * stride] = value;
+    }
+    for (size_t i = 0; i < n; i++) { /* branch-free append */
+        middle[middles] = (uint32_t)i;
+        middles += keep[i * stride] == 2;
+    }
+    /* Each listed element: kept (1) when u is below the p of both ends of its bucket's ranks,
+     * dropped (0) when at or above both, else open (2), its bucket then needed. */
+    uint16_t *wanted = f->tables->wanted; /* the needed buckets, in the order first needed */
+    size_t wants = 0;
+    memset(needed, 0, used);
+    for (size_t m = 0; m < middles; m++) {
+        size_t i = middle[m];
         uint16_t d = ids[i];
         double a = p[ranks[d].start], b = p[ranks[d].start + ranks[d].count - 1];
         double low = a < b ? a : b, high = a < b ? b : a;
         uint8_t value = (uint8_t)(2 - (u[i] < low) - 2 * (u[i] >= high));
         keep[i * stride] = value;
-        if (value == 2) { /* rare: a predictable branch */
+        if (value == 2 && !needed[d]) { /* rare: a predictable branch */
             needed[d] = 1;
-            any_needed = 1;
+            wanted[wants++] = d;
         }
     }
-    if (!any_needed) return;
-    /* Every element at its bucket's ranks, in index order (the counting sort's second half,
-     * branch-free), then each needed bucket resolved. */
-    uint64_t *spare_keys = f->spare_keys, *spare_order = f->spare_order;
-    for (size_t i = 0; i < n; i++) {
-        size_t r = ranks[ids[i]].start + place[i];
-        spare_keys[r] = keys[i];
-        spare_order[r] = i;
-    }
-    for (size_t d = 0; d < used; d++) {
-        if (!needed[d]) continue;
-        size_t start = ranks[d].start, count = ranks[d].count;
-        memcpy(f->keys + start, spare_keys + start, count * 8);
-        memcpy(f->order + start, spare_order + start, count * 8);
-        LEVELED(della_resolve)(f, start, count);
+    if (!wants) return;
+    /* The needed buckets' elements at their bucket's ranks, in index order (the counting sort's
+     * second half, for them alone), then each needed bucket resolved on those arrays (the
+     * index-order keys serve as the spare). */
+    uint64_t *sorted_keys = f->spare_keys, *sorted_order = f->spare_order;
+    size_t held = 0;
+    for (size_t w = 0; w < wants; w++) held += ranks[wanted[w]].count;
+    if (held > n / 16) /* many (ties of bf16 data): every element, branch-free */
+        for (size_t i = 0; i < n; i++) {
+            size_t r = ranks[ids[i]].start + place[i];
+            sorted_keys[r] = keys[i];
+            sorted_order[r] = i;
+        }
+    else
+        for (size_t i = 0; i < n; i++) {
+            uint16_t d = ids[i];
+            if (!needed[d]) continue; /* rare: a predictable branch */
+            size_t r = ranks[d].start + place[i];
+            sorted_keys[r] = keys[i];
+            sorted_order[r] = i;
+        }
+    della_fibre g = *f;
+    g.keys = sorted_keys;
+    g.order = sorted_order;
+    g.spare_keys = f->keys;
+    g.spare_order = f->order;
+    for (size_t w = 0; w < wants; w++) {
+        uint16_t d = wanted[w];
+        LEVELED(della_resolve)(&g, ranks[d].start, ranks[d].count);
     }
 }
 
-static void LEVELED(della_mask)(const double *delta, size_t length, size_t stride, uint64_t key, int64_t first, const double *p,
-                    uint8_t *keep, uint64_t *scratch) {
+static void LEVELED(della_mask)(const double *x, const double *b, size_t length, size_t stride, uint64_t key, int64_t first,
+                                const double *p, uint8_t *keep, uint64_t *scratch) {
     double *u = (double *)(scratch + 4 * length);
     LEVELED(draws)(key, first, stride, length, u);
     della_tables tables;
@@ -1154,14 +1208,16 @@ static void LEVELED(della_mask)(const double *delta, size_t length, size_t strid
                      (uint16_t *)(scratch + 5 * length), (uint32_t *)(scratch + 5 * length + (2 * length + 7) / 8), &tables};
     if (stride == 1) /* the common case, vectorised */
         for (size_t i = 0; i < length; i++) {
+            double d = x[i] - b[i];
             uint64_t k;
-            memcpy(&k, delta + i, 8);
+            memcpy(&k, &d, 8);
             f.keys[i] = k & ~SIGN64;
         }
     else
         for (size_t i = 0; i < length; i++) {
+            double d = x[i * stride] - b[i * stride];
             uint64_t k;
-            memcpy(&k, delta + i * stride, 8);
+            memcpy(&k, &d, 8);
             f.keys[i] = k & ~SIGN64;
         }
     LEVELED(della_fibre_ranks)(&f, length);
@@ -1205,6 +1261,7 @@ static const wsk_kernels LEVELED(kernels) = {
     .tv_combine = LEVELED(tv_combine),
     .tv_merge = LEVELED(tv_merge),
     .trim_mask = LEVELED(trim_mask),
+    .trim_bits = LEVELED(trim_bits),
     .masked_abs_sums = LEVELED(masked_abs_sums),
     .sce_variances = LEVELED(sce_variances),
     .sce_squares = LEVELED(sce_squares),

@@ -519,6 +519,7 @@ typedef struct {
     /* counts, then starts, side by side (arrays 16 KB apart alias in the store buffer) */
     struct { uint32_t count, start; } ranks[DELLA_BUCKETS];
     uint8_t needed[DELLA_BUCKETS];
+    uint16_t wanted[DELLA_BUCKETS]; /* the needed buckets, listed */
 } della_tables;
 
 /* DELLA: the smallest, largest and smallest nonzero key of a range (~0 when all are zero). */
@@ -580,11 +581,12 @@ typedef struct {
     int (*tv_combine)(double *const *d, const double *w, size_t inputs, const double *b, size_t n, int elect, int normalize, double lambda, double divisor, double *out, int64_t *dropped);
     int (*tv_merge)(wsk_tv_input *inputs, size_t count, const void *b, int base_kind, size_t n, int64_t position, int elect, int normalize, double lambda, double divisor, int out_kind, void *dst, int64_t *dropped);
     int64_t (*trim_mask)(double *x, const double *b, size_t n, double scale, const uint8_t *keep);
-    void (*masked_abs_sums)(const double *d, const uint8_t *keep, size_t n, double *total, double *kept);
+    int64_t (*trim_bits)(double *x, const double *b, size_t n, double scale, const uint8_t *bits);
+    void (*masked_abs_sums)(const double *x, const double *b, const uint8_t *keep, size_t n, double *total, double *kept);
     void (*sce_variances)(double *const *x, size_t inputs, const double *b, size_t n, double *var);
     void (*sce_squares)(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, double *squares, int64_t *selected);
     int (*sce_merge)(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, const double *weights, double *out);
-    void (*della_mask)(const double *delta, size_t length, size_t stride, uint64_t key, int64_t first, const double *p, uint8_t *keep, uint64_t *scratch);
+    void (*della_mask)(const double *x, const double *b, size_t length, size_t stride, uint64_t key, int64_t first, const double *p, uint8_t *keep, uint64_t *scratch);
     double (*dot)(const double *x, const double *y, size_t n);
 } wsk_kernels;
 
@@ -704,12 +706,13 @@ void wsk_draw_sums_stored(const void *x, int kind, const void *b, int base_kind,
 int wsk_tv_merge(wsk_tv_input *inputs, size_t count, const void *b, int base_kind, size_t n, int64_t position, int elect, int normalize, double lambda, double divisor, int out_kind, void *dst, int64_t *dropped) { return wsk_active()->tv_merge(inputs, count, b, base_kind, n, position, elect, normalize, lambda, divisor, out_kind, dst, dropped); }
 int wsk_tv_combine(double *const *d, const double *w, size_t inputs, const double *b, size_t n, int elect, int normalize, double lambda, double divisor, double *out, int64_t *dropped) { return wsk_active()->tv_combine(d, w, inputs, b, n, elect, normalize, lambda, divisor, out, dropped); }
 int64_t wsk_trim_mask(double *x, const double *b, size_t n, double scale, const uint8_t *keep) { return wsk_active()->trim_mask(x, b, n, scale, keep); }
-void wsk_masked_abs_sums(const double *d, const uint8_t *keep, size_t n, double *total, double *kept) { wsk_active()->masked_abs_sums(d, keep, n, total, kept); }
+int64_t wsk_trim_bits(double *x, const double *b, size_t n, double scale, const uint8_t *bits) { return wsk_active()->trim_bits(x, b, n, scale, bits); }
+void wsk_masked_abs_sums(const double *x, const double *b, const uint8_t *keep, size_t n, double *total, double *kept) { wsk_active()->masked_abs_sums(x, b, keep, n, total, kept); }
 void wsk_sce_variances(double *const *x, size_t inputs, const double *b, size_t n, double *var) { wsk_active()->sce_variances(x, inputs, b, n, var); }
 void wsk_sce_squares(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, double *squares, int64_t *selected) { wsk_active()->sce_squares(x, inputs, b, n, window, squares, selected); }
 int wsk_sce_merge(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, const double *weights, double *out) { return wsk_active()->sce_merge(x, inputs, b, n, window, weights, out); }
 double wsk_dot(const double *x, const double *y, size_t n) { return wsk_active()->dot(x, y, n); }
-void wsk_della_mask(const double *delta, size_t length, size_t stride, uint64_t key, int64_t first, const double *p, uint8_t *keep, uint64_t *scratch) { wsk_active()->della_mask(delta, length, stride, key, first, p, keep, scratch); }
+void wsk_della_mask(const double *x, const double *b, size_t length, size_t stride, uint64_t key, int64_t first, const double *p, uint8_t *keep, uint64_t *scratch) { wsk_active()->della_mask(x, b, length, stride, key, first, p, keep, scratch); }
 
 /* Whether some of n elements of `type` at p has every bit of `mask` (the exponent) set;
  * branch-free, so the compiler vectorises it. */
@@ -732,9 +735,19 @@ int wsk_encoded_nonfinite(const void *src, size_t n, int kind) {
 }
 #undef ANY_EXPONENT_ALL_ONES
 
-void wsk_pack_bits(const uint8_t *keep, size_t n, uint8_t *bits) {
-    size_t end = n & ~(size_t)7, i = 0;
-    for (; i < end; i += 8) {
+void wsk_pack_bits(const uint8_t *keep, size_t n, uint8_t *bits, size_t offset) {
+    bits += offset / 8;
+    unsigned shift = (unsigned)(offset % 8);
+    size_t i = 0;
+    if (shift) { /* the first byte's remaining bits */
+        uint8_t byte = (uint8_t)(*bits & ((1u << shift) - 1));
+        for (; i < n && shift + i < 8; i++) byte |= (uint8_t)((keep[i] != 0) << (shift + i));
+        *bits++ = byte;
+    }
+    keep += i;
+    n -= i;
+    size_t end = n & ~(size_t)7;
+    for (i = 0; i < end; i += 8) {
         uint64_t v;
         memcpy(&v, keep + i, 8);
         v = (v | (v >> 1) | (v >> 2) | (v >> 3) | (v >> 4) | (v >> 5) | (v >> 6) | (v >> 7)) & 0x0101010101010101ull;
@@ -746,17 +759,6 @@ void wsk_pack_bits(const uint8_t *keep, size_t n, uint8_t *bits) {
         for (size_t l = 0; i + l < n; l++) byte |= (uint8_t)((keep[i + l] != 0) << l);
         bits[i / 8] = byte;
     }
-}
-
-void wsk_unpack_bits(const uint8_t *bits, size_t n, uint8_t *keep) {
-    size_t end = n & ~(size_t)7, i = 0;
-    for (; i < end; i += 8) {
-        /* bit l of the byte to byte l: spread the byte to every lane, keep lane l's bit l, normalise */
-        uint64_t v = (uint64_t)bits[i / 8] * 0x0101010101010101ull & 0x8040201008040201ull;
-        v = ((v + 0x7F7F7F7F7F7F7F7Full) >> 7) & 0x0101010101010101ull;
-        memcpy(keep + i, &v, 8);
-    }
-    for (; i < n; i++) keep[i] = (bits[i / 8] >> (i % 8)) & 1;
 }
 
 /* Moves the value of ascending rank k (0-based) of v[0 … n) to v[k] and returns it (Hoare's

@@ -182,8 +182,9 @@ void wsk_draw_sums_stored(const void *x, int kind, const void *b, int base_kind,
 int wsk_tv_combine(double *const *d, const double *w, size_t inputs, const double *b, size_t n, int elect, int normalize,
                    double lambda, double divisor, double *out, int64_t *dropped);
 
-/// How an input of `wsk_tv_merge` is trimmed: every element, by a rank window, or by draws.
-enum { WSK_KEEP_ALL = 0, WSK_KEEP_WINDOW = 1, WSK_KEEP_DRAWS = 2 };
+/// How an input of `wsk_tv_merge` is trimmed: every element, by a rank window, by draws, or by
+/// marks.
+enum { WSK_KEEP_ALL = 0, WSK_KEEP_WINDOW = 1, WSK_KEEP_DRAWS = 2, WSK_KEEP_BITS = 3 };
 
 /// One input of `wsk_tv_merge`.
 typedef struct {
@@ -196,6 +197,8 @@ typedef struct {
     /// WSK_KEEP_DRAWS: the draws' key and the keep probability.
     uint64_t key;
     double density;
+    /// WSK_KEEP_BITS: the keep marks of the block, bit i % 8 of bits[i / 8] for element i.
+    const uint8_t *bits;
     /// How many elements were kept (added to).
     int64_t kept;
 } wsk_tv_input;
@@ -212,23 +215,26 @@ int wsk_tv_merge(wsk_tv_input *inputs, size_t count, const void *b, int base_kin
 /// DELLA's keep probabilities by rank: p[r] = (density − ε) + 2ε·r/(length − 1) for r < length,
 /// or density − ε when length is 1.
 void wsk_della_probabilities(size_t length, double density, double epsilon, double *p);
-/// DELLA's keep decisions for one fibre of `length` task-vector elements delta[i·stride]: with
-/// the elements ranked by |δ| ascending (equal keys in index order), element i is kept
+/// DELLA's keep decisions for one fibre of `length` task-vector elements δ_i = x[i·stride] −
+/// b[i·stride]: with the elements ranked by |δ| ascending (equal keys in index order), element i is kept
 /// (keep[i·stride] = 1, else 0) iff the draw u(first + i·stride) < p[its rank] (`p` from
 /// `wsk_della_probabilities`). Since p is monotone in the rank, most elements are decided from
 /// the range of ranks of their bucket of key bits, without a sort. `scratch` holds 7·length words.
-void wsk_della_mask(const double *delta, size_t length, size_t stride, uint64_t key, int64_t first, const double *p,
-                    uint8_t *keep, uint64_t *scratch);
+void wsk_della_mask(const double *x, const double *b, size_t length, size_t stride, uint64_t key, int64_t first,
+                    const double *p, uint8_t *keep, uint64_t *scratch);
 /// Whether some of the n stored elements of kind `kind` (WSK_BF16 … WSK_F16) is infinite or NaN.
 int wsk_encoded_nonfinite(const void *src, size_t n, int kind);
-/// keep[i] ≠ 0 as bits (bit i % 8 of byte i / 8), and back to 0/1 bytes.
-void wsk_pack_bits(const uint8_t *keep, size_t n, uint8_t *bits);
-void wsk_unpack_bits(const uint8_t *bits, size_t n, uint8_t *keep);
+/// keep[i] ≠ 0 as bit `offset + i` of a bitmap (bit j % 8 of byte j / 8); the bitmap's bits
+/// before `offset` are kept, those of its last byte after offset + n are cleared.
+void wsk_pack_bits(const uint8_t *keep, size_t n, uint8_t *bits, size_t offset);
 /// The trimmed task vector from a keep mask: x[i] ← keep[i] ? (x[i] − b[i])·scale : 0; returns
 /// how many were kept.
 int64_t wsk_trim_mask(double *x, const double *b, size_t n, double scale, const uint8_t *keep);
-/// total += Σ|d[i]| and kept += Σ|d[i]| over keep[i] ≠ 0 (8 lanes folded as everywhere).
-void wsk_masked_abs_sums(const double *d, const uint8_t *keep, size_t n, double *total, double *kept);
+/// wsk_trim_mask with the marks as bits (bit i % 8 of bits[i / 8]).
+int64_t wsk_trim_bits(double *x, const double *b, size_t n, double scale, const uint8_t *bits);
+/// total += Σ|x[i] − b[i]| and kept += Σ|x[i] − b[i]| over keep[i] ≠ 0 (8 lanes folded as
+/// everywhere).
+void wsk_masked_abs_sums(const double *x, const double *b, const uint8_t *keep, size_t n, double *total, double *kept);
 
 /// SCE over a block of n elements of decoded inputs x[0 … inputs) and base b, d_k = x_k[i] − b[i]:
 ///   var[i] = population variance of the d_k (mean = (Σ_k d_k)/inputs first, then

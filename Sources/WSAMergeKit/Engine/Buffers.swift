@@ -24,6 +24,18 @@ final class RawBuffer: @unchecked Sendable {
         precondition(count * 8 <= byteCount)
         return base.bindMemory(to: Double.self, capacity: count)
     }
+
+    /// The first `count` bytes (the buffer must hold them).
+    func bytes(_ count: Int) -> UnsafeMutablePointer<UInt8> {
+        precondition(count <= byteCount)
+        return base.bindMemory(to: UInt8.self, capacity: count)
+    }
+
+    /// A bitmap held in the buffer (bit j % 8 of byte j / 8) from bit `bit`, a multiple of 8.
+    func bits(from bit: Int) -> UnsafeMutablePointer<UInt8> {
+        precondition(bit % 8 == 0 && bit / 8 < byteCount)
+        return bytes(byteCount) + bit / 8
+    }
 }
 
 /// Buffers handed back by finished passes, lent again to the next one.

@@ -358,6 +358,47 @@ import Testing
         }
     }
 
+    /// DELLA's marks as bits: a mask packed in pieces at any bit offset (`wsk_pack_bits`, pieces
+    /// ending mid-byte as a group of odd-length rows does) is the mask bit by bit, and
+    /// `wsk_trim_bits` from any byte of it keeps exactly the marked elements, at every level
+    /// (tails of 0–7 elements, scale applied, NaN and infinities in dropped lanes zeroed).
+    @Test func trimBitsKeepsTheMarkedElements() {
+        var rng = SplitMix(seed: 41)
+        let n = 1237
+        let keep = (0..<n).map { _ in UInt8(rng.next() % 3 == 0 ? 0 : 1 + rng.next() % 2) }  // nonzero marks
+        var expected = [UInt8](repeating: 0, count: (n + 7) / 8)
+        for i in 0..<n where keep[i] != 0 { expected[i / 8] |= 1 << (i % 8) }
+        for pieces in [[n], [1, n - 1], [3, 5, 8, 13, 70, n - 99], [7, 7, 7, n - 21]] {
+            var bits = [UInt8](repeating: 0xA5, count: expected.count)
+            var offset = 0
+            for length in pieces {
+                keep[offset..<offset + length].withUnsafeBufferPointer { wsk_pack_bits($0.baseAddress, length, &bits, offset) }
+                offset += length
+            }
+            #expect(bits.prefix(n / 8) == expected.prefix(n / 8), "pieces \(pieces)")
+            #expect(bits[n / 8] & UInt8((1 << (n % 8)) - 1) == expected[n / 8], "pieces \(pieces): the last byte")
+        }
+        let specials: [Double] = [.nan, .infinity, -3.5]
+        var x = [Double](repeating: 0, count: n), b = x
+        for i in 0..<n {
+            x[i] = i % 5 == 0 ? specials[i % 3] : Double(i) / 8
+            b[i] = Double(i % 11) / 4
+        }
+        let previous = SIMDLevel.current
+        defer { SIMDLevel.use(previous) }
+        for level in SIMDLevel.allCases where level.rawValue <= SIMDLevel.best.rawValue {
+            SIMDLevel.use(level)
+            for (from, count) in [(0, n), (8, 1), (16, 7), (64, 333), (1224, 13)] {
+                var y = Array(x[from..<from + count])
+                let base = Array(b[from..<from + count])
+                let kept = expected.withUnsafeBufferPointer { wsk_trim_bits(&y, base, count, 0.5, $0.baseAddress! + from / 8) }
+                let want: [UInt64] = (from..<from + count).map { keep[$0] != 0 ? ((x[$0] - b[$0]) * 0.5).bitPattern : 0 }
+                #expect(y.map { $0.bitPattern } == want, "\(level) from \(from)")
+                #expect(Int(kept) == keep[from..<from + count].filter { $0 != 0 }.count)
+            }
+        }
+    }
+
     /// `wsk_trim_window` keeps what its rule says (kernels.h), at every level: keys in [from, to],
     /// keys equal to an always-kept value (next to the range, which widens it, or apart from it),
     /// and a band's ties by their rank in C order; on quantised keys with many ties.
@@ -481,14 +522,15 @@ import Testing
                 let order = (0..<n).sorted { (Selection.bits(row[$0]), $0) < (Selection.bits(row[$1]), $1) }
                 var expected = [UInt8](repeating: 0, count: n)
                 for (rank, i) in order.enumerated() { expected[i] = draws.u(17 + i * stride) < p[rank] ? 1 : 0 }
-                // The fibre spread `stride` apart, the elements between it left alone.
+                // The fibre spread `stride` apart, the elements between it left alone; δ = x − 0.
                 var delta = [Double](repeating: 0.125, count: n * stride)
                 for i in 0..<n { delta[i * stride] = row[i] }
+                let zeros = [Double](repeating: 0, count: n * stride)
                 for level in SIMDLevel.allCases where level.rawValue <= SIMDLevel.best.rawValue {
                     SIMDLevel.use(level)
                     var keep = [UInt8](repeating: 9, count: n * stride)
                     var scratch = [UInt64](repeating: 0, count: 7 * n)
-                    wsk_della_mask(delta, n, stride, draws.key, 17, p, &keep, &scratch)
+                    wsk_della_mask(delta, zeros, n, stride, draws.key, 17, p, &keep, &scratch)
                     let got = (0..<n).map { keep[$0 * stride] }
                     let same = got == expected, untouched = (0..<n * stride).allSatisfy { $0 % stride == 0 || keep[$0] == 9 }
                     #expect(same && untouched, "\(name), ε \(epsilon), stride \(stride), \(level)")

@@ -16,7 +16,9 @@ import CKernels
 /// outliers one sampled selection pass over every input at once, see `Selection`; for DARE's
 /// rescale one pass of sums), then one writing pass on the stored elements (`wsk_tv_merge`),
 /// whose blocks go through decoded float64 (`KeepRule.trim`, `Combiner.apply`) when the C kernel
-/// cannot finish them. DELLA ranks row by row instead (`RankedRandom`).
+/// cannot finish them. DELLA ranks row by row (`RankedRandom`): its rescale pass keeps the keep
+/// marks as bits for that writing pass, or, without a rescale or when the bits would not fit in
+/// memory, it ranks in a writing pass of its own.
 public struct TaskVector<Kind: TaskVectorKind>: MergeStrategy, TensorMerge {
     public static var declaration: StrategyDeclaration {
         var parameters = [
@@ -100,12 +102,17 @@ public struct TaskVector<Kind: TaskVectorKind>: MergeStrategy, TensorMerge {
         let n = item.sources.count
         let count = item.output.elementCount
         let combiner = Combiner(weights: s.weights, electsSigns: Kind.electsSigns, normalize: s.normalize, lambda: s.lambda)
-        if Kind.sparsifier == .rankedRandom {
-            return try RankedRandom(item: item, settings: s, context: context).merge(combiner: combiner, output: output,
-                                                                                        electsSigns: Kind.electsSigns)
-        }
         // Read-only passes: each input's kept set (and rescale factor); then one writing pass.
-        let rules = try keepRules(item, settings: s)
+        let rules: [KeepRule]
+        if Kind.sparsifier == .rankedRandom {
+            let ranked = RankedRandom(item: item, settings: s, context: context)
+            guard let held = try ranked.heldRules() else {
+                return try ranked.merge(combiner: combiner, output: output, electsSigns: Kind.electsSigns)
+            }
+            rules = held
+        } else {
+            rules = try keepRules(item, settings: s)
+        }
         let readers = try context.readers(item) + [try context.baseReader(item)]
         var tally = Tally(inputs: n)
         let kinds = readers.compactMap(\.tensor.dtype.rawKind)
@@ -302,6 +309,8 @@ struct KeepRule: Sendable {
     var window: RankWindow?
     /// Kept by random draw: `u_j < density`.
     var draws: (Draws, Double)?
+    /// Kept by mark: bit j % 8 of byte j / 8 for the element at C-order index j (DELLA's masks).
+    var marks: RawBuffer?
     var scale = 1.0
 
     /// `x[j] ← kept ? (x[j] − b[j])·scale : 0` over a block starting at C-order `position`;
@@ -313,6 +322,9 @@ struct KeepRule: Sendable {
         }
         if let (draws, density) = draws {
             return Int(wsk_trim_draws(x, b, count, scale, draws.key, Int64(position), density))
+        }
+        if let marks {
+            return Int(wsk_trim_bits(x, b, count, scale, marks.bits(from: position)))
         }
         return Int(wsk_trim_all(x, b, count, scale))
     }
@@ -365,6 +377,9 @@ struct Combiner: Sendable {
                 input.rule = Int32(WSK_KEEP_DRAWS)
                 input.key = draws.key
                 input.density = density
+            } else if let marks = rules[k].marks {
+                input.rule = Int32(WSK_KEEP_BITS)
+                input.bits = UnsafePointer(marks.bits(from: position))
             } else {
                 input.rule = Int32(WSK_KEEP_ALL)
             }
@@ -440,8 +455,8 @@ struct RankedRandom: Sendable {
 
     var slabElements: Int { length * stride }
 
-    /// Bytes of keep masks the rescale pass may hold for the writing pass (a bit per element
-    /// and input); beyond it the writing pass ranks again.
+    /// Bytes of keep marks the rescale pass may hold for the writing pass (a bit per element and
+    /// input); beyond it the writing pass ranks again.
     static var maskBudget: Int {
         #if DEBUG
         if let maskBudgetOverride { return maskBudgetOverride }
@@ -455,8 +470,8 @@ struct RankedRandom: Sendable {
     #endif
 
     /// Marks in `keep` which elements of input `k`'s slab `a` are kept, from its task vector
-    /// `delta` (`wsk_della_mask` per fibre).
-    func mask(_ delta: UnsafePointer<Double>, input k: Int, slab a: Int, keep: UnsafeMutablePointer<UInt8>) {
+    /// `x − b` (`wsk_della_mask` per fibre).
+    func mask(_ x: UnsafePointer<Double>, base b: UnsafePointer<Double>, input k: Int, slab a: Int, keep: UnsafeMutablePointer<UInt8>) {
         let density = settings.densities[k]
         let count = slabElements
         if density >= 1 { keep.update(repeating: 1, count: count); return }
@@ -466,7 +481,7 @@ struct RankedRandom: Sendable {
         defer { scratch.deallocate() }
         probabilities[k].withUnsafeBufferPointer { p in
             for r in 0..<stride {
-                wsk_della_mask(delta + r, length, stride, draws.key, Int64(a * count + r), p.baseAddress, keep + r, scratch)
+                wsk_della_mask(x + r, b + r, length, stride, draws.key, Int64(a * count + r), p.baseAddress, keep + r, scratch)
             }
         }
     }
@@ -485,56 +500,81 @@ struct RankedRandom: Sendable {
         }
     }
 
+    /// The inputs that are ranked (0 < density < 1).
+    var ranked: [Int] { settings.densities.indices.filter { settings.densities[$0] > 0 && settings.densities[$0] < 1 } }
+
+    /// The family's keep rules from the rescale pass: each ranked input's marks (a bit per
+    /// element, in C order) and rescale factor. Nil, so that `merge` ranks in its writing pass,
+    /// without a rescale (that one pass then does it all), when the marks would not fit in
+    /// `maskBudget`, or for an empty tensor.
+    func heldRules() throws -> [KeepRule]? {
+        let count = item.output.elementCount, ranked = self.ranked
+        guard settings.rescale, slabElements > 0, (count + 7) / 8 * ranked.count <= Self.maskBudget else { return nil }
+        var rules = [KeepRule](repeating: KeepRule(), count: item.sources.count)
+        for k in rules.indices where settings.densities[k] <= 0 {  // u_j < 0 keeps none
+            rules[k].draws = (Draws(seed: settings.seed, name: item.name, input: item.sources[k].input), 0)
+        }
+        let marks = ranked.map { _ in RawBuffer(byteCount: (count + 7) / 8) }
+        for (i, scale) in try rescales(marks: marks).enumerated() {
+            rules[ranked[i]].marks = marks[i]
+            rules[ranked[i]].scale = scale
+        }
+        return rules
+    }
+
+    /// The read-only pass over every ranked input at once: each one's `‖δ‖₁ / ‖kept‖₁` (slab sums
+    /// added in slab order), and its keep marks into `marks` when given.
+    func rescales(marks: [RawBuffer]?) throws -> [Double] {
+        let ranked = self.ranked, size = slabElements
+        guard !ranked.isEmpty else { return [] }
+        var total = [Double](repeating: 0, count: ranked.count), kept = total
+        let readers = try ranked.map { try context.plan.inputs[item.sources[$0].input].reader(for: item.sources[$0].index) }
+            + [try context.baseReader(item)]
+        var keeps: [RawBuffer] = []  // per ranked input, a group's keep marks as bytes
+        try groups(readers) { values, first, slabs in
+            if keeps.isEmpty { keeps = ranked.map { _ in RawBuffer(byteCount: slabs * size) } }
+            let keep = keeps
+            let sums = try parallelMap(sizes: [Int](repeating: size, count: slabs), jobs: context.jobs) { s, _ -> [Double] in
+                let b = values[ranked.count].doubles((s + 1) * size) + s * size
+                var sums: [Double] = []
+                for (i, k) in ranked.enumerated() {
+                    let x = values[i].doubles((s + 1) * size) + s * size
+                    let marks = keep[i].bytes(slabs * size) + s * size
+                    mask(x, base: b, input: k, slab: first + s, keep: marks)
+                    var total = 0.0, kept = 0.0
+                    wsk_masked_abs_sums(x, b, marks, size, &total, &kept)
+                    sums += [total, kept]
+                }
+                return sums
+            }
+            for sum in sums {
+                for i in ranked.indices {
+                    total[i] += sum[2 * i]
+                    kept[i] += sum[2 * i + 1]
+                }
+            }
+            if let marks {
+                for i in ranked.indices { wsk_pack_bits(keep[i].bytes(slabs * size), slabs * size, marks[i].bits(from: 0), first * size) }
+            }
+        }
+        return ranked.indices.map { TaskVector<DELLA>.rescale(total: total[$0], kept: kept[$0]) }
+    }
+
+    /// The merge in one writing pass that ranks as it goes (see `heldRules`), after the rescale
+    /// pass when there is a rescale.
     func merge(combiner: Combiner, output: Lockstep.Output, electsSigns: Bool) throws -> TensorMergeResult {
         let n = item.sources.count, size = slabElements, jobs = context.jobs
         guard size > 0 else {
             return TensorMergeResult(method: "copy (empty)", details: Tally(inputs: n).details(count: 0, electsSigns: electsSigns))
         }
-        // Read-only pass over every input at once: ‖δ‖₁ and ‖kept‖₁ for the rescale (slab sums
-        // added in slab order), keeping the masks (a bit per element) when they fit in
-        // `RankedRandom.maskBudget`, so the writing pass need not rank again.
         var scales = [Double](repeating: 1, count: n)
-        let ranked = (0..<n).filter { settings.densities[$0] > 0 && settings.densities[$0] < 1 }
-        let slabBytes = (size + 7) / 8
-        var masks: [Int: RawBuffer] = [:]
-        if settings.rescale && !ranked.isEmpty {
-            if slabs * slabBytes * ranked.count <= Self.maskBudget {
-                for k in ranked { masks[k] = RawBuffer(byteCount: slabs * slabBytes) }
-            }
-            let stored = masks
-            var total = [Double](repeating: 0, count: ranked.count), kept = total
-            let readers = try ranked.map { try context.plan.inputs[item.sources[$0].input].reader(for: item.sources[$0].index) }
-                + [try context.baseReader(item)]
-            try groups(readers) { values, first, count in
-                let sums = try parallelMap(sizes: [Int](repeating: size, count: count), jobs: jobs) { s, _ -> [Double] in
-                    let b = values[ranked.count].doubles((s + 1) * size) + s * size
-                    let keep = UnsafeMutablePointer<UInt8>.allocate(capacity: size)
-                    defer { keep.deallocate() }
-                    var sums: [Double] = []
-                    for (i, k) in ranked.enumerated() {
-                        let x = values[i].doubles((s + 1) * size) + s * size
-                        _ = wsk_trim_all(x, b, size, 1)  // x − b, in the kernels' vectors (× 1 keeps every bit)
-                        mask(x, input: k, slab: first + s, keep: keep)
-                        if let bits = stored[k] { wsk_pack_bits(keep, size, bits.base.assumingMemoryBound(to: UInt8.self) + (first + s) * slabBytes) }
-                        var total = 0.0, kept = 0.0
-                        wsk_masked_abs_sums(x, keep, size, &total, &kept)
-                        sums += [total, kept]
-                    }
-                    return sums
-                }
-                for sum in sums {
-                    for i in ranked.indices {
-                        total[i] += sum[2 * i]
-                        kept[i] += sum[2 * i + 1]
-                    }
-                }
-            }
-            for (i, k) in ranked.enumerated() { scales[k] = TaskVector<DELLA>.rescale(total: total[i], kept: kept[i]) }
+        if settings.rescale {
+            for (k, scale) in zip(ranked, try rescales(marks: nil)) { scales[k] = scale }
         }
         // The writing pass: slabs side by side, written in order.
         var tally = Tally(inputs: n)
         let width = output.dtype.byteWidth ?? 8
-        let factors = scales, stored = masks
+        let factors = scales
         var encoded: RawBuffer?
         try groups(try context.readers(item) + [try context.baseReader(item)]) { values, first, count in
             if encoded == nil { encoded = RawBuffer(byteCount: count * size * width) }
@@ -548,13 +588,7 @@ struct RankedRandom: Sendable {
                 var trimmed: [UnsafeMutablePointer<Double>] = []
                 for k in 0..<n {
                     let x = values[k].doubles((s + 1) * size) + s * size
-                    if let bits = stored[k] {
-                        wsk_unpack_bits(bits.base.assumingMemoryBound(to: UInt8.self) + (first + s) * slabBytes, size, keep)
-                    } else {
-                        y.update(from: x, count: size)
-                        _ = wsk_trim_all(y, b, size, 1)  // y = x − b, in the kernels' vectors
-                        mask(y, input: k, slab: first + s, keep: keep)
-                    }
+                    mask(x, base: b, input: k, slab: first + s, keep: keep)
                     tally.kept[k] += Int(wsk_trim_mask(x, b, size, factors[k], keep))
                     trimmed.append(x)
                 }
