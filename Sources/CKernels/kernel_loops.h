@@ -1146,7 +1146,21 @@ static void LEVELED(della_fibre_ranks)(const della_fibre *f, size_t n) {
         uint8_t value = (uint8_t)(2 - (u[i] < p_low) - 2 * (u[i] >= p_high));
         keep[i * stride] = value;
     }
-    for (size_t i = 0; i < n; i++) { /* branch-free append */
+    size_t i = 0;
+#if LEVEL_IS_AVX512
+    { /* the open draws' indices compressed in a register and stored whole (8 words: the list has room) */
+        const __m512i lanes = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+        const __m512d low = _mm512_set1_pd(p_low), high = _mm512_set1_pd(p_high);
+        for (; i + 8 <= n; i += 8) {
+            __m512d draws = _mm512_loadu_pd(u + i);
+            __mmask8 open = _mm512_cmp_pd_mask(draws, low, _CMP_GE_OQ) & _mm512_cmp_pd_mask(draws, high, _CMP_LT_OQ);
+            __m512i index = _mm512_add_epi64(_mm512_set1_epi64((long long)i), lanes);
+            _mm256_storeu_si256((__m256i *)(middle + middles), _mm512_cvtepi64_epi32(_mm512_maskz_compress_epi64(open, index)));
+            middles += (size_t)__builtin_popcount(open);
+        }
+    }
+#endif
+    for (; i < n; i++) { /* branch-free append */
         middle[middles] = (uint32_t)i;
         middles += keep[i * stride] == 2;
     }
