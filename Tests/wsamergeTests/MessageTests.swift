@@ -57,6 +57,22 @@ import Testing
         #expect(!TestSupport.fileExists(out))
     }
 
+    /// `-o -` (the shell's standard output) is refused for every output, not written as a file
+    /// called '-'; `./-` still names one.
+    @Test func dashAsAnOutputIsRefused() throws {
+        let a = TestSupport.fixture("merge/a.safetensors"), b = TestSupport.fixture("merge/b.safetensors")
+        let dir = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(dir) }
+        for arguments in [["fuse", a, b, "-o", "-"], ["fuse", a, b, "--max-shard-size", "1MB", "-o", "-"], ["convert", a, "-o", "-"],
+                          ["scope", a, b, "-o", "-"], ["scope", a, b, "--plot", "-"]] {
+            let result = try TestSupport.run(TestSupport.binary, arguments, directory: dir)
+            TestSupport.expectRefusal(result, code: 64, mentions: ["'-' as an output", "./-"])
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty)
+        let named = try TestSupport.run(TestSupport.binary, ["convert", a, "-o", "./-"], directory: dir)
+        #expect(named.status == 0 && TestSupport.fileExists(dir + "/-"))
+    }
+
     @Test func truncatedDuplicateAndEmptyNumPyFilesSayWhatTheyAre() throws {
         let dir = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(dir) }

@@ -21,6 +21,7 @@ public struct OutputOptions: Sendable {
     /// Refuses an output that cannot or may not be written, before any work is done.
     public func precheck(inputs: Set<FileIdentity>) throws {
         if case .sharded = layout {
+            try OutputFile.refuseStandardOutput(path)
             let parent = parentDirectory(of: path.hasSuffix("/") ? String(path.dropLast()) : path)
             guard pathKind(parent) == .directory else {
                 throw WSAMergeError.cannotCreate(file: path, reason: pathKind(parent) == .missing ? "directory '\(parent)' does not exist" : "'\(parent)' is not a directory")

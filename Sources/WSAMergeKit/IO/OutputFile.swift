@@ -76,11 +76,19 @@ public final class OutputFile {
     /// 33 bytes, and a file name holds at most 255.
     public static let maxNameBytes = 222
 
-    /// Refuses `destination` when it is one of `inputs` (same inode, whatever the link), exists
-    /// without `force`, is a directory or another non-regular file (a device, a FIFO: never
+    /// `-` as an output: the shell convention for standard output, which outputs are not written
+    /// to (a checkpoint is not a stream, and the report is already there); `./-` names a file.
+    static func refuseStandardOutput(_ destination: String) throws {
+        guard destination == "-" else { return }
+        throw WSAMergeError.usage("'-' as an output: outputs are written to files, not to standard output (where the report goes); name a file, or ./- for one called '-'")
+    }
+
+    /// Refuses `destination` when it is `-`, is one of `inputs` (same inode, whatever the link),
+    /// exists without `force`, is a directory or another non-regular file (a device, a FIFO: never
     /// replaced, even with `force`), is a dangling symbolic link without `force`, has a name too
     /// long for its temporary, or lies in a directory that does not exist.
     public static func precheck(_ destination: String, force: Bool, inputs: Set<FileIdentity>) throws {
+        try refuseStandardOutput(destination)
         if let identity = FileIdentity(path: destination) {
             if inputs.contains(identity) {
                 throw WSAMergeError.cannotCreate(file: destination, reason: "output is one of the inputs; refusing to overwrite it")
