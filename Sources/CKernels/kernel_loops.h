@@ -788,11 +788,14 @@ static int64_t LEVELED(trim_bits)(double *x, const double *b, size_t n, double s
     return kept;
 }
 
-static void LEVELED(masked_abs_sums)(const double *x, const double *b, const uint8_t *keep, size_t n, double *total, double *kept) {
+/* DELLA's rescale sums over |x − b| of elements of kinds `kind` and `base_kind`. */
+static inline __attribute__((always_inline)) void LEVELED(masked_abs_sums_impl)(int kind, int base_kind, const void *x,
+                                                                                 const void *b, const uint8_t *keep, size_t n,
+                                                                                 double *total, double *kept) {
     v8d t8 = splat8(0), k8 = splat8(0);
     size_t end = n & ~(size_t)7, i = 0;
     for (; i < end; i += 8) {
-        v8d a = (v8d)((v8lu)(load8d(x + i) - load8d(b + i)) & ~SIGN64);
+        v8d a = (v8d)((v8lu)(load8x(x, kind, i) - load8x(b, base_kind, i)) & ~SIGN64);
         v8l on = {keep[i] ? -1 : 0, keep[i + 1] ? -1 : 0, keep[i + 2] ? -1 : 0, keep[i + 3] ? -1 : 0,
                   keep[i + 4] ? -1 : 0, keep[i + 5] ? -1 : 0, keep[i + 6] ? -1 : 0, keep[i + 7] ? -1 : 0};
         t8 += a;
@@ -800,12 +803,19 @@ static void LEVELED(masked_abs_sums)(const double *x, const double *b, const uin
     }
     double t = fold8(t8), k = fold8(k8);
     for (; i < n; i++) {
-        double a = fabs_bits(x[i] - b[i]);
+        double a = fabs_bits(load_one(x, kind, i) - load_one(b, base_kind, i));
         t += a;
         if (keep[i]) k += a;
     }
     *total += t;
     *kept += k;
+}
+
+static void LEVELED(masked_abs_sums)(const void *x, int kind, const void *b, int base_kind, const uint8_t *keep, size_t n,
+                                     double *total, double *kept) {
+    if (kind == WSK_BF16 && base_kind == WSK_BF16) LEVELED(masked_abs_sums_impl)(WSK_BF16, WSK_BF16, x, b, keep, n, total, kept);
+    else if (kind == WSK_F64 && base_kind == WSK_F64) LEVELED(masked_abs_sums_impl)(WSK_F64, WSK_F64, x, b, keep, n, total, kept);
+    else LEVELED(masked_abs_sums_impl)(kind, base_kind, x, b, keep, n, total, kept);
 }
 
 static int LEVELED(tv_merge)(wsk_tv_input *in, size_t count, const void *b, int base_kind, size_t n, int64_t position,
@@ -1213,27 +1223,39 @@ static void LEVELED(della_fibre_ranks)(const della_fibre *f, size_t n) {
     }
 }
 
-static void LEVELED(della_mask)(const double *x, const double *b, size_t length, size_t stride, uint64_t key, int64_t first,
-                                const double *p, uint8_t *keep, uint64_t *scratch) {
+/* |x − b| as key bits for a fibre of elements i·stride of kinds `kind` and `base_kind`. */
+static inline __attribute__((always_inline)) void LEVELED(della_keys_impl)(int kind, int base_kind, const void *x, const void *b,
+                                                                            size_t n, size_t stride, uint64_t *keys) {
+    size_t i = 0;
+    if (stride == 1) { /* the common case, 8 at a time */
+        size_t end = n & ~(size_t)7;
+        for (; i < end; i += 8) {
+            v8lu k = (v8lu)(load8x(x, kind, i) - load8x(b, base_kind, i)) & ~SIGN64;
+            memcpy(keys + i, &k, 64);
+        }
+    }
+    for (; i < n; i++) {
+        double d = load_one(x, kind, i * stride) - load_one(b, base_kind, i * stride);
+        uint64_t k;
+        memcpy(&k, &d, 8);
+        keys[i] = k & ~SIGN64;
+    }
+}
+
+static void LEVELED(della_keys)(const void *x, int kind, const void *b, int base_kind, size_t n, size_t stride, uint64_t *keys) {
+    if (kind == WSK_BF16 && base_kind == WSK_BF16) LEVELED(della_keys_impl)(WSK_BF16, WSK_BF16, x, b, n, stride, keys);
+    else if (kind == WSK_F64 && base_kind == WSK_F64) LEVELED(della_keys_impl)(WSK_F64, WSK_F64, x, b, n, stride, keys);
+    else LEVELED(della_keys_impl)(kind, base_kind, x, b, n, stride, keys);
+}
+
+static void LEVELED(della_mask)(const void *x, int kind, const void *b, int base_kind, size_t length, size_t stride, uint64_t key,
+                                int64_t first, const double *p, uint8_t *keep, uint64_t *scratch) {
     double *u = (double *)(scratch + 4 * length);
     LEVELED(draws)(key, first, stride, length, u);
     della_tables tables;
     della_fibre f = {scratch, scratch + length, scratch + 2 * length, scratch + 3 * length, u, p, stride, keep,
                      (uint16_t *)(scratch + 5 * length), (uint32_t *)(scratch + 5 * length + (2 * length + 7) / 8), &tables};
-    if (stride == 1) /* the common case, vectorised */
-        for (size_t i = 0; i < length; i++) {
-            double d = x[i] - b[i];
-            uint64_t k;
-            memcpy(&k, &d, 8);
-            f.keys[i] = k & ~SIGN64;
-        }
-    else
-        for (size_t i = 0; i < length; i++) {
-            double d = x[i * stride] - b[i * stride];
-            uint64_t k;
-            memcpy(&k, &d, 8);
-            f.keys[i] = k & ~SIGN64;
-        }
+    LEVELED(della_keys)(x, kind, b, base_kind, length, stride, f.keys);
     LEVELED(della_fibre_ranks)(&f, length);
 }
 

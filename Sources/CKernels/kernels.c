@@ -582,11 +582,11 @@ typedef struct {
     int (*tv_merge)(wsk_tv_input *inputs, size_t count, const void *b, int base_kind, size_t n, int64_t position, int elect, int normalize, double lambda, double divisor, int out_kind, void *dst, int64_t *dropped);
     int64_t (*trim_mask)(double *x, const double *b, size_t n, double scale, const uint8_t *keep);
     int64_t (*trim_bits)(double *x, const double *b, size_t n, double scale, const uint8_t *bits);
-    void (*masked_abs_sums)(const double *x, const double *b, const uint8_t *keep, size_t n, double *total, double *kept);
+    void (*masked_abs_sums)(const void *x, int kind, const void *b, int base_kind, const uint8_t *keep, size_t n, double *total, double *kept);
     void (*sce_variances)(double *const *x, size_t inputs, const double *b, size_t n, double *var);
     void (*sce_squares)(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, double *squares, int64_t *selected);
     int (*sce_merge)(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, const double *weights, double *out);
-    void (*della_mask)(const double *x, const double *b, size_t length, size_t stride, uint64_t key, int64_t first, const double *p, uint8_t *keep, uint64_t *scratch);
+    void (*della_mask)(const void *x, int kind, const void *b, int base_kind, size_t length, size_t stride, uint64_t key, int64_t first, const double *p, uint8_t *keep, uint64_t *scratch);
     double (*dot)(const double *x, const double *y, size_t n);
 } wsk_kernels;
 
@@ -707,12 +707,12 @@ int wsk_tv_merge(wsk_tv_input *inputs, size_t count, const void *b, int base_kin
 int wsk_tv_combine(double *const *d, const double *w, size_t inputs, const double *b, size_t n, int elect, int normalize, double lambda, double divisor, double *out, int64_t *dropped) { return wsk_active()->tv_combine(d, w, inputs, b, n, elect, normalize, lambda, divisor, out, dropped); }
 int64_t wsk_trim_mask(double *x, const double *b, size_t n, double scale, const uint8_t *keep) { return wsk_active()->trim_mask(x, b, n, scale, keep); }
 int64_t wsk_trim_bits(double *x, const double *b, size_t n, double scale, const uint8_t *bits) { return wsk_active()->trim_bits(x, b, n, scale, bits); }
-void wsk_masked_abs_sums(const double *x, const double *b, const uint8_t *keep, size_t n, double *total, double *kept) { wsk_active()->masked_abs_sums(x, b, keep, n, total, kept); }
+void wsk_masked_abs_sums(const void *x, int kind, const void *b, int base_kind, const uint8_t *keep, size_t n, double *total, double *kept) { wsk_active()->masked_abs_sums(x, kind, b, base_kind, keep, n, total, kept); }
 void wsk_sce_variances(double *const *x, size_t inputs, const double *b, size_t n, double *var) { wsk_active()->sce_variances(x, inputs, b, n, var); }
 void wsk_sce_squares(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, double *squares, int64_t *selected) { wsk_active()->sce_squares(x, inputs, b, n, window, squares, selected); }
 int wsk_sce_merge(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, const double *weights, double *out) { return wsk_active()->sce_merge(x, inputs, b, n, window, weights, out); }
 double wsk_dot(const double *x, const double *y, size_t n) { return wsk_active()->dot(x, y, n); }
-void wsk_della_mask(const double *x, const double *b, size_t length, size_t stride, uint64_t key, int64_t first, const double *p, uint8_t *keep, uint64_t *scratch) { wsk_active()->della_mask(x, b, length, stride, key, first, p, keep, scratch); }
+void wsk_della_mask(const void *x, int kind, const void *b, int base_kind, size_t length, size_t stride, uint64_t key, int64_t first, const double *p, uint8_t *keep, uint64_t *scratch) { wsk_active()->della_mask(x, kind, b, base_kind, length, stride, key, first, p, keep, scratch); }
 
 /* Whether some of n elements of `type` at p has every bit of `mask` (the exponent) set;
  * branch-free, so the compiler vectorises it. */

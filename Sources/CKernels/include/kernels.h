@@ -216,12 +216,13 @@ int wsk_tv_merge(wsk_tv_input *inputs, size_t count, const void *b, int base_kin
 /// or density − ε when length is 1.
 void wsk_della_probabilities(size_t length, double density, double epsilon, double *p);
 /// DELLA's keep decisions for one fibre of `length` task-vector elements δ_i = x[i·stride] −
-/// b[i·stride]: with the elements ranked by |δ| ascending (equal keys in index order), element i is kept
+/// b[i·stride] (stored elements of kinds `kind` and `base_kind`, WSK_BF16 … WSK_F16): with the
+/// elements ranked by |δ| ascending (equal keys in index order), element i is kept
 /// (keep[i·stride] = 1, else 0) iff the draw u(first + i·stride) < p[its rank] (`p` from
 /// `wsk_della_probabilities`). Since p is monotone in the rank, most elements are decided from
 /// the range of ranks of their bucket of key bits, without a sort. `scratch` holds 7·length words.
-void wsk_della_mask(const double *x, const double *b, size_t length, size_t stride, uint64_t key, int64_t first,
-                    const double *p, uint8_t *keep, uint64_t *scratch);
+void wsk_della_mask(const void *x, int kind, const void *b, int base_kind, size_t length, size_t stride, uint64_t key,
+                    int64_t first, const double *p, uint8_t *keep, uint64_t *scratch);
 /// Whether some of the n stored elements of kind `kind` (WSK_BF16 … WSK_F16) is infinite or NaN.
 int wsk_encoded_nonfinite(const void *src, size_t n, int kind);
 /// keep[i] ≠ 0 as bit `offset + i` of a bitmap (bit j % 8 of byte j / 8); the bitmap's bits
@@ -232,9 +233,10 @@ void wsk_pack_bits(const uint8_t *keep, size_t n, uint8_t *bits, size_t offset);
 int64_t wsk_trim_mask(double *x, const double *b, size_t n, double scale, const uint8_t *keep);
 /// wsk_trim_mask with the marks as bits (bit i % 8 of bits[i / 8]).
 int64_t wsk_trim_bits(double *x, const double *b, size_t n, double scale, const uint8_t *bits);
-/// total += Σ|x[i] − b[i]| and kept += Σ|x[i] − b[i]| over keep[i] ≠ 0 (8 lanes folded as
-/// everywhere).
-void wsk_masked_abs_sums(const double *x, const double *b, const uint8_t *keep, size_t n, double *total, double *kept);
+/// total += Σ|x[i] − b[i]| and kept += Σ|x[i] − b[i]| over keep[i] ≠ 0 (stored elements of kinds
+/// `kind` and `base_kind`; 8 lanes folded as everywhere).
+void wsk_masked_abs_sums(const void *x, int kind, const void *b, int base_kind, const uint8_t *keep, size_t n, double *total,
+                         double *kept);
 
 /// SCE over a block of n elements of decoded inputs x[0 … inputs) and base b, d_k = x_k[i] − b[i]:
 ///   var[i] = population variance of the d_k (mean = (Σ_k d_k)/inputs first, then

@@ -530,7 +530,7 @@ import Testing
                     SIMDLevel.use(level)
                     var keep = [UInt8](repeating: 9, count: n * stride)
                     var scratch = [UInt64](repeating: 0, count: 7 * n)
-                    wsk_della_mask(delta, zeros, n, stride, draws.key, 17, p, &keep, &scratch)
+                    wsk_della_mask(delta, Int32(WSK_F64), zeros, Int32(WSK_F64), n, stride, draws.key, 17, p, &keep, &scratch)
                     let got = (0..<n).map { keep[$0 * stride] }
                     let same = got == expected, untouched = (0..<n * stride).allSatisfy { $0 % stride == 0 || keep[$0] == 9 }
                     #expect(same && untouched, "\(name), ε \(epsilon), stride \(stride), \(level)")

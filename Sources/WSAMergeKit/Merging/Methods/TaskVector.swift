@@ -470,8 +470,9 @@ struct RankedRandom: Sendable {
     #endif
 
     /// Marks in `keep` which elements of input `k`'s slab `a` are kept, from its task vector
-    /// `x − b` (`wsk_della_mask` per fibre).
-    func mask(_ x: UnsafePointer<Double>, base b: UnsafePointer<Double>, input k: Int, slab a: Int, keep: UnsafeMutablePointer<UInt8>) {
+    /// `x − b`, both stored as `dtypes` (BF16, F16, F32 or F64; `wsk_della_mask` per fibre).
+    func mask(_ x: UnsafeRawPointer, base b: UnsafeRawPointer, _ dtypes: (DType, DType), input k: Int, slab a: Int,
+              keep: UnsafeMutablePointer<UInt8>) {
         let density = settings.densities[k]
         let count = slabElements
         if density >= 1 { keep.update(repeating: 1, count: count); return }
@@ -479,24 +480,28 @@ struct RankedRandom: Sendable {
         let draws = Draws(seed: settings.seed, name: item.name, input: item.sources[k].input)
         let scratch = UnsafeMutablePointer<UInt64>.allocate(capacity: 7 * length)
         defer { scratch.deallocate() }
+        let (kind, baseKind) = (dtypes.0.rawKind!, dtypes.1.rawKind!)
+        let (width, baseWidth) = (dtypes.0.byteWidth!, dtypes.1.byteWidth!)
         probabilities[k].withUnsafeBufferPointer { p in
             for r in 0..<stride {
-                wsk_della_mask(x + r, b + r, length, stride, draws.key, Int64(a * count + r), p.baseAddress, keep + r, scratch)
+                wsk_della_mask(x + r * width, kind, b + r * baseWidth, baseKind, length, stride, draws.key, Int64(a * count + r),
+                               p.baseAddress, keep + r, scratch)
             }
         }
     }
 
-    /// Streams `readers` (decoded) in groups of whole slabs: `body(values, firstSlab, slabs)`,
-    /// `values[k]` holding input k's slabs one after another.
-    func groups(_ readers: [TensorReader], _ body: ([RawBuffer], Int, Int) throws -> Void) throws {
+    /// Streams `readers` in groups of whole slabs: `body(values, firstSlab, slabs)`, `values[k]`
+    /// holding input k's slabs one after another, decoded to float64 when `decoded`, else as
+    /// stored.
+    func groups(_ readers: [TensorReader], decoded: Bool, _ body: ([RawBuffer], Int, Int) throws -> Void) throws {
         let perGroup = Swift.max(1, (1 << 18) / Swift.max(slabElements, 1))
         let capacity = Swift.min(perGroup, slabs) * slabElements
         let raw = readers.map { RawBuffer(byteCount: capacity * ($0.tensor.dtype.byteWidth ?? 1)) }
-        let values = readers.map { _ in RawBuffer(byteCount: capacity * 8) }
+        let values = decoded ? readers.map { _ in RawBuffer(byteCount: capacity * 8) } : nil
         for first in Swift.stride(from: 0, to: slabs, by: perGroup) {
             let count = Swift.min(perGroup, slabs - first)
             try Lockstep.readDecoded(readers, count: count * slabElements, raw: raw, into: values, jobs: context.jobs)
-            try body(values, first, count)
+            try body(values ?? raw, first, count)
         }
     }
 
@@ -530,19 +535,25 @@ struct RankedRandom: Sendable {
         var total = [Double](repeating: 0, count: ranked.count), kept = total
         let readers = try ranked.map { try context.plan.inputs[item.sources[$0].input].reader(for: item.sources[$0].index) }
             + [try context.baseReader(item)]
+        // The stored elements in place when the kernels read every dtype, else decoded.
+        var inPlace = readers.allSatisfy { $0.tensor.dtype.rawKind != nil }
+        #if DEBUG
+        inPlace = inPlace && Lockstep.rawKernelsEnabled
+        #endif
+        let dtypes = readers.map { inPlace ? $0.tensor.dtype : DType.F64 }
         var keeps: [RawBuffer] = []  // per ranked input, a group's keep marks as bytes
-        try groups(readers) { values, first, slabs in
+        try groups(readers, decoded: !inPlace) { values, first, slabs in
             if keeps.isEmpty { keeps = ranked.map { _ in RawBuffer(byteCount: slabs * size) } }
             let keep = keeps
             let sums = try parallelMap(sizes: [Int](repeating: size, count: slabs), jobs: context.jobs) { s, _ -> [Double] in
-                let b = values[ranked.count].doubles((s + 1) * size) + s * size
+                let base = dtypes[ranked.count], b = values[ranked.count].base + s * size * base.byteWidth!
                 var sums: [Double] = []
                 for (i, k) in ranked.enumerated() {
-                    let x = values[i].doubles((s + 1) * size) + s * size
+                    let x = values[i].base + s * size * dtypes[i].byteWidth!
                     let marks = keep[i].bytes(slabs * size) + s * size
-                    mask(x, base: b, input: k, slab: first + s, keep: marks)
+                    mask(x, base: b, (dtypes[i], base), input: k, slab: first + s, keep: marks)
                     var total = 0.0, kept = 0.0
-                    wsk_masked_abs_sums(x, b, marks, size, &total, &kept)
+                    wsk_masked_abs_sums(x, dtypes[i].rawKind!, b, base.rawKind!, marks, size, &total, &kept)
                     sums += [total, kept]
                 }
                 return sums
@@ -576,7 +587,7 @@ struct RankedRandom: Sendable {
         let width = output.dtype.byteWidth ?? 8
         let factors = scales
         var encoded: RawBuffer?
-        try groups(try context.readers(item) + [try context.baseReader(item)]) { values, first, count in
+        try groups(try context.readers(item) + [try context.baseReader(item)], decoded: true) { values, first, count in
             if encoded == nil { encoded = RawBuffer(byteCount: count * size * width) }
             let target = encoded!
             let tallies = try parallelMap(sizes: [Int](repeating: size, count: count), jobs: jobs) { s, _ -> Tally in
@@ -588,7 +599,7 @@ struct RankedRandom: Sendable {
                 var trimmed: [UnsafeMutablePointer<Double>] = []
                 for k in 0..<n {
                     let x = values[k].doubles((s + 1) * size) + s * size
-                    mask(x, base: b, input: k, slab: first + s, keep: keep)
+                    mask(x, base: b, (.F64, .F64), input: k, slab: first + s, keep: keep)
                     tally.kept[k] += Int(wsk_trim_mask(x, b, size, factors[k], keep))
                     trimmed.append(x)
                 }
