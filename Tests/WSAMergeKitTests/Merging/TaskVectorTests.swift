@@ -75,6 +75,32 @@ import Testing
         #expect(kept == ranked)
     }
 
+    /// Empty tensors (no rows, empty rows, a 1-D tensor of none) are written empty and reported
+    /// under the method's own name, as the rest of the family does, whichever path DELLA takes
+    /// (marks held for the family's writing pass, or ranking in its own).
+    @Test(arguments: ["della", "della_linear", "ties"])
+    func emptyTensorsKeepTheMethodsName(_ strategy: String) throws {
+        let header = #"{"a":{"dtype":"BF16","shape":[0,5],"data_offsets":[0,0]},"b":{"dtype":"BF16","shape":[5,0],"data_offsets":[0,0]},"#
+            + #""c":{"dtype":"BF16","shape":[0],"data_offsets":[0,0]},"w":{"dtype":"BF16","shape":[2,4],"data_offsets":[0,16]}}"#
+        let models = try (0..<3).map { m in
+            try Bytes.temporaryFile(Bytes.safetensors(header, data: (0..<8).flatMap { Bytes.le(UInt16(Float(Double($0 + m) / 8).bitPattern >> 16)) }),
+                                    name: "m\(m).safetensors")
+        }
+        defer { for path in models { Bytes.removeDirectory(of: path) } }
+        for rescale in strategy == "ties" ? ["false"] : ["true", "false"] {
+            let out = NSTemporaryDirectory() + "tv-\(UUID().uuidString).safetensors"
+            defer { try? FileManager.default.removeItem(atPath: out) }
+            var request = Merger.Request(inputs: Array(models[1...]), strategy: strategy, output: OutputOptions(path: out, layout: .safetensors))
+            request.base = models[0]
+            let declaration = try #require(Strategies.named(strategy)).declaration
+            try request.parameters.assign("weight", words: ["1", "0.5"], for: declaration)
+            try request.parameters.assign("density", words: ["0.5"], for: declaration)
+            try request.parameters.assign("rescale", words: [rescale], for: declaration)
+            let report = try Merger.run(request)
+            #expect(report.results.map { $0?.method } == [strategy, strategy, strategy, strategy], "rescale \(rescale)")
+        }
+    }
+
     /// The selection scans and the writing pass read the stored elements in place (BF16 task
     /// vectors, against a BF16 or an F32 base, written as each output dtype): the same bytes as
     /// through decoded blocks.

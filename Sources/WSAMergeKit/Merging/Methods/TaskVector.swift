@@ -575,9 +575,8 @@ struct RankedRandom: Sendable {
     /// pass when there is a rescale.
     func merge(combiner: Combiner, output: Lockstep.Output, electsSigns: Bool) throws -> TensorMergeResult {
         let n = item.sources.count, size = slabElements, jobs = context.jobs
-        guard size > 0 else {
-            return TensorMergeResult(method: "copy (empty)", details: Tally(inputs: n).details(count: 0, electsSigns: electsSigns))
-        }
+        let method = electsSigns ? DELLA.identifier : DELLALinear.identifier
+        guard size > 0 else { return TensorMergeResult(method: method, details: Tally(inputs: n).details(count: 0, electsSigns: electsSigns)) }
         var scales = [Double](repeating: 1, count: n)
         if settings.rescale {
             for (k, scale) in zip(ranked, try rescales(marks: nil)) { scales[k] = scale }
@@ -610,7 +609,7 @@ struct RankedRandom: Sendable {
             for t in tallies { tally.add(t) }
             try output.writer.write(UnsafeRawBufferPointer(target.prefix(count * size * width)))
         }
-        return TensorMergeResult(method: item.output.elementCount == 0 ? "copy (empty)" : (electsSigns ? DELLA.identifier : DELLALinear.identifier),
-                                 nonFinite: tally.nonFinite, details: tally.details(count: item.output.elementCount, electsSigns: electsSigns))
+        return TensorMergeResult(method: method, nonFinite: tally.nonFinite,
+                                 details: tally.details(count: item.output.elementCount, electsSigns: electsSigns))
     }
 }
