@@ -511,7 +511,7 @@ struct RankedRandom: Sendable {
     /// The family's keep rules from the rescale pass: each ranked input's marks (a bit per
     /// element, in C order) and rescale factor. Nil, so that `merge` ranks in its writing pass,
     /// without a rescale (that one pass then does it all), when the marks would not fit in
-    /// `maskBudget`, or for an empty tensor.
+    /// `maskBudget`, or when its rows are empty.
     func heldRules() throws -> [KeepRule]? {
         let count = item.output.elementCount, ranked = self.ranked
         guard settings.rescale, slabElements > 0, (count + 7) / 8 * ranked.count <= Self.maskBudget else { return nil }
