@@ -101,6 +101,23 @@ import Testing
         }
     }
 
+    /// Breadcrumbs' `gamma` may not be negative (it clamped to 0 silently), for either method or
+    /// one input of several; nothing is written. 0 is allowed.
+    @Test func breadcrumbsRefusesANegativeGamma() throws {
+        for (strategy, gamma) in [("breadcrumbs", ["-0.01"]), ("breadcrumbs_ties", ["0.01", "0", "-1e-9"])] {
+            let out = NSTemporaryDirectory() + "tv-\(UUID().uuidString).safetensors"
+            var request = Merger.Request(inputs: ["ft0", "ft1", "ft2"].map { Self.methods + "/\($0)_bf16.safetensors" }, strategy: strategy,
+                                         output: OutputOptions(path: out, layout: .safetensors))
+            request.base = Self.methods + "/base_bf16.safetensors"
+            let declaration = try #require(Strategies.named(strategy)).declaration
+            try request.parameters.assign("weight", words: ["1"], for: declaration)
+            try request.parameters.assign("gamma", words: gamma, for: declaration)
+            #expect(throws: WSAMergeError.self, "\(strategy) gamma \(gamma)") { try Merger.run(request) }
+            #expect(!FileManager.default.fileExists(atPath: out))
+        }
+        #expect(try merge("breadcrumbs", [("density", ["0.6"]), ("gamma", ["0"])], jobs: 2).count > 0)
+    }
+
     /// The selection scans and the writing pass read the stored elements in place (BF16 task
     /// vectors, against a BF16 or an F32 base, written as each output dtype): the same bytes as
     /// through decoded blocks.

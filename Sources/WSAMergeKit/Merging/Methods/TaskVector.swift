@@ -78,6 +78,9 @@ public struct TaskVector<Kind: TaskVectorKind>: MergeStrategy, TensorMerge {
             if Kind.sparsifier == .outliers { s.gammas.append(try p.number("gamma", input: source.input, tensor: name)) }
             if Kind.sparsifier == .rankedRandom { s.epsilons.append(try p.number("epsilon", input: source.input, tensor: name)) }
         }
+        if let gamma = s.gammas.first(where: { $0 < 0 }) {
+            throw WSAMergeError.usage("\(Kind.identifier): gamma must be ≥ 0 (got \(gamma), tensor '\(name)')")
+        }
         s.lambda = try p.number("lambda", tensor: name)
         s.normalize = try p.bool("normalize", tensor: name)
         if Kind.rescale != nil { s.rescale = try p.bool("rescale", tensor: name) }
