@@ -36,6 +36,14 @@ struct WSAMerge: ParsableCommand {
             where argument.hasPrefix("--") && argument.count > 3 && argument.firstIndex(of: "=") == argument.index(before: argument.endIndex) {
                 throw WSAMergeError.usage("\(argument.dropLast()) has an empty value")
             }
+            // `help NAME` with no such command printed the overview and exited 0.
+            let arguments = CommandLine.arguments
+            if arguments.count > 2, arguments[1] == "help" {
+                let names = configuration.subcommands.map { $0._commandName }
+                guard names.contains(arguments[2]) || arguments[2] == "help" || arguments[2].hasPrefix("-") else {
+                    throw WSAMergeError.usage("no command '\(arguments[2])' (commands: \(names.joined(separator: ", ")))")
+                }
+            }
             var command = try parseAsRoot()
             try command.run()
         } catch let error as WSAMergeError {

@@ -28,6 +28,10 @@ import Testing
         // After "--", an argument ending in '=' is a file name, not an option.
         let named = try TestSupport.wsamerge(["inspect", "--", "--weird="])
         TestSupport.expectRefusal(named, code: 66, mentions: ["--weird="])
+        // `help` of a command that does not exist (it printed the overview and exited 0).
+        TestSupport.expectRefusal(try TestSupport.wsamerge(["help", "merge"]), code: 64, mentions: ["no command 'merge'", "fuse"])
+        let help = try TestSupport.wsamerge(["help", "fuse"])
+        #expect(help.status == 0 && help.stdout.contains("--strategy"))
     }
 
     /// What would be silently lost or wrong is refused: a parameter given twice (a flag and a
