@@ -1180,12 +1180,12 @@ static void LEVELED(della_fibre_ranks)(const della_fibre *f, size_t n) {
     size_t wants = 0;
     memset(needed, 0, used);
     for (size_t m = 0; m < middles; m++) {
-        size_t i = middle[m];
-        uint16_t d = ids[i];
+        size_t e = middle[m];
+        uint16_t d = ids[e];
         double a = p[ranks[d].start], b = p[ranks[d].start + ranks[d].count - 1];
         double low = a < b ? a : b, high = a < b ? b : a;
-        uint8_t value = (uint8_t)(2 - (u[i] < low) - 2 * (u[i] >= high));
-        keep[i * stride] = value;
+        uint8_t value = (uint8_t)(2 - (u[e] < low) - 2 * (u[e] >= high));
+        keep[e * stride] = value;
         if (value == 2 && !needed[d]) { /* rare: a predictable branch */
             needed[d] = 1;
             wanted[wants++] = d;
@@ -1199,18 +1199,18 @@ static void LEVELED(della_fibre_ranks)(const della_fibre *f, size_t n) {
     size_t held = 0;
     for (size_t w = 0; w < wants; w++) held += ranks[wanted[w]].count;
     if (held > n / 16) /* many (ties of bf16 data): every element, branch-free */
-        for (size_t i = 0; i < n; i++) {
-            size_t r = ranks[ids[i]].start + place[i];
-            sorted_keys[r] = keys[i];
-            sorted_order[r] = i;
+        for (size_t e = 0; e < n; e++) {
+            size_t r = ranks[ids[e]].start + place[e];
+            sorted_keys[r] = keys[e];
+            sorted_order[r] = e;
         }
     else
-        for (size_t i = 0; i < n; i++) {
-            uint16_t d = ids[i];
+        for (size_t e = 0; e < n; e++) {
+            uint16_t d = ids[e];
             if (!needed[d]) continue; /* rare: a predictable branch */
-            size_t r = ranks[d].start + place[i];
-            sorted_keys[r] = keys[i];
-            sorted_order[r] = i;
+            size_t r = ranks[d].start + place[e];
+            sorted_keys[r] = keys[e];
+            sorted_order[r] = e;
         }
     della_fibre g = *f;
     g.keys = sorted_keys;
