@@ -612,17 +612,26 @@ static int64_t LEVELED(trim_draws)(double *x, const double *b, size_t n, double 
     return kept;
 }
 
-/* DARE's rescale sums over |x − b| of elements of kinds `kind` and `base_kind`. */
-static inline __attribute__((always_inline)) void LEVELED(draw_sums_impl)(int kind, int base_kind, const void *x, const void *b,
-                                                                           size_t n, uint64_t key, int64_t position, double density,
-                                                                           double *total, double *kept) {
+/* The rescale's L1 sums over |x − b| (elements of kinds `kind` and `base_kind`): total of every
+   element, kept of those kept, by the counter-based draws (DARE; `marks` unused) or, when
+   `by_marks`, by the byte marks (DELLA). `by_marks` is a constant at every call. */
+static inline __attribute__((always_inline)) void LEVELED(abs_sums_impl)(int kind, int base_kind, int by_marks, const void *x,
+                                                                          const void *b, size_t n, const uint8_t *marks,
+                                                                          uint64_t key, int64_t position, double density,
+                                                                          double *total, double *kept) {
     v8d t8 = splat8(0), k8 = splat8(0);
     uint64_t limit = draw_limit(density);
     v8lu counters = draw_counters8(key, (uint64_t)position);
     size_t end = n & ~(size_t)7, i = 0;
     for (; i < end; i += 8) {
         v8d a = (v8d)((v8lu)(load8x(x, kind, i) - load8x(b, base_kind, i)) & ~SIGN64);
-        v8l keep = draw_keeps8(counters, limit);
+        v8l keep;
+        if (by_marks) {
+            keep = (v8l){marks[i] ? -1 : 0, marks[i + 1] ? -1 : 0, marks[i + 2] ? -1 : 0, marks[i + 3] ? -1 : 0,
+                         marks[i + 4] ? -1 : 0, marks[i + 5] ? -1 : 0, marks[i + 6] ? -1 : 0, marks[i + 7] ? -1 : 0};
+        } else {
+            keep = draw_keeps8(counters, limit);
+        }
         t8 += a;
         k8 += (v8d)((v8l)a & keep);
     }
@@ -630,27 +639,34 @@ static inline __attribute__((always_inline)) void LEVELED(draw_sums_impl)(int ki
     for (; i < n; i++) {
         double a = fabs_bits(load_one(x, kind, i) - load_one(b, base_kind, i));
         t += a;
-        if (draw_keeps(key, (uint64_t)position + i, limit)) k += a;
+        if (by_marks ? marks[i] != 0 : draw_keeps(key, (uint64_t)position + i, limit)) k += a;
     }
     *total += t;
     *kept += k;
 }
 
-static void LEVELED(draw_sums)(const double *x, const double *b, size_t n, uint64_t key, int64_t position, double density,
-                               double *total, double *kept) {
-    LEVELED(draw_sums_impl)(WSK_F64, WSK_F64, x, b, n, key, position, density, total, kept);
+static void LEVELED(draw_sums)(const void *x, int kind, const void *b, int base_kind, size_t n, uint64_t key,
+                               int64_t position, double density, double *total, double *kept) {
+    if (kind == WSK_BF16 && base_kind == WSK_BF16)
+        LEVELED(abs_sums_impl)(WSK_BF16, WSK_BF16, 0, x, b, n, NULL, key, position, density, total, kept);
+    else if (kind == WSK_F16 && base_kind == WSK_F16)
+        LEVELED(abs_sums_impl)(WSK_F16, WSK_F16, 0, x, b, n, NULL, key, position, density, total, kept);
+    else if (kind == WSK_F32 && base_kind == WSK_F32)
+        LEVELED(abs_sums_impl)(WSK_F32, WSK_F32, 0, x, b, n, NULL, key, position, density, total, kept);
+    else if (kind == WSK_F64 && base_kind == WSK_F64)
+        LEVELED(abs_sums_impl)(WSK_F64, WSK_F64, 0, x, b, n, NULL, key, position, density, total, kept);
+    else
+        LEVELED(abs_sums_impl)(kind, base_kind, 0, x, b, n, NULL, key, position, density, total, kept);
 }
 
-static void LEVELED(draw_sums_stored)(const void *x, int kind, const void *b, int base_kind, size_t n, uint64_t key,
-                                      int64_t position, double density, double *total, double *kept) {
+static void LEVELED(mark_sums)(const void *x, int kind, const void *b, int base_kind, const uint8_t *marks, size_t n,
+                               double *total, double *kept) {
     if (kind == WSK_BF16 && base_kind == WSK_BF16)
-        LEVELED(draw_sums_impl)(WSK_BF16, WSK_BF16, x, b, n, key, position, density, total, kept);
-    else if (kind == WSK_F16 && base_kind == WSK_F16)
-        LEVELED(draw_sums_impl)(WSK_F16, WSK_F16, x, b, n, key, position, density, total, kept);
-    else if (kind == WSK_F32 && base_kind == WSK_F32)
-        LEVELED(draw_sums_impl)(WSK_F32, WSK_F32, x, b, n, key, position, density, total, kept);
+        LEVELED(abs_sums_impl)(WSK_BF16, WSK_BF16, 1, x, b, n, marks, 0, 0, 0, total, kept);
+    else if (kind == WSK_F64 && base_kind == WSK_F64)
+        LEVELED(abs_sums_impl)(WSK_F64, WSK_F64, 1, x, b, n, marks, 0, 0, 0, total, kept);
     else
-        LEVELED(draw_sums_impl)(kind, base_kind, x, b, n, key, position, density, total, kept);
+        LEVELED(abs_sums_impl)(kind, base_kind, 1, x, b, n, marks, 0, 0, 0, total, kept);
 }
 
 static inline __attribute__((always_inline)) int LEVELED(tv_combine_impl)(double *const *d, const double *w, size_t inputs,
@@ -786,36 +802,6 @@ static int64_t LEVELED(trim_bits)(double *x, const double *b, size_t n, double s
         kept += on;
     }
     return kept;
-}
-
-/* DELLA's rescale sums over |x − b| of elements of kinds `kind` and `base_kind`. */
-static inline __attribute__((always_inline)) void LEVELED(masked_abs_sums_impl)(int kind, int base_kind, const void *x,
-                                                                                 const void *b, const uint8_t *keep, size_t n,
-                                                                                 double *total, double *kept) {
-    v8d t8 = splat8(0), k8 = splat8(0);
-    size_t end = n & ~(size_t)7, i = 0;
-    for (; i < end; i += 8) {
-        v8d a = (v8d)((v8lu)(load8x(x, kind, i) - load8x(b, base_kind, i)) & ~SIGN64);
-        v8l on = {keep[i] ? -1 : 0, keep[i + 1] ? -1 : 0, keep[i + 2] ? -1 : 0, keep[i + 3] ? -1 : 0,
-                  keep[i + 4] ? -1 : 0, keep[i + 5] ? -1 : 0, keep[i + 6] ? -1 : 0, keep[i + 7] ? -1 : 0};
-        t8 += a;
-        k8 += (v8d)((v8l)a & on);
-    }
-    double t = fold8(t8), k = fold8(k8);
-    for (; i < n; i++) {
-        double a = fabs_bits(load_one(x, kind, i) - load_one(b, base_kind, i));
-        t += a;
-        if (keep[i]) k += a;
-    }
-    *total += t;
-    *kept += k;
-}
-
-static void LEVELED(masked_abs_sums)(const void *x, int kind, const void *b, int base_kind, const uint8_t *keep, size_t n,
-                                     double *total, double *kept) {
-    if (kind == WSK_BF16 && base_kind == WSK_BF16) LEVELED(masked_abs_sums_impl)(WSK_BF16, WSK_BF16, x, b, keep, n, total, kept);
-    else if (kind == WSK_F64 && base_kind == WSK_F64) LEVELED(masked_abs_sums_impl)(WSK_F64, WSK_F64, x, b, keep, n, total, kept);
-    else LEVELED(masked_abs_sums_impl)(kind, base_kind, x, b, keep, n, total, kept);
 }
 
 static int LEVELED(tv_merge)(wsk_tv_input *in, size_t count, const void *b, int base_kind, size_t n, int64_t position,
@@ -1293,12 +1279,11 @@ static const wsk_kernels LEVELED(kernels) = {
     .trim_window = LEVELED(trim_window),
     .trim_draws = LEVELED(trim_draws),
     .draw_sums = LEVELED(draw_sums),
-    .draw_sums_stored = LEVELED(draw_sums_stored),
     .tv_combine = LEVELED(tv_combine),
     .tv_merge = LEVELED(tv_merge),
     .trim_mask = LEVELED(trim_mask),
     .trim_bits = LEVELED(trim_bits),
-    .masked_abs_sums = LEVELED(masked_abs_sums),
+    .mark_sums = LEVELED(mark_sums),
     .sce_variances = LEVELED(sce_variances),
     .sce_squares = LEVELED(sce_squares),
     .sce_merge = LEVELED(sce_merge),

@@ -576,13 +576,12 @@ typedef struct {
     int64_t (*trim_all)(double *x, const double *b, size_t n, double scale);
     int64_t (*trim_window)(double *x, const double *b, size_t n, double scale, wsk_window *window);
     int64_t (*trim_draws)(double *x, const double *b, size_t n, double scale, uint64_t key, int64_t position, double density);
-    void (*draw_sums)(const double *x, const double *b, size_t n, uint64_t key, int64_t position, double density, double *total, double *kept);
-    void (*draw_sums_stored)(const void *x, int kind, const void *b, int base_kind, size_t n, uint64_t key, int64_t position, double density, double *total, double *kept);
+    void (*draw_sums)(const void *x, int kind, const void *b, int base_kind, size_t n, uint64_t key, int64_t position, double density, double *total, double *kept);
     int (*tv_combine)(double *const *d, const double *w, size_t inputs, const double *b, size_t n, int elect, int normalize, double lambda, double divisor, double *out, int64_t *dropped);
     int (*tv_merge)(wsk_tv_input *inputs, size_t count, const void *b, int base_kind, size_t n, int64_t position, int elect, int normalize, double lambda, double divisor, int out_kind, void *dst, int64_t *dropped);
     int64_t (*trim_mask)(double *x, const double *b, size_t n, double scale, const uint8_t *keep);
     int64_t (*trim_bits)(double *x, const double *b, size_t n, double scale, const uint8_t *bits);
-    void (*masked_abs_sums)(const void *x, int kind, const void *b, int base_kind, const uint8_t *keep, size_t n, double *total, double *kept);
+    void (*mark_sums)(const void *x, int kind, const void *b, int base_kind, const uint8_t *marks, size_t n, double *total, double *kept);
     void (*sce_variances)(double *const *x, size_t inputs, const double *b, size_t n, double *var);
     void (*sce_squares)(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, double *squares, int64_t *selected);
     int (*sce_merge)(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, const double *weights, double *out);
@@ -701,13 +700,12 @@ void wsk_bracket_deltas(wsk_bracket_span *brackets, size_t count, const void *b,
 int64_t wsk_trim_all(double *x, const double *b, size_t n, double scale) { return wsk_active()->trim_all(x, b, n, scale); }
 int64_t wsk_trim_window(double *x, const double *b, size_t n, double scale, wsk_window *window) { return wsk_active()->trim_window(x, b, n, scale, window); }
 int64_t wsk_trim_draws(double *x, const double *b, size_t n, double scale, uint64_t key, int64_t position, double density) { return wsk_active()->trim_draws(x, b, n, scale, key, position, density); }
-void wsk_draw_sums(const double *x, const double *b, size_t n, uint64_t key, int64_t position, double density, double *total, double *kept) { wsk_active()->draw_sums(x, b, n, key, position, density, total, kept); }
-void wsk_draw_sums_stored(const void *x, int kind, const void *b, int base_kind, size_t n, uint64_t key, int64_t position, double density, double *total, double *kept) { wsk_active()->draw_sums_stored(x, kind, b, base_kind, n, key, position, density, total, kept); }
+void wsk_draw_sums(const void *x, int kind, const void *b, int base_kind, size_t n, uint64_t key, int64_t position, double density, double *total, double *kept) { wsk_active()->draw_sums(x, kind, b, base_kind, n, key, position, density, total, kept); }
 int wsk_tv_merge(wsk_tv_input *inputs, size_t count, const void *b, int base_kind, size_t n, int64_t position, int elect, int normalize, double lambda, double divisor, int out_kind, void *dst, int64_t *dropped) { return wsk_active()->tv_merge(inputs, count, b, base_kind, n, position, elect, normalize, lambda, divisor, out_kind, dst, dropped); }
 int wsk_tv_combine(double *const *d, const double *w, size_t inputs, const double *b, size_t n, int elect, int normalize, double lambda, double divisor, double *out, int64_t *dropped) { return wsk_active()->tv_combine(d, w, inputs, b, n, elect, normalize, lambda, divisor, out, dropped); }
 int64_t wsk_trim_mask(double *x, const double *b, size_t n, double scale, const uint8_t *keep) { return wsk_active()->trim_mask(x, b, n, scale, keep); }
 int64_t wsk_trim_bits(double *x, const double *b, size_t n, double scale, const uint8_t *bits) { return wsk_active()->trim_bits(x, b, n, scale, bits); }
-void wsk_masked_abs_sums(const void *x, int kind, const void *b, int base_kind, const uint8_t *keep, size_t n, double *total, double *kept) { wsk_active()->masked_abs_sums(x, kind, b, base_kind, keep, n, total, kept); }
+void wsk_mark_sums(const void *x, int kind, const void *b, int base_kind, const uint8_t *marks, size_t n, double *total, double *kept) { wsk_active()->mark_sums(x, kind, b, base_kind, marks, n, total, kept); }
 void wsk_sce_variances(double *const *x, size_t inputs, const double *b, size_t n, double *var) { wsk_active()->sce_variances(x, inputs, b, n, var); }
 void wsk_sce_squares(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, double *squares, int64_t *selected) { wsk_active()->sce_squares(x, inputs, b, n, window, squares, selected); }
 int wsk_sce_merge(double *const *x, size_t inputs, const double *b, size_t n, wsk_window *window, const double *weights, double *out) { return wsk_active()->sce_merge(x, inputs, b, n, window, weights, out); }

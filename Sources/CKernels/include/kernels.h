@@ -164,14 +164,11 @@ typedef struct {
 int64_t wsk_trim_all(double *x, const double *b, size_t n, double scale);
 int64_t wsk_trim_window(double *x, const double *b, size_t n, double scale, wsk_window *window);
 int64_t wsk_trim_draws(double *x, const double *b, size_t n, double scale, uint64_t key, int64_t position, double density);
-/// DARE's rescale sums over a block: total += Σ|x[i] − b[i]|, kept += the same over the elements
-/// whose draw u(position + i) < density (8 lanes folded as everywhere).
-void wsk_draw_sums(const double *x, const double *b, size_t n, uint64_t key, int64_t position, double density,
-                   double *total, double *kept);
-/// The same sums over stored elements of kinds `kind` and `base_kind` (WSK_BF16 … WSK_F16),
-/// exactly as over their decoded values.
-void wsk_draw_sums_stored(const void *x, int kind, const void *b, int base_kind, size_t n, uint64_t key, int64_t position,
-                          double density, double *total, double *kept);
+/// DARE's rescale sums over a block of stored elements of kinds `kind` and `base_kind`
+/// (WSK_BF16 … WSK_F64): total += Σ|x[i] − b[i]|, kept += the same over the elements whose draw
+/// u(position + i) < density (8 lanes folded as everywhere).
+void wsk_draw_sums(const void *x, int kind, const void *b, int base_kind, size_t n, uint64_t key, int64_t position,
+                   double density, double *total, double *kept);
 
 /// Merges trimmed task vectors d[k] (unweighted) with weights w[k] into out = b + λ·mixed:
 ///   elect:  S = Σ w_k d_k (from 0, k ascending), s = S ≥ 0; mixed = Σ w_k d_k over the nonzero
@@ -233,10 +230,9 @@ void wsk_pack_bits(const uint8_t *keep, size_t n, uint8_t *bits, size_t offset);
 int64_t wsk_trim_mask(double *x, const double *b, size_t n, double scale, const uint8_t *keep);
 /// wsk_trim_mask with the marks as bits (bit i % 8 of bits[i / 8]).
 int64_t wsk_trim_bits(double *x, const double *b, size_t n, double scale, const uint8_t *bits);
-/// total += Σ|x[i] − b[i]| and kept += Σ|x[i] − b[i]| over keep[i] ≠ 0 (stored elements of kinds
-/// `kind` and `base_kind`; 8 lanes folded as everywhere).
-void wsk_masked_abs_sums(const void *x, int kind, const void *b, int base_kind, const uint8_t *keep, size_t n, double *total,
-                         double *kept);
+/// DELLA's rescale sums: as wsk_draw_sums, kept over the elements with marks[i] ≠ 0.
+void wsk_mark_sums(const void *x, int kind, const void *b, int base_kind, const uint8_t *marks, size_t n, double *total,
+                   double *kept);
 
 /// SCE over a block of n elements of decoded inputs x[0 … inputs) and base b, d_k = x_k[i] − b[i]:
 ///   var[i] = population variance of the d_k (mean = (Σ_k d_k)/inputs first, then

@@ -182,17 +182,20 @@ public struct Lockstep {
 }
 
 extension Lockstep {
-    /// Reads the next `count` elements of each reader into `raw[k]` and, with `values`, decodes
-    /// them to float64 in `values[k]`, the reads and then the decoding side by side, in pieces
-    /// (for passes that hold whole rows at a time instead of streaming blocks).
-    static func readDecoded(_ readers: [TensorReader], count: Int, raw: [RawBuffer], into values: [RawBuffer]?, jobs: Int) throws {
+    /// Reads the next `count` elements of each reader into `raw[k]`, the inputs side by side in
+    /// pieces (for passes that hold whole rows at a time instead of streaming blocks).
+    static func readGroup(_ readers: [TensorReader], count: Int, into raw: [RawBuffer], jobs: Int) throws {
         let reads = readers.indices.flatMap { k in
             readers[k].reads(into: raw[k], count: count * (readers[k].tensor.dtype.byteWidth ?? 1), pieceBytes: readPieceBytes)
         }
         _ = try parallelMap(sizes: reads.map { _ in 1 }, jobs: jobs, serial: !readers.allSatisfy(\.readsConcurrently)) { i, _ in
             try reads[i].run()
         }
-        guard let values else { return }
+    }
+
+    /// `readGroup`, then the elements decoded to float64 into `values[k]`, side by side in pieces.
+    static func readDecoded(_ readers: [TensorReader], count: Int, raw: [RawBuffer], into values: [RawBuffer], jobs: Int) throws {
+        try readGroup(readers, count: count, into: raw, jobs: jobs)
         let dtypes = readers.map(\.tensor.dtype), piece = Partition.blockElements * 16
         _ = try parallelMap(sizes: [Int](repeating: 1, count: (count + piece - 1) / piece), jobs: jobs) { p, _ in
             let from = p * piece, n = Swift.min(piece, count - from)

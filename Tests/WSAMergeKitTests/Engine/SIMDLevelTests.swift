@@ -352,7 +352,8 @@ import Testing
                 #expect(x.map { $0 == 1 } == expected, "\(level) density \(density)")
                 #expect(Int(kept) == expected.filter { $0 }.count)
                 var total = 0.0, keptSum = 0.0
-                wsk_draw_sums(x.map { _ in 1 }, b, n, draws.key, Int64(position), density, &total, &keptSum)
+                let f64 = DType.F64.rawKind!, ones = [Double](repeating: 1, count: n)
+                wsk_draw_sums(ones, f64, b, f64, n, draws.key, Int64(position), density, &total, &keptSum)
                 #expect(total == Double(n) && keptSum == Double(expected.filter { $0 }.count), "\(level) sums at density \(density)")
             }
         }

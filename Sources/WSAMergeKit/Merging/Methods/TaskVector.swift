@@ -168,14 +168,16 @@ public struct TaskVector<Kind: TaskVectorKind>: MergeStrategy, TensorMerge {
                 if kinds.count == readers.count {
                     stored = { inputs, count, _, position in
                         sums { i, total, kept in
-                            wsk_draw_sums_stored(inputs[i], kinds[i], inputs[draws.count], kinds[draws.count], count, draws[i].0.key,
-                                                 Int64(position), draws[i].1, &total, &kept)
+                            wsk_draw_sums(inputs[i], kinds[i], inputs[draws.count], kinds[draws.count], count, draws[i].0.key,
+                                          Int64(position), draws[i].1, &total, &kept)
                         }
                     }
                 }
+                let f64 = DType.F64.rawKind!
                 try Lockstep.run(readers, jobs: context.jobs, output: nil, raw: stored, positioned: { inputs, count, _, position in
                     sums { i, total, kept in
-                        wsk_draw_sums(inputs[i], inputs[draws.count], count, draws[i].0.key, Int64(position), draws[i].1, &total, &kept)
+                        wsk_draw_sums(inputs[i], f64, inputs[draws.count], f64, count, draws[i].0.key, Int64(position), draws[i].1,
+                                      &total, &kept)
                     }
                 }, fold: { blocks in
                     for block in blocks {
@@ -433,6 +435,8 @@ struct RankedRandom: Sendable {
     let slabs: Int, length: Int, stride: Int
     /// Per input, p by rank (`wsk_della_probabilities`; empty when density ≥ 1 or ≤ 0).
     let probabilities: [[Double]]
+    /// Per input, its random draws.
+    let draws: [Draws]
 
     init<K>(item: MergePlan.Item, settings: TaskVector<K>.Settings, context: MergeContext) {
         self.item = item
@@ -440,6 +444,7 @@ struct RankedRandom: Sendable {
                                                    epsilons: settings.epsilons, lambda: settings.lambda, normalize: settings.normalize,
                                                    rescale: settings.rescale, seed: settings.seed)
         self.context = context
+        draws = item.sources.map { Draws(seed: settings.seed, name: item.name, input: $0.input) }
         let shape = item.output.shape
         switch shape.count {
         case 0: (slabs, length, stride) = (1, 1, 1)
@@ -458,6 +463,9 @@ struct RankedRandom: Sendable {
 
     var slabElements: Int { length * stride }
 
+    /// Words of `mask`'s scratch (the ranking's keys and buckets for one fibre).
+    var scratchWords: Int { 7 * length }
+
     /// Bytes of keep marks the rescale pass may hold for the writing pass (a bit per element and
     /// input); beyond it the writing pass ranks again.
     static var maskBudget: Int {
@@ -473,21 +481,20 @@ struct RankedRandom: Sendable {
     #endif
 
     /// Marks in `keep` which elements of input `k`'s slab `a` are kept, from its task vector
-    /// `x − b`, both stored as `dtypes` (BF16, F16, F32 or F64; `wsk_della_mask` per fibre).
+    /// `x − b`, both stored as `dtypes` (BF16, F16, F32 or F64; `wsk_della_mask` per fibre, its
+    /// `scratch` of `scratchWords`).
     func mask(_ x: UnsafeRawPointer, base b: UnsafeRawPointer, _ dtypes: (DType, DType), input k: Int, slab a: Int,
-              keep: UnsafeMutablePointer<UInt8>) {
+              keep: UnsafeMutablePointer<UInt8>, scratch: UnsafeMutablePointer<UInt64>) {
         let density = settings.densities[k]
         let count = slabElements
         if density >= 1 { keep.update(repeating: 1, count: count); return }
         if density <= 0 { keep.update(repeating: 0, count: count); return }
-        let draws = Draws(seed: settings.seed, name: item.name, input: item.sources[k].input)
-        let scratch = UnsafeMutablePointer<UInt64>.allocate(capacity: 7 * length)
-        defer { scratch.deallocate() }
+        let key = draws[k].key
         let (kind, baseKind) = (dtypes.0.rawKind!, dtypes.1.rawKind!)
         let (width, baseWidth) = (dtypes.0.byteWidth!, dtypes.1.byteWidth!)
         probabilities[k].withUnsafeBufferPointer { p in
             for r in 0..<stride {
-                wsk_della_mask(x + r * width, kind, b + r * baseWidth, baseKind, length, stride, draws.key, Int64(a * count + r),
+                wsk_della_mask(x + r * width, kind, b + r * baseWidth, baseKind, length, stride, key, Int64(a * count + r),
                                p.baseAddress, keep + r, scratch)
             }
         }
@@ -503,7 +510,11 @@ struct RankedRandom: Sendable {
         let values = decoded ? readers.map { _ in RawBuffer(byteCount: capacity * 8) } : nil
         for first in Swift.stride(from: 0, to: slabs, by: perGroup) {
             let count = Swift.min(perGroup, slabs - first)
-            try Lockstep.readDecoded(readers, count: count * slabElements, raw: raw, into: values, jobs: context.jobs)
+            if let values {
+                try Lockstep.readDecoded(readers, count: count * slabElements, raw: raw, into: values, jobs: context.jobs)
+            } else {
+                try Lockstep.readGroup(readers, count: count * slabElements, into: raw, jobs: context.jobs)
+            }
             try body(values ?? raw, first, count)
         }
     }
@@ -520,7 +531,7 @@ struct RankedRandom: Sendable {
         guard settings.rescale, slabElements > 0, (count + 7) / 8 * ranked.count <= Self.maskBudget else { return nil }
         var rules = [KeepRule](repeating: KeepRule(), count: item.sources.count)
         for k in rules.indices where settings.densities[k] <= 0 {  // u_j < 0 keeps none
-            rules[k].draws = (Draws(seed: settings.seed, name: item.name, input: item.sources[k].input), 0)
+            rules[k].draws = (draws[k], 0)
         }
         let marks = ranked.map { _ in RawBuffer(byteCount: (count + 7) / 8) }
         for (i, scale) in try rescales(marks: marks).enumerated() {
@@ -550,13 +561,15 @@ struct RankedRandom: Sendable {
             let keep = keeps
             let sums = try parallelMap(sizes: [Int](repeating: size, count: slabs), jobs: context.jobs) { s, _ -> [Double] in
                 let base = dtypes[ranked.count], b = values[ranked.count].base + s * size * base.byteWidth!
+                let scratch = UnsafeMutablePointer<UInt64>.allocate(capacity: scratchWords)
+                defer { scratch.deallocate() }
                 var sums: [Double] = []
                 for (i, k) in ranked.enumerated() {
                     let x = values[i].base + s * size * dtypes[i].byteWidth!
                     let marks = keep[i].bytes(slabs * size) + s * size
-                    mask(x, base: b, (dtypes[i], base), input: k, slab: first + s, keep: marks)
+                    mask(x, base: b, (dtypes[i], base), input: k, slab: first + s, keep: marks, scratch: scratch)
                     var total = 0.0, kept = 0.0
-                    wsk_masked_abs_sums(x, dtypes[i].rawKind!, b, base.rawKind!, marks, size, &total, &kept)
+                    wsk_mark_sums(x, dtypes[i].rawKind!, b, base.rawKind!, marks, size, &total, &kept)
                     sums += [total, kept]
                 }
                 return sums
@@ -597,11 +610,12 @@ struct RankedRandom: Sendable {
                 let b = UnsafePointer(values[n].doubles((s + 1) * size) + s * size)
                 let keep = UnsafeMutablePointer<UInt8>.allocate(capacity: size)
                 let y = UnsafeMutablePointer<Double>.allocate(capacity: size)
-                defer { keep.deallocate(); y.deallocate() }
+                let scratch = UnsafeMutablePointer<UInt64>.allocate(capacity: scratchWords)
+                defer { keep.deallocate(); y.deallocate(); scratch.deallocate() }
                 var trimmed: [UnsafeMutablePointer<Double>] = []
                 for k in 0..<n {
                     let x = values[k].doubles((s + 1) * size) + s * size
-                    mask(x, base: b, (.F64, .F64), input: k, slab: first + s, keep: keep)
+                    mask(x, base: b, (.F64, .F64), input: k, slab: first + s, keep: keep, scratch: scratch)
                     tally.kept[k] += Int(wsk_trim_mask(x, b, size, factors[k], keep))
                     trimmed.append(x)
                 }
