@@ -52,7 +52,11 @@ struct WSAMerge: ParsableCommand {
             fail(failure.message, code: failure.error.exitCode)
         } catch {
             let code = exitCode(for: error)
-            if code == .success || error is CleanExit { exit(withError: error) }
+            if code == .success || error is CleanExit {  // help and --version, through `emit`'s checks
+                let text = fullMessage(for: error)
+                if !text.isEmpty { emit(text + "\n") }  // as the parser's own `print`
+                Glibc.exit(0)
+            }
             var message = oneLine(fullMessage(for: error))
             if message.isEmpty { message = "\(error)" }
             if message.hasPrefix("Error: ") { message.removeFirst(7) }

@@ -82,6 +82,11 @@ import Testing
     @Test func stdoutErrorsAreReported() throws {
         let full = try TestSupport.run("/bin/sh", ["-c", "exec '\(TestSupport.binary)' stats '\(Self.a)' > /dev/full"])
         TestSupport.expectRefusal(full, code: 74, mentions: ["<stdout>", "No space left"])
+        // Help and the version too (the argument parser's own printing exited 0 regardless).
+        for arguments in ["--version", "--help", "fuse --help", "help stats"] {
+            let run = try TestSupport.run("/bin/sh", ["-c", "exec '\(TestSupport.binary)' \(arguments) > /dev/full"])
+            TestSupport.expectRefusal(run, code: 74, mentions: ["<stdout>", "No space left"])
+        }
         // A reader that went away (as `head` does): quiet, exit 0, not SIGPIPE (141).
         let closed = try TestSupport.runWithDefaultSignals(["stats", Self.a, Self.b], closedStdout: true)
         #expect(closed.status == 0, "exit \(closed.status)")
