@@ -146,7 +146,7 @@ public enum RecipeParser {
             switch node {
             case .scalar(let scalar): YAMLText.quoted(scalar.string)
             case .mapping: "a mapping"
-            case .sequence: "a list"
+            case .sequence(let sequence): sequence.isEmpty ? "an empty list" : "a list"
             case .alias: "an alias"
             }
         }
@@ -389,6 +389,10 @@ public enum RecipeParser {
                 if plain, let n = Int(text) { value = .integer(n) } else if plain, let x = Double(text) { value = .number(x) }
             case .number:
                 if plain, let x = Double(text) { value = .number(x) }
+                // YAML's own spellings of infinity and NaN (Double does not read them)
+                if plain, [".inf", "+.inf", "-.inf", ".nan"].contains(text.lowercased()) {
+                    throw fail(node, path, "expected a finite number, got \(text)")
+                }
             case .bool:
                 if plain {
                     switch text.lowercased() {

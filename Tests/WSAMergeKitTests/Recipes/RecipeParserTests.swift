@@ -129,6 +129,12 @@ struct RecipeParserTests {
         }
         #expect(message("merge_method: average\nmodels:\n  - model: a\n    parameters:\n      weight: high\n")
             == "r.yml:5: models[0].parameters.weight: expected a number or a list, got \"high\"")
+        // YAML's infinities and NaN are numbers, but not finite ones; an empty list is named so.
+        #expect(message("merge_method: average\nmodels:\n  - model: a\n    parameters: {weight: .inf}\n")
+            == "r.yml:4: models[0].parameters.weight: expected a finite number, got .inf")
+        #expect(message("merge_method: average\nmodels:\n  - model: a\n    parameters: {weight: [0, .NaN]}\n")
+            == "r.yml:4: models[0].parameters.weight[1]: expected a finite number, got .NaN")
+        #expect(message("merge_method: average\nmodels: []\n") == "r.yml:2: models: expected a list of {model, parameters}, got an empty list")
         #expect(message("merge_method: nope\nmodels: [{model: a}]\n").hasPrefix("r.yml:1: merge_method: unknown method 'nope' (supported: average"))
         #expect(message("models: [{model: a}]\n").hasPrefix("r.yml:1: merge_method is missing"))
         #expect(message("").hasPrefix("r.yml: the recipe is empty"))
