@@ -228,8 +228,8 @@ struct MergeRecipeTests {
         a, b = st_arrays(sys.argv[1]), st_arrays(sys.argv[2])
         out = st_arrays(sys.argv[3])
         expected = {}
-        for name, v in a.items():
-            if layer_of(name) is None: expected[name] = v
+        for name, v in a.items():  # as mergekit: embeddings from the first slice's model, the rest from the last's
+            if layer_of(name) is None: expected[name] = v if "embed" in name else b[name]
         plan = [(a, 0), (a, 1), (a, 2), (b, 1), (b, 2), (b, 3)]
         for new, (src, old) in enumerate(plan):
             for name, v in src.items():
@@ -307,7 +307,7 @@ struct MergeRecipeTests {
         assert sorted(out) == sorted(m1)
         for name in out:
             layer = layer_of(name)
-            if layer is None: t, other = 0.0, m2
+            if layer is None: t, other = 0.0, (m2 if "embed" in name else m3)  # the head and final norm: the last slice's
             else: t, other = float(layer % 2), (m2 if layer < 2 else m3)
             w = grad([1, 3], t)
             acc = w * m1[name].astype(np.float64) + w * other[name].astype(np.float64)

@@ -6,8 +6,9 @@
 /// The rule: the output's layers are the slices' ranges in order, renumbered from 0
 /// (`model.layers.N.` → the new index; the same for `h.N`, `blocks.N`, `layer.N`); each layer's
 /// tensors are its source model's, in that model's storage order. Tensors outside the layers
-/// (embeddings, final norm, head) come from the first slice's model and keep their places
-/// around the layers.
+/// keep the first slice's model's places around the layers; those before the layers
+/// (embeddings, `precedesTheLayers`) come from the first slice's model, the rest (final norm,
+/// head) from the last slice's, as mergekit takes its pre- and post-weights.
 public enum LayerStack {
     public struct Part: Sendable {
         public let checkpoint: Checkpoint
@@ -49,9 +50,11 @@ public enum LayerStack {
         var sources: [any TensorSource] = []
         var placed = false
         let first = parts[0].checkpoint
+        let last = Dictionary(parts[parts.count - 1].checkpoint.sources.map { ($0.tensor.name, $0) }, uniquingKeysWith: { a, _ in a })
         for source in first.sources {
-            if LayerGroups.layerIndex(of: source.tensor.name) == nil {
-                sources.append(source)
+            let name = source.tensor.name
+            if LayerGroups.layerIndex(of: name) == nil {
+                sources.append(precedesTheLayers(name) ? source : last[name] ?? source)
             } else if !placed {
                 sources += layerSources
                 placed = true
@@ -64,6 +67,17 @@ public enum LayerStack {
             for file in part.checkpoint.files where seen.insert(file.identity).inserted { files.append(file) }
         }
         return Checkpoint(path: path, format: first.format, metadata: first.metadata, sources: sources, files: files)
+    }
+
+    /// Whether a tensor outside the layers comes before them: an embedding or what feeds it, by
+    /// name (`embed`, except GPT-NeoX's head `embed_out`; `wte`, `wpe`, `shared`, `position`,
+    /// `rotary`, `relative_pe`, `_pre`, `conv`, `patch`), which covers the pre-weights of
+    /// mergekit's language-model architectures; the others (final norms, heads, classifiers,
+    /// poolers) come after them.
+    public static func precedesTheLayers(_ name: String) -> Bool {
+        let name = name.lowercased()
+        if name.contains("embed_out") { return false }
+        return ["embed", "wte", "wpe", "shared", "position", "rotary", "relative_pe", "_pre", "conv", "patch"].contains { name.contains($0) }
     }
 
     /// Position `t` of each output layer for gradients: `i/(L−1)` for the i-th of a slice's L
