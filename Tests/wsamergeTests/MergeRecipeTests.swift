@@ -315,6 +315,53 @@ struct MergeRecipeTests {
         """#, [Self.m(1), Self.m(2), Self.m(3), tmp + "/out.safetensors"])
     }
 
+    @Test("slice and source parameters come before the top-level ones, slice by slice (as mergekit reads them)")
+    func sliceAndSourceParameters() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        let recipe = try Self.recipe("""
+            merge_method: linear
+            slices:
+              - sources:
+                  - model: {M1}
+                    layer_range: [0, 2]
+                    parameters:
+                      weight: [{filter: mlp, value: [0.5, 2]}]
+                  - model: {M2}
+                    layer_range: [0, 2]
+                    parameters: {weight: 3}
+              - sources:
+                  - model: {M1}
+                    layer_range: [2, 4]
+                  - model: {M3}
+                    layer_range: [2, 4]
+                parameters:
+                  weight: [{filter: self_attn, value: 0.25}]
+            parameters:
+              weight: 1
+              normalize: false
+            """, in: tmp)
+        try Self.fuse(["--recipe", recipe, "-o", tmp + "/out.safetensors"])
+        try TestSupport.pythonOK(Self.gradientPrelude + #"""
+        m1, m2, m3 = (st_arrays(p) for p in sys.argv[1:4])
+        out = st_arrays(sys.argv[4])
+        assert sorted(out) == sorted(m1)
+        for name in out:
+            layer = layer_of(name)
+            # which slice holds the tensor: by layer; outside the layers, embeddings the first, the rest the last
+            first = layer < 2 if layer is not None else "embed" in name
+            t = 0.0 if layer is None else float(layer % 2)
+            if first:
+                w1 = grad([0.5, 2], t) if "mlp" in name else 1.0  # the source's filter list, else the top level
+                w2, other = 3.0, m2
+            else:
+                w1 = w2 = 0.25 if "self_attn" in name else 1.0  # the slice's, else the top level
+                other = m3
+            acc = w1 * m1[name].astype(np.float64) + w2 * other[name].astype(np.float64)
+            assert out[name].tobytes() == acc.astype(np.float32).tobytes(), name
+        """#, [Self.m(1), Self.m(2), Self.m(3), tmp + "/out.safetensors"])
+    }
+
     @Test("mergekit's ties example (density and weight gradients, a filter list) matches the numpy reference",
           .enabled(if: MergeRecipeTests.strategies.contains("ties")))
     func tiesExample() throws {
@@ -634,8 +681,9 @@ struct MergeRecipeTests {
                 line: 5, mentions: ["models[1]: linear needs a weight for every model"]),
         Mistake(what: "a duplicate key", yaml: "merge_method: linear\nmodels:\n  - model: {M1}\n    parameters: {weight: 1}\nmerge_method: linear\n",
                 line: 1, mentions: ["duplicate key 'merge_method'"]),
-        Mistake(what: "parameters per slice", yaml: "merge_method: passthrough\nslices:\n  - sources:\n      - model: {M1}\n        layer_range: [0, 1]\n    parameters: {scale: 1}\n",
-                line: 6, mentions: ["slices[0].parameters: parameters per slice are not supported"]),
+        Mistake(what: "a shared parameter given to a slice source",
+                yaml: "merge_method: ties\nbase_model: {M0}\nslices:\n  - sources:\n      - model: {M0}\n        layer_range: [0, 1]\n      - model: {M1}\n        layer_range: [0, 1]\n        parameters: {weight: 1, normalize: true}\n",
+                line: 9, mentions: ["slices[0].sources[1].parameters.normalize: 'normalize' is one value for the whole merge"]),
         Mistake(what: "a misspelt key in a model entry", yaml: "merge_method: linear\nmodels:\n  - model: {M1}\n    weigth: 1\n",
                 line: 4, mentions: ["models[0].weigth: unknown key 'weigth'", "model, parameters"]),
         Mistake(what: "a method without its base", yaml: "merge_method: wsa\nbase_model: {M0}\nmodels:\n  - model: {M1}\n",

@@ -10,6 +10,10 @@ public indirect enum ParameterSetting: Sendable, Equatable {
     /// The first entry whose filter is a substring of the tensor's name; an entry without a
     /// filter, or with the filter `*` (as in mergekit), matches every tensor (the fallback).
     case filtered([FilteredSetting])
+    /// A recipe's slices: the entry whose slice holds the tensor, its settings tried in order
+    /// (the first that gives a value), as mergekit reads a slice source's, then the slice's,
+    /// then the top-level parameters.
+    case sliced([SliceSetting])
 
     /// The value for the tensor at `position`, or nil when no filter matches.
     func value(at position: TensorPosition) -> ParameterValue? {
@@ -29,6 +33,11 @@ public indirect enum ParameterSetting: Sendable, Equatable {
                 return entry.setting.value(at: position)
             }
             return nil
+        case .sliced(let entries):
+            for entry in entries where entry.holds(position.name) {
+                return entry.settings.lazy.compactMap { $0.value(at: position) }.first
+            }
+            return nil
         }
     }
 
@@ -38,6 +47,7 @@ public indirect enum ParameterSetting: Sendable, Equatable {
         case .value(let value): [value]
         case .gradient(let values): values.map { .number($0) }
         case .filtered(let entries): entries.flatMap(\.setting.leaves)
+        case .sliced(let entries): entries.flatMap { $0.settings.flatMap(\.leaves) }
         }
     }
 
@@ -54,7 +64,35 @@ public indirect enum ParameterSetting: Sendable, Equatable {
             .array(entries.map { entry in
                 .object((entry.filter.map { [("filter", JSON.string($0))] } ?? []) + [("value", entry.setting.json)])
             })
+        case .sliced(let entries):
+            .array(entries.map { entry in
+                .object([("layers", .array([.int(entry.layers.lowerBound), .int(entry.layers.upperBound)])),
+                         ("values", .array(entry.settings.map(\.json)))])
+            })
         }
+    }
+}
+
+/// One slice of a `.sliced` setting: its output layers, and whether it is the first slice (it
+/// holds the tensors before the layers) or the last (those after them).
+public struct SliceSetting: Sendable, Equatable {
+    public var layers: Range<Int>
+    public var first: Bool
+    public var last: Bool
+    /// Tried in order; the first that gives a value for the tensor is its value.
+    public var settings: [ParameterSetting]
+
+    public init(layers: Range<Int>, first: Bool, last: Bool, settings: [ParameterSetting]) {
+        self.layers = layers
+        self.first = first
+        self.last = last
+        self.settings = settings
+    }
+
+    /// Whether the slice holds the tensor called `name` (see `LayerStack.stack`).
+    func holds(_ name: String) -> Bool {
+        if let layer = LayerGroups.layerIndex(of: name) { return layers.contains(layer) }
+        return LayerStack.precedesTheLayers(name) ? first : last
     }
 }
 

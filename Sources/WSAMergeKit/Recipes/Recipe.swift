@@ -65,18 +65,27 @@ public struct Recipe: Sendable, Equatable {
     public struct Source: Sendable, Equatable {
         public var model: String
         public var layerRange: Range<Int>
+        /// Per-input parameters for this model within the slice (before the slice's and the
+        /// top-level ones).
+        public var parameters: [Setting]
 
-        public init(_ model: String, layers: Range<Int>) {
+        public init(_ model: String, layers: Range<Int>, parameters: [Setting] = []) {
             self.model = model
             self.layerRange = layers
+            self.parameters = parameters
         }
     }
 
     /// An entry of `slices`: the layers it contributes, from each source.
     public struct Slice: Sendable, Equatable {
         public var sources: [Source]
+        /// Parameters for every model within the slice (before the top-level ones).
+        public var parameters: [Setting]
 
-        public init(_ sources: [Source]) { self.sources = sources }
+        public init(_ sources: [Source], parameters: [Setting] = []) {
+            self.sources = sources
+            self.parameters = parameters
+        }
     }
 
     /// `merge_method`, as written (an identifier or alias).
@@ -188,6 +197,14 @@ public struct Recipe: Sendable, Equatable {
                 for source in slice.sources {
                     line(6, "- model: " + YAMLText.scalar(source.model))
                     line(8, "layer_range: [\(source.layerRange.lowerBound), \(source.layerRange.upperBound)]")
+                    if !source.parameters.isEmpty {
+                        line(8, "parameters:")
+                        settings(10, source.parameters)
+                    }
+                }
+                if !slice.parameters.isEmpty {
+                    line(4, "parameters:")
+                    settings(6, slice.parameters)
                 }
             }
         }
@@ -287,6 +304,7 @@ enum YAMLText {
         case .value(let v): value(v)
         case .gradient(let values): "[" + values.map(number).joined(separator: ", ") + "]"
         case .filtered: preconditionFailure("filtered settings are written as a block")
+        case .sliced: preconditionFailure("slice settings are written in their slices")
         }
     }
 }

@@ -239,14 +239,16 @@ public enum RecipeParser {
                         let path = "slices[\(i)]"
                         note(entry, path)
                         var sources: [Recipe.Source]?
-                        for (field, value, fieldNode) in try mapping(entry, path, what: "a mapping {sources: […]}", allowed: ["sources", "parameters"]) {
+                        var settings: [Recipe.Setting] = []
+                        for (field, value, _) in try mapping(entry, path, what: "a mapping {sources: […]}", allowed: ["sources", "parameters"]) {
                             if field == "parameters" {
-                                throw fail(fieldNode, "\(path).parameters", "parameters per slice are not supported; give them under the top-level parameters")
+                                if !isNull(value) { settings = try parameters(value, "\(path).parameters", declaration, perModel: false) }
+                            } else {
+                                sources = try self.sources(value, "\(path).sources", declaration)
                             }
-                            sources = try self.sources(value, "\(path).sources")
                         }
                         guard let sources else { throw fail(entry, path, "the slice has no 'sources'") }
-                        recipe.slices.append(Recipe.Slice(sources))
+                        recipe.slices.append(Recipe.Slice(sources, parameters: settings))
                     }
                 case "parameters":
                     recipe.parameters = try parameters(node, key, declaration, perModel: false)
@@ -283,7 +285,7 @@ public enum RecipeParser {
             return recipe
         }
 
-        mutating func sources(_ node: Node, _ path: String) throws -> [Recipe.Source] {
+        mutating func sources(_ node: Node, _ path: String, _ declaration: StrategyDeclaration) throws -> [Recipe.Source] {
             guard case .sequence(let sequence) = node, sequence.count > 0 else {
                 throw fail(node, path, "expected a list of {model, layer_range}, got \(describe(node))")
             }
@@ -293,7 +295,8 @@ public enum RecipeParser {
                 note(entry, sourcePath)
                 var model: String?
                 var range: Range<Int>?
-                for (field, value, fieldNode) in try mapping(entry, sourcePath, what: "a mapping {model, layer_range}", allowed: ["model", "layer_range", "parameters"]) {
+                var settings: [Recipe.Setting] = []
+                for (field, value, _) in try mapping(entry, sourcePath, what: "a mapping {model, layer_range}", allowed: ["model", "layer_range", "parameters"]) {
                     switch field {
                     case "model": model = try string(value, "\(sourcePath).model", what: "a model path or name")
                     case "layer_range":
@@ -305,12 +308,12 @@ public enum RecipeParser {
                         guard a >= 0, a < b else { throw fail(value, rangePath, "expected 0 ≤ first < end, got [\(a), \(b)]") }
                         range = a..<b
                     default:
-                        throw fail(fieldNode, "\(sourcePath).parameters", "parameters per slice source are not supported; give them under the top-level parameters")
+                        if !isNull(value) { settings = try parameters(value, "\(sourcePath).parameters", declaration, perModel: true) }
                     }
                 }
                 guard let model else { throw fail(entry, sourcePath, "the source has no 'model'") }
                 guard let range else { throw fail(entry, sourcePath, "the source has no 'layer_range'") }
-                result.append(Recipe.Source(model, layers: range))
+                result.append(Recipe.Source(model, layers: range, parameters: settings))
             }
             return result
         }
@@ -431,6 +434,11 @@ public enum RecipeParser {
             }
             if recipe.tokenizerSource != nil && recipe.baseModel == nil {
                 throw at("tokenizer_source", "'base' needs a base_model to copy from")
+            }
+            for (i, slice) in recipe.slices.enumerated() where declaration.base == .required || declaration.base == .optional {
+                if let j = slice.sources.firstIndex(where: { $0.model == recipe.baseModel }), !slice.sources[j].parameters.isEmpty {
+                    throw at("slices[\(i)].sources[\(j)].parameters", "the base model's parameters are not used by \(method); remove them")
+                }
             }
             for (i, model) in recipe.models.enumerated() {
                 if model.model == recipe.baseModel && (declaration.base == .required || declaration.base == .optional) && !model.parameters.isEmpty {

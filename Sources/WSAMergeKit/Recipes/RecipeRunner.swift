@@ -70,6 +70,7 @@ public enum RecipeRunner {
             try assembleSlices(document, declaration: declaration, into: &request, resolve: resolve)
         }
         for setting in recipe.parameters { request.parameters.set(setting.name, setting.setting) }
+        if !recipe.slices.isEmpty { addSliceParameters(recipe, to: &request.parameters) }
         // mergekit's linear has no default weight: a tensor no filter gives one is refused.
         if declaration.identifier == AverageStrategy.declaration.identifier { request.parameters.withoutDefault.insert("weight") }
         for file in recipe.files { request.files[file.role] = [file.path] }
@@ -157,6 +158,7 @@ public enum RecipeRunner {
             request.opened = [stacked]
             request.inputs = [stacked.path]
             request.layerPositions = LayerStack.positions(sources.map(\.layerRange.count))
+            addSourceParameters(recipe, columns: [sources], to: &request.parameters)
             return
         }
         let usesBase = declaration.base == .required || declaration.base == .optional
@@ -191,6 +193,49 @@ public enum RecipeRunner {
         request.opened = inputs
         request.inputs = inputs.map(\.path)
         request.layerPositions = LayerStack.positions(recipe.slices.map { $0.sources[0].layerRange.count })
+        addSourceParameters(recipe, columns: inputSources.map { $0.map(\.0) }, to: &request.parameters)
+    }
+
+    /// Each slice's output layers as `LayerStack.stack` numbers them, the first and last marked.
+    static func sliceRegions(_ recipe: Recipe) -> [(layers: Range<Int>, first: Bool, last: Bool)] {
+        var next = 0
+        return recipe.slices.enumerated().map { i, slice in
+            let count = slice.sources[0].layerRange.count
+            defer { next += count }
+            return (next..<next + count, i == 0, i == recipe.slices.count - 1)
+        }
+    }
+
+    /// The slice sources' parameters as per-input settings: input k's from the k-th source of
+    /// each slice (`columns[k][i]`), each for that slice's tensors.
+    static func addSourceParameters(_ recipe: Recipe, columns: [[Recipe.Source]], to parameters: inout ParameterSettings) {
+        let regions = sliceRegions(recipe)
+        var names: [String] = []
+        for column in columns { for source in column { for setting in source.parameters where !names.contains(setting.name) { names.append(setting.name) } } }
+        for name in names {
+            parameters.set(name, perInput: columns.map { column in
+                let entries = zip(regions, column).compactMap { region, source in
+                    source.parameters.first { $0.name == name }.map { SliceSetting(layers: region.layers, first: region.first, last: region.last,
+                                                                                   settings: [$0.setting]) }
+                }
+                return entries.isEmpty ? nil : .sliced(entries)
+            })
+        }
+    }
+
+    /// The slices' own parameters, before the top-level ones (already in `parameters`): slice by
+    /// slice, the slice's setting and then the top-level one.
+    static func addSliceParameters(_ recipe: Recipe, to parameters: inout ParameterSettings) {
+        let regions = sliceRegions(recipe)
+        var names: [String] = []
+        for slice in recipe.slices { for setting in slice.parameters where !names.contains(setting.name) { names.append(setting.name) } }
+        for name in names {
+            let topLevel = parameters.shared.first { $0.name == name }?.setting
+            parameters.set(name, .sliced(zip(regions, recipe.slices).map { region, slice in
+                SliceSetting(layers: region.layers, first: region.first, last: region.last,
+                             settings: [slice.parameters.first { $0.name == name }?.setting, topLevel].compactMap { $0 })
+            }))
+        }
     }
 }
 

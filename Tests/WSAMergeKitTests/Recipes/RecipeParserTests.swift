@@ -108,6 +108,42 @@ struct RecipeParserTests {
         #expect(text.contains("weight: [1.0e-06, 0.1, 1.0e+20]"))
     }
 
+    @Test("parameters of slices and their sources read back, and the base source's are refused")
+    func sliceParameters() throws {
+        let yaml = """
+            merge_method: ties
+            base_model: b
+            slices:
+              - sources:
+                  - model: b
+                    layer_range: [0, 2]
+                  - model: a
+                    layer_range: [0, 2]
+                    parameters:
+                      weight: [0.2, 0.9]
+                      density:
+                        - filter: mlp
+                          value: 0.3
+                parameters:
+                  density: 0.6
+            parameters:
+              weight: 1
+            """
+        let recipe = try RecipeParser.parse(yaml, file: "r.yml").recipe
+        #expect(recipe.slices[0].sources[1].parameters.map(\.name) == ["weight", "density"])
+        #expect(recipe.slices[0].parameters == [Recipe.Setting("density", .value(.number(0.6)))])
+        let text = recipe.render()
+        #expect(try RecipeParser.parse(text, file: "r.yml").recipe == recipe)
+        let onBase = yaml.replacingOccurrences(of: "      - model: b\n        layer_range: [0, 2]\n",
+                                               with: "      - model: b\n        layer_range: [0, 2]\n        parameters: {weight: 1}\n")
+        do {
+            _ = try RecipeParser.parse(onBase, file: "r.yml")
+            Issue.record("parameters of the base source were accepted")
+        } catch {
+            #expect("\(error)".contains("slices[0].sources[0].parameters: the base model's parameters are not used by ties"), "\(error)")
+        }
+    }
+
     @Test("numbers and strings are written in a form every YAML reader reads back")
     func spellings() {
         #expect(YAMLText.number(1) == "1")
