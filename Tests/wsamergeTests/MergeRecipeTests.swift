@@ -362,6 +362,50 @@ struct MergeRecipeTests {
         """#, [Self.m(1), Self.m(2), Self.m(3), tmp + "/out.safetensors"])
     }
 
+    @Test("a per-input parameter's filters match the input's own layer numbers, as in mergekit")
+    func sliceFiltersMatchInputNames() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        let recipe = try Self.recipe("""
+            merge_method: linear
+            slices:
+              - sources:
+                  - model: {M1}
+                    layer_range: [2, 4]
+                  - model: {M2}
+                    layer_range: [0, 2]
+              - sources:
+                  - model: {M1}
+                    layer_range: [0, 2]
+                  - model: {M3}
+                    layer_range: [2, 4]
+            parameters:
+              weight: [{filter: layers.2., value: 3}, {value: 1}]
+              normalize: false
+            """, in: tmp)
+        try Self.fuse(["--recipe", recipe, "-o", tmp + "/out.safetensors"])
+        try TestSupport.pythonOK(Self.gradientPrelude + #"""
+        m1, m2, m3 = (st_arrays(p) for p in sys.argv[1:4])
+        out = st_arrays(sys.argv[4])
+        def source(model, layer, name):  # the model's own tensor for output tensor `name`
+            return model[re.sub(r"layers\.\d+\.", f"layers.{layer}.", name, count=1)]
+        for name in out:
+            layer = layer_of(name)
+            if layer is None:
+                first = "embed" in name
+                a, b = m1[name], (m2 if first else m3)[name]
+                wa = wb = 1.0
+            elif layer < 2:
+                a, b = source(m1, layer + 2, name), source(m2, layer, name)
+                wa, wb = (3.0 if layer + 2 == 2 else 1.0), 1.0
+            else:
+                a, b = source(m1, layer - 2, name), source(m3, layer, name)
+                wa, wb = 1.0, (3.0 if layer == 2 else 1.0)
+            acc = wa * a.astype(np.float64) + wb * b.astype(np.float64)
+            assert out[name].tobytes() == acc.astype(np.float32).tobytes(), name
+        """#, [Self.m(1), Self.m(2), Self.m(3), tmp + "/out.safetensors"])
+    }
+
     @Test("mergekit's ties example (density and weight gradients, a filter list) matches the numpy reference",
           .enabled(if: MergeRecipeTests.strategies.contains("ties")))
     func tiesExample() throws {
@@ -681,9 +725,15 @@ struct MergeRecipeTests {
                 line: 5, mentions: ["models[1]: linear needs a weight for every model"]),
         Mistake(what: "a duplicate key", yaml: "merge_method: linear\nmodels:\n  - model: {M1}\n    parameters: {weight: 1}\nmerge_method: linear\n",
                 line: 1, mentions: ["duplicate key 'merge_method'"]),
+        Mistake(what: "a model listed twice", yaml: "merge_method: linear\nmodels:\n  - model: {M1}\n    parameters: {weight: 1}\n  - model: {M1}\n    parameters: {weight: 2}\n",
+                line: 5, mentions: ["models[1].model: '", "is already models[0]"]),
+        Mistake(what: "a model twice in one slice", yaml: "merge_method: linear\nparameters: {weight: 1}\nslices:\n  - sources:\n      - model: {M1}\n        layer_range: [0, 2]\n      - model: {M1}\n        layer_range: [2, 4]\n",
+                line: 7, mentions: ["slices[0].sources[1].model: '", "is already sources[0] of this slice"]),
+        Mistake(what: "a number as a filter", yaml: "merge_method: linear\nmodels:\n  - model: {M1}\n    parameters:\n      weight: [{filter: 3, value: 2}, {value: 1}]\n",
+                line: 5, mentions: ["models[0].parameters.weight[0].filter: expected a part of tensor names (a string), got 3; quote it"]),
         Mistake(what: "a shared parameter given to a slice source",
                 yaml: "merge_method: ties\nbase_model: {M0}\nslices:\n  - sources:\n      - model: {M0}\n        layer_range: [0, 1]\n      - model: {M1}\n        layer_range: [0, 1]\n        parameters: {weight: 1, normalize: true}\n",
-                line: 9, mentions: ["slices[0].sources[1].parameters.normalize: 'normalize' is one value for the whole merge"]),
+                line: 9, mentions: ["slices[0].sources[1].parameters.normalize: 'normalize' is one value for the whole merge; give it under the slice's or the top-level parameters"]),
         Mistake(what: "a misspelt key in a model entry", yaml: "merge_method: linear\nmodels:\n  - model: {M1}\n    weigth: 1\n",
                 line: 4, mentions: ["models[0].weigth: unknown key 'weigth'", "model, parameters"]),
         Mistake(what: "a method without its base", yaml: "merge_method: wsa\nbase_model: {M0}\nmodels:\n  - model: {M1}\n",

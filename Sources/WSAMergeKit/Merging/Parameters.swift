@@ -35,7 +35,8 @@ public indirect enum ParameterSetting: Sendable, Equatable {
             return nil
         case .sliced(let entries):
             for entry in entries where entry.holds(position.name) {
-                return entry.settings.lazy.compactMap { $0.value(at: position) }.first
+                let own = entry.inputName(of: position.name)
+                return entry.settings.lazy.compactMap { $0.value(at: TensorPosition(name: own, t: position.t)) }.first
             }
             return nil
         }
@@ -66,8 +67,9 @@ public indirect enum ParameterSetting: Sendable, Equatable {
             })
         case .sliced(let entries):
             .array(entries.map { entry in
-                .object([("layers", .array([.int(entry.layers.lowerBound), .int(entry.layers.upperBound)])),
-                         ("values", .array(entry.settings.map(\.json)))])
+                .object([("layers", .array([.int(entry.layers.lowerBound), .int(entry.layers.upperBound)]))]
+                        + (entry.inputLayers.map { [("input_layers", JSON.array([.int($0.lowerBound), .int($0.upperBound)]))] } ?? [])
+                        + [("values", .array(entry.settings.map(\.json)))])
             })
         }
     }
@@ -79,20 +81,30 @@ public struct SliceSetting: Sendable, Equatable {
     public var layers: Range<Int>
     public var first: Bool
     public var last: Bool
+    /// For an input's setting, the layers its model gives the slice: filters then match the
+    /// model's own tensor names (as mergekit matches a per-input parameter's). Nil: the output's.
+    public var inputLayers: Range<Int>?
     /// Tried in order; the first that gives a value for the tensor is its value.
     public var settings: [ParameterSetting]
 
-    public init(layers: Range<Int>, first: Bool, last: Bool, settings: [ParameterSetting]) {
+    public init(layers: Range<Int>, first: Bool, last: Bool, inputLayers: Range<Int>? = nil, settings: [ParameterSetting]) {
         self.layers = layers
         self.first = first
         self.last = last
+        self.inputLayers = inputLayers
         self.settings = settings
     }
 
-    /// Whether the slice holds the tensor called `name` (see `LayerStack.stack`).
+    /// Whether the slice holds the output tensor called `name` (see `LayerStack.stack`).
     func holds(_ name: String) -> Bool {
         if let layer = LayerGroups.layerIndex(of: name) { return layers.contains(layer) }
         return LayerStack.precedesTheLayers(name) ? first : last
+    }
+
+    /// The name filters match for output tensor `name`: its name in the input's model.
+    func inputName(of name: String) -> String {
+        guard let inputLayers, let layer = LayerGroups.layerIndex(of: name) else { return name }
+        return LayerStack.renaming(name, layer: inputLayers.lowerBound + layer - layers.lowerBound)
     }
 }
 

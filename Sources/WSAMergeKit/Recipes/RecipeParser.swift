@@ -329,7 +329,8 @@ public enum RecipeParser {
                         : "\(method) has no parameter '\(name)' (its parameters: \(known.joined(separator: ", ")))")
                 }
                 if perModel && parameter.scope == .shared {
-                    throw fail(keyNode, keyPath, "'\(name)' is one value for the whole merge; give it under the top-level parameters")
+                    let levels = path.hasPrefix("slices") ? "the slice's or the top-level parameters" : "the top-level parameters"
+                    throw fail(keyNode, keyPath, "'\(name)' is one value for the whole merge; give it under \(levels)")
                 }
                 result.append(Recipe.Setting(name, try setting(value, keyPath, parameter)))
             }
@@ -356,7 +357,14 @@ public enum RecipeParser {
                         var filter: String?
                         var setting: ParameterSetting?
                         for (field, value, _) in try mapping(entry, entryPath, what: "{filter, value}", allowed: ["filter", "value"]) {
-                            if field == "filter" { filter = try string(value, "\(entryPath).filter", what: "a part of tensor names") }
+                            if field == "filter" {
+                                // a plain number or boolean is no name (mergekit refuses it too)
+                                if case .scalar(let scalar) = value, scalar.style == .plain,
+                                   Double(scalar.string) != nil || ["true", "false", "yes", "no", "on", "off"].contains(scalar.string.lowercased()) {
+                                    throw fail(value, "\(entryPath).filter", "expected a part of tensor names (a string), got \(scalar.string); quote it")
+                                }
+                                filter = try string(value, "\(entryPath).filter", what: "a part of tensor names")
+                            }
                             else { setting = try self.setting(value, "\(entryPath).value", parameter) }
                         }
                         guard let setting else { throw fail(entry, entryPath, "the entry has no 'value'") }
@@ -434,6 +442,19 @@ public enum RecipeParser {
             }
             if recipe.tokenizerSource != nil && recipe.baseModel == nil {
                 throw at("tokenizer_source", "'base' needs a base_model to copy from")
+            }
+            // The same model twice among the inputs (mergekit: "Duplicate merge inputs").
+            for (j, model) in recipe.models.enumerated() {
+                if let i = recipe.models.prefix(j).firstIndex(where: { $0.model == model.model }) {
+                    throw at("models[\(j)].model", "'\(model.model)' is already models[\(i)]; each model is one input (mergekit refuses duplicates too)")
+                }
+            }
+            for (i, slice) in recipe.slices.enumerated() {
+                for (j, source) in slice.sources.enumerated() {
+                    if let k = slice.sources.prefix(j).firstIndex(where: { $0.model == source.model }) {
+                        throw at("slices[\(i)].sources[\(j)].model", "'\(source.model)' is already sources[\(k)] of this slice; each model is one input (mergekit refuses duplicates too)")
+                    }
+                }
             }
             for (i, slice) in recipe.slices.enumerated() where declaration.base == .required || declaration.base == .optional {
                 if let j = slice.sources.firstIndex(where: { $0.model == recipe.baseModel }), !slice.sources[j].parameters.isEmpty {

@@ -31,6 +31,7 @@ public enum RecipeRunner {
         func resolve(_ reference: String, _ path: String) throws -> String { try document.resolve(reference, at: path, with: resolver) }
         var request = Merger.Request(inputs: [], strategy: recipe.mergeMethod, output: output)
         request.otherReads = document.file == "<stdin>" ? [] : [document.file]
+        var columns: [[Recipe.Source]] = []  // with slices: input k's source in each slice
         if recipe.slices.isEmpty {
             var models = recipe.models
             var offset = 0
@@ -67,10 +68,10 @@ public enum RecipeRunner {
                 }
             }
         } else {
-            try assembleSlices(document, declaration: declaration, into: &request, resolve: resolve)
+            columns = try assembleSlices(document, declaration: declaration, into: &request, resolve: resolve)
         }
         for setting in recipe.parameters { request.parameters.set(setting.name, setting.setting) }
-        if !recipe.slices.isEmpty { addSliceParameters(recipe, to: &request.parameters) }
+        if !recipe.slices.isEmpty { addSliceParameters(recipe, declaration: declaration, columns: columns, to: &request.parameters) }
         // mergekit's linear has no default weight: a tensor no filter gives one is refused.
         if declaration.identifier == AverageStrategy.declaration.identifier { request.parameters.withoutDefault.insert("weight") }
         for file in recipe.files { request.files[file.role] = [file.path] }
@@ -118,9 +119,10 @@ public enum RecipeRunner {
 
     /// Slices: stacked into one model for `passthrough`; for the other methods, input k is the
     /// stack of every slice's k-th source (the base's sources, when the method has a base, stack
-    /// into the base), so each slice's layers merge with the layers beside them.
+    /// into the base), so each slice's layers merge with the layers beside them. Returns each
+    /// input's sources, slice by slice.
     static func assembleSlices(_ document: RecipeDocument, declaration: StrategyDeclaration, into request: inout Merger.Request,
-                               resolve: (String, String) throws -> String) throws {
+                               resolve: (String, String) throws -> String) throws -> [[Recipe.Source]] {
         let recipe = document.recipe
         var opened: [String: Checkpoint] = [:]
         func open(_ source: Recipe.Source, _ path: String) throws -> LayerStack.Part {
@@ -158,8 +160,7 @@ public enum RecipeRunner {
             request.opened = [stacked]
             request.inputs = [stacked.path]
             request.layerPositions = LayerStack.positions(sources.map(\.layerRange.count))
-            addSourceParameters(recipe, columns: [sources], to: &request.parameters)
-            return
+            return [sources]
         }
         let usesBase = declaration.base == .required || declaration.base == .optional
         var baseSources: [(Recipe.Source, String)] = []
@@ -193,7 +194,7 @@ public enum RecipeRunner {
         request.opened = inputs
         request.inputs = inputs.map(\.path)
         request.layerPositions = LayerStack.positions(recipe.slices.map { $0.sources[0].layerRange.count })
-        addSourceParameters(recipe, columns: inputSources.map { $0.map(\.0) }, to: &request.parameters)
+        return inputSources.map { $0.map(\.0) }
     }
 
     /// Each slice's output layers as `LayerStack.stack` numbers them, the first and last marked.
@@ -206,35 +207,36 @@ public enum RecipeRunner {
         }
     }
 
-    /// The slice sources' parameters as per-input settings: input k's from the k-th source of
-    /// each slice (`columns[k][i]`), each for that slice's tensors.
-    static func addSourceParameters(_ recipe: Recipe, columns: [[Recipe.Source]], to parameters: inout ParameterSettings) {
+    /// The parameters of slices and their sources, as mergekit resolves them: per tensor, the
+    /// source's setting, then its slice's, then the top-level one (`parameters` holds the top
+    /// level already), the first that gives a value. A per-input parameter's filters match the
+    /// input's own tensor name (its layer as numbered in its model), a shared one's the output's.
+    static func addSliceParameters(_ recipe: Recipe, declaration: StrategyDeclaration, columns: [[Recipe.Source]],
+                                   to parameters: inout ParameterSettings) {
         let regions = sliceRegions(recipe)
-        var names: [String] = []
-        for column in columns { for source in column { for setting in source.parameters where !names.contains(setting.name) { names.append(setting.name) } } }
-        for name in names {
-            parameters.set(name, perInput: columns.map { column in
-                let entries = zip(regions, column).compactMap { region, source in
-                    source.parameters.first { $0.name == name }.map { SliceSetting(layers: region.layers, first: region.first, last: region.last,
-                                                                                   settings: [$0.setting]) }
-                }
-                return entries.isEmpty ? nil : .sliced(entries)
-            })
+        var names: [String] = parameters.shared.map(\.name)
+        for slice in recipe.slices {
+            for setting in slice.parameters + slice.sources.flatMap(\.parameters) where !names.contains(setting.name) { names.append(setting.name) }
         }
-    }
-
-    /// The slices' own parameters, before the top-level ones (already in `parameters`): slice by
-    /// slice, the slice's setting and then the top-level one.
-    static func addSliceParameters(_ recipe: Recipe, to parameters: inout ParameterSettings) {
-        let regions = sliceRegions(recipe)
-        var names: [String] = []
-        for slice in recipe.slices { for setting in slice.parameters where !names.contains(setting.name) { names.append(setting.name) } }
         for name in names {
+            guard let parameter = declaration.parameter(name) else { continue }  // refused when resolved
             let topLevel = parameters.shared.first { $0.name == name }?.setting
-            parameters.set(name, .sliced(zip(regions, recipe.slices).map { region, slice in
-                SliceSetting(layers: region.layers, first: region.first, last: region.last,
-                             settings: [slice.parameters.first { $0.name == name }?.setting, topLevel].compactMap { $0 })
-            }))
+            func setting(_ source: Recipe.Source?, in i: Int) -> SliceSetting {
+                let region = regions[i], slice = recipe.slices[i]
+                return SliceSetting(layers: region.layers, first: region.first, last: region.last, inputLayers: source?.layerRange,
+                                    settings: [source?.parameters.first { $0.name == name }?.setting,
+                                               slice.parameters.first { $0.name == name }?.setting, topLevel].compactMap { $0 })
+            }
+            let inSlices = recipe.slices.contains { slice in (slice.parameters + slice.sources.flatMap(\.parameters)).contains { $0.name == name } }
+            var filtered = false
+            if case .filtered = topLevel { filtered = true }
+            guard inSlices || (filtered && parameter.scope == .perInput) else { continue }  // the top level's alone, by name or not
+            if parameter.scope == .perInput {
+                parameters.shared.removeAll { $0.name == name }
+                parameters.set(name, perInput: columns.map { column in .sliced(column.indices.map { setting(column[$0], in: $0) }) })
+            } else {
+                parameters.set(name, .sliced(recipe.slices.indices.map { setting(nil, in: $0) }))
+            }
         }
     }
 }
