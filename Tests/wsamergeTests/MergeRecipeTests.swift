@@ -279,11 +279,19 @@ struct MergeRecipeTests {
             """, [plain, stripped])
     }
 
-    @Test("slices with linear merge each slice's sources, gradients evaluated slice by slice")
-    func slicesWithLinear() throws {
+    /// Merges recipe `yaml` (over the fixtures) into a safetensors file and runs `check`, numpy
+    /// code that sees the fixtures `m1`, `m2`, `m3` and the output `out` (with `gradientPrelude`).
+    static func expectSliceMerge(_ yaml: String, check: String) throws {
         let tmp = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(tmp) }
-        let recipe = try Self.recipe("""
+        try fuse(["--recipe", try recipe(yaml, in: tmp), "-o", tmp + "/out.safetensors"])
+        try TestSupport.pythonOK(gradientPrelude + "m1, m2, m3 = (st_arrays(p) for p in sys.argv[1:4])\nout = st_arrays(sys.argv[4])\n" + check,
+                                 [m(1), m(2), m(3), tmp + "/out.safetensors"])
+    }
+
+    @Test("slices with linear merge each slice's sources, gradients evaluated slice by slice")
+    func slicesWithLinear() throws {
+        try Self.expectSliceMerge("""
             merge_method: linear
             slices:
               - sources:
@@ -299,11 +307,7 @@ struct MergeRecipeTests {
             parameters:
               weight: [1, 3]
               normalize: false
-            """, in: tmp)
-        try Self.fuse(["--recipe", recipe, "-o", tmp + "/out.safetensors"])
-        try TestSupport.pythonOK(Self.gradientPrelude + #"""
-        m1, m2, m3 = (st_arrays(p) for p in sys.argv[1:4])
-        out = st_arrays(sys.argv[4])
+            """, check: #"""
         assert sorted(out) == sorted(m1)
         for name in out:
             layer = layer_of(name)
@@ -312,14 +316,12 @@ struct MergeRecipeTests {
             w = grad([1, 3], t)
             acc = w * m1[name].astype(np.float64) + w * other[name].astype(np.float64)
             assert out[name].tobytes() == acc.astype(np.float32).tobytes(), name
-        """#, [Self.m(1), Self.m(2), Self.m(3), tmp + "/out.safetensors"])
+        """#)
     }
 
     @Test("slice and source parameters come before the top-level ones, slice by slice (as mergekit reads them)")
     func sliceAndSourceParameters() throws {
-        let tmp = try TestSupport.temporaryDirectory()
-        defer { TestSupport.remove(tmp) }
-        let recipe = try Self.recipe("""
+        try Self.expectSliceMerge("""
             merge_method: linear
             slices:
               - sources:
@@ -340,11 +342,7 @@ struct MergeRecipeTests {
             parameters:
               weight: 1
               normalize: false
-            """, in: tmp)
-        try Self.fuse(["--recipe", recipe, "-o", tmp + "/out.safetensors"])
-        try TestSupport.pythonOK(Self.gradientPrelude + #"""
-        m1, m2, m3 = (st_arrays(p) for p in sys.argv[1:4])
-        out = st_arrays(sys.argv[4])
+            """, check: #"""
         assert sorted(out) == sorted(m1)
         for name in out:
             layer = layer_of(name)
@@ -359,14 +357,12 @@ struct MergeRecipeTests {
                 other = m3
             acc = w1 * m1[name].astype(np.float64) + w2 * other[name].astype(np.float64)
             assert out[name].tobytes() == acc.astype(np.float32).tobytes(), name
-        """#, [Self.m(1), Self.m(2), Self.m(3), tmp + "/out.safetensors"])
+        """#)
     }
 
     @Test("a per-input parameter's filters match the input's own layer numbers, as in mergekit")
     func sliceFiltersMatchInputNames() throws {
-        let tmp = try TestSupport.temporaryDirectory()
-        defer { TestSupport.remove(tmp) }
-        let recipe = try Self.recipe("""
+        try Self.expectSliceMerge("""
             merge_method: linear
             slices:
               - sources:
@@ -382,11 +378,7 @@ struct MergeRecipeTests {
             parameters:
               weight: [{filter: layers.2., value: 3}, {value: 1}]
               normalize: false
-            """, in: tmp)
-        try Self.fuse(["--recipe", recipe, "-o", tmp + "/out.safetensors"])
-        try TestSupport.pythonOK(Self.gradientPrelude + #"""
-        m1, m2, m3 = (st_arrays(p) for p in sys.argv[1:4])
-        out = st_arrays(sys.argv[4])
+            """, check: #"""
         def source(model, layer, name):  # the model's own tensor for output tensor `name`
             return model[re.sub(r"layers\.\d+\.", f"layers.{layer}.", name, count=1)]
         for name in out:
@@ -403,7 +395,7 @@ struct MergeRecipeTests {
                 wa, wb = 1.0, (3.0 if layer == 2 else 1.0)
             acc = wa * a.astype(np.float64) + wb * b.astype(np.float64)
             assert out[name].tobytes() == acc.astype(np.float32).tobytes(), name
-        """#, [Self.m(1), Self.m(2), Self.m(3), tmp + "/out.safetensors"])
+        """#)
     }
 
     @Test("mergekit's ties example (density and weight gradients, a filter list) matches the numpy reference",
