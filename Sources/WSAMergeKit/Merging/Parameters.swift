@@ -98,13 +98,13 @@ public struct SliceSetting: Sendable, Equatable {
     /// Whether the slice holds the output tensor called `name` (see `LayerStack.stack`).
     func holds(_ name: String) -> Bool {
         if let layer = LayerGroups.layerIndex(of: name) { return layers.contains(layer) }
-        return LayerStack.precedesTheLayers(name) ? first : last
+        return LayerGroups.precedesTheLayers(name) ? first : last
     }
 
     /// The name filters match for output tensor `name`: its name in the input's model.
     func inputName(of name: String) -> String {
         guard let inputLayers, let layer = LayerGroups.layerIndex(of: name) else { return name }
-        return LayerStack.renaming(name, layer: inputLayers.lowerBound + layer - layers.lowerBound)
+        return LayerGroups.renaming(name, layer: inputLayers.lowerBound + layer - layers.lowerBound)
     }
 }
 

@@ -7,7 +7,7 @@
 /// (`model.layers.N.` → the new index; the same for `h.N`, `blocks.N`, `layer.N`); each layer's
 /// tensors are its source model's, in that model's storage order. Tensors outside the layers
 /// keep the first slice's model's places around the layers; those before the layers
-/// (embeddings, `precedesTheLayers`) come from the first slice's model, the rest (final norm,
+/// (embeddings, `LayerGroups.precedesTheLayers`) come from the first slice's model, the rest (final norm,
 /// head) from the last slice's, as mergekit takes its pre- and post-weights.
 public enum LayerStack {
     public struct Part: Sendable {
@@ -40,7 +40,7 @@ public enum LayerStack {
                 }
                 for i in indices {
                     let original = part.checkpoint.sources[i]
-                    let name = renaming(original.tensor.name, layer: next)
+                    let name = LayerGroups.renaming(original.tensor.name, layer: next)
                     layerSources.append(RenamedSource(original, tensor: try TensorInfo(name: name, dtype: original.tensor.dtype,
                                                                                        shape: original.tensor.shape, file: original.path)))
                 }
@@ -54,7 +54,7 @@ public enum LayerStack {
         for source in first.sources {
             let name = source.tensor.name
             if LayerGroups.layerIndex(of: name) == nil {
-                sources.append(precedesTheLayers(name) ? source : last[name] ?? source)
+                sources.append(LayerGroups.precedesTheLayers(name) ? source : last[name] ?? source)
             } else if !placed {
                 sources += layerSources
                 placed = true
@@ -67,17 +67,6 @@ public enum LayerStack {
             for file in part.checkpoint.files where seen.insert(file.identity).inserted { files.append(file) }
         }
         return Checkpoint(path: path, format: first.format, metadata: first.metadata, sources: sources, files: files)
-    }
-
-    /// Whether a tensor outside the layers comes before them: an embedding or what feeds it, by
-    /// name (`embed`, except GPT-NeoX's head `embed_out`; `wte`, `wpe`, `shared`, `position`,
-    /// `rotary`, `relative_pe`, `_pre`, `conv`, `patch`), which covers the pre-weights of
-    /// mergekit's language-model architectures; the others (final norms, heads, classifiers,
-    /// poolers) come after them.
-    public static func precedesTheLayers(_ name: String) -> Bool {
-        let name = name.lowercased()
-        if name.contains("embed_out") { return false }
-        return ["embed", "wte", "wpe", "shared", "position", "rotary", "relative_pe", "_pre", "conv", "patch"].contains { name.contains($0) }
     }
 
     /// Position `t` of each output layer for gradients: `i/(L−1)` for the i-th of a slice's L
@@ -94,17 +83,6 @@ public enum LayerStack {
         return result
     }
 
-    /// `name` with its layer index (the one `LayerGroups.layerIndex` reads) replaced by `layer`.
-    static func renaming(_ name: String, layer: Int) -> String {
-        var parts = name.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
-        for i in parts.indices.dropLast() where ["layers", "layer", "h", "blocks"].contains(parts[i]) {
-            if let n = Int(parts[i + 1]), n >= 0 {
-                parts[i + 1] = String(layer)
-                return parts.joined(separator: ".")
-            }
-        }
-        return name
-    }
 }
 
 

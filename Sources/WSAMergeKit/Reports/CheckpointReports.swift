@@ -128,6 +128,24 @@ public enum LayerGroups {
         return (name.replacingCharacters(in: range, with: "*"), layer)
     }
 
+    /// `name` with its layer index (the one `layerIndex` reads) replaced by `layer`; unchanged
+    /// outside the layers.
+    public static func renaming(_ name: String, layer: Int) -> String {
+        guard let (range, _) = layerNumber(in: name) else { return name }
+        return name.replacingCharacters(in: range, with: String(layer))
+    }
+
+    /// Whether a tensor outside the layers comes before them: an embedding or what feeds it, by
+    /// name (`embed`, except GPT-NeoX's head `embed_out`; `wte`, `wpe`, `shared`, `position`,
+    /// `rotary`, `relative_pe`, `_pre`, `conv`, `patch`), which covers the pre-weights of
+    /// mergekit's language-model architectures; the others (final norms, heads, classifiers,
+    /// poolers) come after them.
+    public static func precedesTheLayers(_ name: String) -> Bool {
+        let name = name.lowercased()
+        if name.contains("embed_out") { return false }
+        return ["embed", "wte", "wpe", "shared", "position", "rotary", "relative_pe", "_pre", "conv", "patch"].contains { name.contains($0) }
+    }
+
     /// Where the layer index is in `name` and its value: the component after `layers`, `layer`,
     /// `h` or `blocks`, components separated by `.` (PyTorch) or `/` (TensorFlow-style npz keys).
     static func layerNumber(in name: String) -> (range: Range<String.Index>, value: Int)? {

@@ -200,9 +200,9 @@ struct RecipeParserTests {
 
     @Test("layer names are renumbered where the layer index is read, and slice positions restart per slice")
     func stacking() {
-        #expect(LayerStack.renaming("model.layers.12.mlp.up_proj.weight", layer: 3) == "model.layers.3.mlp.up_proj.weight")
-        #expect(LayerStack.renaming("transformer.h.0.attn.weight", layer: 7) == "transformer.h.7.attn.weight")
-        #expect(LayerStack.renaming("model.norm.weight", layer: 1) == "model.norm.weight")
+        #expect(LayerGroups.renaming("model.layers.12.mlp.up_proj.weight", layer: 3) == "model.layers.3.mlp.up_proj.weight")
+        #expect(LayerGroups.renaming("transformer.h.0.attn.weight", layer: 7) == "transformer.h.7.attn.weight")
+        #expect(LayerGroups.renaming("model.norm.weight", layer: 1) == "model.norm.weight")
         #expect(LayerStack.positions([3, 1, 2]) == [0: 0, 1: 0.5, 2: 1, 3: 1, 4: 0, 5: 1])
         // Pre- and post-weights of mergekit 0.1.5's architectures (llama, gpt2, gpt-neox, bloom,
         // chatglm, mamba, t5, phi, bert).
@@ -212,8 +212,8 @@ struct RecipeParserTests {
         let after = ["model.norm.weight", "lm_head.weight", "transformer.ln_f.bias", "gpt_neox.final_layer_norm.weight", "embed_out.weight",
                      "transformer.output_layer.weight", "backbone.norm_f.weight", "model.final_layernorm.weight", "score.weight",
                      "bert.pooler.dense.weight", "cls.predictions.bias", "pre_classifier.weight"]
-        #expect(before.filter { !LayerStack.precedesTheLayers($0) } == [])
-        #expect(after.filter { LayerStack.precedesTheLayers($0) } == [])
+        #expect(before.filter { !LayerGroups.precedesTheLayers($0) } == [])
+        #expect(after.filter { LayerGroups.precedesTheLayers($0) } == [])
     }
 
     @Test("Hugging Face ids resolve to the cached snapshot of refs/main, or of a revision")
