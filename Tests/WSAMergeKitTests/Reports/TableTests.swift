@@ -58,6 +58,23 @@ import Testing
         #expect(LayerGroups.family(of: "model.norm.weight") == nil)
     }
 
+    @Test func renamesLayersAndPlacesTheRest() {
+        #expect(LayerGroups.renaming("model.layers.12.mlp.up_proj.weight", layer: 3) == "model.layers.3.mlp.up_proj.weight")
+        #expect(LayerGroups.renaming("transformer.h.0.attn.weight", layer: 7) == "transformer.h.7.attn.weight")
+        #expect(LayerGroups.renaming("model.norm.weight", layer: 1) == "model.norm.weight")
+        #expect(LayerGroups.renaming("encoder/layers/4/kernel", layer: 2) == "encoder/layers/2/kernel")
+        // Pre- and post-weights of mergekit 0.1.5's architectures (llama, gpt2, gpt-neox, bloom,
+        // chatglm, mamba, t5, phi, bert).
+        let before = ["model.embed_tokens.weight", "transformer.wte.weight", "transformer.wpe.weight", "gpt_neox.embed_in.weight",
+                      "transformer.word_embeddings_layernorm.weight", "transformer.embedding.word_embeddings.weight",
+                      "backbone.embeddings.weight", "shared.weight", "transformer.rotary_pos_emb.inv_freq", "bert.embeddings.position_ids"]
+        let after = ["model.norm.weight", "lm_head.weight", "transformer.ln_f.bias", "gpt_neox.final_layer_norm.weight", "embed_out.weight",
+                     "transformer.output_layer.weight", "backbone.norm_f.weight", "model.final_layernorm.weight", "score.weight",
+                     "bert.pooler.dense.weight", "cls.predictions.bias", "pre_classifier.weight"]
+        #expect(before.filter { !LayerGroups.precedesTheLayers($0) } == [])
+        #expect(after.filter { LayerGroups.precedesTheLayers($0) } == [])
+    }
+
     @Test func filtersNamesLikeReSearch() throws {
         let filter = try TensorFilter(include: ["layers\\.[01]\\.", "^lm_head"], exclude: ["bias$"])
         #expect(filter.selects("model.layers.0.mlp.weight"))
