@@ -18,10 +18,11 @@ deps:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libzip-dev zlib1g-dev jq pkg-config strace >/dev/null; \
 	fi
 
-## Python environment for fixtures, interop tests and benchmarks (numpy, safetensors, ml_dtypes).
+## Python environment for fixtures, interop tests and benchmarks (numpy, safetensors, ml_dtypes;
+## jinja2 renders the chat templates written into model directories).
 ## ml_dtypes below 0.7: 0.7.0 takes 0.6 s to import (its extension's start-up), 0.5 and 0.6 about
 ## 0.1 s, and the tests start Python over a hundred times. Reinstalled whenever the Makefile changes.
-VENV_PACKAGES = numpy safetensors "ml_dtypes>=0.5,<0.7"
+VENV_PACKAGES = numpy safetensors "ml_dtypes>=0.5,<0.7" jinja2
 venv: $(VENV)/.installed
 $(VENV)/.installed: Makefile
 	python3 -m venv $(VENV)

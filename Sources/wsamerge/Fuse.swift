@@ -82,6 +82,9 @@ extension WSAMerge {
         @Flag(name: .customLong("no-copy-files"), help: "A directory output gets the weights and the recipe only.")
         var noCopyFiles = false
 
+        @Option(name: .customLong("chat-template"), help: ArgumentHelp("The chat template the copied tokenizer files get: auto (the one most inputs have), chatml, llama3, mistral, alpaca, exaone, or a Jinja template.", valueName: "NAME"))
+        var chatTemplate: String?
+
         @OptionGroup var output: OutputArguments
         @OptionGroup var common: CommonOptions
 
@@ -111,10 +114,18 @@ extension WSAMerge {
                 recipe.include = common.include
                 recipe.exclude = common.exclude
                 recipe.stripPrefix = common.stripPrefixes
+                /// A chat template's error names the option.
+                func option<T>(_ body: () throws -> T) throws -> T {
+                    do { return try body() } catch WSAMergeError.usage(let message) { throw WSAMergeError.usage("--chat-template: " + message) }
+                }
+                let template = try option { try chatTemplate.flatMap { try ChatTemplate.resolve($0, models: [request.base].compactMap { $0 } + request.inputs) } }
+                recipe.chatTemplate = chatTemplate
                 if printRecipe { return emit(recipe.render()) }
                 request.recipe = recipe.render()
-                files = try ModelDirectoryOutput(request, source: ModelDirectoryOutput.source(for: request, explicit: copyFilesFrom,
-                                                                                             disabled: noCopyFiles))
+                var planned = try ModelDirectoryOutput(request, source: ModelDirectoryOutput.source(for: request, explicit: copyFilesFrom,
+                                                                                                   disabled: noCopyFiles))
+                if let template { planned = try option { try planned.setting(chatTemplate: template) } }
+                files = planned
             }
             let strategyType = RecipeRunner.strategy(named: request.strategy)
             let report: Merger.Report
@@ -151,11 +162,11 @@ extension WSAMerge {
                 ("--fisher-normalize", fisherNormalize != nil), ("--scope-fusion", scopeFusion != nil),
                 ("--wsa-rescale", wsaRescale != nil), ("--wsa-min-rank", wsaMinRank != nil),
                 ("--metadata", !metadata.isEmpty), ("--include", !common.include.isEmpty), ("--exclude", !common.exclude.isEmpty),
-                ("--strip-prefix", !common.stripPrefixes.isEmpty),
+                ("--strip-prefix", !common.stripPrefixes.isEmpty), ("--chat-template", chatTemplate != nil),
             ]
             let clashing = given.filter(\.1).map(\.0)
             if !clashing.isEmpty {
-                throw ValidationError("--recipe gives the models, method and parameters; drop \(clashing.joined(separator: ", ")) or put it in the recipe (inputs under models, out_dtype, parameters, include, exclude, on_missing, strip_prefix, metadata)")
+                throw ValidationError("--recipe gives the models, method and parameters; drop \(clashing.joined(separator: ", ")) or put it in the recipe (inputs under models, out_dtype, parameters, include, exclude, on_missing, strip_prefix, metadata, chat_template)")
             }
         }
 

@@ -183,6 +183,84 @@ struct ModelDirectoryTests {
         }
     }
 
+    /// The conversation each named chat template renders, as its format defines it (bos `<s>`,
+    /// eos `</s>`, with the generation prompt).
+    static let conversations = [
+        "chatml": "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n",
+        "llama3": "<s><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nBye<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+        "mistral": "<s> [INST] Be brief.\n\nHi [/INST] Hello!</s> [INST] Bye [/INST]",
+        "alpaca": "Be brief.\n\n### Instruction:\nHi\n\n### Response:\nHello!\n\n### Instruction:\nBye\n\n### Response:\n",
+        "exaone": "[|system|]Be brief.[|endofturn|]\n[|user|]Hi\n[|assistant|]Hello![|endofturn|]\n[|user|]Bye\n[|assistant|]",
+    ]
+
+    @Test("--chat-template and a recipe's chat_template set the copied tokenizer files' template")
+    func chatTemplates() throws {
+        let root = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(root) }
+        let a = try modelDirectory(root, "a", weights: Self.methods + "/ft0.safetensors")
+        let b = try modelDirectory(root, "b", weights: Self.methods + "/ft1.safetensors")
+        let c = try modelDirectory(root, "c", weights: Self.methods + "/ft2.safetensors")
+        let config = "{\n  \"add_bos_token\": true,\n  \"chat_template\": \"{{ old }}\",\n  \"model_max_length\": 1000000000000000019884624838656\n}\n"
+        try config.write(toFile: a + "/tokenizer_config.json", atomically: true, encoding: .utf8)
+        try "{{ old }}".write(toFile: a + "/chat_template.jinja", atomically: true, encoding: .utf8)
+        for (dir, template) in [(b, "{{ 'B' }} of two models"), (c, "{{ 'B' }} of two models")] {
+            try "{\"chat_template\": \"\(template)\"}".write(toFile: dir + "/tokenizer_config.json", atomically: true, encoding: .utf8)
+        }
+        // Each name: the config's old value replaced (every other byte kept), the copied .jinja
+        // replaced, and the template renders its format in transformers' Jinja environment.
+        for name in Self.conversations.keys.sorted() {
+            let out = root + "/" + name
+            let run = try TestSupport.wsamerge(["fuse", a, b, "--chat-template", name, "-o", out + "/"])
+            #expect(run.status == 0, "\(run.stderr)")
+            let written = try String(contentsOfFile: out + "/tokenizer_config.json", encoding: .utf8)
+            let template = try String(contentsOfFile: out + "/chat_template.jinja", encoding: .utf8)
+            #expect(written.hasPrefix("{\n  \"add_bos_token\": true,\n  \"chat_template\": \"")
+                    && written.hasSuffix("\",\n  \"model_max_length\": 1000000000000000019884624838656\n}\n"))
+            #expect(try String(contentsOfFile: out + "/wsamerge_recipe.yml", encoding: .utf8).contains("chat_template: \(name)\n"))
+            let rendered = try TestSupport.python("""
+                import sys, json
+                from jinja2.sandbox import ImmutableSandboxedEnvironment
+                from jinja2.exceptions import TemplateError
+                def raise_exception(message): raise TemplateError(message)
+                env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+                env.globals["raise_exception"] = raise_exception
+                template = json.load(open(sys.argv[1] + "/tokenizer_config.json"))["chat_template"]
+                assert template == open(sys.argv[1] + "/chat_template.jinja").read()
+                messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                            {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}]
+                t = env.from_string(template)
+                got = t.render(messages=messages, add_generation_prompt=True, bos_token="<s>", eos_token="</s>")
+                assert got == sys.argv[2], (got, sys.argv[2])
+                # Without the generation prompt, the text ends with the last message.
+                assert got.startswith(t.render(messages=messages, add_generation_prompt=False, bos_token="<s>", eos_token="</s>"))
+                if sys.argv[3] == "mistral":
+                    try: t.render(messages=messages[1:2] * 2, bos_token="<s>", eos_token="</s>"); raise SystemExit("no alternation check")
+                    except TemplateError as e: assert "alternate" in str(e)
+                """, [out, Self.conversations[name]!, name])
+            #expect(rendered.status == 0, "\(name): \(rendered.stderr)")
+        }
+        // A recipe's auto: the template most models have (b's and c's, not a's).
+        let recipe = root + "/auto.yml"
+        try "merge_method: linear\nmodels:\n  - model: \(a)\n    parameters: {weight: 1}\n  - model: \(b)\n    parameters: {weight: 1}\n  - model: \(c)\n    parameters: {weight: 1}\nchat_template: auto\n"
+            .write(toFile: recipe, atomically: true, encoding: .utf8)
+        let auto = try TestSupport.wsamerge(["fuse", "--recipe", recipe, "-o", root + "/auto/"])
+        #expect(auto.status == 0, "\(auto.stderr)")
+        #expect(try String(contentsOfFile: root + "/auto/chat_template.jinja", encoding: .utf8) == "{{ 'B' }} of two models")
+        // Nowhere to put it: a file output, no copied files, a source without tokenizer_config.json.
+        for (inputs, extra, output, mentions) in [([a, b], [String](), root + "/single.safetensors", "must be a directory"),
+                                                  ([a, b], ["--no-copy-files"], root + "/bare/", "this merge copies none"),
+                                                  ([Self.methods + "/ft0.safetensors", a], [], root + "/plainfirst/", "copies none"),
+                                                  ([a, b], ["--copy-files-from", c + "/1_Pooling"], root + "/pooling/", "has none")] {
+            let run = try TestSupport.wsamerge(["fuse"] + inputs + ["--chat-template", "chatml", "-o", output] + extra)
+            TestSupport.expectRefusal(run, code: 64, mentions: ["--chat-template: ", mentions])
+            #expect(!TestSupport.fileExists(output))
+        }
+        // In a recipe, the error names its line.
+        try "merge_method: linear\nmodels:\n  - model: \(a)\n    parameters: {weight: 1}\nchat_template: llama3\n".write(toFile: recipe, atomically: true, encoding: .utf8)
+        let single = try TestSupport.wsamerge(["fuse", "--recipe", recipe, "-o", root + "/single.safetensors"])
+        TestSupport.expectRefusal(single, code: 64, mentions: [recipe + ":5: chat_template: ", "must be a directory"])
+    }
+
     /// transformers is not in the test venv; install it there to run this check (see README).
     static let hasTransformers = TestSupport.hasPython
         && (try? TestSupport.run(TestSupport.python, ["-c", "import transformers"]).status) == 0

@@ -74,9 +74,3 @@ func readSmallText(_ path: String) -> String? {
           let bytes = try? file.readBytes(at: 0, count: file.size) else { return nil }
     return String(decoding: bytes, as: UTF8.self)
 }
-
-extension String {
-    var trimmingWhitespace: String {
-        String(drop { $0.isWhitespace }.reversed().drop { $0.isWhitespace }.reversed())
-    }
-}

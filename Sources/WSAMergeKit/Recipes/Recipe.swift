@@ -104,6 +104,8 @@ public struct Recipe: Sendable, Equatable {
     public var outDType: DType?
     /// `tokenizer_source` (only `base`).
     public var tokenizerSource: String?
+    /// `chat_template`: `auto`, a template's name or a Jinja template (`ChatTemplate.resolve`).
+    public var chatTemplate: String?
     /// wsamerge's own keys: tensor selection, tensors missing from some inputs, extra metadata.
     public var include: [String] = []
     public var exclude: [String] = []
@@ -119,7 +121,7 @@ public struct Recipe: Sendable, Equatable {
 
     /// The top-level keys, in the order `render()` writes them.
     public static let keys = ["merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
-                              "tokenizer_source", "include", "exclude", "on_missing", "strip_prefix", "metadata"]
+                              "tokenizer_source", "chat_template", "include", "exclude", "on_missing", "strip_prefix", "metadata"]
 
     /// mergekit's dtype names (`torch.float16` …) and wsamerge's (`F16` …).
     public static func dtype(named name: String) -> DType? {
@@ -216,6 +218,7 @@ public struct Recipe: Sendable, Equatable {
         if let dtype { line(0, "dtype: " + Self.name(of: dtype)) }
         if let outDType { line(0, "out_dtype: " + Self.name(of: outDType)) }
         if let tokenizerSource { line(0, "tokenizer_source: " + YAMLText.scalar(tokenizerSource)) }
+        if let chatTemplate { line(0, "chat_template: " + YAMLText.scalar(chatTemplate)) }
         if !include.isEmpty { line(0, "include: " + YAMLText.list(include)) }
         if !exclude.isEmpty { line(0, "exclude: " + YAMLText.list(exclude)) }
         if let onMissing { line(0, "on_missing: " + onMissing.rawValue) }

@@ -264,6 +264,12 @@ public enum RecipeParser {
                         throw fail(node, key, "only 'base' is supported (copy the base model's tokenizer and config files); '\(source)' would build a new tokenizer, which wsamerge does not")
                     }
                     recipe.tokenizerSource = source
+                case "chat_template":
+                    let template = try string(node, key, what: "auto, a template name or a Jinja template")
+                    do { _ = try ChatTemplate.resolve(template, models: []) } catch WSAMergeError.usage(let message) {
+                        throw fail(node, key, message)
+                    }
+                    recipe.chatTemplate = template
                 case "include": recipe.include = try strings(node, key)
                 case "exclude": recipe.exclude = try strings(node, key)
                 case "strip_prefix": recipe.stripPrefix = try strings(node, key)

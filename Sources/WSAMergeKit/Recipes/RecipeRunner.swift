@@ -93,8 +93,9 @@ public enum RecipeRunner {
     /// files of a model directory: `explicit` (`--copy-files-from`) unless `disabled`
     /// (`--no-copy-files`); else the base's when the recipe says `tokenizer_source: base` (which
     /// needs a directory output and a model directory); else, as for the command line, those of
-    /// the base, or of the first model (of the first slice), when it is a model directory.
-    /// Checked now, written after the merge.
+    /// the base, or of the first model (of the first slice), when it is a model directory; with
+    /// `chat_template`, the copied tokenizer files get that template. Checked now, written after
+    /// the merge.
     public static func outputFiles(_ document: RecipeDocument, request: Merger.Request, explicit: String?, disabled: Bool,
                                    resolver: ModelResolver = .environment) throws -> ModelDirectoryOutput {
         let recipe = document.recipe
@@ -112,9 +113,35 @@ public enum RecipeRunner {
             }
             source = ModelDirectoryOutput.source(among: candidates, output: request.output, explicit: explicit, disabled: disabled)
         }
-        do { return try ModelDirectoryOutput(request, source: source) } catch WSAMergeError.usage(let message) where recipe.tokenizerSource != nil && explicit == nil {
+        var files: ModelDirectoryOutput
+        do { files = try ModelDirectoryOutput(request, source: source) } catch WSAMergeError.usage(let message) where recipe.tokenizerSource != nil && explicit == nil {
             throw document.error("tokenizer_source", message)
         }
+        if let setting = recipe.chatTemplate {
+            var models: [String] = []
+            for (reference, path) in modelReferences(recipe) {
+                let model = try resolve(reference, path)
+                if !models.contains(model) { models.append(model) }
+            }
+            do {
+                if let template = try ChatTemplate.resolve(setting, models: models) { files = try files.setting(chatTemplate: template) }
+            } catch WSAMergeError.usage(let message) {
+                throw document.error("chat_template", message)
+            }
+        }
+        return files
+    }
+
+    /// Every model the recipe names, with its key path: the base, then the models (or each
+    /// slice's sources) in order.
+    static func modelReferences(_ recipe: Recipe) -> [(String, String)] {
+        var references: [(String, String)] = []
+        if let base = recipe.baseModel { references.append((base, "base_model")) }
+        for (i, model) in recipe.models.enumerated() { references.append((model.model, "models[\(i)].model")) }
+        for (i, slice) in recipe.slices.enumerated() {
+            for (j, source) in slice.sources.enumerated() { references.append((source.model, "slices[\(i)].sources[\(j)].model")) }
+        }
+        return references
     }
 
     /// Slices: stacked into one model for `passthrough`; for the other methods, input k is the

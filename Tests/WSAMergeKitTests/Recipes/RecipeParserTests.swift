@@ -100,12 +100,14 @@ struct RecipeParserTests {
         recipe.include = ["layers\\.[0-9]+\\."]
         recipe.onMissing = .union
         recipe.parameters.append(Recipe.Setting("weight", .gradient([1e-6, 0.1, 1e20])))
+        recipe.chatTemplate = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
         let text = recipe.render()
         let again = try RecipeParser.parse(text, file: "r.yml").recipe
         #expect(again == recipe)
         #expect(again.render() == text)
         #expect(text.contains("model: \"dir with space/true\""))
         #expect(text.contains("weight: [1.0e-06, 0.1, 1.0e+20]"))
+        #expect(text.contains(#"chat_template: "{% for m in messages %}{{ m['content'] }}\n{% endfor %}""#))
     }
 
     @Test("parameters of slices and their sources read back, and the base source's are refused")
@@ -174,6 +176,12 @@ struct RecipeParserTests {
         #expect(message("merge_method: nope\nmodels: [{model: a}]\n").hasPrefix("r.yml:1: merge_method: unknown method 'nope' (supported: average"))
         #expect(message("models: [{model: a}]\n").hasPrefix("r.yml:1: merge_method is missing"))
         #expect(message("").hasPrefix("r.yml: the recipe is empty"))
+        // A chat template is auto, a known name or a Jinja template (mergekit: 20 characters and a brace).
+        #expect(message("merge_method: average\nmodels: [{model: a}]\nchat_template: chatlm\n")
+            == "r.yml:3: chat_template: 'chatlm' is neither auto, a template name (chatml, llama3, mistral, alpaca, exaone) nor a Jinja template")
+        #expect(message("merge_method: average\nmodels: [{model: a}]\nchat_template: '{{ messages }}'\n").hasPrefix("r.yml:3: chat_template: '{{ messages }}' is neither"))
+        #expect(message("merge_method: average\nmodels: [{model: a}]\nchat_template: [chatml]\n")
+            == "r.yml:3: chat_template: expected auto, a template name or a Jinja template, got a list")
         #expect(message("- a\n- b\n").hasPrefix("r.yml:1: a recipe is a mapping"))
         let document = RecipeDocument(recipe: Recipe(mergeMethod: "average"), file: "r.yml", lines: ["slices[1]": 9])
         #expect(document.error("slices[1].sources[0].layer_range", "bad").description == "r.yml:9: slices[1].sources[0].layer_range: bad")

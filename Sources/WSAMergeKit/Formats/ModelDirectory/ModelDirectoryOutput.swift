@@ -28,6 +28,8 @@ public struct ModelDirectoryOutput {
     let dtype: DType?
     /// The output's number of layers when slices chose them (`config.json` is rewritten to it).
     let layers: Int?
+    /// The chat template the output's tokenizer files get (`ChatTemplate`), if any.
+    private(set) var chatTemplate: String?
     let force: Bool
 
     /// The model directory whose files a directory output gets: `explicit` (`--copy-files-from`),
@@ -52,6 +54,26 @@ public struct ModelDirectoryOutput {
     public init(_ request: Merger.Request, source tokenizerSource: String?) throws {
         try self.init(output: request.output, dtype: request.dtype, layers: request.layerPositions?.count, recipe: request.recipe ?? "",
                       source: tokenizerSource)
+    }
+
+    /// The same files with `template` set as the chat template of the copied tokenizer files,
+    /// which must include a `tokenizer_config.json` holding a JSON object.
+    public func setting(chatTemplate template: String) throws -> ModelDirectoryOutput {
+        guard directory != nil else {
+            throw WSAMergeError.usage("a chat template goes into the tokenizer files beside the weights, so the output must be a directory")
+        }
+        guard let source else {
+            throw WSAMergeError.usage("a chat template goes into the tokenizer files copied from a model directory, and this merge copies none")
+        }
+        guard let config = copies.first(where: { $0.name == "tokenizer_config.json" }) else {
+            throw WSAMergeError.usage("a chat template goes into tokenizer_config.json, and '\(source)' has none")
+        }
+        let file = try ReadableFile(path: config.source)
+        _ = try ChatTemplate.tokenizerConfig(String(decoding: try file.readBytes(at: 0, count: file.size), as: UTF8.self),
+                                             template: template, file: config.source)
+        var result = self
+        result.chatTemplate = template
+        return result
     }
 
     /// The model directory whose files a converted directory gets: `explicit`
@@ -132,6 +154,11 @@ public struct ModelDirectoryOutput {
             }
             let input = try ReadableFile(path: source)
             try file(name, force: force, inputs: [input.identity]) { output in
+                if let chatTemplate, name == "tokenizer_config.json" || name == "chat_template.jinja" {
+                    let text = String(decoding: try input.readBytes(at: 0, count: input.size), as: UTF8.self)
+                    try output.write(name == "chat_template.jinja" ? chatTemplate : try ChatTemplate.tokenizerConfig(text, template: chatTemplate, file: source))
+                    return
+                }
                 if name == "config.json", dtype != nil || layers != nil {
                     var text = String(decoding: try input.readBytes(at: 0, count: input.size), as: UTF8.self)
                     if let dtype { text = Self.config(text, dtype: dtype) }
@@ -286,6 +313,11 @@ public struct ModelDirectoryOutput {
 }
 
 extension String {
+    /// Without leading and trailing white space.
+    var trimmingWhitespace: String {
+        String(drop { $0.isWhitespace }.reversed().drop { $0.isWhitespace }.reversed())
+    }
+
     func trimmingSuffix(_ suffix: Character) -> String {
         var text = self
         while text.last == suffix { text.removeLast() }
