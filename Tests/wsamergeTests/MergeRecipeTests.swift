@@ -281,12 +281,12 @@ struct MergeRecipeTests {
 
     /// Merges recipe `yaml` (over the fixtures) into a safetensors file and runs `check`, numpy
     /// code that sees the fixtures `m1`, `m2`, `m3` and the output `out` (with `gradientPrelude`).
-    static func expectSliceMerge(_ yaml: String, check: String) throws {
+    static func expectSliceMerge(_ yaml: String, check: String, extra: [String] = []) throws {
         let tmp = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(tmp) }
         try fuse(["--recipe", try recipe(yaml, in: tmp), "-o", tmp + "/out.safetensors"])
         try TestSupport.pythonOK(gradientPrelude + "m1, m2, m3 = (st_arrays(p) for p in sys.argv[1:4])\nout = st_arrays(sys.argv[4])\n" + check,
-                                 [m(1), m(2), m(3), tmp + "/out.safetensors"])
+                                 [m(1), m(2), m(3), tmp + "/out.safetensors"] + extra)
     }
 
     @Test("slices with linear merge each slice's sources, gradients evaluated slice by slice")
@@ -396,6 +396,47 @@ struct MergeRecipeTests {
             acc = wa * a.astype(np.float64) + wb * b.astype(np.float64)
             assert out[name].tobytes() == acc.astype(np.float32).tobytes(), name
         """#)
+    }
+
+    @Test("a slice's own base_model is its base there (mergekit's OutputSliceDefinition.base_model)",
+          .enabled(if: MergeRecipeTests.strategies.contains("ties")))
+    func sliceBaseModels() throws {
+        try Self.expectSliceMerge("""
+            merge_method: ties
+            base_model: {M1}
+            slices:
+              - sources:
+                  - model: {M1}
+                    layer_range: [0, 2]
+                  - model: {M2}
+                    layer_range: [0, 2]
+                  - model: {M3}
+                    layer_range: [0, 2]
+              - sources:
+                  - model: {M1}
+                    layer_range: [2, 4]
+                  - model: {M2}
+                    layer_range: [2, 4]
+                    parameters: {weight: 2}
+                  - model: {M3}
+                    layer_range: [2, 4]
+                base_model: {M3}
+            parameters:
+              weight: 0.5
+              density: 0.6
+            """, check: #"""
+        sys.path.insert(0, sys.argv[5])
+        import reference_methods as R
+        for name in out:
+            layer = layer_of(name)
+            first = layer < 2 if layer is not None else "embed" in name
+            # slice 0: base m1, inputs m2, m3; slice 1 (and the head and final norm): base m3, inputs m1, m2 (weight 2)
+            base, xs, w = (m1, [m2, m3], [0.5, 0.5]) if first else (m3, [m1, m2], [0.5, 2.0])
+            per = {"weight": w, "density": [0.6, 0.6]}
+            shared = {"normalize": True, "lambda": 1.0, "rescale": False}
+            ref, _ = R.METHODS["ties"](name, base[name].astype(np.float64), [x[name].astype(np.float64) for x in xs], per, shared, 0)
+            assert np.allclose(out[name].astype(np.float64), ref, rtol=1e-6, atol=1e-7), (name, out[name], ref)
+        """#, extra: [TestSupport.fixtures + "/methods"])
     }
 
     @Test("mergekit's ties example (density and weight gradients, a filter list) matches the numpy reference",

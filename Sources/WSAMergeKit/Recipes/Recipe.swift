@@ -81,10 +81,13 @@ public struct Recipe: Sendable, Equatable {
         public var sources: [Source]
         /// Parameters for every model within the slice (before the top-level ones).
         public var parameters: [Setting]
+        /// The slice's own `base_model`, one of its sources (else the top-level one).
+        public var baseModel: String?
 
-        public init(_ sources: [Source], parameters: [Setting] = []) {
+        public init(_ sources: [Source], parameters: [Setting] = [], baseModel: String? = nil) {
             self.sources = sources
             self.parameters = parameters
+            self.baseModel = baseModel
         }
     }
 
@@ -115,6 +118,9 @@ public struct Recipe: Sendable, Equatable {
     public var metadata: [MetadataEntry] = []
 
     public init(mergeMethod: String) { self.mergeMethod = mergeMethod }
+
+    /// The base of slice `i`: its own `base_model`, else the top-level one.
+    public func baseModel(ofSlice i: Int) -> String? { slices[i].baseModel ?? baseModel }
 
     /// The output dtype the recipe asks for: `out_dtype`, else `dtype`, else each tensor keeps its own.
     public var outputDType: DType? { outDType ?? dtype }
@@ -204,6 +210,7 @@ public struct Recipe: Sendable, Equatable {
                         settings(10, source.parameters)
                     }
                 }
+                if let baseModel = slice.baseModel { line(4, "base_model: " + YAMLText.scalar(baseModel)) }
                 if !slice.parameters.isEmpty {
                     line(4, "parameters:")
                     settings(6, slice.parameters)

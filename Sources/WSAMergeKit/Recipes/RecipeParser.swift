@@ -240,15 +240,19 @@ public enum RecipeParser {
                         note(entry, path)
                         var sources: [Recipe.Source]?
                         var settings: [Recipe.Setting] = []
-                        for (field, value, _) in try mapping(entry, path, what: "a mapping {sources: […]}", allowed: ["sources", "parameters"]) {
-                            if field == "parameters" {
+                        var base: String?
+                        for (field, value, _) in try mapping(entry, path, what: "a mapping {sources: […]}", allowed: ["sources", "base_model", "parameters"]) {
+                            switch field {
+                            case "parameters":
                                 if !isNull(value) { settings = try parameters(value, "\(path).parameters", declaration, perModel: false) }
-                            } else {
+                            case "base_model":
+                                if !isNull(value) { base = try string(value, "\(path).base_model", what: "a model path or name") }
+                            default:
                                 sources = try self.sources(value, "\(path).sources", declaration)
                             }
                         }
                         guard let sources else { throw fail(entry, path, "the slice has no 'sources'") }
-                        recipe.slices.append(Recipe.Slice(sources, parameters: settings))
+                        recipe.slices.append(Recipe.Slice(sources, parameters: settings, baseModel: base))
                     }
                 case "parameters":
                     recipe.parameters = try parameters(node, key, declaration, perModel: false)
@@ -439,12 +443,20 @@ public enum RecipeParser {
             if recipe.models.isEmpty && recipe.slices.isEmpty {
                 throw fail(root, "", "the recipe needs models (or slices)")
             }
+            let sliceBases = recipe.slices.indices.filter { recipe.slices[$0].baseModel != nil }
             switch declaration.base {
-            case .required where recipe.baseModel == nil:
-                throw at("merge_method", "\(method) needs base_model (the model the others were fine-tuned from)")
-            case .none where recipe.baseModel != nil && !(RecipeRunner.stacks(recipe)):
-                throw at("base_model", "\(method) takes no base model")
+            case .required where recipe.baseModel == nil && (recipe.slices.isEmpty || sliceBases.count < recipe.slices.count):
+                throw at(sliceBases.isEmpty ? "merge_method" : "slices[\(recipe.slices.indices.first { !sliceBases.contains($0) }!)]",
+                         "\(method) needs base_model (the model the others were fine-tuned from)\(sliceBases.isEmpty ? "" : ", here or at the top level")")
+            case .optional where recipe.baseModel == nil && !sliceBases.isEmpty && sliceBases.count < recipe.slices.count:
+                throw at("slices[\(recipe.slices.indices.first { !sliceBases.contains($0) }!)]",
+                         "other slices have a base_model and this one has none: give every slice one, or one at the top level")
+            case .none where !RecipeRunner.stacks(recipe) && (recipe.baseModel != nil || !sliceBases.isEmpty):
+                throw at(recipe.baseModel != nil ? "base_model" : "slices[\(sliceBases[0])].base_model", "\(method) takes no base model")
             default: break
+            }
+            for i in sliceBases where !recipe.slices[i].sources.contains(where: { $0.model == recipe.slices[i].baseModel }) && !RecipeRunner.stacks(recipe) {
+                throw at("slices[\(i)].base_model", "'\(recipe.slices[i].baseModel!)' is not a source of this slice (give it a layer_range there)")
             }
             if recipe.tokenizerSource != nil && recipe.baseModel == nil {
                 throw at("tokenizer_source", "'base' needs a base_model to copy from")
@@ -463,7 +475,7 @@ public enum RecipeParser {
                 }
             }
             for (i, slice) in recipe.slices.enumerated() where declaration.base == .required || declaration.base == .optional {
-                if let j = slice.sources.firstIndex(where: { $0.model == recipe.baseModel }), !slice.sources[j].parameters.isEmpty {
+                if let j = slice.sources.firstIndex(where: { $0.model == recipe.baseModel(ofSlice: i) }), !slice.sources[j].parameters.isEmpty {
                     throw at("slices[\(i)].sources[\(j)].parameters", "the base model's parameters are not used by \(method); remove them")
                 }
             }

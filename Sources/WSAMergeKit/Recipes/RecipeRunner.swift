@@ -197,10 +197,10 @@ public enum RecipeRunner {
             var base: (Recipe.Source, String)?
             for (j, source) in slice.sources.enumerated() {
                 let path = "slices[\(i)].sources[\(j)]"
-                if usesBase, base == nil, source.model == recipe.baseModel { base = (source, path) } else { others.append((source, path)) }
+                if usesBase, base == nil, source.model == recipe.baseModel(ofSlice: i) { base = (source, path) } else { others.append((source, path)) }
             }
-            if usesBase, recipe.baseModel != nil {
-                guard let base else { throw document.error("slices[\(i)].sources", "no source of this slice is the base_model '\(recipe.baseModel!)'") }
+            if usesBase, let name = recipe.baseModel(ofSlice: i) {
+                guard let base else { throw document.error("slices[\(i)].sources", "no source of this slice is the base_model '\(name)'") }
                 baseSources.append(base)
             }
             if i > 0, others.count != inputSources.count {

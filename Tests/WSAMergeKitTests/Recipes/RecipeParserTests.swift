@@ -146,6 +146,31 @@ struct RecipeParserTests {
         }
     }
 
+    @Test("a slice's own base_model reads back and is checked against its sources and the method")
+    func sliceBaseModel() throws {
+        let slice = { (base: String?) in
+            "  - sources:\n      - model: a\n        layer_range: [0, 2]\n      - model: b\n        layer_range: [0, 2]\n"
+                + (base.map { "    base_model: \($0)\n" } ?? "")
+        }
+        func message(_ yaml: String) -> String {
+            do { _ = try RecipeParser.parse(yaml, file: "r.yml"); return "" } catch { return "\(error)" }
+        }
+        let recipe = try RecipeParser.parse("merge_method: ties\nslices:\n" + slice("a") + slice("b"), file: "r.yml").recipe
+        #expect(recipe.baseModel == nil && recipe.slices.map(\.baseModel) == ["a", "b"] && recipe.baseModel(ofSlice: 1) == "b")
+        #expect(try RecipeParser.parse(recipe.render(), file: "r.yml").recipe == recipe)
+        #expect(recipe.render().contains("        layer_range: [0, 2]\n    base_model: a\n"))
+        // null is absent, as elsewhere; the top-level base serves the slices without one.
+        #expect(try RecipeParser.parse("merge_method: ties\nbase_model: a\nslices:\n" + slice("null") + slice("b"), file: "r.yml").recipe.baseModel(ofSlice: 0) == "a")
+        #expect(message("merge_method: ties\nslices:\n" + slice(nil) + slice("b"))
+            == "r.yml:3: slices[0]: ties needs base_model (the model the others were fine-tuned from), here or at the top level")
+        #expect(message("merge_method: ties\nbase_model: a\nslices:\n" + slice("c"))
+            == "r.yml:9: slices[0].base_model: 'c' is not a source of this slice (give it a layer_range there)")
+        #expect(message("merge_method: nuslerp\nslices:\n" + slice("a") + slice(nil)).hasPrefix(
+            "r.yml:9: slices[1]: other slices have a base_model and this one has none"))
+        #expect(message("merge_method: karcher\nslices:\n" + slice("a")) == "")  // a base that is an ordinary input: one of the sources
+        #expect(message("merge_method: slerp\nslices:\n" + slice("a") + slice("b")) == "")
+    }
+
     @Test("numbers and strings are written in a form every YAML reader reads back")
     func spellings() {
         #expect(YAMLText.number(1) == "1")
