@@ -244,6 +244,32 @@ struct MergeRecipeTests {
         #expect(TestSupport.fileExists(tmp + "/out/wsamerge_recipe.yml"))
     }
 
+    @Test("an empty slice (layer_range [a, a]) adds no layer, and as the last slice still gives the head (as mergekit, byte for byte)")
+    func emptySlice() throws {
+        try Self.expectSliceMerge("""
+            merge_method: passthrough
+            slices:
+              - sources:
+                  - model: {M1}
+                    layer_range: [1, 1]
+              - sources:
+                  - model: {M2}
+                    layer_range: [0, 2]
+              - sources:
+                  - model: {M3}
+                    layer_range: [4, 4]
+            """, check: #"""
+        expected = {}
+        for name, v in m1.items():
+            layer = layer_of(name)
+            if layer is None: expected[name] = v if "embed" in name else m3[name]
+            elif layer < 2: expected[name] = m2[name]
+        assert sorted(out) == sorted(expected), (sorted(out), sorted(expected))
+        for name, v in expected.items():
+            assert out[name].tobytes() == v.tobytes(), name
+        """#)
+    }
+
     @Test("strip_prefix applies to the models of slices as to models")
     func slicesStripPrefixes() throws {
         let tmp = try TestSupport.temporaryDirectory()
@@ -739,7 +765,7 @@ struct MergeRecipeTests {
                 line: 6, mentions: ["models[0].parameters.normalize", "top-level parameters"]),
         Mistake(what: "broken YAML", yaml: "merge_method: linear\nmodels:\n  - model: {M1}\n   - model: {M2}\n", line: 4, mentions: ["not valid YAML"]),
         Mistake(what: "a reversed layer range", yaml: "merge_method: passthrough\nslices:\n  - sources:\n      - model: {M1}\n        layer_range: [3, 1]\n",
-                line: 5, mentions: ["slices[0].sources[0].layer_range", "0 ≤ first < end"]),
+                line: 5, mentions: ["slices[0].sources[0].layer_range", "0 ≤ first ≤ end"]),
         Mistake(what: "a layer range past the model", yaml: "merge_method: passthrough\nslices:\n  - sources:\n      - model: {M1}\n        layer_range: [0, 2]\n  - sources:\n      - model: {M2}\n        layer_range: [2, 9]\n",
                 line: 8, mentions: ["slices[1].sources[0].layer_range: [2, 9] is not within", "layers 0 to 3"]),
         Mistake(what: "an entry without model", yaml: "merge_method: linear\nmodels:\n  - model: {M1}\n    parameters: {weight: 1}\n  - parameters: {weight: 1}\n",

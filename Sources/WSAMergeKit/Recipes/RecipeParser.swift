@@ -315,7 +315,7 @@ public enum RecipeParser {
                             throw fail(value, rangePath, "expected [first, end] (end excluded), got \(describe(value))")
                         }
                         let a = try integer(bounds[0], rangePath), b = try integer(bounds[1], rangePath)
-                        guard a >= 0, a < b else { throw fail(value, rangePath, "expected 0 ≤ first < end, got [\(a), \(b)]") }
+                        guard a >= 0, a <= b else { throw fail(value, rangePath, "expected 0 ≤ first ≤ end, got [\(a), \(b)]") }
                         range = a..<b
                     default:
                         if !isNull(value) { settings = try parameters(value, "\(sourcePath).parameters", declaration, perModel: true) }
