@@ -124,7 +124,7 @@ extension WSAMerge {
                 request.recipe = recipe.render()
                 var planned = try ModelDirectoryOutput(request, source: ModelDirectoryOutput.source(for: request, explicit: copyFilesFrom,
                                                                                                    disabled: noCopyFiles))
-                if let template { planned = try option { try planned.setting(chatTemplate: template) } }
+                if chatTemplate != nil { planned = try option { try planned.setting(chatTemplate: template) } }
                 files = planned
             }
             let strategyType = RecipeRunner.strategy(named: request.strategy)

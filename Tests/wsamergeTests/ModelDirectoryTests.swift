@@ -203,6 +203,10 @@ struct ModelDirectoryTests {
         let config = "{\n  \"add_bos_token\": true,\n  \"chat_template\": \"{{ old }}\",\n  \"model_max_length\": 1000000000000000019884624838656\n}\n"
         try config.write(toFile: a + "/tokenizer_config.json", atomically: true, encoding: .utf8)
         try "{{ old }}".write(toFile: a + "/chat_template.jinja", atomically: true, encoding: .utf8)
+        // transformers 5 keeps a tokenizer's other named templates in a folder; a processor its own.
+        try FileManager.default.createDirectory(atPath: a + "/additional_chat_templates", withIntermediateDirectories: true)
+        try "{{ 'tool use' }}".write(toFile: a + "/additional_chat_templates/tool_use.jinja", atomically: true, encoding: .utf8)
+        try #"{"chat_template": "{{ 'processor' }}"}"#.write(toFile: a + "/chat_template.json", atomically: true, encoding: .utf8)
         for (dir, template) in [(b, "{{ 'B' }} of two models"), (c, "{{ 'B' }} of two models")] {
             try "{\"chat_template\": \"\(template)\"}".write(toFile: dir + "/tokenizer_config.json", atomically: true, encoding: .utf8)
         }
@@ -217,6 +221,7 @@ struct ModelDirectoryTests {
             #expect(written.hasPrefix("{\n  \"add_bos_token\": true,\n  \"chat_template\": \"")
                     && written.hasSuffix("\",\n  \"model_max_length\": 1000000000000000019884624838656\n}\n"))
             #expect(try String(contentsOfFile: out + "/wsamerge_recipe.yml", encoding: .utf8).contains("chat_template: \(name)\n"))
+            #expect(!listing(out).contains { $0.hasPrefix("additional_chat_templates") || $0 == "chat_template.json" })
             let rendered = try TestSupport.python("""
                 import sys, json
                 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -239,6 +244,21 @@ struct ModelDirectoryTests {
                 """, [out, Self.conversations[name]!, name])
             #expect(rendered.status == 0, "\(name): \(rendered.stderr)")
         }
+        // A source without chat_template.jinja gets one all the same, and one left in the output
+        // by an earlier merge is replaced (with --force; refused without it), since transformers
+        // reads that file first.
+        let chatml = try String(contentsOfFile: root + "/chatml/chat_template.jinja", encoding: .utf8)
+        let fromB = try TestSupport.wsamerge(["fuse", b, a, "--chat-template", "chatml", "-o", root + "/fromb/"])
+        #expect(fromB.status == 0, "\(fromB.stderr)")
+        #expect(try String(contentsOfFile: root + "/fromb/chat_template.jinja", encoding: .utf8) == chatml)
+        try FileManager.default.createDirectory(atPath: root + "/stale", withIntermediateDirectories: true)
+        try "{{ stale }}".write(toFile: root + "/stale/chat_template.jinja", atomically: true, encoding: .utf8)
+        let refused = try TestSupport.wsamerge(["fuse", b, a, "--chat-template", "chatml", "-o", root + "/stale/"])
+        TestSupport.expectRefusal(refused, code: 73, mentions: [root + "/stale/chat_template.jinja: already exists"])
+        #expect(listing(root + "/stale") == ["chat_template.jinja"])
+        let forced = try TestSupport.wsamerge(["fuse", b, a, "--chat-template", "chatml", "-o", root + "/stale/", "--force"])
+        #expect(forced.status == 0, "\(forced.stderr)")
+        #expect(try String(contentsOfFile: root + "/stale/chat_template.jinja", encoding: .utf8) == chatml)
         // A recipe's auto: the template most models have (b's and c's, not a's).
         let recipe = root + "/auto.yml"
         try "merge_method: linear\nmodels:\n  - model: \(a)\n    parameters: {weight: 1}\n  - model: \(b)\n    parameters: {weight: 1}\n  - model: \(c)\n    parameters: {weight: 1}\nchat_template: auto\n"
@@ -246,7 +266,11 @@ struct ModelDirectoryTests {
         let auto = try TestSupport.wsamerge(["fuse", "--recipe", recipe, "-o", root + "/auto/"])
         #expect(auto.status == 0, "\(auto.stderr)")
         #expect(try String(contentsOfFile: root + "/auto/chat_template.jinja", encoding: .utf8) == "{{ 'B' }} of two models")
-        // Nowhere to put it: a file output, no copied files, a source without tokenizer_config.json.
+        // Nowhere to put it: a file output, no copied files, a source without tokenizer_config.json
+        // (also for auto, which would find none here).
+        let plain = try modelDirectory(root, "plain", weights: Self.methods + "/ft2.safetensors")
+        let auto2 = try TestSupport.wsamerge(["fuse", plain, Self.methods + "/ft1.safetensors", "--chat-template", "auto", "-o", root + "/auto2.safetensors"])
+        TestSupport.expectRefusal(auto2, code: 64, mentions: ["--chat-template: ", "must be a directory"])
         for (inputs, extra, output, mentions) in [([a, b], [String](), root + "/single.safetensors", "must be a directory"),
                                                   ([a, b], ["--no-copy-files"], root + "/bare/", "this merge copies none"),
                                                   ([Self.methods + "/ft0.safetensors", a], [], root + "/plainfirst/", "copies none"),

@@ -278,6 +278,11 @@ enum YAMLText {
             default:
                 if c.value < 0x20 || c.value == 0x7F {
                     out += "\\x" + (c.value < 16 ? "0" : "") + String(c.value, radix: 16, uppercase: true)
+                } else if (0x80...0x9F).contains(c.value) || c.value == 0x2028 || c.value == 0x2029 || c.value == 0xFEFF {
+                    // C1 controls, YAML's other line breaks (NEL, LS, PS) and the byte-order mark:
+                    // written raw, a reader would fold or drop them.
+                    let hex = String(c.value, radix: 16, uppercase: true)
+                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
                 } else {
                     out.unicodeScalars.append(c)
                 }

@@ -96,7 +96,8 @@ struct RecipeParserTests {
     func roundTrip() throws {
         var recipe = try RecipeParser.parse(Self.ties, file: "r.yml").recipe
         recipe.models[1].model = "dir with space/true"
-        recipe.metadata = [Recipe.MetadataEntry("note", "1.5"), Recipe.MetadataEntry("quote", "say \"hi\"\\n")]
+        recipe.metadata = [Recipe.MetadataEntry("note", "1.5"), Recipe.MetadataEntry("quote", "say \"hi\"\\n"),
+                           Recipe.MetadataEntry("breaks", "a\u{85}b\u{2028}c\u{2029}d\u{FEFF}e\u{9F}f\u{7F}")]
         recipe.include = ["layers\\.[0-9]+\\."]
         recipe.onMissing = .union
         recipe.parameters.append(Recipe.Setting("weight", .gradient([1e-6, 0.1, 1e20])))

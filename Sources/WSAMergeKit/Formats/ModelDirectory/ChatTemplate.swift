@@ -2,23 +2,28 @@
 /// `auto` (the template most of the merged models have), one of the formats by name (`chatml`,
 /// `llama3`, `mistral`, `alpaca`, `exaone`), or a Jinja template given whole. It is written into
 /// the copied `tokenizer_config.json` (key `chat_template`, the rest of the text as it was) and
-/// replaces a copied `chat_template.jinja`, which newer transformers read first.
+/// into `chat_template.jinja`, which newer transformers read first.
 public enum ChatTemplate {
+    /// The file newer transformers save a tokenizer's template in, and read it from first.
+    static let fileName = "chat_template.jinja"
+    /// The folder of a tokenizer's other named templates (transformers 5).
+    static let additionalFolder = "additional_chat_templates"
+
     /// The formats by name, as wsamerge writes them (Jinja for transformers' `apply_chat_template`,
     /// which renders with `trim_blocks` and `lstrip_blocks`).
     public static let named: [(name: String, template: String)] = [
         // <|im_start|>role\ncontent<|im_end|>\n per message.
         ("chatml", """
             {%- for message in messages -%}
-            {{- '<|im_start|>' ~ message['role'] ~ '\\n' ~ message['content'] ~ '<|im_end|>\\n' -}}
+            {{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}
             {%- endfor -%}
             {%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}
             """),
         // bos, then <|start_header_id|>role<|end_header_id|>\n\n(content, trimmed)<|eot_id|> per message.
         ("llama3", """
-            {{- bos_token -}}
+            {%- if bos_token -%}{{- bos_token -}}{%- endif -%}
             {%- for message in messages -%}
-            {{- '<|start_header_id|>' ~ message['role'] ~ '<|end_header_id|>\\n\\n' ~ (message['content'] | trim) ~ '<|eot_id|>' -}}
+            {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' -}}
             {%- endfor -%}
             {%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}
             """),
@@ -27,16 +32,18 @@ public enum ChatTemplate {
         ("mistral", """
             {%- set system = messages[0]['content'] if messages and messages[0]['role'] == 'system' else none -%}
             {%- set turns = messages[1:] if system is not none else messages -%}
-            {{- bos_token -}}
+            {%- if bos_token -%}{{- bos_token -}}{%- endif -%}
             {%- for message in turns -%}
             {%- if message['role'] not in ['user', 'assistant'] -%}
             {{- raise_exception('mistral: only user and assistant messages after an optional first system message') -}}
             {%- elif (message['role'] == 'user') != (loop.index0 is even) -%}
             {{- raise_exception('mistral: user and assistant messages must alternate, starting with user') -}}
+            {%- elif message['role'] == 'user' and loop.first and system is not none -%}
+            {{- ' [INST] ' + system + '\\n\\n' + message['content'] + ' [/INST]' -}}
             {%- elif message['role'] == 'user' -%}
-            {{- ' [INST] ' ~ (system ~ '\\n\\n' if loop.first and system is not none else '') ~ message['content'] ~ ' [/INST]' -}}
+            {{- ' [INST] ' + message['content'] + ' [/INST]' -}}
             {%- else -%}
-            {{- ' ' ~ message['content'] ~ eos_token -}}
+            {{- ' ' + message['content'] + (eos_token if eos_token else '') -}}
             {%- endif -%}
             {%- endfor -%}
             """),
@@ -47,10 +54,10 @@ public enum ChatTemplate {
             {%- set ns = namespace(text=(systems | last)['content'] | trim if systems else '') -%}
             {%- set headings = {'user': 'Instruction', 'user_context': 'Input', 'assistant': 'Response'} -%}
             {%- for message in messages if message['role'] in headings -%}
-            {%- set ns.text = ns.text ~ ('\\n\\n' if ns.text else '') ~ '### ' ~ headings[message['role']] ~ ':\\n' ~ (message['content'] | trim) -%}
+            {%- set ns.text = ns.text + ('\\n\\n' if ns.text else '') + '### ' + headings[message['role']] + ':\\n' + message['content'] | trim -%}
             {%- endfor -%}
             {%- if add_generation_prompt and (not messages or messages[-1]['role'] != 'assistant') -%}
-            {%- set ns.text = ns.text ~ ('\\n\\n' if ns.text else '') ~ '### Response:\\n' -%}
+            {%- set ns.text = ns.text + ('\\n\\n' if ns.text else '') + '### Response:\\n' -%}
             {%- endif -%}
             {{- ns.text -}}
             """),
@@ -59,7 +66,7 @@ public enum ChatTemplate {
         ("exaone", """
             {%- for message in messages -%}
             {%- if loop.first and message['role'] != 'system' -%}{{- '[|system|][|endofturn|]\\n' -}}{%- endif -%}
-            {{- '[|' ~ message['role'] ~ '|]' ~ message['content'] ~ ('\\n' if message['role'] == 'user' else '[|endofturn|]\\n') -}}
+            {{- '[|' + message['role'] + '|]' + message['content'] + ('\\n' if message['role'] == 'user' else '[|endofturn|]\\n') -}}
             {%- endfor -%}
             {%- if add_generation_prompt -%}{{- '[|assistant|]' -}}{%- endif -%}
             """),
@@ -69,7 +76,7 @@ public enum ChatTemplate {
     /// (model directories; other paths are skipped) have, the first of them on a tie (mergekit
     /// counts them in a set's order), nil when none has one (the copied files are kept as they
     /// are). A name of `named`: that template. Otherwise a Jinja template itself, which must be
-    /// at least 20 characters and contain `{` (as mergekit checks).
+    /// at least 20 characters (code points) and contain `{` (as mergekit checks).
     public static func resolve(_ setting: String, models: [String]) throws -> String? {
         if setting == "auto" {
             var counts: [String: Int] = [:]
@@ -83,7 +90,7 @@ public enum ChatTemplate {
             return order.first { counts[$0] == most }
         }
         if let known = named.first(where: { $0.name == setting }) { return known.template }
-        guard setting.count >= 20, setting.contains("{") else {
+        guard setting.unicodeScalars.count >= 20, setting.contains("{") else {
             throw WSAMergeError.usage("'\(setting)' is neither auto, a template name (\(named.map(\.name).joined(separator: ", "))) nor a Jinja template")
         }
         return setting
@@ -98,7 +105,8 @@ public enum ChatTemplate {
                   let bytes = try? file.readBytes(at: 0, count: file.size) else { return nil }
             return String(decoding: bytes, as: UTF8.self)
         }
-        var found = text("chat_template.jinja")
+        // Read as transformers reads it, in text mode: \r\n and \r are line breaks.
+        var found = text(fileName)?.replacingAll("\r\n", with: "\n").replacingAll("\r", with: "\n")
         if found == nil, let config = text("tokenizer_config.json"), let json = try? JSON.parse(config), let value = json["chat_template"] {
             found = value.stringValue ?? value.arrayValue?.first { $0["name"]?.stringValue == "default" }?["template"]?.stringValue
         }
@@ -112,7 +120,11 @@ public enum ChatTemplate {
     /// other byte kept. `file` names the file in errors.
     static func tokenizerConfig(_ text: String, template: String, file: String) throws -> String {
         let bytes = Array(text.utf8)
-        guard case .object = try? JSON.parse(text) else {
+        let parsed: JSON
+        do { parsed = try JSON.parse(text) } catch let error as JSONParseError {
+            throw WSAMergeError.malformed(file: file, reason: "not valid JSON (\(error)), so the chat template cannot be set in it")
+        }
+        guard case .object = parsed else {
             throw WSAMergeError.malformed(file: file, reason: "not a JSON object, so the chat template cannot be set in it")
         }
         var value = ""

@@ -23,7 +23,7 @@ public struct ModelDirectoryOutput {
     /// The model directory whose files are copied, if any.
     public let source: String?
     /// Files to copy: source path, path relative to the output directory.
-    public let copies: [(source: String, name: String)]
+    public private(set) var copies: [(source: String, name: String)]
     /// The output dtype when it is not the inputs' own (`config.json` is rewritten to it).
     let dtype: DType?
     /// The output's number of layers when slices chose them (`config.json` is rewritten to it).
@@ -56,10 +56,14 @@ public struct ModelDirectoryOutput {
                       source: tokenizerSource)
     }
 
-    /// The same files with `template` set as the chat template of the copied tokenizer files,
-    /// which must include a `tokenizer_config.json` holding a JSON object.
-    public func setting(chatTemplate template: String) throws -> ModelDirectoryOutput {
-        guard directory != nil else {
+    /// The same files with `template` as the chat template of the copied tokenizer files: set in
+    /// `tokenizer_config.json` (which must be among them and hold a JSON object) and written as
+    /// `chat_template.jinja`, which newer transformers read first; the source's other templates
+    /// (`additional_chat_templates/`, a processor's `chat_template.json`) are not copied, as
+    /// mergekit's output holds the one template. A nil `template` (`auto` found none) checks the
+    /// same and keeps the files as they are.
+    public func setting(chatTemplate template: String?) throws -> ModelDirectoryOutput {
+        guard let directory else {
             throw WSAMergeError.usage("a chat template goes into the tokenizer files beside the weights, so the output must be a directory")
         }
         guard let source else {
@@ -68,12 +72,26 @@ public struct ModelDirectoryOutput {
         guard let config = copies.first(where: { $0.name == "tokenizer_config.json" }) else {
             throw WSAMergeError.usage("a chat template goes into tokenizer_config.json, and '\(source)' has none")
         }
-        let file = try ReadableFile(path: config.source)
-        _ = try ChatTemplate.tokenizerConfig(String(decoding: try file.readBytes(at: 0, count: file.size), as: UTF8.self),
-                                             template: template, file: config.source)
+        guard let template else { return self }
+        _ = try ChatTemplate.tokenizerConfig(try Self.text(config.source), template: template, file: config.source)
         var result = self
         result.chatTemplate = template
+        result.copies.removeAll { $0.name.hasPrefix(ChatTemplate.additionalFolder + "/") || $0.name == "chat_template.json" }
+        if !copies.contains(where: { $0.name == ChatTemplate.fileName }) {
+            if !force && pathKind(directory + "/" + ChatTemplate.fileName) != .missing {
+                throw WSAMergeError.hinted(.cannotCreate(file: directory + "/" + ChatTemplate.fileName, reason: "already exists"), .force)
+            }
+        }
         return result
+    }
+
+    /// A small text file's contents; invalid UTF-8 is refused.
+    static func text(_ path: String) throws -> String {
+        let file = try ReadableFile(path: path)
+        guard let text = String(validating: try file.readBytes(at: 0, count: file.size), as: UTF8.self) else {
+            throw WSAMergeError.malformed(file: path, reason: "not valid UTF-8 text")
+        }
+        return text
     }
 
     /// The model directory whose files a converted directory gets: `explicit`
@@ -154,9 +172,9 @@ public struct ModelDirectoryOutput {
             }
             let input = try ReadableFile(path: source)
             try file(name, force: force, inputs: [input.identity]) { output in
-                if let chatTemplate, name == "tokenizer_config.json" || name == "chat_template.jinja" {
-                    let text = String(decoding: try input.readBytes(at: 0, count: input.size), as: UTF8.self)
-                    try output.write(name == "chat_template.jinja" ? chatTemplate : try ChatTemplate.tokenizerConfig(text, template: chatTemplate, file: source))
+                if let chatTemplate, name == "tokenizer_config.json" || name == ChatTemplate.fileName {
+                    try output.write(name == ChatTemplate.fileName ? chatTemplate
+                                     : try ChatTemplate.tokenizerConfig(try Self.text(source), template: chatTemplate, file: source))
                     return
                 }
                 if name == "config.json", dtype != nil || layers != nil {
@@ -173,6 +191,9 @@ public struct ModelDirectoryOutput {
                     offset += count
                 }
             }
+        }
+        if let chatTemplate, !copies.contains(where: { $0.name == ChatTemplate.fileName }) {
+            try file(ChatTemplate.fileName, force: force, inputs: []) { try $0.write(chatTemplate) }
         }
         if let card { try file("README.md", force: true, inputs: []) { try $0.write(card) } }
         return files

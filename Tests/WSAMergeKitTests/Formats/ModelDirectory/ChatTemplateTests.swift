@@ -47,8 +47,12 @@ struct ChatTemplateTests {
 
     @Test("a tokenizer_config.json that is not a JSON object is refused")
     func refusesWhatIsNotAnObject() {
-        for text in ["[1]", "{\"a\": }", "", "\"x\""] {
+        for text in ["[1]", "\"x\""] {
             expectMalformed("t.json", "not a JSON object") { _ = try ChatTemplate.tokenizerConfig(text, template: "t", file: "t.json") }
+        }
+        // Invalid JSON says why (wsamerge's reader is strict: a repeated key is refused too).
+        for (text, why) in [("{\"a\": }", "not valid JSON ("), ("", "not valid JSON ("), (#"{"a": 1, "a": 2}"#, "duplicate")] {
+            expectMalformed("t.json", why) { _ = try ChatTemplate.tokenizerConfig(text, template: "t", file: "t.json") }
         }
     }
 
@@ -59,6 +63,10 @@ struct ChatTemplateTests {
             #expect(template.contains("messages"))
         }
         #expect(try ChatTemplate.resolve(Self.template, models: []) == Self.template)
+        // 20 code points, as Python counts them (here 15 characters).
+        let combining = "{{ m }}" + String(repeating: "e\u{301}", count: 8)
+        #expect(combining.count == 15)
+        #expect(try ChatTemplate.resolve(combining, models: []) == combining)
         for bad in ["ChatML", "{{ short }}", "a plain sentence without braces at all"] {
             #expect(throws: WSAMergeError.self) { try ChatTemplate.resolve(bad, models: []) }
         }
@@ -76,15 +84,15 @@ struct ChatTemplateTests {
             return dir
         }
         let a = try model("a", config: #"{"chat_template": "A "}"#)
-        let b = try model("b", config: #"{"chat_template": "B"}"#, jinja: "\n B\n")  // the .jinja file first, trimmed
-        let c = try model("c", config: #"{"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "B"}]}"#)
+        let b = try model("b", config: #"{"chat_template": "B"}"#, jinja: "\n B\r\nb\n")  // the .jinja file first, trimmed, read in text mode
+        let c = try model("c", config: #"{"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "B\nb"}]}"#)
         let none = try model("none", config: #"{"chat_template": "  "}"#)
         let broken = try model("broken", config: "{")
         let file = root + "/w.safetensors"
         try Data([1]).write(to: URL(fileURLWithPath: file))
-        #expect(try ChatTemplate.resolve("auto", models: [a, b, c]) == "B")
+        #expect(try ChatTemplate.resolve("auto", models: [a, b, c]) == "B\nb")
         #expect(try ChatTemplate.resolve("auto", models: [a, b, none, broken, file]) == "A")
-        #expect(try ChatTemplate.resolve("auto", models: [b, a]) == "B")
+        #expect(try ChatTemplate.resolve("auto", models: [b, a]) == "B\nb")
         #expect(try ChatTemplate.resolve("auto", models: [none, broken, file, root + "/missing"]) == nil)
     }
 }
