@@ -92,6 +92,9 @@ extension WSAMerge {
 
         func validate() throws {
             if copyFilesFrom != nil && noCopyFiles { throw ValidationError("--copy-files-from and --no-copy-files contradict each other") }
+            if let chatTemplate {
+                do { try ChatTemplate.validate(chatTemplate) } catch WSAMergeError.usage(let message) { throw ValidationError("--chat-template: " + message) }
+            }
         }
 
         func run() throws {
@@ -114,17 +117,15 @@ extension WSAMerge {
                 recipe.include = common.include
                 recipe.exclude = common.exclude
                 recipe.stripPrefix = common.stripPrefixes
-                /// A chat template's error names the option.
-                func option<T>(_ body: () throws -> T) throws -> T {
-                    do { return try body() } catch WSAMergeError.usage(let message) { throw WSAMergeError.usage("--chat-template: " + message) }
-                }
-                let template = try option { try chatTemplate.flatMap { try ChatTemplate.resolve($0, models: [request.base].compactMap { $0 } + request.inputs) } }
                 recipe.chatTemplate = chatTemplate
                 if printRecipe { return emit(recipe.render()) }
                 request.recipe = recipe.render()
                 var planned = try ModelDirectoryOutput(request, source: ModelDirectoryOutput.source(for: request, explicit: copyFilesFrom,
                                                                                                    disabled: noCopyFiles))
-                if chatTemplate != nil { planned = try option { try planned.setting(chatTemplate: template) } }
+                if let chatTemplate {
+                    do { planned = try planned.setting(chatTemplate: chatTemplate, models: [request.base].compactMap { $0 } + request.inputs) }
+                    catch WSAMergeError.usage(let message) { throw WSAMergeError.usage("--chat-template: " + message) }
+                }
                 files = planned
             }
             let strategyType = RecipeRunner.strategy(named: request.strategy)

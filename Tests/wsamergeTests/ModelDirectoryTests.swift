@@ -279,6 +279,11 @@ struct ModelDirectoryTests {
             TestSupport.expectRefusal(run, code: 64, mentions: ["--chat-template: ", mentions])
             #expect(!TestSupport.fileExists(output))
         }
+        // --print-recipe carries it; a name that is not one is refused before anything else.
+        let printed = try TestSupport.wsamerge(["fuse", a, b, "--chat-template", "llama3", "--print-recipe", "-o", root + "/p/"])
+        #expect(printed.status == 0 && printed.stdout.contains("\nchat_template: llama3\n"), "\(printed.stdout)\(printed.stderr)")
+        let unknown = try TestSupport.wsamerge(["fuse", a, b, "--chat-template", "chatlm", "--print-recipe", "-o", root + "/p/"])
+        TestSupport.expectRefusal(unknown, code: 64, mentions: ["--chat-template: 'chatlm' is neither auto, a template name"])
         // In a recipe, the error names its line.
         try "merge_method: linear\nmodels:\n  - model: \(a)\n    parameters: {weight: 1}\nchat_template: llama3\n".write(toFile: recipe, atomically: true, encoding: .utf8)
         let single = try TestSupport.wsamerge(["fuse", "--recipe", recipe, "-o", root + "/single.safetensors"])

@@ -270,7 +270,7 @@ public enum RecipeParser {
                     recipe.tokenizerSource = source
                 case "chat_template":
                     let template = try string(node, key, what: "auto, a template name or a Jinja template")
-                    do { _ = try ChatTemplate.resolve(template, models: []) } catch WSAMergeError.usage(let message) {
+                    do { try ChatTemplate.validate(template) } catch WSAMergeError.usage(let message) {
                         throw fail(node, key, message)
                     }
                     recipe.chatTemplate = template

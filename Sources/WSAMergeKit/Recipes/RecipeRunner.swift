@@ -124,7 +124,7 @@ public enum RecipeRunner {
                 if !models.contains(model) { models.append(model) }
             }
             do {
-                files = try files.setting(chatTemplate: try ChatTemplate.resolve(setting, models: models))
+                files = try files.setting(chatTemplate: setting, models: models)
             } catch WSAMergeError.usage(let message) {
                 throw document.error("chat_template", message)
             }

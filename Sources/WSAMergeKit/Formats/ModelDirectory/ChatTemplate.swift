@@ -96,6 +96,11 @@ public enum ChatTemplate {
         return setting
     }
 
+    /// Refuses a setting that is neither `auto`, a name of `named`, nor a Jinja template.
+    public static func validate(_ setting: String) throws {
+        _ = try resolve(setting, models: [])
+    }
+
     /// A model directory's own chat template, trimmed: its `chat_template.jinja`, else
     /// `tokenizer_config.json`'s `chat_template` (a string, or the one named `default` of a list).
     static func template(ofModel directory: String) -> String? {

@@ -56,13 +56,15 @@ public struct ModelDirectoryOutput {
                       source: tokenizerSource)
     }
 
-    /// The same files with `template` as the chat template of the copied tokenizer files: set in
-    /// `tokenizer_config.json` (which must be among them and hold a JSON object) and written as
-    /// `chat_template.jinja`, which newer transformers read first; the source's other templates
+    /// The same files with the chat template `setting` asks for (`ChatTemplate.resolve`, `auto`
+    /// over `models`) as the template of the copied tokenizer files: set in `tokenizer_config.json`
+    /// (which must be among them and hold a JSON object) and written as `chat_template.jinja`,
+    /// which newer transformers read first; the source's other templates
     /// (`additional_chat_templates/`, a processor's `chat_template.json`) are not copied, as
-    /// mergekit's output holds the one template. A nil `template` (`auto` found none) checks the
-    /// same and keeps the files as they are.
-    public func setting(chatTemplate template: String?) throws -> ModelDirectoryOutput {
+    /// mergekit's output holds the one template. When `auto` finds none, the same is checked and
+    /// the files are kept as they are.
+    public func setting(chatTemplate setting: String, models: [String]) throws -> ModelDirectoryOutput {
+        let template = try ChatTemplate.resolve(setting, models: models)
         guard let directory else {
             throw WSAMergeError.usage("a chat template goes into the tokenizer files beside the weights, so the output must be a directory")
         }
