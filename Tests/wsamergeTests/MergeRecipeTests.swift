@@ -270,6 +270,42 @@ struct MergeRecipeTests {
         """#)
     }
 
+    @Test("a model with tied embeddings (no head of its own) as the first or last of a stack is refused, naming the head")
+    func tiedEmbeddingsInAStack() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        try TestSupport.pythonOK("""
+            from safetensors.numpy import load_file, save_file
+            save_file({k: v for k, v in load_file(sys.argv[1]).items() if k != "lm_head.weight"}, sys.argv[2])
+            """, [Self.m(2), tmp + "/tied.safetensors"])
+        for (first, last) in [(Self.m(1), tmp + "/tied.safetensors"), (tmp + "/tied.safetensors", Self.m(1))] {
+            let recipe = try Self.recipe("merge_method: passthrough\nslices:\n  - sources:\n      - model: \(first)\n        layer_range: [0, 2]\n"
+                                         + "  - sources:\n      - model: \(last)\n        layer_range: [2, 4]\n", in: tmp)
+            let run = try TestSupport.wsamerge(["fuse", "--recipe", recipe, "-o", tmp + "/out.safetensors"])
+            TestSupport.expectRefusal(run, code: 65, mentions: [tmp + "/tied.safetensors: tensor 'lm_head.weight': ", "(tied embeddings?)"])
+            #expect(!TestSupport.fileExists(tmp + "/out.safetensors"))
+        }
+    }
+
+    @Test("with only slice bases, a directory output gets the first slice's base's files")
+    func sliceBaseGivesTheFiles() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        let recipe = try Self.recipe("""
+            merge_method: ties
+            slices:
+              - sources:
+                  - model: {M1}
+                    layer_range: [0, 4]
+                  - model: {DIR}/basedir
+                    layer_range: [0, 4]
+                base_model: {DIR}/basedir
+            parameters: {weight: 1, density: 0.5}
+            """, in: tmp)
+        try Self.fuse(["--recipe", recipe, "-o", tmp + "/out/"])
+        #expect(TestSupport.read(tmp + "/out/tokenizer.json") == TestSupport.read(Self.dir + "/basedir/tokenizer.json"))
+    }
+
     @Test("strip_prefix applies to the models of slices as to models")
     func slicesStripPrefixes() throws {
         let tmp = try TestSupport.temporaryDirectory()

@@ -49,12 +49,22 @@ public enum LayerStack {
         }
         var sources: [any TensorSource] = []
         var placed = false
-        let first = parts[0].checkpoint
-        let last = Dictionary(parts[parts.count - 1].checkpoint.sources.map { ($0.tensor.name, $0) }, uniquingKeysWith: { a, _ in a })
+        let first = parts[0].checkpoint, lastModel = parts[parts.count - 1].checkpoint
+        let last = Dictionary(lastModel.sources.map { ($0.tensor.name, $0) }, uniquingKeysWith: { a, _ in a })
+        // The tensors after the layers are the last model's: it must have the ones the first has,
+        // and no others (a model with tied embeddings has no head of its own).
+        func afterTheLayers(_ checkpoint: Checkpoint) -> Set<String> {
+            Set(checkpoint.tensors.map(\.name).filter { LayerGroups.layerIndex(of: $0) == nil && !LayerGroups.precedesTheLayers($0) })
+        }
+        let (expected, given) = (afterTheLayers(first), afterTheLayers(lastModel))
+        if let name = expected.symmetricDifference(given).min() {
+            let (holder, lacking) = expected.contains(name) ? (first, lastModel) : (lastModel, first)
+            throw WSAMergeError.malformed(file: lacking.path, tensor: name, reason: "the first and the last slice's models (the last gives the tensors after the layers) must hold the same ones; '\(holder.path)' has this one and this model has not (tied embeddings?)")
+        }
         for source in first.sources {
             let name = source.tensor.name
             if LayerGroups.layerIndex(of: name) == nil {
-                sources.append(LayerGroups.precedesTheLayers(name) ? source : last[name] ?? source)
+                sources.append(LayerGroups.precedesTheLayers(name) ? source : last[name]!)
             } else if !placed {
                 sources += layerSources
                 placed = true

@@ -455,7 +455,9 @@ public enum RecipeParser {
                 throw at(recipe.baseModel != nil ? "base_model" : "slices[\(sliceBases[0])].base_model", "\(method) takes no base model")
             default: break
             }
-            for i in sliceBases where !recipe.slices[i].sources.contains(where: { $0.model == recipe.slices[i].baseModel }) && !RecipeRunner.stacks(recipe) {
+            // (A method that merges the base like any model, and a stack, ignore it, as mergekit does.)
+            for i in sliceBases where !recipe.slices[i].sources.contains(where: { $0.model == recipe.slices[i].baseModel })
+                && !RecipeRunner.stacks(recipe) && declaration.base != .input {
                 throw at("slices[\(i)].base_model", "'\(recipe.slices[i].baseModel!)' is not a source of this slice (give it a layer_range there)")
             }
             if recipe.tokenizerSource != nil && recipe.baseModel == nil {

@@ -93,9 +93,9 @@ public enum RecipeRunner {
     /// files of a model directory: `explicit` (`--copy-files-from`) unless `disabled`
     /// (`--no-copy-files`); else the base's when the recipe says `tokenizer_source: base` (which
     /// needs a directory output and a model directory); else, as for the command line, those of
-    /// the base, or of the first model (of the first slice), when it is a model directory; with
-    /// `chat_template`, the copied tokenizer files get that template. Checked now, written after
-    /// the merge.
+    /// the base (else the first slice's own base), or of the first model (of the first slice),
+    /// when it is a model directory; with `chat_template`, the copied tokenizer files get that
+    /// template. Checked now, written after the merge.
     public static func outputFiles(_ document: RecipeDocument, request: Merger.Request, explicit: String?, disabled: Bool,
                                    resolver: ModelResolver = .environment) throws -> ModelDirectoryOutput {
         let recipe = document.recipe
@@ -106,6 +106,7 @@ public enum RecipeRunner {
         } else {
             var candidates: [String] = []
             if let base = recipe.baseModel { candidates.append(try resolve(base, "base_model")) }
+            if recipe.baseModel == nil, let base = recipe.slices.first?.baseModel { candidates.append(try resolve(base, "slices[0].base_model")) }
             if let first = recipe.models.first {
                 candidates.append(try resolve(first.model, "models[0].model"))
             } else if let first = recipe.slices.first?.sources.first {

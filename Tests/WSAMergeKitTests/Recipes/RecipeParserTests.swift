@@ -168,7 +168,9 @@ struct RecipeParserTests {
             == "r.yml:9: slices[0].base_model: 'c' is not a source of this slice (give it a layer_range there)")
         #expect(message("merge_method: nuslerp\nslices:\n" + slice("a") + slice(nil)).hasPrefix(
             "r.yml:9: slices[1]: other slices have a base_model and this one has none"))
-        #expect(message("merge_method: karcher\nslices:\n" + slice("a")) == "")  // a base that is an ordinary input: one of the sources
+        // A method that merges the base like any model ignores it, as mergekit does, source or not.
+        #expect(message("merge_method: karcher\nslices:\n" + slice("a")) == "")
+        #expect(message("merge_method: linear\nslices:\n" + slice("c") + "parameters: {weight: 1}\n") == "")
         #expect(message("merge_method: slerp\nslices:\n" + slice("a") + slice("b")) == "")
     }
 
