@@ -126,13 +126,7 @@ public struct Merger {
         default:
             break
         }
-        guard declaration.inputs.contains(inputPaths.count) else {
-            let range = declaration.inputs
-            let wanted = range.upperBound == Int.max ? "at least \(range.lowerBound)"
-                : range.lowerBound == range.upperBound ? "exactly \(range.lowerBound)" : "\(range.lowerBound) to \(range.upperBound)"
-            let besides = declaration.base == .required || declaration.base == .optional ? " besides the base" : ""
-            throw WSAMergeError.usage("\(method) merges \(wanted) model(s)\(besides); got \(inputPaths.count)")
-        }
+        if let problem = declaration.inputCountProblem(inputPaths.count) { throw WSAMergeError.usage(problem) }
         for (role, paths) in request.files where !declaration.files.contains(where: { $0.name == role }) || paths.isEmpty {
             if paths.isEmpty { continue }
             throw WSAMergeError.usage("\(method) reads no \(role) file" + (declaration.files.isEmpty ? ""

@@ -35,6 +35,16 @@ public struct StrategyDeclaration: Sendable {
     /// The parameter called `name`.
     public func parameter(_ name: String) -> ParameterDeclaration? { parameters.first { $0.name == name } }
 
+    /// Why `count` inputs (besides the base, for a method that has one) are the wrong number for
+    /// it, or nil when they are not.
+    public func inputCountProblem(_ count: Int) -> String? {
+        guard !inputs.contains(count) else { return nil }
+        let wanted = inputs.upperBound == Int.max ? "at least \(inputs.lowerBound)"
+            : inputs.lowerBound == inputs.upperBound ? "exactly \(inputs.lowerBound)" : "\(inputs.lowerBound) to \(inputs.upperBound)"
+        let besides = base == .required || base == .optional ? " besides the base" : ""
+        return "\(identifier) merges \(wanted) model(s)\(besides); got \(count)"
+    }
+
     /// The declaration as `wsamerge strategies` lists it.
     public var json: JSON {
         .object([

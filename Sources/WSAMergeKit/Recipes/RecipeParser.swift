@@ -463,6 +463,18 @@ public enum RecipeParser {
             if recipe.tokenizerSource != nil && recipe.baseModel == nil {
                 throw at("tokenizer_source", "'base' needs a base_model to copy from")
             }
+            // How many models the method merges, checked where the recipe lists them.
+            let usesBase = declaration.base == .required || declaration.base == .optional
+            if recipe.slices.isEmpty {
+                var count = recipe.models.filter { !(usesBase && $0.model == recipe.baseModel) }.count
+                if declaration.base == .input, let base = recipe.baseModel, !recipe.models.contains(where: { $0.model == base }) { count += 1 }
+                if let problem = declaration.inputCountProblem(count) { throw at("models", problem) }
+            } else if !RecipeRunner.stacks(recipe) {
+                for (i, slice) in recipe.slices.enumerated() {
+                    let count = slice.sources.filter { !(usesBase && $0.model == recipe.baseModel(ofSlice: i)) }.count
+                    if let problem = declaration.inputCountProblem(count) { throw at("slices[\(i)].sources", problem) }
+                }
+            }
             // The same model twice among the inputs (mergekit: "Duplicate merge inputs").
             for (j, model) in recipe.models.enumerated() {
                 if let i = recipe.models.prefix(j).firstIndex(where: { $0.model == model.model }) {

@@ -204,6 +204,11 @@ struct RecipeParserTests {
         #expect(message("merge_method: nope\nmodels: [{model: a}]\n").hasPrefix("r.yml:1: merge_method: unknown method 'nope' (supported: average"))
         #expect(message("models: [{model: a}]\n").hasPrefix("r.yml:1: merge_method is missing"))
         #expect(message("").hasPrefix("r.yml: the recipe is empty"))
+        // The number of models a method merges is checked where the recipe lists them.
+        #expect(message("merge_method: slerp\nbase_model: a\nmodels: [{model: a}, {model: b}, {model: c}]\nparameters: {t: 0.5}\n")
+            == "r.yml:3: models: slerp merges exactly 1 model(s) besides the base; got 2")
+        #expect(message("merge_method: nuslerp\nslices:\n  - sources:\n      - {model: a, layer_range: [0, 1]}\n    base_model: a\n")
+            == "r.yml:3: slices[0].sources: nuslerp merges exactly 2 model(s) besides the base; got 0")
         // A chat template is auto, a known name or a Jinja template (mergekit: 20 characters and a brace).
         #expect(message("merge_method: average\nmodels: [{model: a}]\nchat_template: chatlm\n")
             == "r.yml:3: chat_template: 'chatlm' is neither auto, a template name (chatml, llama3, mistral, alpaca, exaone) nor a Jinja template")
