@@ -184,14 +184,12 @@ public enum ChatTemplate {
         guard let lastEnd else {
             return String(decoding: bytes[..<i], as: UTF8.self) + "\"chat_template\": " + value + String(decoding: bytes[i...], as: UTF8.self)
         }
-        // The new member's indentation is the first member's.
-        var indent = "\n  "
-        if let open = bytes.firstIndex(of: UInt8(ascii: "{")) {
-            var j = open + 1
-            while j < bytes.count, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[j]) { j += 1 }
-            let space = String(decoding: bytes[(open + 1)..<j], as: UTF8.self)
-            indent = space.contains("\n") ? space : " "
-        }
+        // The new member's indentation is the first member's (a space when it is on the brace's line).
+        let open = bytes.firstIndex(of: UInt8(ascii: "{"))!
+        var j = open + 1
+        while [0x20, 0x09, 0x0A, 0x0D].contains(bytes[j]) { j += 1 }
+        let space = String(decoding: bytes[(open + 1)..<j], as: UTF8.self)
+        let indent = space.contains("\n") ? space : " "
         return String(decoding: bytes[..<lastEnd], as: UTF8.self) + "," + indent + "\"chat_template\": " + value
             + String(decoding: bytes[lastEnd...], as: UTF8.self)
     }
