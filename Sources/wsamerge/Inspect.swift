@@ -6,7 +6,7 @@ extension WSAMerge {
         static let configuration = CommandConfiguration(
             abstract: "List every tensor's name, dtype, shape and byte size (reads headers only).")
 
-        @Argument(help: "Checkpoints: .safetensors, a sharded index or its directory, .npz, .npy, PyTorch .pt/.bin/.ckpt, a model directory.")
+        @Argument(help: "Checkpoints: .safetensors, a sharded index or its directory, .npz, .npy, PyTorch .pt/.bin/.ckpt, a model directory, MODEL+LORA_ADAPTER.")
         var files: [String]
 
         @OptionGroup var common: CommonOptions

@@ -12,7 +12,7 @@ struct WSAMerge: ParsableCommand {
         abstract: "Measure, fuse and merge the weight scopes of neural-network checkpoints.",
         discussion: """
             Reads safetensors (single or sharded), NumPy .npy/.npz and PyTorch .pt/.bin checkpoints \
-            and Hugging Face model directories, reports each tensor's weight scope as JSON, and \
+            and Hugging Face model directories (MODEL+ADAPTER merges a PEFT LoRA adapter in), reports each tensor's weight scope as JSON, and \
             merges checkpoints with mergekit's methods (linear, TIES, DARE, DELLA, SLERP, … see \
             'wsamerge strategies'), Fisher averaging or WSA scope-fused rescale, from flags or a \
             mergekit YAML recipe.

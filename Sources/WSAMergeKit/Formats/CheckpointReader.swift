@@ -3,11 +3,13 @@
 /// `\x93NUMPY` an `.npy` array, a JSON object with a `weight_map` a sharded index (safetensors or
 /// PyTorch shards), a raw pickle stream is refused, anything else must be a valid `.safetensors`
 /// file. A directory holds one `*.safetensors.index.json` or a `model.safetensors`, else a
-/// `pytorch_model.bin.index.json` or a `pytorch_model.bin` (safetensors is preferred). A new format is one folder under `Formats/` and
-/// one line here.
+/// `pytorch_model.bin.index.json` or a `pytorch_model.bin` (safetensors is preferred).
+/// `model+adapter`, where no such path exists, is the model with a LoRA adapter merged in
+/// (`LoraAdapter`). A new format is one folder under `Formats/` and one line here.
 public enum CheckpointReader {
     public static func open(_ path: String) throws -> Checkpoint {
         if pathKind(path) == .directory { return try openDirectory(path) }
+        if let (model, adapter) = LoraAdapter.split(path) { return try LoraAdapter.apply(adapter, to: open(model), model: model) }
         let file = try ReadableFile(path: path)
         let head = try file.readBytes(at: 0, count: min(64, file.size))
         if head.starts(with: [0x50, 0x4B, 0x03, 0x04]) || head.starts(with: [0x50, 0x4B, 0x05, 0x06]) {

@@ -43,7 +43,10 @@ public struct ModelResolver: Sendable {
     public func resolve(_ reference: String) throws -> String {
         if pathKind(reference) == .missing, let plus = reference.firstIndex(of: "+"), plus != reference.startIndex,
            pathKind(String(reference[..<plus])) != .missing || Self.isHubID(String(reference[..<plus])) {
-            throw WSAMergeError.usage("'\(reference)': LoRA references (model+lora) are not supported; merge the adapter into the model first")
+            // mergekit's `model+adapter`: each part resolved, read by `CheckpointReader` as the
+            // model with the LoRA adapter merged in.
+            let adapter = String(reference[reference.index(after: plus)...])
+            return try resolve(String(reference[..<plus])) + "+" + resolve(adapter)
         }
         if pathKind(reference) != .missing || !Self.isHubID(reference) { return reference }
         let parts = reference.split(separator: "@", maxSplits: 1).map(String.init)

@@ -82,7 +82,7 @@ public enum ChatTemplate {
             var counts: [String: Int] = [:]
             var order: [String] = []
             for model in models {
-                guard let template = template(ofModel: model) else { continue }
+                guard let template = template(ofModel: LoraAdapter.model(of: model)) else { continue }
                 if counts[template] == nil { order.append(template) }
                 counts[template, default: 0] += 1
             }

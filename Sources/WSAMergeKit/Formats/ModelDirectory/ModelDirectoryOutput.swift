@@ -46,7 +46,7 @@ public struct ModelDirectoryOutput {
     public static func source(among candidates: [String], output: OutputOptions, explicit: String?, disabled: Bool) -> String? {
         if let explicit, !disabled { return explicit }
         guard !disabled, case .sharded = output.layout else { return nil }
-        return candidates.first { pathKind($0) == .directory }
+        return candidates.map(LoraAdapter.model(of:)).first { pathKind($0) == .directory }
     }
 
     /// Plans the files for `request` (whose `recipe` is set), copying from the model directory

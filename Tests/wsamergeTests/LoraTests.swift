@@ -1,0 +1,193 @@
+import Foundation
+import Testing
+
+/// `model+adapter` references (a PEFT LoRA adapter merged into its model) end to end, on adapters
+/// PEFT itself saved (`fixtures/lora/generate_lora.py`): the merged tensors against the float64
+/// numpy reference (`fixtures/lora/reference_lora.py`) rounded once, and against PEFT's own
+/// `merge_and_unload`; recipes, the Hugging Face cache, directory outputs and refusals.
+@Suite(.enabled(if: TestSupport.hasPython, "needs the test venv (numpy, safetensors): run make test"))
+struct LoraTests {
+    static let dir = TestSupport.fixture("lora")
+
+    /// Checks `merged` (a safetensors file) against the reference of `base`+`adapter`: the same
+    /// names in the base's order, each value the float64 reference rounded once to the base's
+    /// dtype (at most 1 ulp apart, for the order of the sums), and within the float32 rounding of
+    /// PEFT's `merge_and_unload` (`expected/`).
+    static func expectReference(_ merged: String, base: String, adapter: String, weights: String? = nil,
+                                sourceLocation: SourceLocation = #_sourceLocation) throws {
+        try TestSupport.pythonOK("""
+            sys.path.insert(0, sys.argv[2])
+            from reference_lora import apply
+            d = sys.argv[2]
+            ref = apply(os.path.join(d, sys.argv[3]), os.path.join(d, sys.argv[4]), sys.argv[5] or None)
+            got = st_arrays(sys.argv[1]); base = st_arrays(os.path.join(d, sys.argv[3]))
+            peft = st_arrays(os.path.join(d, "expected", sys.argv[3] + "+" + sys.argv[4] + ".safetensors"))
+            assert list(got) == list(base), (list(got), list(base))
+            changed = 0
+            for k, v in got.items():
+                assert v.dtype == base[k].dtype and v.shape == base[k].shape, k
+                want = ref[k].astype(v.dtype)
+                bits = np.int32 if v.dtype == np.float32 else np.int16
+                ulps = np.abs(want.view(bits).astype(np.int64) - v.view(bits).astype(np.int64))
+                assert ulps.max() <= 1, (k, ulps.max())
+                scale = np.abs(peft[k].astype(np.float64)).max()
+                assert np.abs(v.astype(np.float64) - peft[k].astype(np.float64)).max() <= 2.0 ** -22 * scale, k
+                changed += not np.array_equal(v, base[k])
+            assert changed > 0
+            print(changed)
+            """, [merged, dir, base, adapter, weights ?? ""], sourceLocation: sourceLocation)
+    }
+
+    @Test("convert base+adapter gives the float64 reference rounded once, and PEFT's merge within its rounding",
+          arguments: [("llama", "qv", nil), ("llama", "rich", nil), ("llama_bf16", "qv_bf16", nil), ("gpt2", "conv1d", nil),
+                      ("llama", "qv_bin", "expected/qv_bin.adapter_model.safetensors")])
+    func convertMatchesTheReference(base: String, adapter: String, weights: String?) throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        let result = try TestSupport.wsamerge(["convert", Self.dir + "/" + base + "+" + Self.dir + "/" + adapter, "-o", tmp + "/out.safetensors"])
+        #expect(result.status == 0, "\(result.stderr)")
+        try Self.expectReference(tmp + "/out.safetensors", base: base, adapter: adapter, weights: weights.map { Self.dir + "/" + $0 })
+    }
+
+    @Test("stats of base+adapter are the stats of the merged model written out")
+    func statsOfTheMergedModel() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        let reference = Self.dir + "/llama+" + Self.dir + "/rich"
+        #expect(try TestSupport.wsamerge(["convert", reference, "-o", tmp + "/m.safetensors"]).status == 0)
+        func tensors(_ path: String) throws -> [NSDictionary] {
+            let result = try TestSupport.wsamerge(["stats", path])
+            #expect(result.status == 0, "\(result.stderr)")
+            let doc = try #require(try result.json() as? [String: Any])
+            return (doc["tensors"] as? [[String: Any]] ?? []).map { $0 as NSDictionary }
+        }
+        let merged = try tensors(reference), written = try tensors(tmp + "/m.safetensors")
+        #expect(merged.count == 21 && merged == written)
+        let inspected = try #require(try TestSupport.wsamerge(["inspect", reference]).json() as? [String: Any])
+        #expect(inspected["file"] as? String == reference)
+    }
+
+    @Test("a recipe merges model+adapter references, the directory output gets the model's files, and the same bytes for every --jobs")
+    func recipeWithAdapters() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        let recipe = tmp + "/recipe.yml"
+        try """
+            merge_method: linear
+            models:
+              - model: \(Self.dir)/llama+\(Self.dir)/qv
+                parameters: {weight: 1}
+              - model: \(Self.dir)/llama+\(Self.dir)/rich
+                parameters: {weight: 3}
+            dtype: float32
+            """.write(toFile: recipe, atomically: true, encoding: .utf8)
+        for jobs in ["1", "2"] {
+            let result = try TestSupport.wsamerge(["fuse", "--quiet", "--recipe", recipe, "--jobs", jobs, "-o", tmp + "/out\(jobs)/"])
+            #expect(result.status == 0, "\(result.stderr)")
+        }
+        #expect(TestSupport.read(tmp + "/out1/model.safetensors") == TestSupport.read(tmp + "/out2/model.safetensors"))
+        #expect(TestSupport.fileExists(tmp + "/out1/config.json"))
+        try TestSupport.pythonOK("""
+            sys.path.insert(0, sys.argv[2])
+            from reference_lora import apply
+            d = sys.argv[2]
+            a = apply(d + "/llama", d + "/qv"); b = apply(d + "/llama", d + "/rich")
+            got = st_arrays(sys.argv[1] + "/model.safetensors")
+            for k, v in got.items():
+                # each input is the merged model in its dtype (float32), then averaged in float64
+                want = ((a[k].astype(np.float32).astype(np.float64) + 3 * b[k].astype(np.float32).astype(np.float64)) / 4).astype(np.float32)
+                assert np.abs(want.view(np.int32).astype(np.int64) - v.view(np.int32)).max() <= 1, k
+            assert json.load(open(sys.argv[1] + "/config.json"))["architectures"] == ["LlamaForCausalLM"]
+            """, [tmp + "/out1", Self.dir])
+    }
+
+    @Test("model+adapter of two Hugging Face ids resolves both in the local cache")
+    func huggingFaceIds() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        for (repo, source) in [("models--org--base", "llama"), ("models--org--adapter", "qv")] {
+            let snapshot = tmp + "/hub/" + repo + "/snapshots/abc"
+            try FileManager.default.createDirectory(atPath: snapshot, withIntermediateDirectories: true)
+            for file in TestSupport.listing(Self.dir + "/" + source) {
+                try FileManager.default.copyItem(atPath: Self.dir + "/" + source + "/" + file, toPath: snapshot + "/" + file)
+            }
+        }
+        let recipe = tmp + "/recipe.yml"
+        try "merge_method: passthrough\nmodels:\n  - model: org/base+org/adapter\n".write(toFile: recipe, atomically: true, encoding: .utf8)
+        let result = try TestSupport.wsamerge(["fuse", "--quiet", "--recipe", recipe, "-o", tmp + "/out.safetensors"],
+                                              environment: ["HF_HUB_CACHE": tmp + "/hub"])
+        #expect(result.status == 0, "\(result.stderr)")
+        try Self.expectReference(tmp + "/out.safetensors", base: "llama", adapter: "qv")
+        try "merge_method: passthrough\nmodels:\n  - model: org/base+org/missing\n".write(toFile: recipe, atomically: true, encoding: .utf8)
+        let refused = try TestSupport.wsamerge(["fuse", "--recipe", recipe, "-o", tmp + "/x.safetensors"], environment: ["HF_HUB_CACHE": tmp + "/hub"])
+        TestSupport.expectRefusal(refused, code: 66, mentions: ["models[0].model", "org/missing"])
+    }
+
+    @Test("a path that exists is read as it is, '+' and all")
+    func plusInAName() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        try FileManager.default.createDirectory(atPath: tmp + "/a+qv", withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: Self.dir + "/llama/model.safetensors", toPath: tmp + "/a+qv/model.safetensors")
+        let result = try TestSupport.wsamerge(["convert", tmp + "/a+qv", "-o", tmp + "/out.safetensors"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(TestSupport.read(tmp + "/out.safetensors") == TestSupport.read(Self.dir + "/llama/model.safetensors"))
+    }
+
+    struct Refusal: CustomTestStringConvertible, Sendable {
+        let what: String
+        /// The adapter's config (JSON) and tensors (Python dict expression over `q` = the qv adapter's arrays), or nil for a fixture.
+        let config: String?
+        let tensors: String?
+        let fixture: String
+        let code: Int32
+        let mentions: [String]
+        var testDescription: String { what }
+    }
+
+    static let prefix = "base_model.model.model.layers.0.self_attn.q_proj."
+    static let refusals: [Refusal] = [
+        Refusal(what: "DoRA", config: nil, tensors: nil, fixture: "dora", code: 65, mentions: ["adapter_config.json", "DoRA"]),
+        Refusal(what: "an adapter of another model", config: nil, tensors: nil, fixture: "conv1d", code: 65,
+                mentions: ["adapter_model.safetensors", "transformer.h.0.attn.c_attn", "which '"]),
+        Refusal(what: "a model directory for an adapter", config: nil, tensors: nil, fixture: "gpt2", code: 66, mentions: ["no adapter_config.json"]),
+        Refusal(what: "another PEFT method", config: #"{"peft_type": "IA3"}"#, tensors: "q", fixture: "", code: 65, mentions: ["IA3 adapter"]),
+        Refusal(what: "invalid JSON", config: #"{"peft_type": "LORA","#, tensors: "q", fixture: "", code: 65, mentions: ["not valid JSON"]),
+        Refusal(what: "no rank", config: #"{"peft_type": "LORA", "lora_alpha": 8}"#, tensors: "q", fixture: "", code: 65, mentions: ["'r' must be"]),
+        Refusal(what: "a rank other than the factors'", config: #"{"peft_type": "LORA", "r": 3, "lora_alpha": 8}"#, tensors: "q", fixture: "",
+                code: 65, mentions: ["rank 4 differs from the config's r = 3", "q_proj.lora_A.weight"]),
+        Refusal(what: "a factor of the wrong shape", config: nil, tensors: #"{**q, P + "lora_B.weight": np.zeros((15, 4), np.float32)}"#, fixture: "",
+                code: 65, mentions: ["do not fit", "q_proj.weight"]),
+        Refusal(what: "lora_A alone", config: nil, tensors: #"{k: v for k, v in q.items() if not k.startswith(P + "lora_B")}"#, fixture: "",
+                code: 65, mentions: ["has no lora_B.weight beside it"]),
+        Refusal(what: "an unknown adapter tensor", config: nil, tensors: #"{**q, P + "lora_magnitude_vector": np.ones(16, np.float32)}"#, fixture: "",
+                code: 65, mentions: ["lora_magnitude_vector", "does not merge"]),
+        Refusal(what: "a name without PEFT's prefix", config: nil, tensors: #"{**q, "extra.weight": np.ones(2, np.float32)}"#, fixture: "",
+                code: 65, mentions: ["'extra.weight'", "base_model.model."]),
+        Refusal(what: "no weights file", config: #"{"peft_type": "LORA", "r": 4, "lora_alpha": 8}"#, tensors: nil, fixture: "", code: 66,
+                mentions: ["neither adapter_model.safetensors nor adapter_model.bin"]),
+    ]
+
+    @Test("adapters that cannot be merged exactly are refused in one line, nothing written", arguments: refusals)
+    func refusal(_ case_: Refusal) throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        var adapter = Self.dir + "/" + case_.fixture
+        if case_.fixture.isEmpty {
+            adapter = tmp + "/adapter"
+            try FileManager.default.createDirectory(atPath: adapter, withIntermediateDirectories: true)
+            let config = try case_.config ?? String(contentsOfFile: Self.dir + "/qv/adapter_config.json", encoding: .utf8)
+            try config.write(toFile: adapter + "/adapter_config.json", atomically: true, encoding: .utf8)
+            if let tensors = case_.tensors {
+                try TestSupport.pythonOK("""
+                    from safetensors.numpy import save_file
+                    q = st_arrays(sys.argv[1]); P = sys.argv[3]
+                    save_file(\(tensors), sys.argv[2])
+                    """, [Self.dir + "/qv/adapter_model.safetensors", adapter + "/adapter_model.safetensors", Self.prefix])
+            }
+        }
+        let result = try TestSupport.wsamerge(["convert", Self.dir + "/llama+" + adapter, "-o", tmp + "/out.safetensors"])
+        TestSupport.expectRefusal(result, code: case_.code, mentions: case_.mentions)
+        #expect(!TestSupport.fileExists(tmp + "/out.safetensors"))
+    }
+}
