@@ -118,7 +118,13 @@ extension WSAMerge {
                 recipe.exclude = common.exclude
                 recipe.stripPrefix = common.stripPrefixes
                 recipe.chatTemplate = chatTemplate
-                if printRecipe { return emit(recipe.render()) }
+                if printRecipe {
+                    let names = recipe.models.map(\.model)
+                    if let twice = names.enumerated().first(where: { names[..<$0.offset].contains($0.element) })?.element {
+                        throw WSAMergeError.usage("'\(twice)' is an input twice, which a recipe cannot say (recipes, like mergekit, refuse duplicate models): weight it with --weights instead")
+                    }
+                    return emit(recipe.render())
+                }
                 request.recipe = recipe.render()
                 var planned = try ModelDirectoryOutput(request, source: ModelDirectoryOutput.source(for: request, explicit: copyFilesFrom,
                                                                                                    disabled: noCopyFiles))

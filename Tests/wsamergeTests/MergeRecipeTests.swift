@@ -91,6 +91,16 @@ struct MergeRecipeTests {
         #expect(piped.status == 0, "\(piped.stderr)")
     }
 
+    @Test("--print-recipe refuses an input given twice (a recipe cannot replay it); the merge itself takes it")
+    func printRecipeRefusesDuplicates() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        let flags = [Self.m(1), Self.m(2), Self.m(1), "--strategy", "linear", "-o", tmp + "/out.safetensors"]
+        TestSupport.expectRefusal(try TestSupport.wsamerge(["fuse"] + flags + ["--print-recipe"]), code: 64,
+                                  mentions: ["'\(Self.m(1))' is an input twice", "--weights"])
+        #expect(try TestSupport.wsamerge(["fuse", "--quiet"] + flags).status == 0)
+    }
+
     @Test("a seed of 2^53 or more replays from the printed recipe (integers read as integers)")
     func largeSeedRoundTrip() throws {
         guard Self.strategies.contains("dare_linear") else { return }
