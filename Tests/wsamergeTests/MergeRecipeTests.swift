@@ -391,6 +391,69 @@ struct MergeRecipeTests {
         """#)
     }
 
+    @Test("slices may list different numbers of models: each slice merges its own, the tensors before the layers the first slice's, after them the last's")
+    func slicesWithDifferentSourceCounts() throws {
+        try Self.expectSliceMerge("""
+            merge_method: linear
+            slices:
+              - sources:
+                  - model: {M1}
+                    layer_range: [0, 2]
+                    parameters: {weight: 1}
+                  - model: {M2}
+                    layer_range: [0, 2]
+                    parameters: {weight: 3}
+              - sources:
+                  - model: {M1}
+                    layer_range: [2, 4]
+                    parameters: {weight: 1}
+                  - model: {M2}
+                    layer_range: [2, 4]
+                    parameters: {weight: 2}
+                  - model: {M3}
+                    layer_range: [2, 4]
+                    parameters: {weight: 5}
+            """, check: #"""
+        assert sorted(out) == sorted(m1)
+        for name in out:
+            layer = layer_of(name)
+            first = ("embed" in name) if layer is None else layer < 2
+            pairs = [(1, m1), (3, m2)] if first else [(1, m1), (2, m2), (5, m3)]
+            acc = sum(w * m[name].astype(np.float64) for w, m in pairs) / sum(w for w, _ in pairs)
+            got, want = out[name].view(np.int32).astype(np.int64), acc.astype(np.float32).view(np.int32).astype(np.int64)
+            assert np.abs(got - want).max() <= 1, name
+        """#)
+        // A slice of the base alone keeps the base's layers; the others merge their task vectors.
+        try Self.expectSliceMerge("""
+            merge_method: task_arithmetic
+            base_model: {M0}
+            slices:
+              - sources:
+                  - model: {M0}
+                    layer_range: [0, 2]
+              - sources:
+                  - model: {M0}
+                    layer_range: [2, 4]
+                  - model: {M1}
+                    layer_range: [2, 4]
+                    parameters: {weight: 0.5}
+                  - model: {M3}
+                    layer_range: [2, 4]
+                    parameters: {weight: 2}
+            """, check: #"""
+        m0 = st_arrays(sys.argv[5])
+        for name in out:
+            layer = layer_of(name)
+            base = m0[name].astype(np.float64)
+            if (layer is None and "embed" in name) or (layer is not None and layer < 2):
+                assert out[name].tobytes() == m0[name].tobytes(), name
+            else:
+                acc = base + 0.5 * (m1[name] - base) + 2 * (m3[name] - base)
+                got, want = out[name].view(np.int32).astype(np.int64), acc.astype(np.float32).view(np.int32).astype(np.int64)
+                assert np.abs(got - want).max() <= 1, name
+        """#, extra: [Self.m(0)])
+    }
+
     @Test("slice and source parameters come before the top-level ones, slice by slice (as mergekit reads them)")
     func sliceAndSourceParameters() throws {
         try Self.expectSliceMerge("""

@@ -6,6 +6,28 @@ import Glibc
 /// each tensor over the inputs that have it.
 public enum OnMissing: String, CaseIterable, Sendable { case error, intersection, union }
 
+/// The tensors an input lacks by design, which the plan merges over the inputs that hold them
+/// whatever `OnMissing` says: the layers (output numbering) of a recipe's slices that give the
+/// input no model, and the tensors before or after the layers when the first or last slice gives
+/// it none (mergekit merges each slice over its own sources).
+public struct InputGaps: Sendable, Equatable {
+    public var layers: [Range<Int>] = []
+    public var beforeLayers = false
+    public var afterLayers = false
+
+    public init(layers: [Range<Int>] = [], beforeLayers: Bool = false, afterLayers: Bool = false) {
+        self.layers = layers
+        self.beforeLayers = beforeLayers
+        self.afterLayers = afterLayers
+    }
+
+    /// Whether the input lacks tensor `name` by design.
+    public func covers(_ name: String) -> Bool {
+        if let layer = LayerGroups.layerIndex(of: name) { return layers.contains { $0.contains(layer) } }
+        return LayerGroups.precedesTheLayers(name) ? beforeLayers : afterLayers
+    }
+}
+
 /// Everything `fuse` will do, decided and checked before the first byte is written: which
 /// tensors are merged or copied, from which inputs and base, into which dtype.
 public struct MergePlan: Sendable {
@@ -48,8 +70,9 @@ public struct MergePlan: Sendable {
     /// - Parameters:
     ///   - outputDType: `nil` keeps each tensor's dtype from the base, else the first input.
     ///   - filter: unselected tensors are copied from the base, else the first input.
+    ///   - gaps: tensors inputs lack by design (`InputGaps`), by input number.
     public init(inputs: [Checkpoint], base: Checkpoint? = nil, filter: TensorFilter, onMissing: OnMissing,
-                outputDType: DType?) throws {
+                outputDType: DType?, gaps: [Int: InputGaps] = [:]) throws {
         guard inputs.count >= 1 || base != nil else { throw WSAMergeError.usage("fuse needs at least one input") }
         self.inputs = inputs
         self.base = base
@@ -80,11 +103,12 @@ public struct MergePlan: Sendable {
                 if let i = checkpoint.index(of: name) { sources.append((k, i)) }
             }
             let baseIndex = base?.index(of: name)
-            let missing = sources.count < inputs.count || (base != nil && baseIndex == nil)
+            let unexpected = inputs.indices.filter { k in !sources.contains { $0.input == k } && gaps[k]?.covers(name) != true }
+            let missing = !unexpected.isEmpty || (base != nil && baseIndex == nil)
             if missing {
                 switch onMissing {
                 case .error:
-                    var lacking = inputs.indices.filter { k in !sources.contains { $0.input == k } }.map { inputs[$0].path }
+                    var lacking = unexpected.map { inputs[$0].path }
                     if let base, baseIndex == nil { lacking.insert("the base \(base.path)", at: 0) }
                     missingReports.append("'\(name)' is missing from \(lacking.joined(separator: ", "))")
                     continue

@@ -30,6 +30,8 @@ public struct Merger {
         /// Position `t` of each layer index for gradients, when not the model's own layer order
         /// (a recipe's slices are evaluated slice by slice).
         public var layerPositions: [Int: Double]?
+        /// Tensors inputs lack by design (a recipe's slices that give an input no model).
+        public var gaps: [Int: InputGaps] = [:]
         /// The merge as a recipe (normalised YAML), recorded as `wsamerge.recipe`.
         public var recipe: String?
         /// Other files the merge reads (the recipe file), which `-o` may not name either.
@@ -164,7 +166,7 @@ public struct Merger {
         try request.output.precheck(inputs: identities(models: (base.map { [$0] } ?? []) + inputs, files: files, paths: paths)
             .union(request.otherReads.compactMap { FileIdentity(path: $0) }))
         let plan = try MergePlan(inputs: inputs, base: base, filter: request.filter, onMissing: request.onMissing,
-                                 outputDType: request.dtype)
+                                 outputDType: request.dtype, gaps: request.gaps)
         try parameters.requireEverywhere(plan)
         // `--on-missing union`: a tensor no input holds is the base's (below); one that fewer
         // inputs hold than the method merges cannot be merged.

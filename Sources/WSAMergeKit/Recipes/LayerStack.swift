@@ -26,12 +26,19 @@ public enum LayerStack {
     }
 
     /// The stacked checkpoint, named `path` in messages and provenance. Every part's range must
-    /// hold only layers its checkpoint has.
-    public static func stack(_ parts: [Part], path: String) throws -> Checkpoint {
-        precondition(!parts.isEmpty)
+    /// hold only layers its checkpoint has. A nil part (a slice that gives this input no model)
+    /// is `gap` layers the checkpoint lacks; a nil first or last part, the tensors before or after
+    /// the layers too (`InputGaps`).
+    public static func stack(_ slots: [Part?], gaps: [Int] = [], path: String) throws -> Checkpoint {
+        precondition(slots.contains { $0 != nil } && (gaps.isEmpty ? !slots.contains { $0 == nil } : gaps.count == slots.count))
+        let parts = slots.compactMap { $0 }
         var layerSources: [any TensorSource] = []
         var next = 0
-        for part in parts {
+        for (slot, part) in slots.enumerated() {
+            guard let part else {
+                next += gaps[slot]
+                continue
+            }
             let byLayer = Dictionary(grouping: part.checkpoint.sources.indices.filter { LayerGroups.layerIndex(of: part.checkpoint.tensors[$0].name) != nil },
                                      by: { LayerGroups.layerIndex(of: part.checkpoint.tensors[$0].name)! })
             for layer in part.layers {
@@ -49,22 +56,32 @@ public enum LayerStack {
         }
         var sources: [any TensorSource] = []
         var placed = false
-        let first = parts[0].checkpoint, lastModel = parts[parts.count - 1].checkpoint
-        let last = Dictionary(lastModel.sources.map { ($0.tensor.name, $0) }, uniquingKeysWith: { a, _ in a })
+        // The first part's model orders the tensors around the layers; those before them come
+        // from the first slice's model, those after from the last slice's (none for a gap).
+        let first = parts[0].checkpoint
+        let (firstModel, lastModel) = (slots[0]?.checkpoint, slots[slots.count - 1]?.checkpoint)
+        let last = Dictionary((lastModel?.sources ?? []).map { ($0.tensor.name, $0) }, uniquingKeysWith: { a, _ in a })
         // The tensors after the layers are the last model's: it must have the ones the first has,
         // and no others (a model with tied embeddings has no head of its own).
         func afterTheLayers(_ checkpoint: Checkpoint) -> Set<String> {
             Set(checkpoint.tensors.map(\.name).filter { LayerGroups.layerIndex(of: $0) == nil && !LayerGroups.precedesTheLayers($0) })
         }
-        let (expected, given) = (afterTheLayers(first), afterTheLayers(lastModel))
-        if let name = expected.symmetricDifference(given).min() {
-            let (holder, lacking) = expected.contains(name) ? (first, lastModel) : (lastModel, first)
-            throw WSAMergeError.malformed(file: lacking.path, tensor: name, reason: "the first and the last slice's models (the last gives the tensors after the layers) must hold the same ones; '\(holder.path)' has this one and this model has not (tied embeddings?)")
+        if let firstModel, let lastModel {
+            let (expected, given) = (afterTheLayers(firstModel), afterTheLayers(lastModel))
+            if let name = expected.symmetricDifference(given).min() {
+                let (holder, lacking) = expected.contains(name) ? (firstModel, lastModel) : (lastModel, firstModel)
+                throw WSAMergeError.malformed(file: lacking.path, tensor: name, reason: "the first and the last slice's models (the last gives the tensors after the layers) must hold the same ones; '\(holder.path)' has this one and this model has not (tied embeddings?)")
+            }
         }
-        for source in first.sources {
+        let ordering = lastModel == nil || firstModel != nil ? first : lastModel!
+        for source in ordering.sources {
             let name = source.tensor.name
             if LayerGroups.layerIndex(of: name) == nil {
-                sources.append(LayerGroups.precedesTheLayers(name) ? source : last[name]!)
+                if LayerGroups.precedesTheLayers(name) {
+                    if firstModel != nil { sources.append(source) }
+                } else if let after = last[name] {
+                    sources.append(after)
+                }
             } else if !placed {
                 sources += layerSources
                 placed = true

@@ -31,7 +31,7 @@ public enum RecipeRunner {
         func resolve(_ reference: String, _ path: String) throws -> String { try document.resolve(reference, at: path, with: resolver) }
         var request = Merger.Request(inputs: [], strategy: recipe.mergeMethod, output: output)
         request.otherReads = document.file == "<stdin>" ? [] : [document.file]
-        var columns: [[Recipe.Source]] = []  // with slices: input k's source in each slice
+        var columns: [[Recipe.Source?]] = []  // with slices: input k's source in each slice
         if recipe.slices.isEmpty {
             var models = recipe.models
             var offset = 0
@@ -147,10 +147,12 @@ public enum RecipeRunner {
 
     /// Slices: stacked into one model for `passthrough`; for the other methods, input k is the
     /// stack of every slice's k-th source (the base's sources, when the method has a base, stack
-    /// into the base), so each slice's layers merge with the layers beside them. Returns each
-    /// input's sources, slice by slice.
+    /// into the base), so each slice's layers merge with the layers beside them; a slice with
+    /// fewer sources leaves the inputs past its count a gap (`InputGaps`: its layers are merged
+    /// over the sources it has, as mergekit merges each slice). Returns each input's sources,
+    /// slice by slice (nil in a gap).
     static func assembleSlices(_ document: RecipeDocument, declaration: StrategyDeclaration, into request: inout Merger.Request,
-                               resolve: (String, String) throws -> String) throws -> [[Recipe.Source]] {
+                               resolve: (String, String) throws -> String) throws -> [[Recipe.Source?]] {
         let recipe = document.recipe
         var opened: [String: Checkpoint] = [:]
         func open(_ source: Recipe.Source, _ path: String) throws -> LayerStack.Part {
@@ -192,7 +194,9 @@ public enum RecipeRunner {
         }
         let usesBase = declaration.base == .required || declaration.base == .optional
         var baseSources: [(Recipe.Source, String)] = []
-        var inputSources: [[(Recipe.Source, String)]] = []
+        // Input k stacks each slice's k-th source that is not the base; a slice with fewer
+        // sources leaves a gap in the inputs past its count (merged over its own sources).
+        var inputSources: [[(Recipe.Source, String)?]] = []
         for (i, slice) in recipe.slices.enumerated() {
             var others: [(Recipe.Source, String)] = []
             var base: (Recipe.Source, String)?
@@ -204,15 +208,20 @@ public enum RecipeRunner {
                 guard let base else { throw document.error("slices[\(i)].sources", "no source of this slice is the base_model '\(name)'") }
                 baseSources.append(base)
             }
-            if i > 0, others.count != inputSources.count {
-                throw document.error("slices[\(i)].sources", "every slice merges the same number of models (slice 0 has \(inputSources.count), this one \(others.count))")
-            }
-            if i == 0 { inputSources = others.map { [$0] } } else { for k in others.indices { inputSources[k].append(others[k]) } }
+            while inputSources.count < others.count { inputSources.append(Array(repeating: nil, count: i)) }
+            for k in inputSources.indices { inputSources[k].append(k < others.count ? others[k] : nil) }
         }
+        let regions = sliceRegions(recipe)
         var inputs: [Checkpoint] = []
-        for column in inputSources {
-            let parts = try column.map { try open($0.0, $0.1) }
-            inputs.append(try LayerStack.stack(parts, path: name(column.map(\.0))))
+        for (k, column) in inputSources.enumerated() {
+            let parts = try column.map { try $0.map { try open($0.0, $0.1) } }
+            let lengths = recipe.slices.map { $0.sources[0].layerRange.count }
+            if column.contains(where: { $0 == nil }) {
+                request.gaps[k] = InputGaps(layers: column.indices.filter { column[$0] == nil }.map { regions[$0].layers },
+                                            beforeLayers: column.first! == nil, afterLayers: column.last! == nil)
+            }
+            inputs.append(try LayerStack.stack(parts, gaps: column.contains { $0 == nil } ? lengths : [],
+                                               path: name(column.compactMap { $0?.0 })))
         }
         if !baseSources.isEmpty {
             let base = try LayerStack.stack(try baseSources.map { try open($0.0, $0.1) }, path: name(baseSources.map(\.0)))
@@ -222,7 +231,7 @@ public enum RecipeRunner {
         request.opened = inputs
         request.inputs = inputs.map(\.path)
         request.layerPositions = LayerStack.positions(recipe.slices.map { $0.sources[0].layerRange.count })
-        return inputSources.map { $0.map(\.0) }
+        return inputSources.map { $0.map { $0?.0 } }
     }
 
     /// Each slice's output layers as `LayerStack.stack` numbers them, the first and last marked.
@@ -239,7 +248,7 @@ public enum RecipeRunner {
     /// source's setting, then its slice's, then the top-level one (`parameters` holds the top
     /// level already), the first that gives a value. A per-input parameter's filters match the
     /// input's own tensor name (its layer as numbered in its model), a shared one's the output's.
-    static func addSliceParameters(_ recipe: Recipe, declaration: StrategyDeclaration, columns: [[Recipe.Source]],
+    static func addSliceParameters(_ recipe: Recipe, declaration: StrategyDeclaration, columns: [[Recipe.Source?]],
                                    to parameters: inout ParameterSettings) {
         let regions = sliceRegions(recipe)
         var names: [String] = parameters.shared.map(\.name)
