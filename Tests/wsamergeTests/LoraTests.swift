@@ -13,29 +13,34 @@ struct LoraTests {
     /// names in the base's order, each value the float64 reference rounded once to the base's
     /// dtype (at most 1 ulp apart, for the order of the sums), and within the float32 rounding of
     /// PEFT's `merge_and_unload` (`expected/`).
-    static func expectReference(_ merged: String, base: String, adapter: String, weights: String? = nil,
+    /// With `reference` false, PEFT's result alone (where the numpy reference does not model
+    /// PEFT's layer types or tied weights); `expected` names PEFT's file when not `base+adapter`,
+    /// and `baseFile` the model whose tensors the output has, when not `base`.
+    static func expectReference(_ merged: String, base: String, adapter: String, weights: String? = nil, reference: Bool = true,
+                                expected: String? = nil, baseFile: String? = nil,
                                 sourceLocation: SourceLocation = #_sourceLocation) throws {
         try TestSupport.pythonOK("""
             sys.path.insert(0, sys.argv[2])
             from reference_lora import apply
             d = sys.argv[2]
-            ref = apply(os.path.join(d, sys.argv[3]), os.path.join(d, sys.argv[4]), sys.argv[5] or None)
-            got = st_arrays(sys.argv[1]); base = st_arrays(os.path.join(d, sys.argv[3]))
-            peft = st_arrays(os.path.join(d, "expected", sys.argv[3] + "+" + sys.argv[4] + ".safetensors"))
+            ref = apply(os.path.join(d, sys.argv[3]), os.path.join(d, sys.argv[4]), sys.argv[5] or None) if sys.argv[6] == "1" else None
+            got = st_arrays(sys.argv[1]); base = st_arrays(os.path.join(d, sys.argv[8] or sys.argv[3]))
+            peft = st_arrays(os.path.join(d, "expected", (sys.argv[7] or sys.argv[3] + "+" + sys.argv[4]) + ".safetensors"))
             assert list(got) == list(base), (list(got), list(base))
             changed = 0
             for k, v in got.items():
                 assert v.dtype == base[k].dtype and v.shape == base[k].shape, k
-                want = ref[k].astype(v.dtype)
-                bits = np.int32 if v.dtype == np.float32 else np.int16
-                ulps = np.abs(want.view(bits).astype(np.int64) - v.view(bits).astype(np.int64))
-                assert ulps.max() <= 1, (k, ulps.max())
-                scale = np.abs(peft[k].astype(np.float64)).max()
-                assert np.abs(v.astype(np.float64) - peft[k].astype(np.float64)).max() <= 2.0 ** -22 * scale, k
+                if ref is not None:
+                    want = ref[k].astype(v.dtype)
+                    bits = np.int32 if v.dtype == np.float32 else np.int16
+                    ulps = np.abs(want.view(bits).astype(np.int64) - v.view(bits).astype(np.int64))
+                    assert ulps.max() <= 1, (k, ulps.max())
+                p = peft[k if k in peft else "model.embed_tokens.weight"].astype(np.float64)  # a tied head: the shared weight
+                assert np.abs(v.astype(np.float64) - p).max() <= 2.0 ** -22 * np.abs(p).max(), k
                 changed += not np.array_equal(v, base[k])
             assert changed > 0
             print(changed)
-            """, [merged, dir, base, adapter, weights ?? ""], sourceLocation: sourceLocation)
+            """, [merged, dir, base, adapter, weights ?? "", reference ? "1" : "0", expected ?? "", baseFile ?? ""], sourceLocation: sourceLocation)
     }
 
     @Test("convert base+adapter gives the float64 reference rounded once, and PEFT's merge within its rounding",
@@ -47,6 +52,65 @@ struct LoraTests {
         let result = try TestSupport.wsamerge(["convert", Self.dir + "/" + base + "+" + Self.dir + "/" + adapter, "-o", tmp + "/out.safetensors"])
         #expect(result.status == 0, "\(result.stderr)")
         try Self.expectReference(tmp + "/out.safetensors", base: base, adapter: adapter, weights: weights.map { Self.dir + "/" + $0 })
+    }
+
+    @Test("square Conv1D weights take the delta transposed whatever the saved fan_in_fan_out says: by the model's config, else by their non-square namesakes")
+    func conv1DLayout() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        // PEFT decides by layer type and saves the flag of the last layer it adapted: set it false.
+        for adapter in ["cproj", "conv1d"] {
+            try FileManager.default.copyItem(atPath: Self.dir + "/" + adapter, toPath: tmp + "/" + adapter)
+            let config = try String(contentsOfFile: tmp + "/\(adapter)/adapter_config.json", encoding: .utf8)
+            try config.replacingOccurrences(of: "\"fan_in_fan_out\": true", with: "\"fan_in_fan_out\": false")
+                .write(toFile: tmp + "/\(adapter)/adapter_config.json", atomically: true, encoding: .utf8)
+        }
+        try FileManager.default.createDirectory(atPath: tmp + "/bare", withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: Self.dir + "/gpt2/model.safetensors", toPath: tmp + "/bare/model.safetensors")
+        // Only the square attn.c_proj: GPT-2 by its config.json. Without one: by mlp.c_proj, c_attn and c_fc.
+        for (model, adapter) in [(Self.dir + "/gpt2", "cproj"), (tmp + "/bare", "conv1d")] {
+            let result = try TestSupport.wsamerge(["convert", model + "+" + tmp + "/" + adapter, "-o", tmp + "/out.safetensors", "--force"])
+            #expect(result.status == 0, "\(result.stderr)")
+            try Self.expectReference(tmp + "/out.safetensors", base: "gpt2", adapter: adapter, reference: false)
+        }
+    }
+
+    @Test("a head tied to the embeddings changes with them: stored once (a LoRA on lm_head goes into the embeddings) or twice with the same bytes")
+    func tiedEmbeddings() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        for base in ["llama_tied", "llama_tied_twice"] {
+            let result = try TestSupport.wsamerge(["convert", Self.dir + "/" + base + "+" + Self.dir + "/tied_lora", "-o", tmp + "/out.safetensors", "--force"])
+            #expect(result.status == 0, "\(result.stderr)")
+            try Self.expectReference(tmp + "/out.safetensors", base: "llama_tied", adapter: "tied_lora", reference: false, baseFile: base)
+        }
+        // A head saved whole (modules_to_save) for a head stored once would untie them: refused.
+        try FileManager.default.createDirectory(atPath: tmp + "/mts", withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: Self.dir + "/qv/adapter_config.json", toPath: tmp + "/mts/adapter_config.json")
+        try TestSupport.pythonOK("""
+            from safetensors.numpy import save_file
+            save_file({"base_model.model.lm_head.weight": np.ones((40, 16), np.float32)}, sys.argv[1])
+            """, [tmp + "/mts/adapter_model.safetensors"])
+        TestSupport.expectRefusal(try TestSupport.wsamerge(["convert", Self.dir + "/llama_tied+" + tmp + "/mts", "-o", tmp + "/x.safetensors"]),
+                                  code: 65, mentions: ["lm_head.weight", "tied to its embeddings", "tie_word_embeddings false"])
+    }
+
+    @Test("names: a missing adapter, named adapters in sub-folders, and a model path with '+' in a recipe")
+    func names() throws {
+        let tmp = try TestSupport.temporaryDirectory()
+        defer { TestSupport.remove(tmp) }
+        TestSupport.expectRefusal(try TestSupport.wsamerge(["stats", Self.dir + "/llama+" + tmp + "/nothere"]), code: 66,
+                                  mentions: ["nor a LoRA adapter directory '\(tmp)/nothere' to merge into '\(Self.dir)/llama'"])
+        try FileManager.default.createDirectory(atPath: tmp + "/named", withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: Self.dir + "/qv", toPath: tmp + "/named/other")
+        TestSupport.expectRefusal(try TestSupport.wsamerge(["stats", Self.dir + "/llama+" + tmp + "/named"]), code: 66,
+                                  mentions: ["no adapter_config.json", "named adapters in other", "MODEL+\(tmp)/named/other"])
+        try FileManager.default.copyItem(atPath: Self.dir + "/llama", toPath: tmp + "/a+b")
+        let recipe = tmp + "/recipe.yml"
+        try "merge_method: passthrough\nmodels:\n  - model: \(tmp)/a+b+\(tmp)/named/other\n".write(toFile: recipe, atomically: true, encoding: .utf8)
+        let result = try TestSupport.wsamerge(["fuse", "--quiet", "--recipe", recipe, "-o", tmp + "/out.safetensors"])
+        #expect(result.status == 0, "\(result.stderr)")
+        try Self.expectReference(tmp + "/out.safetensors", base: "llama", adapter: "qv")
     }
 
     @Test("stats of base+adapter are the stats of the merged model written out")
@@ -164,6 +228,12 @@ struct LoraTests {
                 code: 65, mentions: ["lora_magnitude_vector", "does not merge"]),
         Refusal(what: "a name without PEFT's prefix", config: nil, tensors: #"{**q, "extra.weight": np.ones(2, np.float32)}"#, fixture: "",
                 code: 65, mentions: ["'extra.weight'", "base_model.model."]),
+        Refusal(what: "a flag given as a string", config: #"{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "use_rslora": "true"}"#, tensors: "q",
+                fixture: "", code: 65, mentions: ["'use_rslora' must be true or false"]),
+        Refusal(what: "patterns given as a list", config: #"{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "rank_pattern": ["q_proj"]}"#, tensors: "q",
+                fixture: "", code: 65, mentions: ["'rank_pattern' must be an object"]),
+        Refusal(what: "BD-LoRA", config: #"{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "use_bdlora": true}"#, tensors: "q",
+                fixture: "", code: 65, mentions: ["'use_bdlora' is set"]),
         Refusal(what: "no weights file", config: #"{"peft_type": "LORA", "r": 4, "lora_alpha": 8}"#, tensors: nil, fixture: "", code: 66,
                 mentions: ["neither adapter_model.safetensors nor adapter_model.bin"]),
     ]

@@ -10,6 +10,7 @@ public enum CheckpointReader {
     public static func open(_ path: String) throws -> Checkpoint {
         if pathKind(path) == .directory { return try openDirectory(path) }
         if let (model, adapter) = LoraAdapter.split(path) { return try LoraAdapter.apply(adapter, to: open(model), model: model) }
+        if let missing = LoraAdapter.missingAdapter(path) { throw missing }
         let file = try ReadableFile(path: path)
         let head = try file.readBytes(at: 0, count: min(64, file.size))
         if head.starts(with: [0x50, 0x4B, 0x03, 0x04]) || head.starts(with: [0x50, 0x4B, 0x05, 0x06]) {

@@ -41,12 +41,15 @@ public struct ModelResolver: Sendable {
     ///
     /// - Throws: `.missingInput` for a Hugging Face id that is not in the cache.
     public func resolve(_ reference: String) throws -> String {
-        if pathKind(reference) == .missing, let plus = reference.firstIndex(of: "+"), plus != reference.startIndex,
-           pathKind(String(reference[..<plus])) != .missing || Self.isHubID(String(reference[..<plus])) {
-            // mergekit's `model+adapter`: each part resolved, read by `CheckpointReader` as the
-            // model with the LoRA adapter merged in.
-            let adapter = String(reference[reference.index(after: plus)...])
-            return try resolve(String(reference[..<plus])) + "+" + resolve(adapter)
+        if pathKind(reference) == .missing {
+            // mergekit's `model+adapter`: split at the first `+` whose model part is a path or a
+            // Hugging Face id, each part resolved; `CheckpointReader` reads the model with the
+            // LoRA adapter merged in.
+            for plus in reference.indices where reference[plus] == "+" && plus != reference.startIndex {
+                let model = String(reference[..<plus]), adapter = String(reference[reference.index(after: plus)...])
+                guard pathKind(model) != .missing || Self.isHubID(model) else { continue }
+                return try resolve(model) + "+" + resolve(adapter)
+            }
         }
         if pathKind(reference) != .missing || !Self.isHubID(reference) { return reference }
         let parts = reference.split(separator: "@", maxSplits: 1).map(String.init)

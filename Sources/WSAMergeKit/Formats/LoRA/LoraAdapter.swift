@@ -21,6 +21,10 @@
 public enum LoraAdapter {
     /// The prefix PEFT gives every tensor of a saved adapter.
     static let prefix = "base_model.model."
+    /// The `model_type`s whose transformers models use Conv1D layers (weights stored [in, out]),
+    /// and those layers' names.
+    static let conv1DModels: Set<String> = ["gpt2", "openai-gpt", "imagegpt", "decision_transformer", "clvp", "clvp_decoder"]
+    static let conv1DLayers: Set<String> = ["c_attn", "c_proj", "c_fc", "q_attn"]
 
     /// `reference` read as `model+adapter`: split at the first `+` where the model exists and the
     /// adapter is a directory, when `reference` itself does not exist.
@@ -29,6 +33,19 @@ public enum LoraAdapter {
         for plus in reference.indices where reference[plus] == "+" && plus != reference.startIndex {
             let model = String(reference[..<plus]), adapter = String(reference[reference.index(after: plus)...])
             if pathKind(model) != .missing && pathKind(adapter) == .directory { return (model, adapter) }
+        }
+        return nil
+    }
+
+    /// Why `reference`, which does not exist, is no `model+adapter` either, when some `+` splits it
+    /// into a model that exists and an adapter that does not.
+    static func missingAdapter(_ reference: String) -> WSAMergeError? {
+        guard pathKind(reference) == .missing else { return nil }
+        for plus in reference.indices where reference[plus] == "+" && plus != reference.startIndex {
+            let model = String(reference[..<plus]), adapter = String(reference[reference.index(after: plus)...])
+            if pathKind(model) != .missing {
+                return .missingInput(file: reference, reason: "no such file, nor a LoRA adapter directory '\(adapter)' to merge into '\(model)'")
+            }
         }
         return nil
     }
@@ -51,11 +68,13 @@ public enum LoraAdapter {
         }
         let weights = try CheckpointReader.open(weightsFile)
         let modules = try Module.collect(weights, config: config)
-        let squareTransposed = config.squareLayout(of: modules, in: base)
+        let modelConfig = ModelConfig(model: model)
+        let squareTransposed = config.squareLayout(of: modules, in: base, modelType: modelConfig.modelType)
         var patches: [Int: Patch] = [:]
-        func patch(_ name: String, key: String) throws -> (Int, Patch) {
-            guard let index = base.index(of: name) else {
-                throw WSAMergeError.malformed(file: weights.path, tensor: key, reason: "the adapter changes '\(name)', which '\(model)' does not have")
+        func patch(_ index: Int?, _ name: String, key: String, tied: Bool = false) throws -> (Int, Patch) {
+            guard let index else {
+                let why = tied ? ", whose head is tied to its embeddings (stored once): a merged model would untie them; merge it with PEFT and save it with tie_word_embeddings false" : ""
+                throw WSAMergeError.malformed(file: weights.path, tensor: key, reason: "the adapter changes '\(name)', which '\(model)' does not have\(why)")
             }
             let dtype = base.tensors[index].dtype
             guard dtype.isFloat && dtype.isDecodable && dtype.isEncodable else {
@@ -64,7 +83,12 @@ public enum LoraAdapter {
             return (index, patches[index] ?? Patch(start: base.sources[index]))
         }
         for (key, name, source) in modules.replacements {
-            let (index, current) = try patch(name, key: key)
+            // A tied head's `base_layer` saved whole is the shared weight: the embeddings, when the
+            // head is stored once. A head of `modules_to_save` there would untie them: refused.
+            var stored = base.index(of: name)
+            let sharedHead = stored == nil && Ties.isHead(name) ? Ties.embedding(in: base, shape: source.tensor.shape) : nil
+            if key.contains(".base_layer.") { stored = stored ?? sharedHead }
+            let (index, current) = try patch(stored, name, key: key, tied: sharedHead != nil)
             guard source.tensor.shape == base.tensors[index].shape else {
                 throw WSAMergeError.malformed(file: weights.path, tensor: key, reason: "shape \(source.tensor.shape) replaces '\(name)' of shape \(base.tensors[index].shape)")
             }
@@ -72,24 +96,37 @@ public enum LoraAdapter {
             next.start = source
             patches[index] = next
         }
+        var ties = Ties(base: base, config: modelConfig)
         for module in modules.lowRank {
             let scale = try config.scale(of: module)
-            let (index, current) = try patch(module.name + ".weight", key: module.aKey)
-            let shape = base.tensors[index].shape
+            let target = module.name + ".weight", inner = module.a.tensor.shape[1], outer = module.b.tensor.shape[0]
+            // A head tied to the embeddings and stored once: PEFT changes the one shared weight.
+            var index = base.index(of: target)
+            if index == nil, !module.embedding, Ties.isHead(target) { index = Ties.embedding(in: base, shape: [outer, inner]) }
+            let (at, current) = try patch(index, target, key: module.aKey)
+            let shape = base.tensors[at].shape
             guard shape.count == 2 else {
-                throw WSAMergeError.malformed(file: weights.path, tensor: module.aKey, reason: "the adapter changes '\(module.name).weight' of shape \(shape); only 2-D weights (linear and embedding layers) are changed")
+                throw WSAMergeError.malformed(file: weights.path, tensor: module.aKey, reason: "the adapter changes '\(target)' of shape \(shape); only 2-D weights (linear and embedding layers) are changed")
             }
-            let straight = shape == [module.b.tensor.shape[0], module.a.tensor.shape[1]]
-            let transposed = shape == [module.a.tensor.shape[1], module.b.tensor.shape[0]]
+            let straight = shape == [outer, inner], transposed = shape == [inner, outer]
             guard straight || transposed else {
-                throw WSAMergeError.malformed(file: weights.path, tensor: module.aKey, reason: "factors of shapes \(module.a.tensor.shape) and \(module.b.tensor.shape) do not fit '\(module.name).weight' of shape \(shape)")
+                throw WSAMergeError.malformed(file: weights.path, tensor: module.aKey, reason: "factors of shapes \(module.a.tensor.shape) and \(module.b.tensor.shape) do not fit '\(target)' of shape \(shape)")
             }
-            let isTransposed = module.embedding || (straight && transposed ? squareTransposed : transposed)
+            let delta = Patch.Delta(a: module.a, b: module.b, scale: scale,
+                                    transposed: module.embedding || (straight && transposed ? squareTransposed(module) : transposed))
             var next = current
-            next.deltas.append(Patch.Delta(a: module.a, b: module.b, scale: scale, transposed: isTransposed))
-            patches[index] = next
+            next.deltas.append(delta)
+            patches[at] = next
+            // Tied embeddings stored twice (the same bytes under both names) change together.
+            if let twin = try ties.twin(of: at) {
+                let (_, twinPatch) = try patch(twin, base.tensors[twin].name, key: module.aKey)
+                var nextTwin = twinPatch
+                nextTwin.deltas.append(delta)
+                patches[twin] = nextTwin
+            }
             if let bias = module.bias {
-                let (biasIndex, biasPatch) = try patch(module.name + ".bias", key: module.aKey.replacingSuffix("lora_A.weight", with: "lora_B.bias"))
+                let (biasIndex, biasPatch) = try patch(base.index(of: module.name + ".bias"), module.name + ".bias",
+                                                       key: module.aKey.replacingSuffix("lora_A.weight", with: "lora_B.bias"))
                 guard base.tensors[biasIndex].shape == bias.tensor.shape else {
                     throw WSAMergeError.malformed(file: weights.path, tensor: bias.tensor.name, reason: "shape \(bias.tensor.shape) does not fit '\(module.name).bias' of shape \(base.tensors[biasIndex].shape)")
                 }
@@ -104,6 +141,70 @@ public enum LoraAdapter {
         }
         return Checkpoint(path: name, format: base.format, metadata: base.metadata, sources: sources,
                           files: base.files + weights.files, nonTensors: base.nonTensors, modules: base.modules)
+    }
+
+    /// What the merge reads from the model's `config.json` (in the model directory, or beside a
+    /// weights file): its `model_type` and `tie_word_embeddings`.
+    struct ModelConfig {
+        var modelType: String?
+        var tiedEmbeddings: Bool?
+
+        init(model: String) {
+            let directory = pathKind(model) == .directory ? model : parentDirectory(of: model)
+            guard let file = try? ReadableFile(path: joinPath(directory, "config.json")), file.size <= 1 << 22,
+                  let bytes = try? file.readBytes(at: 0, count: file.size),
+                  let json = try? bytes.withUnsafeBytes({ try JSON.parse($0) }) else { return }
+            modelType = json["model_type"]?.stringValue
+            if case .bool(let tied)? = json["tie_word_embeddings"] { tiedEmbeddings = tied }
+        }
+    }
+
+    /// Input embeddings and the output head tied to them (one weight in PEFT's model): stored once
+    /// (the head is missing) or twice with the same bytes.
+    struct Ties {
+        let base: Checkpoint
+        let config: ModelConfig
+        private var known: [Int: Int?] = [:]
+
+        init(base: Checkpoint, config: ModelConfig) {
+            self.base = base
+            self.config = config
+        }
+
+        static func isHead(_ name: String) -> Bool { name == "lm_head.weight" || name.hasSuffix(".lm_head.weight") }
+
+        /// The one 2-D tensor before the layers of `shape` (the input embeddings a head shares).
+        static func embedding(in base: Checkpoint, shape: [Int]) -> Int? {
+            let found = base.tensors.indices.filter { base.tensors[$0].shape == shape && LayerGroups.precedesTheLayers(base.tensors[$0].name) && !isHead(base.tensors[$0].name) }
+            return found.count == 1 ? found[0] : nil
+        }
+
+        /// The tensor tied to tensor `index` and stored beside it with the same bytes: the head of
+        /// the embeddings, or the embeddings of the head; nil when the config unties them.
+        mutating func twin(of index: Int) throws -> Int? {
+            if let cached = known[index] { return cached }
+            var result: Int?
+            let tensor = base.tensors[index]
+            if config.tiedEmbeddings != false, tensor.shape.count == 2 {
+                let candidates = Self.isHead(tensor.name) ? Self.embedding(in: base, shape: tensor.shape).map { [$0] } ?? []
+                    : LayerGroups.precedesTheLayers(tensor.name) ? base.tensors.indices.filter { Self.isHead(base.tensors[$0].name) && base.tensors[$0].shape == tensor.shape } : []
+                if candidates.count == 1, base.tensors[candidates[0]].dtype == tensor.dtype, try sameBytes(index, candidates[0]) { result = candidates[0] }
+            }
+            known[index] = result
+            return result
+        }
+
+        private func sameBytes(_ i: Int, _ j: Int) throws -> Bool {
+            let (a, b) = (try base.reader(for: i), try base.reader(for: j))
+            var x = [UInt8](repeating: 0, count: 1 << 20), y = x
+            while a.remaining > 0 {
+                let n = min(x.count, a.remaining)
+                try x.withUnsafeMutableBytes { try a.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<n])) }
+                try y.withUnsafeMutableBytes { try b.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<n])) }
+                if x[0..<n] != y[0..<n] { return false }
+            }
+            return true
+        }
     }
 
     /// What one base tensor becomes: `start` (the base's tensor or the adapter's replacement) plus
@@ -135,7 +236,9 @@ public enum LoraAdapter {
         init(directory: String) throws {
             path = joinPath(directory, "adapter_config.json")
             guard pathKind(directory) == .directory, pathKind(path) == .file else {
-                throw WSAMergeError.missingInput(file: directory, reason: "not a LoRA adapter directory (no adapter_config.json)")
+                let named = listDirectory(directory).filter { pathKind(joinPath(joinPath(directory, $0), "adapter_config.json")) == .file }
+                let hint = named.isEmpty ? "" : "; it holds named adapters in \(named.joined(separator: ", ")): name one, as MODEL+\(joinPath(directory, named[0]))"
+                throw WSAMergeError.missingInput(file: directory, reason: "not a LoRA adapter directory (no adapter_config.json)\(hint)")
             }
             let file = try ReadableFile(path: path)
             guard file.size <= 1 << 22 else { throw WSAMergeError.malformed(file: path, reason: "larger than 4 MiB, too large for an adapter config") }
@@ -148,20 +251,34 @@ public enum LoraAdapter {
             func fail(_ reason: String) -> WSAMergeError { .malformed(file: path, reason: reason) }
             guard let type = json["peft_type"]?.stringValue else { throw fail("no peft_type: not a PEFT adapter config") }
             guard type == "LORA" else { throw fail("a \(type) adapter; wsamerge merges LoRA adapters only") }
-            if json["use_dora"] == .bool(true) {
+            func flag(_ key: String) throws -> Bool {
+                switch json[key] {
+                case nil, .null?: return false
+                case .bool(let value)?: return value
+                default: throw fail("'\(key)' must be true or false")
+                }
+            }
+            if try flag("use_dora") {
                 throw fail("a DoRA adapter (use_dora); its merge rescales each weight by its column norms, which wsamerge does not do: merge it with PEFT first")
             }
-            for key in ["target_parameters", "layer_replication", "trainable_token_indices", "alora_invocation_tokens"] {
+            for key in ["use_bdlora", "use_qalora"] where try flag(key) {
+                throw fail("'\(key)' is set; adapters that use it are merged by PEFT only")
+            }
+            for key in ["target_parameters", "layer_replication", "trainable_token_indices", "alora_invocation_tokens", "arrow_config", "kasa_config"] {
                 if let value = json[key], value != .null, value != .array([]), value != .object([]) {
                     throw fail("'\(key)' is set; adapters that use it are merged by PEFT only")
                 }
+            }
+            for key in ["rank_pattern", "alpha_pattern"] {
+                if let value = json[key], value != .null, value.objectValue == nil { throw fail("'\(key)' must be an object of pattern: value") }
             }
             guard let r = json["r"]?.intValue, r > 0 else { throw fail("'r' must be a positive integer") }
             guard let alpha = json["lora_alpha"]?.doubleValue, alpha.isFinite else { throw fail("'lora_alpha' must be a number") }
             self.r = r
             self.alpha = alpha
-            rsLoRA = json["use_rslora"] == .bool(true)
-            fanInFanOut = json["fan_in_fan_out"] == .bool(true)
+            rsLoRA = try flag("use_rslora")
+            fanInFanOut = try flag("fan_in_fan_out")
+            _ = try flag("lora_bias")
             rankPattern = try (json["rank_pattern"]?.objectValue ?? []).map { key, value in
                 guard let rank = value.intValue, rank > 0 else { throw fail("rank_pattern '\(key)' must be a positive integer") }
                 return (key, rank)
@@ -195,24 +312,36 @@ public enum LoraAdapter {
             return rsLoRA ? alpha / Double(rank).squareRoot() : alpha / Double(rank)
         }
 
-        /// Whether square linear weights take the delta transposed: `fan_in_fan_out`, unless
-        /// every non-square adapted linear weight of `base` shows the other layout.
-        func squareLayout(of modules: Module.Collection, in base: Checkpoint) -> Bool {
-            var straight = 0, transposed = 0
+        /// Whether a square weight takes the delta transposed (it is stored [in, out], as
+        /// transformers' Conv1D stores it). PEFT decides by each layer's type, which the tensors
+        /// cannot show: with the model's `config.json`, the Conv1D layers of the models that have
+        /// them (GPT-2's `c_attn`, `c_proj`, `c_fc`, `q_attn`); without it, the layout the
+        /// module's non-square namesakes show (GPT-2's `mlp.c_proj` for `attn.c_proj`), else
+        /// `fan_in_fan_out`.
+        func squareLayout(of modules: Module.Collection, in base: Checkpoint, modelType: String?) -> (Module) -> Bool {
+            if let modelType {
+                let conv1D = LoraAdapter.conv1DModels.contains(modelType)
+                return { conv1D && LoraAdapter.conv1DLayers.contains($0.leaf) }
+            }
+            var seen: [String: Bool] = [:], mixed = Set<String>()
             for module in modules.lowRank where !module.embedding {
                 guard let index = base.index(of: module.name + ".weight") else { continue }
                 let shape = base.tensors[index].shape, out = module.b.tensor.shape[0], inner = module.a.tensor.shape[1]
-                guard out != inner else { continue }
-                if shape == [out, inner] { straight += 1 } else if shape == [inner, out] { transposed += 1 }
+                guard out != inner, shape == [out, inner] || shape == [inner, out] else { continue }
+                let transposed = shape == [inner, out]
+                if let known = seen[module.leaf], known != transposed { mixed.insert(module.leaf) }
+                seen[module.leaf] = transposed
             }
-            if fanInFanOut { return !(straight > 0 && transposed == 0) }
-            return transposed > 0 && straight == 0
+            let fanInFanOut = fanInFanOut
+            return { module in mixed.contains(module.leaf) ? fanInFanOut : seen[module.leaf] ?? fanInFanOut }
         }
     }
 
     /// One adapted module's factors.
     struct Module {
         let name: String
+        /// The last part of the name (`c_proj` of `transformer.h.0.attn.c_proj`).
+        var leaf: String { name.split(separator: ".").last.map(String.init) ?? name }
         let aKey: String
         let a: any TensorSource
         let b: any TensorSource
