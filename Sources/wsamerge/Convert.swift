@@ -28,6 +28,7 @@ extension WSAMerge {
         }
 
         func run() throws {
+            let input = try common.resolve([input])[0]
             let checkpoint = try common.open([input])[0]
             let options = try output.options()
             let source = ModelDirectoryOutput.source(converting: input, output: options, explicit: copyFilesFrom, disabled: noCopyFiles)

@@ -181,8 +181,8 @@ extension WSAMerge {
         func makeRequest() throws -> Merger.Request {
             let strategy = strategy ?? StrategyName(argument: "average")!
             let declaration = Strategies.named(strategy.name)!.declaration
-            var request = Merger.Request(inputs: inputs, strategy: strategy.name, output: try output.options())
-            request.base = base
+            var request = Merger.Request(inputs: try common.resolve(inputs), strategy: strategy.name, output: try output.options())
+            request.base = try base.map { try common.resolve([$0])[0] }
             // Each parameter once: a flag and a --param for one parameter, or a repeated --param,
             // would leave one of them silently unused.
             var given: [String: String] = [:]

@@ -150,8 +150,11 @@ struct CommonOptions: ParsableArguments {
     @Option(name: .customLong("strip-prefix"), help: "Remove this leading prefix from tensor names, e.g. state_dict. or module. (repeatable).")
     var stripPrefixes: [String] = []
 
-    /// Opens `paths` with the prefixes stripped.
-    func open(_ paths: [String]) throws -> [Checkpoint] { try CheckpointReader.open(paths, stripping: stripPrefixes) }
+    /// Opens `paths` (Hugging Face ids from the local cache, as recipes do) with the prefixes stripped.
+    func open(_ paths: [String]) throws -> [Checkpoint] { try CheckpointReader.open(try resolve(paths), stripping: stripPrefixes) }
+
+    /// Each path as it is when it exists, else as a Hugging Face id in the local cache (`ModelResolver`).
+    func resolve(_ paths: [String]) throws -> [String] { try paths.map { try ModelResolver.environment.resolve($0) } }
 
     func filter() throws -> TensorFilter { try TensorFilter(include: include, exclude: exclude) }
 

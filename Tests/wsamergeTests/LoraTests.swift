@@ -165,7 +165,7 @@ struct LoraTests {
             """, [tmp + "/out1", Self.dir])
     }
 
-    @Test("model+adapter of two Hugging Face ids resolves both in the local cache")
+    @Test("model+adapter of two Hugging Face ids resolves both in the local cache, in recipes and on the command line")
     func huggingFaceIds() throws {
         let tmp = try TestSupport.temporaryDirectory()
         defer { TestSupport.remove(tmp) }
@@ -182,6 +182,13 @@ struct LoraTests {
                                               environment: ["HF_HUB_CACHE": tmp + "/hub"])
         #expect(result.status == 0, "\(result.stderr)")
         try Self.expectReference(tmp + "/out.safetensors", base: "llama", adapter: "qv")
+        // The command line resolves them too.
+        let environment = ["HF_HUB_CACHE": tmp + "/hub"]
+        let converted = try TestSupport.wsamerge(["convert", "org/base+org/adapter", "-o", tmp + "/cli.safetensors"], environment: environment)
+        #expect(converted.status == 0, "\(converted.stderr)")
+        try Self.expectReference(tmp + "/cli.safetensors", base: "llama", adapter: "qv")
+        let stats = try TestSupport.wsamerge(["stats", "org/base"], environment: environment)
+        #expect(stats.status == 0 && stats.stdout.contains("snapshots/abc"), "\(stats.stderr)")
         try "merge_method: passthrough\nmodels:\n  - model: org/base+org/missing\n".write(toFile: recipe, atomically: true, encoding: .utf8)
         let refused = try TestSupport.wsamerge(["fuse", "--recipe", recipe, "-o", tmp + "/x.safetensors"], environment: ["HF_HUB_CACHE": tmp + "/hub"])
         TestSupport.expectRefusal(refused, code: 66, mentions: ["models[0].model", "org/missing"])
