@@ -452,6 +452,46 @@ struct MergeRecipeTests {
                 got, want = out[name].view(np.int32).astype(np.int64), acc.astype(np.float32).view(np.int32).astype(np.int64)
                 assert np.abs(got - want).max() <= 1, name
         """#, extra: [Self.m(0)])
+        // The same for a method that needs a model besides the base (sce), as in mergekit.
+        try Self.expectSliceMerge("""
+            merge_method: sce
+            base_model: {M0}
+            slices:
+              - sources:
+                  - model: {M0}
+                    layer_range: [0, 2]
+              - sources:
+                  - model: {M0}
+                    layer_range: [2, 4]
+                  - model: {M1}
+                    layer_range: [2, 4]
+                  - model: {M2}
+                    layer_range: [2, 4]
+            """, check: #"""
+        m0 = st_arrays(sys.argv[5])
+        kept = [n for n in out if (layer_of(n) is None and "embed" in n) or (layer_of(n) is not None and layer_of(n) < 2)]
+        assert len(kept) > 4 and all(out[n].tobytes() == m0[n].tobytes() for n in kept)
+        assert any(out[n].tobytes() != m0[n].tobytes() for n in out if n not in kept)
+        """#, extra: [Self.m(0)])
+        // An empty slice may list models no other slice has: they add nothing.
+        try Self.expectSliceMerge("""
+            merge_method: linear
+            slices:
+              - sources:
+                  - {model: {M1}, layer_range: [0, 2], parameters: {weight: 1}}
+                  - {model: {M2}, layer_range: [0, 2], parameters: {weight: 1}}
+              - sources:
+                  - {model: {M1}, layer_range: [2, 2], parameters: {weight: 1}}
+                  - {model: {M2}, layer_range: [2, 2], parameters: {weight: 1}}
+                  - {model: {M3}, layer_range: [2, 2], parameters: {weight: 1}}
+              - sources:
+                  - {model: {M1}, layer_range: [2, 4], parameters: {weight: 1}}
+                  - {model: {M2}, layer_range: [2, 4], parameters: {weight: 1}}
+            """, check: #"""
+        for name in out:
+            want = ((m1[name].astype(np.float64) + m2[name].astype(np.float64)) / 2).astype(np.float32)
+            assert np.abs(out[name].view(np.int32).astype(np.int64) - want.view(np.int32)).max() <= 1, name
+        """#)
     }
 
     @Test("slice and source parameters come before the top-level ones, slice by slice (as mergekit reads them)")

@@ -470,8 +470,11 @@ public enum RecipeParser {
                 if declaration.base == .input, let base = recipe.baseModel, !recipe.models.contains(where: { $0.model == base }) { count += 1 }
                 if let problem = declaration.inputCountProblem(count) { throw at("models", problem) }
             } else if !RecipeRunner.stacks(recipe) {
-                for (i, slice) in recipe.slices.enumerated() {
-                    let count = slice.sources.filter { !(usesBase && $0.model == recipe.baseModel(ofSlice: i)) }.count
+                // A slice of its base alone keeps the base's layers (as in mergekit), if some slice merges models.
+                let counts = recipe.slices.indices.map { i in
+                    recipe.slices[i].sources.filter { !(usesBase && $0.model == recipe.baseModel(ofSlice: i)) }.count
+                }
+                for (i, count) in counts.enumerated() where !(usesBase && count == 0 && counts.contains { $0 > 0 }) {
                     if let problem = declaration.inputCountProblem(count) { throw at("slices[\(i)].sources", problem) }
                 }
             }

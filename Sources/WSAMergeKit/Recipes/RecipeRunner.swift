@@ -211,6 +211,10 @@ public enum RecipeRunner {
             while inputSources.count < others.count { inputSources.append(Array(repeating: nil, count: i)) }
             for k in inputSources.indices { inputSources[k].append(k < others.count ? others[k] : nil) }
         }
+        // An input whose only sources are empty slices' (`[a, a]`) holds no tensor: none.
+        inputSources.removeAll { column in
+            column.first! == nil && column.last! == nil && column.allSatisfy { ($0?.0.layerRange.isEmpty ?? true) }
+        }
         let regions = sliceRegions(recipe)
         var inputs: [Checkpoint] = []
         for (k, column) in inputSources.enumerated() {
