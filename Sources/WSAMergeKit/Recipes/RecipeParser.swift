@@ -511,6 +511,11 @@ public enum RecipeParser {
                 for (i, model) in recipe.models.enumerated() where !model.parameters.contains(where: { $0.name == "weight" }) {
                     throw at("models[\(i)]", "\(recipe.mergeMethod) needs a weight for every model (mergekit has no default); give parameters: {weight: …} here or under the top-level parameters")
                 }
+                for (i, slice) in recipe.slices.enumerated() where !slice.parameters.contains(where: { $0.name == "weight" }) {
+                    for (j, source) in slice.sources.enumerated() where !source.parameters.contains(where: { $0.name == "weight" }) {
+                        throw at("slices[\(i)].sources[\(j)]", "\(recipe.mergeMethod) needs a weight for every model (mergekit has no default); give parameters: {weight: …} here, in the slice's parameters or the top-level ones")
+                    }
+                }
                 if let base = recipe.baseModel, recipe.slices.isEmpty, !recipe.models.contains(where: { $0.model == base }) {
                     throw at("base_model", "\(recipe.mergeMethod) merges the base like any model: list it under models with its weight")
                 }
