@@ -73,7 +73,7 @@ public enum LayerStack {
                 throw WSAMergeError.malformed(file: lacking.path, tensor: name, reason: "the first and the last slice's models (the last gives the tensors after the layers) must hold the same ones; '\(holder.path)' has this one and this model has not (tied embeddings?)")
             }
         }
-        let ordering = lastModel == nil || firstModel != nil ? first : lastModel!
+        let ordering = firstModel ?? lastModel ?? first
         for source in ordering.sources {
             let name = source.tensor.name
             if LayerGroups.layerIndex(of: name) == nil {

@@ -215,11 +215,10 @@ public enum RecipeRunner {
         inputSources.removeAll { column in
             column.first! == nil && column.last! == nil && column.allSatisfy { ($0?.0.layerRange.isEmpty ?? true) }
         }
-        let regions = sliceRegions(recipe)
+        let regions = sliceRegions(recipe), lengths = recipe.slices.map { $0.sources[0].layerRange.count }
         var inputs: [Checkpoint] = []
         for (k, column) in inputSources.enumerated() {
             let parts = try column.map { try $0.map { try open($0.0, $0.1) } }
-            let lengths = recipe.slices.map { $0.sources[0].layerRange.count }
             if column.contains(where: { $0 == nil }) {
                 request.gaps[k] = InputGaps(layers: column.indices.filter { column[$0] == nil }.map { regions[$0].layers },
                                             beforeLayers: column.first! == nil, afterLayers: column.last! == nil)
@@ -234,7 +233,7 @@ public enum RecipeRunner {
         }
         request.opened = inputs
         request.inputs = inputs.map(\.path)
-        request.layerPositions = LayerStack.positions(recipe.slices.map { $0.sources[0].layerRange.count })
+        request.layerPositions = LayerStack.positions(lengths)
         return inputSources.map { $0.map { $0?.0 } }
     }
 
