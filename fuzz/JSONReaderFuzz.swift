@@ -11,8 +11,7 @@ private let path: String = {
     return "\(dir)/wsamerge-fuzz-\(getpid()).json"
 }()
 
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzJSONReader(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+func fuzzJSONReader(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let raw = UnsafeRawBufferPointer(start: data, count: size)
     let tree = try? JSON.parse(raw)
     var reader = JSONReader(raw)

@@ -1,7 +1,6 @@
 // libFuzzer target: the .npy header parser (magic, version, Python dict literal, descr).
 
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzNpyHeader(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+func fuzzNpyHeader(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
     _ = try? NpyHeader(bytes: bytes, file: "fuzz")
     return 0

@@ -9,8 +9,7 @@ private let path: String = {
     return "\(dir)/wsamerge-fuzz-\(getpid()).npz"
 }()
 
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzNpzReader(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+func fuzzNpzReader(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     guard let file = fopen(path, "wb") else { return 0 }
     fwrite(data, 1, size, file)
     fclose(file)

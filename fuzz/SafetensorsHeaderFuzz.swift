@@ -1,8 +1,7 @@
 // libFuzzer target: the safetensors header parser (length prefix, JSON, validation) on
 // arbitrary bytes. Built by `make fuzz` with `swiftc -sanitize=fuzzer,address`.
 
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzSafetensorsHeader(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+func fuzzSafetensorsHeader(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
     guard let length = try? SafetensorsHeader.headerLength(prefix: Array(bytes.prefix(8)), fileSize: size, file: "fuzz") else {
         return 0

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds and runs the libFuzzer targets: fuzz/build.sh [SECONDS_PER_TARGET] (default 60).
-# Each target is compiled with the library sources under -sanitize=fuzzer,address, seeded from
-# the fixtures, and run for the given time; a crash leaves its input in fuzz/out/<target>/ and
+# The targets are compiled into one binary with the library sources under -sanitize=fuzzer,address;
+# each is seeded from the fixtures and run for the given time; a crash leaves its input in fuzz/out/<target>/ and
 # fails the run. Regression inputs in fuzz/regressions/<target>/ (the hostile files of the issues,
 # from fuzz/make_regressions.py) are replayed first and seed the corpus.
 set -euo pipefail
@@ -18,12 +18,16 @@ for c in Sources/CKernels/*.c; do
   "$clang" -c -O2 -ffp-contract=off -fsanitize=address,fuzzer-no-link -I Sources/CKernels/include "$c" -o "$o"
   kernels+=("$o")
 done
+# One binary holds every target (fuzz/Targets.swift picks one by WSAMERGE_FUZZ_TARGET), so the
+# library is compiled once.
+bin=$out/wsamerge-fuzz
+rm -f "$bin"
+targets=$(ls fuzz/*.swift | grep -v Targets.swift)
+swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name WSAMergeKit \
+  -I Sources/CZip -I Sources/CKernels/include $(pkg-config --libs libzip) -lz "${kernels[@]}" $lib $targets fuzz/Targets.swift -o "$bin" 2>&1 | grep -v "ld.gold: warning" || true
+[ -x "$bin" ] || { echo "fuzz build failed"; exit 1; }
 for target in ${FUZZ_TARGETS:-SafetensorsHeaderFuzz NpyHeaderFuzz NpzReaderFuzz PickleFuzz JSONReaderFuzz}; do
-  bin=$out/$target
-  rm -f "$bin"
-  swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name WSAMergeKit \
-    -I Sources/CZip -I Sources/CKernels/include $(pkg-config --libs libzip) -lz "${kernels[@]}" $lib fuzz/$target.swift -o "$bin" 2>&1 | grep -v "ld.gold: warning" || true
-  [ -x "$bin" ] || { echo "$target: build failed"; exit 1; }
+  export WSAMERGE_FUZZ_TARGET=$target
   corpus=$out/$target-corpus
   mkdir -p "$corpus"
   case $target in

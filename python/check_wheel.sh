@@ -4,8 +4,8 @@
 #
 #   python/check_wheel.sh SOURCE_BINARY AUDITWHEEL
 #
-# SOURCE_BINARY is the source build (.build/release/wsamerge) whose fuse output the wheel's must
-# match byte for byte; AUDITWHEEL the auditwheel of the build tools. Run from `make wheel-test`.
+# SOURCE_BINARY is a build from source (`make wheel-test` passes the test build,
+# .build-test/debug/wsamerge) whose fuse output the wheel's must match byte for byte; AUDITWHEEL the auditwheel of the build tools. Run from `make wheel-test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -94,5 +94,5 @@ bash -n "$VENV/share/bash-completion/completions/wsamerge" || fail "bash complet
 grep -q '^\.Dt WSAMERGE 1' "$VENV/share/man/man1/wsamerge.1" || fail "man page"
 
 step "pytest python/tests against the installed package"
-clean WSAMERGE_TEST_INSTALLED=1 WSAMERGE_SOURCE_BINARY="$SOURCE_BIN" \
+clean WSAMERGE_TEST_INSTALLED=1 \
   "$VENV/bin/pytest" -q -p no:cacheprovider python/tests
