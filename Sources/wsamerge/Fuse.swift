@@ -119,10 +119,7 @@ extension WSAMerge {
                 recipe.stripPrefix = common.stripPrefixes
                 recipe.chatTemplate = chatTemplate
                 if printRecipe {
-                    let names = recipe.models.map(\.model)
-                    if let twice = names.enumerated().first(where: { names[..<$0.offset].contains($0.element) })?.element {
-                        throw WSAMergeError.usage("'\(twice)' is an input twice, which a recipe cannot say (recipes, like mergekit, refuse duplicate models): weight it with --weights instead")
-                    }
+                    try recipe.requireDistinctModels()
                     return emit(recipe.render())
                 }
                 request.recipe = recipe.render()

@@ -217,7 +217,6 @@ struct ModelDirectoryTests {
             let run = try TestSupport.wsamerge(["fuse", a, b, "--chat-template", name, "-o", out + "/"])
             #expect(run.status == 0, "\(run.stderr)")
             let written = try String(contentsOfFile: out + "/tokenizer_config.json", encoding: .utf8)
-            let template = try String(contentsOfFile: out + "/chat_template.jinja", encoding: .utf8)
             #expect(written.hasPrefix("{\n  \"add_bos_token\": true,\n  \"chat_template\": \"")
                     && written.hasSuffix("\",\n  \"model_max_length\": 1000000000000000019884624838656\n}\n"))
             #expect(try String(contentsOfFile: out + "/wsamerge_recipe.yml", encoding: .utf8).contains("chat_template: \(name)\n"))

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// What to do with missing tensors: refuse (default), merge only the common ones, or merge
 /// each tensor over the inputs that have it.
@@ -199,15 +196,6 @@ public struct MergePlan: Sendable {
         let differ = WSAMergeError.malformed(file: holders[0].checkpoint.path, tensor: name,
                                              reason: "\(infos[0].dtype.rawValue) tensors cannot be merged and differ between inputs")
         guard infos.allSatisfy({ $0.dtype == infos[0].dtype }) else { throw differ }
-        let readers = try holders.map { try $0.checkpoint.reader(for: $0.index) }
-        let chunk = 1 << 20
-        let buffers = readers.map { _ in RawBuffer(byteCount: chunk) }
-        while readers[0].remaining > 0 {
-            let n = Swift.min(chunk, readers[0].remaining)
-            for (reader, buffer) in zip(readers, buffers) { try reader.read(into: buffer.prefix(n)) }
-            for buffer in buffers.dropFirst() where memcmp(buffer.base, buffers[0].base, n) != 0 {
-                throw differ
-            }
-        }
+        guard try TensorReader.sameBytes(holders.map { try $0.checkpoint.reader(for: $0.index) }) else { throw differ }
     }
 }

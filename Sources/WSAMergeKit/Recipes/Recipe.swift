@@ -151,6 +151,15 @@ public struct Recipe: Sendable, Equatable {
         }
     }
 
+    /// Refuses a recipe that lists a model twice, which a recipe file cannot say: the parser,
+    /// like mergekit, refuses duplicate models (a command line may repeat an input to weight it).
+    public func requireDistinctModels() throws {
+        let names = models.map(\.model)
+        if let twice = names.enumerated().first(where: { names[..<$0.offset].contains($0.element) })?.element {
+            throw WSAMergeError.usage("'\(twice)' is an input twice, which a recipe cannot say (recipes, like mergekit, refuse duplicate models): weight it with --weights instead")
+        }
+    }
+
     // MARK: Rendering
 
     /// The recipe as normalised YAML: keys in a fixed order, each value in one spelling, models

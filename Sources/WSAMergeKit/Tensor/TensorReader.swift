@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import CKernels
 
 /// Streams one tensor's bytes front to back in C order and little-endian byte order, whatever
@@ -136,6 +139,20 @@ public final class TensorReader: @unchecked Sendable {
         var bytes = [UInt8](repeating: 0, count: remaining)
         try bytes.withUnsafeMutableBytes { buffer throws in try read(into: buffer) }
         return bytes
+    }
+
+    /// Whether `readers` (from their positions on, the same number of bytes left in each) give
+    /// the same bytes, compared in 1 MiB chunks; stops at the first chunk that differs.
+    static func sameBytes(_ readers: [TensorReader]) throws -> Bool {
+        precondition(readers.allSatisfy { $0.remaining == readers[0].remaining }, "tensors of different sizes compared")
+        let chunk = 1 << 20
+        let buffers = readers.map { _ in RawBuffer(byteCount: Swift.min(chunk, readers[0].remaining)) }
+        while readers[0].remaining > 0 {
+            let n = Swift.min(chunk, readers[0].remaining)
+            for (reader, buffer) in zip(readers, buffers) { try reader.read(into: buffer.prefix(n)) }
+            if buffers.dropFirst().contains(where: { memcmp($0.base, buffers[0].base, n) != 0 }) { return false }
+        }
+        return true
     }
 }
 

@@ -239,6 +239,18 @@ struct RecipeParserTests {
         #expect(replayed.dtype == .F16 && replayed.extraMetadata.first! == ("run", "7"))
     }
 
+    @Test("a recipe cannot list a model twice, which a command line may")
+    func duplicateModels() throws {
+        var request = Merger.Request(inputs: ["a.safetensors", "b.safetensors", "a.safetensors"], strategy: "linear",
+                                     output: OutputOptions(path: "out.safetensors", layout: .safetensors))
+        let recipe = try Recipe(request)
+        let error = #expect(throws: WSAMergeError.self) { try recipe.requireDistinctModels() }
+        #expect(error?.exitCode == 64 && error?.description.contains("'a.safetensors' is an input twice") == true)
+        #expect(throws: WSAMergeError.self) { try RecipeParser.parse(recipe.render(), file: "r.yml") }
+        request.inputs[2] = "c.safetensors"
+        try Recipe(request).requireDistinctModels()
+    }
+
     @Test("slice positions restart per slice")
     func stacking() {
         #expect(LayerStack.positions([3, 1, 2]) == [0: 0, 1: 0.5, 2: 1, 3: 1, 4: 0, 5: 1])

@@ -85,4 +85,25 @@ struct TensorReaderTests {
         let error = #expect(throws: WSAMergeError.self) { try reads[1].run() }
         #expect(error?.exitCode == 74 && error?.description.contains("truncated while reading") == true)
     }
+
+    /// `sameBytes` compares whole tensors past its 1 MiB chunk: a difference in the last byte of
+    /// the second chunk counts, and readers already moved compare from where they are.
+    @Test func sameBytesComparesEveryChunk() throws {
+        let count = 300_000  // 1.2 MB of float32: a full chunk and part of another
+        var values = (0..<count).map { Float($0) * 0.25 }
+        let same = values.flatMap { Bytes.le($0) }
+        values[count - 1] = -1
+        let last = values.flatMap { Bytes.le($0) }
+        let header = #"{"w":{"dtype":"F32","shape":[\#(count)],"data_offsets":[0,\#(4 * count)]}}"#
+        let paths = try [same, same, last].enumerated().map { try Bytes.temporaryFile(Bytes.safetensors(header, data: $0.element), name: "m\($0.offset).safetensors") }
+        defer { for path in paths { Bytes.removeDirectory(of: path) } }
+        func readers(_ which: [Int]) throws -> [TensorReader] { try which.map { try CheckpointReader.open(paths[$0]).reader(for: 0) } }
+        #expect(try TensorReader.sameBytes(readers([0, 1])))
+        #expect(try !TensorReader.sameBytes(readers([0, 1, 2])))
+        #expect(try !TensorReader.sameBytes(readers([2, 0])))
+        let moved = try readers([0, 2]), alike = try readers([0, 1])
+        for reader in moved + alike { try reader.skip(4 * count - 8) }
+        #expect(try !TensorReader.sameBytes(moved))
+        #expect(try TensorReader.sameBytes(alike))
+    }
 }

@@ -188,22 +188,12 @@ public enum LoraAdapter {
             if config.tiedEmbeddings != false, tensor.shape.count == 2 {
                 let candidates = Self.isHead(tensor.name) ? Self.embedding(in: base, shape: tensor.shape).map { [$0] } ?? []
                     : LayerGroups.precedesTheLayers(tensor.name) ? base.tensors.indices.filter { Self.isHead(base.tensors[$0].name) && base.tensors[$0].shape == tensor.shape } : []
-                if candidates.count == 1, base.tensors[candidates[0]].dtype == tensor.dtype, try sameBytes(index, candidates[0]) { result = candidates[0] }
+                if candidates.count == 1, base.tensors[candidates[0]].dtype == tensor.dtype, try TensorReader.sameBytes([base.reader(for: index), base.reader(for: candidates[0])]) {
+                    result = candidates[0]
+                }
             }
             known[index] = result
             return result
-        }
-
-        private func sameBytes(_ i: Int, _ j: Int) throws -> Bool {
-            let (a, b) = (try base.reader(for: i), try base.reader(for: j))
-            var x = [UInt8](repeating: 0, count: 1 << 20), y = x
-            while a.remaining > 0 {
-                let n = min(x.count, a.remaining)
-                try x.withUnsafeMutableBytes { try a.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<n])) }
-                try y.withUnsafeMutableBytes { try b.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<n])) }
-                if x[0..<n] != y[0..<n] { return false }
-            }
-            return true
         }
     }
 
