@@ -16,12 +16,14 @@ public enum SIMDLevel: Int32, CaseIterable, Sendable, CustomStringConvertible {
     /// The level in use.
     public static var current: SIMDLevel { SIMDLevel(rawValue: wsk_simd_level()) ?? .baseline }
 
+    #if DEBUG
     /// Uses `level` (capped at `best`) from now on; returns the level in use. For tests, which
     /// compare the levels' bytes; users cap the level with `WSAMERGE_SIMD`.
     @discardableResult
     static func use(_ level: SIMDLevel) -> SIMDLevel {
         SIMDLevel(rawValue: wsk_use_simd_level(level.rawValue)) ?? .baseline
     }
+    #endif
 
     /// `WSAMERGE_SIMD` when it is set and not empty: a usage error unless it names a level.
     public static func checkEnvironment() throws {

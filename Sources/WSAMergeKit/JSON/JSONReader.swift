@@ -13,11 +13,6 @@ struct JSONReader {
         parser.skipWhitespace()
     }
 
-    /// Offset of the next byte (for messages).
-    var offset: Int { parser.index }
-
-    func error(_ reason: String) -> JSONParseError { parser.error(reason) }
-
     /// The kind of the next value.
     mutating func peekKind() throws -> Kind {
         parser.skipWhitespace()

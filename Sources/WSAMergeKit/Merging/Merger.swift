@@ -49,7 +49,6 @@ public struct Merger {
         public var plan: MergePlan { prepared.plan }
         public let output: String
         public let results: [TensorMergeResult?]
-        public let metadata: [String: String]
         /// Tensors with NaN or infinite values, in an input or in the merged result.
         public let nonFiniteTensors: [String]
 
@@ -235,8 +234,7 @@ public struct Merger {
             }
             progress?.tensorDone(bytes: item.output.byteCount)
         }
-        let report = Report(prepared: prepared, output: request.output.path, results: results, metadata: metadata,
-                            nonFiniteTensors: nonFinite)
+        let report = Report(prepared: prepared, output: request.output.path, results: results, nonFiniteTensors: nonFinite)
         if let companions { writer.add(companions: try companions(report)) }
         try writer.finish()
         progress?.finish()

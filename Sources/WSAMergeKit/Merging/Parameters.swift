@@ -257,11 +257,6 @@ public struct ResolvedParameters: Sendable {
         TensorPosition(name: name, t: LayerGroups.layerIndex(of: name).flatMap { layerPositions[$0] } ?? 0)
     }
 
-    /// Whether the user gave `name` at all.
-    public func isGiven(_ name: String) -> Bool {
-        settings.shared.contains { $0.name == name } || settings.perInput.contains { $0.name == name }
-    }
-
     /// Refuses, before anything is read in bulk, a required parameter that some merged tensor
     /// (or some input of it) has no value for, so no method checks its own.
     func requireEverywhere(_ plan: MergePlan) throws {

@@ -146,7 +146,6 @@ public struct TargetScope: Sendable {
     public struct Scopes: Sendable {
         var byName: [ByteKey: Scope] = [:]
         public subscript(name: String) -> Scope? { byName[ByteKey(name)] }
-        public var count: Int { byName.count }
     }
 
     /// Reads the `tensors[].name` and `tensors[].fused` of a scope document.

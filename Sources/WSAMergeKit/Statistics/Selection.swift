@@ -184,11 +184,6 @@ public enum Selection {
     @inline(__always)
     static func bits(_ key: Double) -> UInt64 { key.bitPattern & 0x7FFF_FFFF_FFFF_FFFF }
 
-    /// The key at ascending position `position` (0-based) of `pass`'s first stream.
-    static func rank(at position: Int, of pass: KeyPass) throws -> Rank {
-        try ranks([[position]], of: pass)[0][0]
-    }
-
     /// The keys at ascending positions `positions[s]` of each stream s of `pass`, in one pass
     /// over the tensors (plus a small sample) when the brackets hold them.
     static func ranks(_ positions: [[Int]], of pass: KeyPass) throws -> [[Rank]] {

@@ -38,9 +38,6 @@ public final class Checkpoint: @unchecked Sendable {
     /// The position of the tensor called `name` (names compare byte for byte, as safetensors does).
     public func index(of name: String) -> Int? { indexByName[ByteKey(name)] }
 
-    /// Total number of elements over all tensors.
-    public var parameterCount: Int { tensors.reduce(0) { $0 &+ $1.elementCount } }
-
     /// A reader of tensor `index`'s bytes: C order, little-endian, from the start.
     public func reader(for index: Int) throws -> TensorReader {
         try TensorReader(sources[index])

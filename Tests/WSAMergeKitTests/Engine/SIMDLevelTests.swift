@@ -232,7 +232,7 @@ import Testing
         var rng = SplitMix(seed: 11)
         func value() -> Float {
             switch rng.next() % 16 {
-            case 0: return [Float.nan, .infinity, -.infinity, 0, .greatestFiniteMagnitude, -.greatestFiniteMagnitude, 1e-40][Int(rng.next() % 7)]
+            case 0: return [Float.nan, .infinity, -.infinity, 0, .greatestFiniteMagnitude, -.greatestFiniteMagnitude, 0x1p-133][Int(rng.next() % 7)]
             case 1: return Float(bitPattern: UInt32(truncatingIfNeeded: rng.next()))  // any bits
             default:
                 let exponent = Int(rng.next() % 61) - 30

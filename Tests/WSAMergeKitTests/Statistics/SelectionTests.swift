@@ -31,13 +31,13 @@ import Testing
         let sorted = values.sorted()
         try Selection.$limitOverride.withValue(limit) {
             for position in [0, 1, 4999, 9998, 9999] {
-                let rank = try Selection.rank(at: position, of: keys)
+                let rank = try Selection.ranks([[position]], of: keys)[0][0]
                 #expect(rank.value == sorted[position])
                 #expect(rank.less == sorted.firstIndex(of: sorted[position])!)
                 #expect(rank.equal == sorted.filter { $0 == sorted[position] }.count)
             }
             // The k largest, ties at the cut-off earliest first: exactly k kept.
-            var window = try RankWindow.largest(1234, count: keys.count, cut: try Selection.rank(at: keys.count - 1234, of: keys))
+            var window = try RankWindow.largest(1234, count: keys.count, cut: try Selection.ranks([[keys.count - 1234]], of: keys)[0][0])
             _ = try window.census(keys)
             // A cursor per block, as the passes use them.
             var cursor = window.cursor(at: 0)

@@ -52,8 +52,6 @@ public enum PickleValue: Equatable, Sendable {
     case global(PickleGlobal)
     case object(Int)
 
-    var intValue: Int? { if case .int(let n) = self { n } else { nil } }
-    var stringValue: String? { if case .string(let s) = self { s } else { nil } }
     var objectID: Int? { if case .object(let id) = self { id } else { nil } }
 }
 
@@ -68,8 +66,6 @@ public struct PickleObject: Sendable {
     public var values: [PickleValue] = []
     /// A call node's callable.
     public var callable: PickleGlobal?
-    /// The state `BUILD` gave the object (recorded, never applied).
-    public var state: PickleValue?
     /// Dict keys already present (strings and ints), for Python's last-one-wins rule.
     var keyIndex: [DictKey: Int] = [:]
 
@@ -547,10 +543,9 @@ private struct PickleMachine {
                 guard !items.isEmpty else { throw malformed("OBJ without a class") }
                 let cls = items.removeFirst()
                 try push(try call(cls, items))
-            case 0x62: // BUILD 'b': the state is kept on the node, never applied
-                let state = try pop()
-                guard case .object(let id) = try top() else { throw malformed("BUILD on a value that is not an object") }
-                objects[id].state = state
+            case 0x62: // BUILD 'b': the state is dropped, never applied
+                _ = try pop()
+                guard case .object = try top() else { throw malformed("BUILD on a value that is not an object") }
             case 0x50: // PERSID 'P'
                 let id = try lineText()
                 try push(newObject(PickleObject(kind: .persistentID, items: [.string(id)])))
