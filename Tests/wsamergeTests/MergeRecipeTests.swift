@@ -535,6 +535,35 @@ struct MergeRecipeTests {
         """#)
     }
 
+    @Test("mergekit's modules: {default: …} (as its written configurations have it): the module's parameters between the sources' and the top-level ones")
+    func defaultModule() throws {
+        try Self.expectSliceMerge("""
+            merge_method: linear
+            modules:
+              default:
+                parameters:
+                  weight: [{filter: self_attn, value: 0.25}]
+                slices:
+                  - sources:
+                      - model: {M1}
+                        layer_range: [0, 4]
+                        parameters:
+                          weight: [{filter: mlp, value: 2}]
+                      - model: {M2}
+                        layer_range: [0, 4]
+            parameters:
+              weight: 1
+              normalize: false
+            """, check: #"""
+        assert sorted(out) == sorted(m1)
+        for name in out:
+            module = 0.25 if "self_attn" in name else 1.0  # the module's filter list, else the top level
+            w1 = 2.0 if "mlp" in name else module  # the source's filter list first
+            acc = w1 * m1[name].astype(np.float64) + module * m2[name].astype(np.float64)
+            assert out[name].tobytes() == acc.astype(np.float32).tobytes(), name
+        """#)
+    }
+
     @Test("a per-input parameter's filters match the input's own layer numbers, as in mergekit")
     func sliceFiltersMatchInputNames() throws {
         try Self.expectSliceMerge("""
@@ -944,7 +973,7 @@ struct MergeRecipeTests {
                 line: 5, mentions: ["models[0].parameters.weight[0].filter: expected a part of tensor names (a string), got 3; quote it"]),
         Mistake(what: "a shared parameter given to a slice source",
                 yaml: "merge_method: ties\nbase_model: {M0}\nslices:\n  - sources:\n      - model: {M0}\n        layer_range: [0, 1]\n      - model: {M1}\n        layer_range: [0, 1]\n        parameters: {weight: 1, normalize: true}\n",
-                line: 9, mentions: ["slices[0].sources[1].parameters.normalize: 'normalize' is one value for the whole merge; give it under the slice's or the top-level parameters"]),
+                line: 9, mentions: ["slices[0].sources[1].parameters.normalize: 'normalize' is one value for the whole merge, which mergekit 0.1.5 ignores here: remove it to get mergekit's result, or give it under the slice's or the top-level parameters to apply it"]),
         Mistake(what: "a misspelt key in a model entry", yaml: "merge_method: linear\nmodels:\n  - model: {M1}\n    weigth: 1\n",
                 line: 4, mentions: ["models[0].weigth: unknown key 'weigth'", "model, parameters"]),
         Mistake(what: "a method without its base", yaml: "merge_method: wsa\nbase_model: {M0}\nmodels:\n  - model: {M1}\n",

@@ -42,6 +42,14 @@ public indirect enum ParameterSetting: Sendable, Equatable {
         }
     }
 
+    /// This setting, and where it gives no value (filters that match no tensor) `fallback`, as one
+    /// filtered list: `[filtered entries…, fallback's entries (or {value: fallback})]`.
+    func fallingBack(to fallback: ParameterSetting) -> ParameterSetting {
+        guard case .filtered(let entries) = self else { return self }
+        if case .filtered(let more) = fallback { return .filtered(entries + more) }
+        return .filtered(entries + [FilteredSetting(filter: nil, setting: fallback)])
+    }
+
     /// Every plain value the setting can produce (gradient entries as numbers), for type checks.
     var leaves: [ParameterValue] {
         switch self {

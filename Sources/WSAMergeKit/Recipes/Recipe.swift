@@ -22,6 +22,21 @@ public struct Recipe: Sendable, Equatable {
             self.name = name
             self.setting = setting
         }
+
+        /// `settings` in front of `lower`, as mergekit reads a module's parameters before the
+        /// top-level ones: a parameter in both is the first's, falling back to the second's
+        /// where its filters match no tensor.
+        static func layered(_ settings: [Setting], over lower: [Setting]) -> [Setting] {
+            var result = lower
+            for setting in settings {
+                if let i = result.firstIndex(where: { $0.name == setting.name }) {
+                    result[i].setting = setting.setting.fallingBack(to: result[i].setting)
+                } else {
+                    result.append(setting)
+                }
+            }
+            return result
+        }
     }
 
     /// A file the method reads besides the models, by role (`fisher` per model, `target_scope`
@@ -126,7 +141,7 @@ public struct Recipe: Sendable, Equatable {
     public var outputDType: DType? { outDType ?? dtype }
 
     /// The top-level keys, in the order `render()` writes them.
-    public static let keys = ["merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
+    public static let keys = ["merge_method", "base_model", "models", "slices", "modules", "parameters", "dtype", "out_dtype",
                               "tokenizer_source", "chat_template", "include", "exclude", "on_missing", "strip_prefix", "metadata"]
 
     /// mergekit's dtype names (`torch.float16` …) and wsamerge's (`F16` …).

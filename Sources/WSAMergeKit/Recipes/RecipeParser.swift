@@ -196,7 +196,8 @@ public enum RecipeParser {
             let perInputFiles = declaration.files.filter { $0.scope == .perInput }.map(\.name)
             let allowed = Recipe.keys + sharedFiles
             var recipe = Recipe(mergeMethod: method)
-            for (key, node, keyNode) in all {
+            let (pairs, moduleParameters) = try module(all)
+            for (key, node, keyNode) in pairs {
                 guard allowed.contains(key) else {
                     let hint = perInputFiles.contains(key) ? "; '\(key)' is given per model, in each entry of models" : ""
                     throw fail(keyNode, key, "unknown key '\(key)' (supported: \(allowed.joined(separator: ", ")))\(hint)")
@@ -291,8 +292,34 @@ public enum RecipeParser {
                     recipe.files.append(Recipe.File(key, try string(node, key, what: "a file path")))
                 }
             }
+            if let moduleParameters, !isNull(moduleParameters) {
+                let settings = try parameters(moduleParameters, "modules.default.parameters", declaration, perModel: false)
+                recipe.parameters = Recipe.Setting.layered(settings, over: recipe.parameters)
+            }
             try check(recipe, declaration, root: root)
             return recipe
+        }
+
+        /// The top-level pairs with mergekit's `modules: {default: {slices | models, parameters}}`
+        /// (how mergekit writes the configuration of a model with one module) read as top-level
+        /// `slices` or `models`, and the module's parameters, which come between the slices' and
+        /// the top-level ones. Models of several modules (vision-language) are refused.
+        mutating func module(_ all: [(key: String, node: Node, keyNode: Node)]) throws
+            -> (pairs: [(key: String, node: Node, keyNode: Node)], parameters: Node?) {
+            guard let modules = all.first(where: { $0.key == "modules" }), !isNull(modules.node) else {
+                return (all.filter { $0.key != "modules" }, nil)
+            }
+            if let other = all.first(where: { ["models", "slices"].contains($0.key) && !isNull($0.node) }) {
+                throw fail(other.keyNode, other.key, "give one of models, slices or modules, not several (as mergekit)")
+            }
+            let entries = try mapping(modules.node, "modules", what: "a mapping of module: {slices or models}", allowed: nil)
+            guard entries.count == 1, let entry = entries.first, entry.key == "default" else {
+                let names = entries.map { "'\($0.key)'" }.joined(separator: ", ")
+                throw fail(modules.node, "modules", "only the module 'default' (mergekit's name for the one module of a language model) is supported, got \(names): models of several modules are not merged")
+            }
+            let inner = try mapping(entry.node, "modules.default", what: "a mapping {slices or models, parameters}", allowed: ["slices", "models", "parameters"])
+            let pairs = all.filter { $0.key != "modules" } + inner.filter { $0.key != "parameters" }
+            return (pairs, inner.first { $0.key == "parameters" }?.node)
         }
 
         mutating func sources(_ node: Node, _ path: String, _ declaration: StrategyDeclaration) throws -> [Recipe.Source] {
@@ -340,7 +367,7 @@ public enum RecipeParser {
                 }
                 if perModel && parameter.scope == .shared {
                     let levels = path.hasPrefix("slices") ? "the slice's or the top-level parameters" : "the top-level parameters"
-                    throw fail(keyNode, keyPath, "'\(name)' is one value for the whole merge; give it under \(levels)")
+                    throw fail(keyNode, keyPath, "'\(name)' is one value for the whole merge, which mergekit 0.1.5 ignores here: remove it to get mergekit's result, or give it under \(levels) to apply it")
                 }
                 result.append(Recipe.Setting(name, try setting(value, keyPath, parameter)))
             }
@@ -366,6 +393,10 @@ public enum RecipeParser {
                         note(entry, entryPath)
                         var filter: String?
                         var setting: ParameterSetting?
+                        // mergekit's examples/gradient-slerp.yml wrote `pattern`, which mergekit drops.
+                        if case .mapping(let pairs) = entry, let key = pairs.first(where: { $0.key.string == "pattern" })?.key {
+                            throw fail(key, "\(entryPath).pattern", "unknown key 'pattern' (supported here: filter, value): write filter to select tensors by name; mergekit 0.1.5 drops pattern, so the list's first value applied to every tensor there")
+                        }
                         for (field, value, _) in try mapping(entry, entryPath, what: "{filter, value}", allowed: ["filter", "value"]) {
                             if field == "filter" {
                                 // a plain number or boolean is no name (mergekit refuses it too)
@@ -493,12 +524,12 @@ public enum RecipeParser {
             }
             for (i, slice) in recipe.slices.enumerated() where declaration.base == .required || declaration.base == .optional {
                 if let j = slice.sources.firstIndex(where: { $0.model == recipe.baseModel(ofSlice: i) }), !slice.sources[j].parameters.isEmpty {
-                    throw at("slices[\(i)].sources[\(j)].parameters", "the base model's parameters are not used by \(method); remove them")
+                    throw at("slices[\(i)].sources[\(j)].parameters", "the base model's parameters are not used by \(method) (mergekit 0.1.5 ignores them); remove them")
                 }
             }
             for (i, model) in recipe.models.enumerated() {
                 if model.model == recipe.baseModel && (declaration.base == .required || declaration.base == .optional) && !model.parameters.isEmpty {
-                    throw at("models[\(i)].parameters", "the base model's parameters are not used by \(method); remove them")
+                    throw at("models[\(i)].parameters", "the base model's parameters are not used by \(method) (mergekit 0.1.5 ignores them); remove them")
                 }
                 for role in declaration.files where role.scope == .perInput && role.required {
                     if !model.files.contains(where: { $0.role == role.name }) && model.model != recipe.baseModel {

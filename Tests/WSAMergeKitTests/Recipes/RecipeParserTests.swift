@@ -239,6 +239,54 @@ struct RecipeParserTests {
         #expect(replayed.dtype == .F16 && replayed.extraMetadata.first! == ("run", "7"))
     }
 
+    @Test("mergekit's modules: {default: …} is its slices or models, the module's parameters before the top-level ones")
+    func defaultModule() throws {
+        let flat = try RecipeParser.parse("""
+            merge_method: task_arithmetic
+            base_model: a
+            slices:
+              - sources:
+                  - {model: b, layer_range: [0, 2], parameters: {weight: [{filter: q_proj, value: 0.1}]}}
+                  - {model: a, layer_range: [0, 2]}
+            parameters:
+              lambda: [{filter: self_attn, value: 0.3}, {value: 0.9}]
+              weight: [{filter: mlp, value: 2}, {filter: up, value: 3}, {value: 0.25}]
+              normalize: true
+            """, file: "flat.yml").recipe
+        let module = try RecipeParser.parse("""
+            merge_method: task_arithmetic
+            base_model: a
+            modules:
+              default:
+                parameters:
+                  lambda: [{filter: self_attn, value: 0.3}]
+                  weight: [{filter: mlp, value: 2}]
+                  normalize: true
+                slices:
+                  - sources:
+                      - {model: b, layer_range: [0, 2], parameters: {weight: [{filter: q_proj, value: 0.1}]}}
+                      - {model: a, layer_range: [0, 2]}
+            parameters:
+              lambda: 0.9
+              weight: [{filter: up, value: 3}, {value: 0.25}]
+            """, file: "module.yml").recipe
+        #expect(module == flat)
+        // A plain value in the module hides the top-level one.
+        let plain = try RecipeParser.parse("merge_method: linear\nmodules:\n  default:\n    models: [{model: a}, {model: b}]\n    parameters: {weight: 2}\nparameters: {weight: 1}\n", file: "r.yml").recipe
+        #expect(plain.models.map(\.model) == ["a", "b"] && plain.parameters == [Recipe.Setting("weight", .value(.number(2)))])
+        func message(_ yaml: String) -> String {
+            do { _ = try RecipeParser.parse(yaml, file: "r.yml"); return "" } catch { return "\(error)" }
+        }
+        #expect(message("merge_method: linear\nmodules:\n  text_decoder: {models: [{model: a}]}\n  vision_tower: {models: [{model: a}]}\n")
+            == "r.yml:3: modules: only the module 'default' (mergekit's name for the one module of a language model) is supported, got 'text_decoder', 'vision_tower': models of several modules are not merged")
+        #expect(message("merge_method: linear\nmodels: [{model: a}]\nmodules:\n  default: {models: [{model: a}]}\n")
+            == "r.yml:2: models: give one of models, slices or modules, not several (as mergekit)")
+        #expect(message("merge_method: slerp\nbase_model: a\nmodels: [{model: a}, {model: b}]\nparameters:\n  t:\n    - pattern: self_attn\n      value: [0, 1]\n    - value: 0.5\n")
+            == "r.yml:6: parameters.t[0].pattern: unknown key 'pattern' (supported here: filter, value): write filter to select tensors by name; mergekit 0.1.5 drops pattern, so the list's first value applied to every tensor there")
+        #expect(message("merge_method: linear\nmodules:\n  default: {models: [{model: a}], tokenizer_source: base}\n")
+            .hasPrefix("r.yml:3: modules.default.tokenizer_source: unknown key 'tokenizer_source' (supported here: slices, models, parameters)"))
+    }
+
     @Test("a recipe cannot list a model twice, which a command line may")
     func duplicateModels() throws {
         var request = Merger.Request(inputs: ["a.safetensors", "b.safetensors", "a.safetensors"], strategy: "linear",
