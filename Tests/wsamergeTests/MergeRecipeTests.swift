@@ -951,7 +951,7 @@ struct MergeRecipeTests {
         Mistake(what: "an unknown dtype", yaml: "merge_method: linear\nmodels:\n  - model: {M1}\n    parameters: {weight: 1}\ndtype: float8\n",
                 line: 5, mentions: ["dtype: unknown dtype 'float8'", "bfloat16"]),
         Mistake(what: "a tokenizer union", yaml: "merge_method: linear\nbase_model: {M1}\nmodels:\n  - model: {M1}\n    parameters: {weight: 1}\ntokenizer_source: union\n",
-                line: 6, mentions: ["tokenizer_source: only 'base' is supported"]),
+                line: 6, mentions: ["tokenizer_source: only 'base' (or the base model's reference) is supported"]),
         Mistake(what: "models and slices", yaml: "merge_method: passthrough\nmodels:\n  - model: {M1}\nslices:\n  - sources:\n      - model: {M1}\n        layer_range: [0, 1]\n",
                 line: 4, mentions: ["either models or slices"]),
         Mistake(what: "a filter entry without value", yaml: "merge_method: linear\nmodels:\n  - model: {M1}\n    parameters:\n      weight:\n        - filter: mlp\n        - value: 1\n",

@@ -265,10 +265,12 @@ public enum RecipeParser {
                     if key == "dtype" { recipe.dtype = dtype } else { recipe.outDType = dtype }
                 case "tokenizer_source":
                     let source = try string(node, key)
-                    guard source == "base" else {
-                        throw fail(node, key, "only 'base' is supported (copy the base model's tokenizer and config files); '\(source)' would build a new tokenizer, which wsamerge does not")
+                    // The base model named by its reference is `base` (mergekit: the same tokenizer).
+                    let base = all.first { $0.key == "base_model" }.flatMap { $0.node.scalar?.string }
+                    guard source == "base" || source == base else {
+                        throw fail(node, key, "only 'base' (or the base model's reference) is supported (copy the base model's tokenizer and config files); '\(source)' would build a new tokenizer, which wsamerge does not")
                     }
-                    recipe.tokenizerSource = source
+                    recipe.tokenizerSource = "base"
                 case "chat_template":
                     let template = try string(node, key, what: "auto, a template name or a Jinja template")
                     do { try ChatTemplate.validate(template) } catch WSAMergeError.usage(let message) {

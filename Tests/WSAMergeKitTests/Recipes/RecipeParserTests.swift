@@ -287,6 +287,14 @@ struct RecipeParserTests {
             .hasPrefix("r.yml:3: modules.default.tokenizer_source: unknown key 'tokenizer_source' (supported here: slices, models, parameters)"))
     }
 
+    @Test("tokenizer_source naming the base model is base (mergekit copies the same tokenizer); another model is refused")
+    func tokenizerSourceByReference() throws {
+        let yaml = "merge_method: linear\nbase_model: org/base\nmodels: [{model: org/base, parameters: {weight: 1}}, {model: org/ft, parameters: {weight: 1}}]\n"
+        #expect(try RecipeParser.parse(yaml + "tokenizer_source: org/base\n", file: "r.yml").recipe.tokenizerSource == "base")
+        let error = #expect(throws: WSAMergeError.self) { try RecipeParser.parse(yaml + "tokenizer_source: org/ft\n", file: "r.yml") }
+        #expect(error?.description.hasPrefix("r.yml:4: tokenizer_source: only 'base' (or the base model's reference) is supported") == true)
+    }
+
     @Test("a recipe cannot list a model twice, which a command line may")
     func duplicateModels() throws {
         var request = Merger.Request(inputs: ["a.safetensors", "b.safetensors", "a.safetensors"], strategy: "linear",
