@@ -452,7 +452,8 @@ public enum RecipeParser {
                     switch text.lowercased() {
                     case "true", "yes", "on": value = .bool(true)
                     case "false", "no", "off": value = .bool(false)
-                    default: break
+                    // 1 and 0 as mergekit's pydantic reads them (`normalize: 1.0` in model cards)
+                    default: if let x = Double(text), x == 0 || x == 1 { value = .bool(x == 1) }
                     }
                 }
             case .string, .choice:

@@ -295,6 +295,19 @@ struct RecipeParserTests {
         #expect(error?.description.hasPrefix("r.yml:4: tokenizer_source: only 'base' (or the base model's reference) is supported") == true)
     }
 
+    @Test("a boolean parameter reads 1 and 0 as mergekit (pydantic) does: normalize: 1.0 is true")
+    func booleansAsNumbers() throws {
+        func normalize(_ text: String) throws -> ParameterSetting? {
+            try RecipeParser.parse("merge_method: ties\nbase_model: a\nmodels: [{model: b, parameters: {weight: 1, density: 0.5}}]\nparameters: {normalize: \(text)}\n",
+                                   file: "r.yml").recipe.parameters.first { $0.name == "normalize" }?.setting
+        }
+        #expect(try normalize("1.0") == .value(.bool(true)) && normalize("1") == .value(.bool(true)))
+        #expect(try normalize("0") == .value(.bool(false)) && normalize("0.0") == .value(.bool(false)))
+        for refused in ["2", "0.5", "'1'"] {
+            #expect(throws: WSAMergeError.self, "\(refused)") { try normalize(refused) }
+        }
+    }
+
     @Test("a recipe cannot list a model twice, which a command line may")
     func duplicateModels() throws {
         var request = Merger.Request(inputs: ["a.safetensors", "b.safetensors", "a.safetensors"], strategy: "linear",
