@@ -142,7 +142,7 @@ public struct Recipe: Sendable, Equatable {
 
     /// The top-level keys, in the order `render()` writes them.
     public static let keys = ["merge_method", "base_model", "models", "slices", "modules", "parameters", "dtype", "out_dtype",
-                              "tokenizer_source", "chat_template", "include", "exclude", "on_missing", "strip_prefix", "metadata"]
+                              "tokenizer_source", "tokenizer", "chat_template", "include", "exclude", "on_missing", "strip_prefix", "metadata"]
 
     /// mergekit's dtype names (`torch.float16` …) and wsamerge's (`F16` …).
     public static func dtype(named name: String) -> DType? {

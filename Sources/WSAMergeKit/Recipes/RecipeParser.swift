@@ -197,6 +197,7 @@ public enum RecipeParser {
             let allowed = Recipe.keys + sharedFiles
             var recipe = Recipe(mergeMethod: method)
             let (pairs, moduleParameters) = try module(all)
+            let baseReference = pairs.first { $0.key == "base_model" }.flatMap { $0.node.scalar?.string }
             for (key, node, keyNode) in pairs {
                 guard allowed.contains(key) else {
                     let hint = perInputFiles.contains(key) ? "; '\(key)' is given per model, in each entry of models" : ""
@@ -264,12 +265,26 @@ public enum RecipeParser {
                     }
                     if key == "dtype" { recipe.dtype = dtype } else { recipe.outDType = dtype }
                 case "tokenizer_source":
-                    let source = try string(node, key)
-                    // The base model named by its reference is `base` (mergekit: the same tokenizer).
-                    let base = all.first { $0.key == "base_model" }.flatMap { $0.node.scalar?.string }
-                    guard source == "base" || source == base else {
-                        throw fail(node, key, "only 'base' (or the base model's reference) is supported (copy the base model's tokenizer and config files); '\(source)' would build a new tokenizer, which wsamerge does not")
+                    try tokenizerSource(node, key, base: baseReference)
+                    recipe.tokenizerSource = "base"
+                case "tokenizer":
+                    // mergekit's TokenizerConfig: a source (union by default), tokens, padding.
+                    if let other = pairs.first(where: { $0.key == "tokenizer_source" && !isNull($0.node) }) {
+                        throw fail(other.keyNode, other.key, "give tokenizer_source or tokenizer, not both (as mergekit)")
                     }
+                    var source: Node?
+                    for (field, value, fieldNode) in try mapping(node, key, what: "a mapping {source, tokens, pad_to_multiple_of}",
+                                                                 allowed: ["source", "tokens", "pad_to_multiple_of"]) where !isNull(value) {
+                        guard field == "source" else {
+                            throw fail(fieldNode, "\(key).\(field)", "only tokenizer: {source: base} is supported (copy the base model's tokenizer and config files); \(field) changes the vocabulary, which wsamerge does not")
+                        }
+                        source = value
+                    }
+                    guard let source else {
+                        throw fail(node, key, "tokenizer without a source is mergekit's union of the vocabularies, which wsamerge does not build; give source: base")
+                    }
+                    try tokenizerSource(source, "\(key).source", base: baseReference)
+                    note(node, "tokenizer_source")  // later messages about the source point here
                     recipe.tokenizerSource = "base"
                 case "chat_template":
                     let template = try string(node, key, what: "auto, a template name or a Jinja template")
@@ -300,6 +315,15 @@ public enum RecipeParser {
             }
             try check(recipe, declaration, root: root)
             return recipe
+        }
+
+        /// Refuses a tokenizer source other than `base` or the base model's reference (which
+        /// mergekit reads as the same tokenizer).
+        func tokenizerSource(_ node: Node, _ path: String, base: String?) throws {
+            let source = try string(node, path)
+            guard source == "base" || source == base else {
+                throw fail(node, path, "only 'base' (or the base model's reference) is supported (copy the base model's tokenizer and config files); '\(source)' would build a new tokenizer, which wsamerge does not")
+            }
         }
 
         /// The top-level pairs with mergekit's `modules: {default: {slices | models, parameters}}`

@@ -293,6 +293,21 @@ struct RecipeParserTests {
         #expect(try RecipeParser.parse(yaml + "tokenizer_source: org/base\n", file: "r.yml").recipe.tokenizerSource == "base")
         let error = #expect(throws: WSAMergeError.self) { try RecipeParser.parse(yaml + "tokenizer_source: org/ft\n", file: "r.yml") }
         #expect(error?.description.hasPrefix("r.yml:4: tokenizer_source: only 'base' (or the base model's reference) is supported") == true)
+        // mergekit's tokenizer block, with the base as its source and nothing else, is the same.
+        for source in ["base", "org/base"] {
+            #expect(try RecipeParser.parse(yaml + "tokenizer:\n  source: \(source)\n", file: "r.yml").recipe.tokenizerSource == "base")
+        }
+        func message(_ tail: String) -> String {
+            do { _ = try RecipeParser.parse(yaml + tail, file: "r.yml"); return "" } catch { return "\(error)" }
+        }
+        #expect(message("tokenizer:\n  source: org/ft\n").hasPrefix("r.yml:5: tokenizer.source: only 'base' (or the base model's reference)"))
+        #expect(message("tokenizer:\n  source: base\n  tokens: {<x>: {source: org/ft}}\n").hasPrefix("r.yml:6: tokenizer.tokens: only tokenizer: {source: base} is supported"))
+        #expect(message("tokenizer:\n  pad_to_multiple_of: 64\n").hasPrefix("r.yml:5: tokenizer.pad_to_multiple_of: only tokenizer: {source: base}"))
+        #expect(message("tokenizer: {tokens: null}\n").hasPrefix("r.yml:4: tokenizer: tokenizer without a source is mergekit's union"))
+        #expect(message("tokenizer_source: base\ntokenizer: {source: base}\n") == "r.yml:4: tokenizer_source: give tokenizer_source or tokenizer, not both (as mergekit)")
+        let noBase = "merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}]\ntokenizer:\n  source: base\n"
+        let noBaseError = #expect(throws: WSAMergeError.self) { try RecipeParser.parse(noBase, file: "r.yml") }
+        #expect(noBaseError?.description == "r.yml:4: tokenizer_source: 'base' needs a base_model to copy from")
     }
 
     @Test("a boolean parameter reads 1 and 0 as mergekit (pydantic) does: normalize: 1.0 is true")
