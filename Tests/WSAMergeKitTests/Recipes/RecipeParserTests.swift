@@ -4,6 +4,11 @@ import Testing
 
 @Suite("Recipe parsing and rendering")
 struct RecipeParserTests {
+    /// The error parsing `yaml` as `r.yml` gives, or "" when it parses.
+    func message(_ yaml: String) -> String {
+        do { _ = try RecipeParser.parse(yaml, file: "r.yml"); return "" } catch { return "\(error)" }
+    }
+
     static let ties = """
         models:
           - model: a
@@ -153,9 +158,6 @@ struct RecipeParserTests {
             "  - sources:\n      - model: a\n        layer_range: [0, 2]\n      - model: b\n        layer_range: [0, 2]\n"
                 + (base.map { "    base_model: \($0)\n" } ?? "")
         }
-        func message(_ yaml: String) -> String {
-            do { _ = try RecipeParser.parse(yaml, file: "r.yml"); return "" } catch { return "\(error)" }
-        }
         let recipe = try RecipeParser.parse("merge_method: ties\nslices:\n" + slice("a") + slice("b"), file: "r.yml").recipe
         #expect(recipe.baseModel == nil && recipe.slices.map(\.baseModel) == ["a", "b"] && recipe.baseModel(ofSlice: 1) == "b")
         #expect(try RecipeParser.parse(recipe.render(), file: "r.yml").recipe == recipe)
@@ -190,9 +192,6 @@ struct RecipeParserTests {
 
     @Test("errors name the file, the line and the key")
     func errors() throws {
-        func message(_ yaml: String) -> String {
-            do { _ = try RecipeParser.parse(yaml, file: "r.yml"); return "" } catch { return "\(error)" }
-        }
         #expect(message("merge_method: average\nmodels:\n  - model: a\n    parameters:\n      weight: high\n")
             == "r.yml:5: models[0].parameters.weight: expected a number or a list, got \"high\"")
         // YAML's infinities and NaN are numbers, but not finite ones; an empty list is named so.
@@ -274,9 +273,6 @@ struct RecipeParserTests {
         // A plain value in the module hides the top-level one.
         let plain = try RecipeParser.parse("merge_method: linear\nmodules:\n  default:\n    models: [{model: a}, {model: b}]\n    parameters: {weight: 2}\nparameters: {weight: 1}\n", file: "r.yml").recipe
         #expect(plain.models.map(\.model) == ["a", "b"] && plain.parameters == [Recipe.Setting("weight", .value(.number(2)))])
-        func message(_ yaml: String) -> String {
-            do { _ = try RecipeParser.parse(yaml, file: "r.yml"); return "" } catch { return "\(error)" }
-        }
         #expect(message("merge_method: linear\nmodules:\n  text_decoder: {models: [{model: a}]}\n  vision_tower: {models: [{model: a}]}\n")
             == "r.yml:3: modules: only the module 'default' (mergekit's name for the one module of a language model) is supported, got 'text_decoder', 'vision_tower': models of several modules are not merged")
         #expect(message("merge_method: linear\nmodels: [{model: a}]\nmodules:\n  default: {models: [{model: a}]}\n")
@@ -297,14 +293,11 @@ struct RecipeParserTests {
         for source in ["base", "org/base"] {
             #expect(try RecipeParser.parse(yaml + "tokenizer:\n  source: \(source)\n", file: "r.yml").recipe.tokenizerSource == "base")
         }
-        func message(_ tail: String) -> String {
-            do { _ = try RecipeParser.parse(yaml + tail, file: "r.yml"); return "" } catch { return "\(error)" }
-        }
-        #expect(message("tokenizer:\n  source: org/ft\n").hasPrefix("r.yml:5: tokenizer.source: only 'base' (or the base model's reference)"))
-        #expect(message("tokenizer:\n  source: base\n  tokens: {<x>: {source: org/ft}}\n").hasPrefix("r.yml:6: tokenizer.tokens: only tokenizer: {source: base} is supported"))
-        #expect(message("tokenizer:\n  pad_to_multiple_of: 64\n").hasPrefix("r.yml:5: tokenizer.pad_to_multiple_of: only tokenizer: {source: base}"))
-        #expect(message("tokenizer: {tokens: null}\n").hasPrefix("r.yml:4: tokenizer: tokenizer without a source is mergekit's union"))
-        #expect(message("tokenizer_source: base\ntokenizer: {source: base}\n") == "r.yml:4: tokenizer_source: give tokenizer_source or tokenizer, not both (as mergekit)")
+        #expect(message(yaml + "tokenizer:\n  source: org/ft\n").hasPrefix("r.yml:5: tokenizer.source: only 'base' (or the base model's reference)"))
+        #expect(message(yaml + "tokenizer:\n  source: base\n  tokens: {<x>: {source: org/ft}}\n").hasPrefix("r.yml:6: tokenizer.tokens: only tokenizer: {source: base} is supported"))
+        #expect(message(yaml + "tokenizer:\n  pad_to_multiple_of: 64\n").hasPrefix("r.yml:5: tokenizer.pad_to_multiple_of: only tokenizer: {source: base}"))
+        #expect(message(yaml + "tokenizer: {tokens: null}\n").hasPrefix("r.yml:4: tokenizer: tokenizer without a source is mergekit's union"))
+        #expect(message(yaml + "tokenizer_source: base\ntokenizer: {source: base}\n") == "r.yml:4: tokenizer_source: give tokenizer_source or tokenizer, not both (as mergekit)")
         let noBase = "merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}]\ntokenizer:\n  source: base\n"
         let noBaseError = #expect(throws: WSAMergeError.self) { try RecipeParser.parse(noBase, file: "r.yml") }
         #expect(noBaseError?.description == "r.yml:4: tokenizer_source: 'base' needs a base_model to copy from")
